@@ -1,0 +1,28 @@
+//! # robustlens
+//!
+//! Train image classifiers whose explanations can be trusted: a trainable ResNet-18 that
+//! matches torchvision, ImageNet weight loading (safetensors, `.pth`, Hugging Face hub),
+//! atomic checkpoints and the building blocks for adversarial training and saliency.
+//!
+//! ```no_run
+//! use robustlens::model::{ResNet18, Mode};
+//! use candle_core::{Device, Tensor};
+//!
+//! # fn main() -> robustlens::Result<()> {
+//! let device = Device::Cpu;
+//! let model = ResNet18::new_random(3, 0, &device)?;
+//! let images = Tensor::zeros((2, 3, 64, 64), candle_core::DType::F32, &device)?; // in [0,1]
+//! let logits = model.forward(&images, Mode::Eval)?;
+//! assert_eq!(logits.dims(), &[2, 3]);
+//! # Ok(()) }
+//! ```
+
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod fsutil;
+pub mod model;
+pub mod ops;
+pub mod rng;
+
+pub use error::{Error, Result};

@@ -1,0 +1,70 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use candle_core::{Device, Tensor};
+use robustlens::model::ResNet18;
+use std::path::PathBuf;
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures").join(name)
+}
+
+fn name_seed(name: &str) -> u64 {
+    name.bytes().enumerate().map(|(i, c)| c as u64 * (i as u64 + 1)).sum::<u64>() % 1000
+}
+
+/// SplitMix64 of (j + s * golden) as a float in [0, 1), as in make_fixtures.py.
+pub fn splitmix(j: u64, s: u64) -> f64 {
+    let mut z = j.wrapping_add(s.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The closed-form weights of `tests/fixtures/make_fixtures.py` (same formula, same names).
+pub fn formula_model(num_classes: usize) -> ResNet18 {
+    let m = ResNet18::new_random(num_classes, 0, &Device::Cpu).unwrap();
+    for (name, _) in m.tensor_names().to_vec() {
+        let var = m.var(&name).unwrap();
+        let dims = var.dims().to_vec();
+        let n: usize = dims.iter().product();
+        let s = name_seed(&name);
+        let f: Vec<f64> = (0..n as u64).map(|j| (2.0 * splitmix(j, s) - 1.0) * 3f64.sqrt()).collect();
+        let v: Vec<f32> = f
+            .iter()
+            .map(|&f| {
+                let v = if name.ends_with("running_var") {
+                    1.0 + 0.5 * f.abs()
+                } else if name.ends_with("running_mean") {
+                    0.1 * f
+                } else if dims.len() == 4 {
+                    let fan_in = (dims[1] * dims[2] * dims[3]) as f64;
+                    f * (2.0 / fan_in).sqrt()
+                } else if name == "fc.weight" {
+                    f * (1.0 / dims[1] as f64).sqrt()
+                } else if name.ends_with("bias") {
+                    0.1 * f
+                } else {
+                    1.0 + 0.2 * f
+                };
+                v as f32
+            })
+            .collect();
+        var.set(&Tensor::from_vec(v, dims, &Device::Cpu).unwrap()).unwrap();
+    }
+    m
+}
+
+/// max |a - b| / max |b|.
+pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let m = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    d / m.max(1e-12)
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_robustlens"))
+}
