@@ -8,4 +8,4 @@ pub mod weights;
 pub use checkpoint::{load_checkpoint, save_checkpoint, ModelConfig};
 pub use groups::{group_of, GroupSet};
 pub use resnet::{Mode, ResNet18, Stage, IMAGENET_MEAN, IMAGENET_STD};
-pub use weights::{load_weights, resolve_weights, WeightsSource};
+pub use weights::{load_model_spec, load_weights, read_tensors, resolve_weights, WeightsSource};

@@ -308,3 +308,39 @@ mod tests {
         assert!(e.contains("--weights path/to/model.safetensors"), "{e}");
     }
 }
+
+/// Loads a model from anything `--weights`/`--run` accepts: a run folder, a weights file
+/// (`.safetensors` or `.pth`), `hf:owner/repo[/file]`, or `none` (random init, needs
+/// `num_classes`). Returns the model and its class names.
+pub fn load_model_spec(spec: &str, num_classes: Option<usize>, seed: u64, device: &Device) -> Result<(ResNet18, Vec<String>)> {
+    let p = Path::new(spec);
+    if p.is_dir() {
+        let (m, cfg) = crate::model::checkpoint::load_checkpoint(p, device)?;
+        return Ok((m, cfg.class_names));
+    }
+    let src = WeightsSource::parse(spec)?;
+    match resolve_weights(&src, &default_cache_dir())? {
+        None => {
+            let k = num_classes.ok_or_else(|| Error::arg("--weights none needs --num-classes K"))?;
+            let m = ResNet18::new_random(k, seed, device)?;
+            let names = (0..k).map(|i| format!("class{i}")).collect();
+            Ok((m, names))
+        }
+        Some(path) => {
+            let cfg_path = path.parent().map(|d| d.join("config.json"));
+            let (m, report) = load_weights(&path, num_classes, seed, device)?;
+            if let Some(k) = report.head_replaced_from {
+                tracing::info!("{}: head with {k} classes replaced by a new {}-class head", path.display(), m.num_classes());
+            }
+            let mut names: Vec<String> = (0..m.num_classes()).map(|i| format!("class{i}")).collect();
+            if let Some(cp) = cfg_path.filter(|c| c.exists() && path.extension().is_some_and(|e| e == "safetensors")) {
+                if let Ok(cfg) = crate::fsutil::read_json::<crate::model::ModelConfig>(&cp) {
+                    if cfg.class_names.len() == m.num_classes() {
+                        names = cfg.class_names;
+                    }
+                }
+            }
+            Ok((m, names))
+        }
+    }
+}
