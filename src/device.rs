@@ -28,8 +28,9 @@ pub fn parse_device(spec: &str) -> Result<Device> {
                         .into(),
                 ));
             }
-            Device::new_cuda(ordinal)
-                .map_err(|e| Error::Device(format!("device `cuda:{ordinal}` cannot be opened: {e}")))
+            Device::new_cuda(ordinal).map_err(|e| {
+                Error::Device(format!("device `cuda:{ordinal}` cannot be opened: {e}"))
+            })
         }
         "metal" => {
             if !candle_core::utils::metal_is_available() {

@@ -96,7 +96,10 @@ fn predict(a: PredictArgs) -> Result<()> {
             let class = l
                 .iter()
                 .enumerate()
-                .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                )
                 .0;
             if a.json {
                 let obj = serde_json::json!({
@@ -122,8 +125,11 @@ fn info(a: InfoArgs) -> Result<()> {
             p.join("model.safetensors")
         } else {
             let src = robustlens::model::WeightsSource::parse(&a.weights)?;
-            robustlens::model::resolve_weights(&src, &robustlens::model::weights::default_cache_dir())?
-                .context("--weights none has no file to describe")?
+            robustlens::model::resolve_weights(
+                &src,
+                &robustlens::model::weights::default_cache_dir(),
+            )?
+            .context("--weights none has no file to describe")?
         }
     };
     let tensors = read_tensors(&path)?;
@@ -133,12 +139,22 @@ fn info(a: InfoArgs) -> Result<()> {
     println!("{}", path.display());
     for n in &names {
         let t = &tensors[*n];
-        println!("  {:<40} {:<6} {:?}", n, format!("{:?}", t.dtype()).to_lowercase(), t.dims());
+        println!(
+            "  {:<40} {:<6} {:?}",
+            n,
+            format!("{:?}", t.dtype()).to_lowercase(),
+            t.dims()
+        );
         if !n.contains("running_") && !n.ends_with("num_batches_tracked") {
             params += t.elem_count();
         }
     }
-    println!("{} tensors, {} parameters ({:.2} M)", names.len(), params, params as f64 / 1e6);
+    println!(
+        "{} tensors, {} parameters ({:.2} M)",
+        names.len(),
+        params,
+        params as f64 / 1e6
+    );
     match robustlens::model::load_weights(&path, None, 0, &candle_core::Device::Cpu) {
         Ok((m, _)) => println!("fits a ResNet-18 with {} classes", m.num_classes()),
         Err(e) => println!("does not load as a ResNet-18: {e}"),

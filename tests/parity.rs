@@ -26,7 +26,10 @@ fn eval_logits_and_input_gradient_match_torchvision() {
         for mode in [Mode::Eval, Mode::InputGrad] {
             let xv = Var::from_tensor(x).unwrap();
             let logits = m.forward(xv.as_tensor(), mode).unwrap();
-            let target = Tensor::new(&[0u32, 2], &Device::Cpu).unwrap().unsqueeze(1).unwrap();
+            let target = Tensor::new(&[0u32, 2], &Device::Cpu)
+                .unwrap()
+                .unsqueeze(1)
+                .unwrap();
             let sel = logits.gather(&target, 1).unwrap().sum_all().unwrap();
             let g = sel.backward().unwrap();
             let grad = g.get(xv.as_tensor()).unwrap();
@@ -44,7 +47,13 @@ fn train_mode_logits_gradient_and_running_stats_match_torchvision() {
     let logits = m.forward(xv.as_tensor(), Mode::Train).unwrap();
     let e = rel_err(&logits, &fx["logits_train_64"]);
     assert!(e < TOL, "train logits: rel err {e}");
-    let g = logits.narrow(1, 1, 1).unwrap().sum_all().unwrap().backward().unwrap();
+    let g = logits
+        .narrow(1, 1, 1)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     let e = rel_err(g.get(xv.as_tensor()).unwrap(), &fx["grad_train_64"]);
     assert!(e < TOL, "train-mode input gradient: rel err {e}");
     for name in ["bn1", "layer2.0.downsample.1", "layer4.1.bn2"] {
@@ -62,15 +71,36 @@ fn train_mode_logits_gradient_and_running_stats_match_torchvision() {
 fn full_model_input_gradient_matches_finite_differences() {
     let fx = fixtures();
     let m = formula_model(3);
-    let x = fx["input_32"].narrow(0, 0, 1).unwrap().to_dtype(candle_core::DType::F32).unwrap();
+    let x = fx["input_32"]
+        .narrow(0, 0, 1)
+        .unwrap()
+        .to_dtype(candle_core::DType::F32)
+        .unwrap();
     let f = |x: &Tensor| -> f64 {
         let l = m.forward(x, Mode::Eval).unwrap();
-        l.narrow(1, 1, 1).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64
+        l.narrow(1, 1, 1)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64
     };
     let xv = Var::from_tensor(&x).unwrap();
     let l = m.forward(xv.as_tensor(), Mode::InputGrad).unwrap();
-    let g = l.narrow(1, 1, 1).unwrap().sum_all().unwrap().backward().unwrap();
-    let grad: Vec<f32> = g.get(xv.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let g = l
+        .narrow(1, 1, 1)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let grad: Vec<f32> = g
+        .get(xv.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let base: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
     // Check the 12 largest-gradient coordinates plus a spread of others.
     let mut idx: Vec<usize> = (0..grad.len()).collect();
@@ -102,7 +132,12 @@ fn resize_matches_pillow_bit_for_bit() {
         let ours = robustlens::data::transforms::crop_resize(&img, size).unwrap();
         let want = std::fs::read(fixture(&format!("resize_{size}.bin"))).unwrap();
         assert_eq!(ours.as_raw().len(), want.len());
-        let diff = ours.as_raw().iter().zip(&want).filter(|(a, b)| a != b).count();
+        let diff = ours
+            .as_raw()
+            .iter()
+            .zip(&want)
+            .filter(|(a, b)| a != b)
+            .count();
         assert_eq!(diff, 0, "size {size}: {diff} bytes differ from Pillow");
     }
 }

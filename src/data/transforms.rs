@@ -12,10 +12,16 @@ use std::path::Path;
 pub fn load_image(path: &Path) -> Result<RgbImage> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if meta.is_dir() {
-        return Err(Error::Image { path: path.into(), msg: "is a folder, not an image".into() });
+        return Err(Error::Image {
+            path: path.into(),
+            msg: "is a folder, not an image".into(),
+        });
     }
     if meta.len() == 0 {
-        return Err(Error::Image { path: path.into(), msg: "is empty (0 bytes)".into() });
+        return Err(Error::Image {
+            path: path.into(),
+            msg: "is empty (0 bytes)".into(),
+        });
     }
     let reader = image::ImageReader::open(path)
         .map_err(|e| Error::io(path, e))?
@@ -170,7 +176,9 @@ pub fn to_tensor(img: &RgbImage, device: &Device) -> Result<Tensor> {
 /// Centre crop to the shorter side and resize to `size`×`size` (Pillow bilinear).
 pub fn crop_resize(img: &RgbImage, size: usize) -> Result<RgbImage> {
     if size == 0 {
-        return Err(Error::arg("--image-size 0: the image size must be positive (e.g. 224)"));
+        return Err(Error::arg(
+            "--image-size 0: the image size must be positive (e.g. 224)",
+        ));
     }
     let sq = center_crop_square(img);
     Ok(resize_bilinear_aa(&sq, size as u32, size as u32))

@@ -41,8 +41,10 @@ impl Default for ModelConfig {
 /// Serialises the model's state dict to safetensors bytes.
 pub fn model_to_bytes(model: &ResNet18) -> Result<Vec<u8>> {
     let sd = model.state_dict()?;
-    let sd: Vec<(String, candle_core::Tensor)> =
-        sd.into_iter().map(|(n, t)| t.to_device(&Device::Cpu).map(|t| (n, t))).collect::<candle_core::Result<_>>()?;
+    let sd: Vec<(String, candle_core::Tensor)> = sd
+        .into_iter()
+        .map(|(n, t)| t.to_device(&Device::Cpu).map(|t| (n, t)))
+        .collect::<candle_core::Result<_>>()?;
     let mut meta = std::collections::HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     safetensors::serialize(sd.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
@@ -56,7 +58,12 @@ pub fn save_weights(model: &ResNet18, path: &Path) -> Result<()> {
 }
 
 /// Saves `dir/<name>` (e.g. `model.safetensors`) and `dir/config.json`, both atomically.
-pub fn save_checkpoint(model: &ResNet18, config: &ModelConfig, dir: &Path, name: &str) -> Result<PathBuf> {
+pub fn save_checkpoint(
+    model: &ResNet18,
+    config: &ModelConfig,
+    dir: &Path,
+    name: &str,
+) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let path = dir.join(name);
     save_weights(model, &path)?;
@@ -72,23 +79,37 @@ pub fn load_checkpoint(path: &Path, device: &Device) -> Result<(ResNet18, ModelC
     let (weights, cfg_path) = if path.is_dir() {
         let w = path.join("model.safetensors");
         if !w.exists() {
-            return Err(Error::weights(path, "folder has no model.safetensors; is it a robustlens run folder?"));
+            return Err(Error::weights(
+                path,
+                "folder has no model.safetensors; is it a robustlens run folder?",
+            ));
         }
         (w, path.join("config.json"))
     } else {
-        let cfg = path.parent().map(|p| p.join("config.json")).unwrap_or_else(|| PathBuf::from("config.json"));
+        let cfg = path
+            .parent()
+            .map(|p| p.join("config.json"))
+            .unwrap_or_else(|| PathBuf::from("config.json"));
         (path.to_path_buf(), cfg)
     };
     let (model, _) = load_weights(&weights, None, 0, device)?;
     let mut config = if cfg_path.exists() {
         read_json::<ModelConfig>(&cfg_path)?
     } else {
-        ModelConfig { class_names: (0..model.num_classes()).map(|i| format!("class{i}")).collect(), ..Default::default() }
+        ModelConfig {
+            class_names: (0..model.num_classes())
+                .map(|i| format!("class{i}"))
+                .collect(),
+            ..Default::default()
+        }
     };
-    if config.num_classes != model.num_classes() || config.class_names.len() != model.num_classes() {
+    if config.num_classes != model.num_classes() || config.class_names.len() != model.num_classes()
+    {
         config.num_classes = model.num_classes();
         if config.class_names.len() != model.num_classes() {
-            config.class_names = (0..model.num_classes()).map(|i| format!("class{i}")).collect();
+            config.class_names = (0..model.num_classes())
+                .map(|i| format!("class{i}"))
+                .collect();
         }
     }
     Ok((model, config))

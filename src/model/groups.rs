@@ -58,7 +58,11 @@ impl GroupSet {
         match s.to_ascii_lowercase().as_str() {
             "all" => return Ok(Self::all()),
             "none" => return Ok(Self::none()),
-            "" => return Err(Error::arg("groups: empty specification (use e.g. 3-5, 5, all or none)")),
+            "" => {
+                return Err(Error::arg(
+                    "groups: empty specification (use e.g. 3-5, 5, all or none)",
+                ))
+            }
             _ => {}
         }
         let mut set = 0u8;
@@ -139,7 +143,10 @@ mod tests {
         assert_eq!(GroupSet::parse("3-5").unwrap().groups(), vec![3, 4, 5]);
         assert_eq!(GroupSet::parse("5").unwrap().groups(), vec![5]);
         assert_eq!(GroupSet::parse("2-5").unwrap().groups(), vec![2, 3, 4, 5]);
-        assert_eq!(GroupSet::parse("all").unwrap().groups(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(
+            GroupSet::parse("all").unwrap().groups(),
+            vec![1, 2, 3, 4, 5]
+        );
         assert!(GroupSet::parse("none").unwrap().is_empty());
         assert_eq!(GroupSet::parse("1,3").unwrap().groups(), vec![1, 3]);
         assert_eq!(GroupSet::parse("3-5").unwrap().to_string(), "3-5");
@@ -147,9 +154,18 @@ mod tests {
 
     #[test]
     fn errors() {
-        assert_eq!(GroupSet::parse("0-7").unwrap_err().to_string(), "groups 0-7: groups are 1..5");
-        assert!(GroupSet::parse("5-3").unwrap_err().to_string().contains("write 3-5"));
-        assert!(GroupSet::parse("x").unwrap_err().to_string().contains("not a group number"));
+        assert_eq!(
+            GroupSet::parse("0-7").unwrap_err().to_string(),
+            "groups 0-7: groups are 1..5"
+        );
+        assert!(GroupSet::parse("5-3")
+            .unwrap_err()
+            .to_string()
+            .contains("write 3-5"));
+        assert!(GroupSet::parse("x")
+            .unwrap_err()
+            .to_string()
+            .contains("not a group number"));
         assert!(GroupSet::parse("").is_err());
         assert!(GroupSet::parse("6").is_err());
     }

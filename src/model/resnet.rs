@@ -150,19 +150,31 @@ impl BatchNorm {
                 .mean_keepdim(2)?
                 .mean_keepdim(3)?;
             let inv = (var.affine(1.0, BN_EPS)?).sqrt()?.recip()?;
-            let y = centered.broadcast_mul(&inv.broadcast_mul(&w)?)?.broadcast_add(&b)?;
+            let y = centered
+                .broadcast_mul(&inv.broadcast_mul(&w)?)?
+                .broadcast_add(&b)?;
             // Running statistics, as torch: unbiased variance, momentum 0.1.
             let mean_d = mean.detach().flatten_all()?;
             let var_unbiased = (var.detach().flatten_all()? * (count as f64 / (count - 1) as f64))?;
-            let rm = ((self.running_mean.as_tensor() * (1.0 - BN_MOMENTUM))? + (mean_d * BN_MOMENTUM)?)?;
-            let rv = ((self.running_var.as_tensor() * (1.0 - BN_MOMENTUM))? + (var_unbiased * BN_MOMENTUM)?)?;
+            let rm =
+                ((self.running_mean.as_tensor() * (1.0 - BN_MOMENTUM))? + (mean_d * BN_MOMENTUM)?)?;
+            let rv = ((self.running_var.as_tensor() * (1.0 - BN_MOMENTUM))?
+                + (var_unbiased * BN_MOMENTUM)?)?;
             self.running_mean.set(&rm)?;
             self.running_var.set(&rv)?;
             self.num_batches_tracked.fetch_add(1, Ordering::Relaxed);
             Ok(y)
         } else {
-            let rm = self.running_mean.as_tensor().detach().reshape((1, c, 1, 1))?;
-            let rv = self.running_var.as_tensor().detach().reshape((1, c, 1, 1))?;
+            let rm = self
+                .running_mean
+                .as_tensor()
+                .detach()
+                .reshape((1, c, 1, 1))?;
+            let rv = self
+                .running_var
+                .as_tensor()
+                .detach()
+                .reshape((1, c, 1, 1))?;
             let scale = rv.affine(1.0, BN_EPS)?.sqrt()?.recip()?.broadcast_mul(&w)?;
             let shift = b.broadcast_sub(&rm.broadcast_mul(&scale)?)?;
             Ok(x.broadcast_mul(&scale)?.broadcast_add(&shift)?)
@@ -181,7 +193,10 @@ struct BasicBlock {
 
 impl BasicBlock {
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let y = self.bn1.forward(&self.conv1.forward(x, mode)?, mode)?.relu()?;
+        let y = self
+            .bn1
+            .forward(&self.conv1.forward(x, mode)?, mode)?
+            .relu()?;
         let y = self.bn2.forward(&self.conv2.forward(&y, mode)?, mode)?;
         let shortcut = match &self.downsample {
             Some((c, b)) => b.forward(&c.forward(x, mode)?, mode)?,
@@ -235,21 +250,49 @@ impl Builder<'_> {
     }
 
     /// Kaiming-normal, fan_out, relu: std = sqrt(2 / (out_channels * k * k)), as torchvision.
-    fn conv(&mut self, name: &str, cin: usize, cout: usize, k: usize, stride: usize, padding: usize) -> Result<Conv> {
+    fn conv(
+        &mut self,
+        name: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Conv> {
         let std = (2.0 / (cout * k * k) as f32).sqrt();
         let data = self.rng.normal_vec(cout * cin * k * k, std);
         let t = Tensor::from_vec(data, (cout, cin, k, k), &self.device)?;
         let weight = self.var(&format!("{name}.weight"), t, TensorKind::Parameter)?;
-        Ok(Conv { weight, stride, padding })
+        Ok(Conv {
+            weight,
+            stride,
+            padding,
+        })
     }
 
     fn bn(&mut self, name: &str, c: usize) -> Result<BatchNorm> {
         let d = &self.device.clone();
         Ok(BatchNorm {
-            weight: self.var(&format!("{name}.weight"), Tensor::ones(c, DType::F32, d)?, TensorKind::Parameter)?,
-            bias: self.var(&format!("{name}.bias"), Tensor::zeros(c, DType::F32, d)?, TensorKind::Parameter)?,
-            running_mean: self.var(&format!("{name}.running_mean"), Tensor::zeros(c, DType::F32, d)?, TensorKind::Buffer)?,
-            running_var: self.var(&format!("{name}.running_var"), Tensor::ones(c, DType::F32, d)?, TensorKind::Buffer)?,
+            weight: self.var(
+                &format!("{name}.weight"),
+                Tensor::ones(c, DType::F32, d)?,
+                TensorKind::Parameter,
+            )?,
+            bias: self.var(
+                &format!("{name}.bias"),
+                Tensor::zeros(c, DType::F32, d)?,
+                TensorKind::Parameter,
+            )?,
+            running_mean: self.var(
+                &format!("{name}.running_mean"),
+                Tensor::zeros(c, DType::F32, d)?,
+                TensorKind::Buffer,
+            )?,
+            running_var: self.var(
+                &format!("{name}.running_var"),
+                Tensor::ones(c, DType::F32, d)?,
+                TensorKind::Buffer,
+            )?,
             num_batches_tracked: AtomicI64::new(0),
             frozen_stats: AtomicBool::new(false),
         })
@@ -258,10 +301,19 @@ impl Builder<'_> {
 
 /// Kaiming-normal (fan_out, relu) weights and zero bias for a new `fc` head, as the paper's
 /// code initialises its 3-class head.
-pub fn new_head(num_classes: usize, in_features: usize, seed: u64, device: &Device) -> Result<(Tensor, Tensor)> {
+pub fn new_head(
+    num_classes: usize,
+    in_features: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
     let mut rng = SeededRng::new(seed ^ 0x5eed_f00d);
     let std = (2.0 / num_classes as f32).sqrt();
-    let w = Tensor::from_vec(rng.normal_vec(num_classes * in_features, std), (num_classes, in_features), device)?;
+    let w = Tensor::from_vec(
+        rng.normal_vec(num_classes * in_features, std),
+        (num_classes, in_features),
+        device,
+    )?;
     let b = Tensor::zeros(num_classes, DType::F32, device)?;
     Ok((w, b))
 }
@@ -275,7 +327,12 @@ impl ResNet18 {
             return Err(Error::arg("num_classes must be at least 1"));
         }
         let varmap = VarMap::new();
-        let mut b = Builder { varmap: &varmap, names: Vec::new(), rng: SeededRng::new(seed), device: device.clone() };
+        let mut b = Builder {
+            varmap: &varmap,
+            names: Vec::new(),
+            rng: SeededRng::new(seed),
+            device: device.clone(),
+        };
         let conv1 = b.conv("conv1", 3, 64, 7, 2, 3)?;
         let bn1 = b.bn("bn1", 64)?;
         let widths = [64usize, 128, 256, 512];
@@ -296,7 +353,13 @@ impl ResNet18 {
                 } else {
                     None
                 };
-                layers[li].push(BasicBlock { conv1, bn1, conv2, bn2, downsample });
+                layers[li].push(BasicBlock {
+                    conv1,
+                    bn1,
+                    conv2,
+                    bn2,
+                    downsample,
+                });
                 cin = w;
             }
         }
@@ -306,7 +369,18 @@ impl ResNet18 {
         let names = b.names;
         let mean = Tensor::from_slice(&IMAGENET_MEAN, (1, 3, 1, 1), device)?;
         let std = Tensor::from_slice(&IMAGENET_STD, (1, 3, 1, 1), device)?;
-        Ok(ResNet18 { varmap, names, conv1, bn1, layers, fc_weight, fc_bias, mean, std, device: device.clone() })
+        Ok(ResNet18 {
+            varmap,
+            names,
+            conv1,
+            bn1,
+            layers,
+            fc_weight,
+            fc_bias,
+            mean,
+            std,
+            device: device.clone(),
+        })
     }
 
     pub fn device(&self) -> &Device {
@@ -377,7 +451,11 @@ impl ResNet18 {
         let (w, b) = new_head(num_classes, 512, seed, &self.device)?;
         self.fc_weight = Var::from_tensor(&w)?;
         self.fc_bias = Var::from_tensor(&b)?;
-        let mut data = self.varmap.data().lock().map_err(|_| Error::arg("internal: variable map poisoned"))?;
+        let mut data = self
+            .varmap
+            .data()
+            .lock()
+            .map_err(|_| Error::arg("internal: variable map poisoned"))?;
         data.insert("fc.weight".into(), self.fc_weight.clone());
         data.insert("fc.bias".into(), self.fc_bias.clone());
         Ok(())
@@ -385,10 +463,16 @@ impl ResNet18 {
 
     fn normalize(&self, x: &Tensor) -> Result<Tensor> {
         let (_, c, _, _) = x.dims4().map_err(|_| {
-            Error::arg(format!("model input must be [N, 3, H, W] images, got shape {:?}", x.dims()))
+            Error::arg(format!(
+                "model input must be [N, 3, H, W] images, got shape {:?}",
+                x.dims()
+            ))
         })?;
         if c != 3 {
-            return Err(Error::arg(format!("model input must have 3 channels, got shape {:?}", x.dims())));
+            return Err(Error::arg(format!(
+                "model input must have 3 channels, got shape {:?}",
+                x.dims()
+            )));
         }
         Ok(x.broadcast_sub(&self.mean)?.broadcast_div(&self.std)?)
     }
@@ -398,7 +482,10 @@ impl ResNet18 {
             Stage::Input => x.clone(),
             Stage::Stem => {
                 let x = self.normalize(x)?;
-                let x = self.bn1.forward(&self.conv1.forward(&x, mode)?, mode)?.relu()?;
+                let x = self
+                    .bn1
+                    .forward(&self.conv1.forward(&x, mode)?, mode)?
+                    .relu()?;
                 max_pool2d(&x, 3, 2, 1)?
             }
             Stage::Layer1 | Stage::Layer2 | Stage::Layer3 | Stage::Layer4 => {
@@ -422,7 +509,9 @@ impl ResNet18 {
     /// `forward_range(x, Stage::Input, Stage::Logits, mode)` is the whole model.
     pub fn forward_range(&self, x: &Tensor, from: Stage, to: Stage, mode: Mode) -> Result<Tensor> {
         if to < from {
-            return Err(Error::arg(format!("cannot run the model backwards from {from:?} to {to:?}")));
+            return Err(Error::arg(format!(
+                "cannot run the model backwards from {from:?} to {to:?}"
+            )));
         }
         let mut x = x.clone();
         let mut s = from;
@@ -463,11 +552,16 @@ impl ResNet18 {
             .collect();
         let mut out = Vec::with_capacity(self.names.len() + bns.len());
         for (name, _) in &self.names {
-            let v = self.var(name).ok_or_else(|| Error::arg(format!("internal: missing {name}")))?;
+            let v = self
+                .var(name)
+                .ok_or_else(|| Error::arg(format!("internal: missing {name}")))?;
             out.push((name.clone(), v.as_tensor().detach().copy()?));
             if let Some(prefix) = name.strip_suffix(".running_var") {
                 let n = bns.get(prefix).copied().unwrap_or(0);
-                out.push((format!("{prefix}.num_batches_tracked"), Tensor::new(n, &self.device)?));
+                out.push((
+                    format!("{prefix}.num_batches_tracked"),
+                    Tensor::new(n, &self.device)?,
+                ));
             }
         }
         Ok(out)
@@ -476,23 +570,37 @@ impl ResNet18 {
     /// Copies tensors into the model. Every tensor of the model must be present with the
     /// model's shape (heads are handled by [`crate::model::weights`]); `num_batches_tracked`
     /// is restored when present.
-    pub fn load_tensors(&self, tensors: &HashMap<String, Tensor>, origin: &std::path::Path) -> Result<()> {
+    pub fn load_tensors(
+        &self,
+        tensors: &HashMap<String, Tensor>,
+        origin: &std::path::Path,
+    ) -> Result<()> {
         for (name, _) in &self.names {
             let t = tensors
                 .get(name)
                 .ok_or_else(|| Error::weights(origin, format!("tensor `{name}` is missing")))?;
-            let v = self.var(name).ok_or_else(|| Error::arg(format!("internal: missing {name}")))?;
+            let v = self
+                .var(name)
+                .ok_or_else(|| Error::arg(format!("internal: missing {name}")))?;
             if t.dims() != v.dims() {
                 return Err(Error::weights(
                     origin,
-                    format!("tensor `{name}` has shape {:?}, the model needs {:?}", t.dims(), v.dims()),
+                    format!(
+                        "tensor `{name}` has shape {:?}, the model needs {:?}",
+                        t.dims(),
+                        v.dims()
+                    ),
                 ));
             }
             v.set(&t.to_dtype(DType::F32)?.to_device(&self.device)?)?;
         }
         for (name, bn) in self.all_bns() {
             if let Some(t) = tensors.get(&format!("{name}.num_batches_tracked")) {
-                if let Ok(n) = t.flatten_all().and_then(|t| t.to_dtype(DType::I64)).and_then(|t| t.to_vec1::<i64>()) {
+                if let Ok(n) = t
+                    .flatten_all()
+                    .and_then(|t| t.to_dtype(DType::I64))
+                    .and_then(|t| t.to_vec1::<i64>())
+                {
                     if let Some(&n) = n.first() {
                         bn.num_batches_tracked.store(n, Ordering::Relaxed);
                     }
@@ -504,7 +612,10 @@ impl ResNet18 {
 
     /// Number of trainable parameters.
     pub fn num_parameters(&self) -> usize {
-        self.trainable_vars(GroupSet::all()).iter().map(|(_, v)| v.elem_count()).sum()
+        self.trainable_vars(GroupSet::all())
+            .iter()
+            .map(|(_, v)| v.elem_count())
+            .sum()
     }
 }
 
@@ -536,7 +647,9 @@ mod tests {
         let names: Vec<_> = v.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, vec!["fc.weight", "fc.bias"]);
         let v = m.trainable_vars(GroupSet::parse("3-5").unwrap());
-        assert!(v.iter().all(|(n, _)| n.starts_with("layer3") || n.starts_with("layer4") || n.starts_with("fc")));
+        assert!(v.iter().all(|(n, _)| n.starts_with("layer3")
+            || n.starts_with("layer4")
+            || n.starts_with("fc")));
         assert!(v.iter().all(|(n, _)| !n.contains("running")));
     }
 
@@ -545,17 +658,38 @@ mod tests {
         let m = ResNet18::new_random(3, 1, &Device::Cpu).unwrap();
         m.freeze_bn_stats(GroupSet::parse("3-5").unwrap(), true);
         let x = Tensor::rand(0f32, 1f32, (2, 3, 32, 32), &Device::Cpu).unwrap();
-        let before = m.var("layer1.0.bn1.running_mean").unwrap().to_vec1::<f32>().unwrap();
-        let before3 = m.var("layer3.0.bn1.running_mean").unwrap().to_vec1::<f32>().unwrap();
+        let before = m
+            .var("layer1.0.bn1.running_mean")
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let before3 = m
+            .var("layer3.0.bn1.running_mean")
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         m.forward(&x, Mode::Train).unwrap();
-        assert_eq!(before, m.var("layer1.0.bn1.running_mean").unwrap().to_vec1::<f32>().unwrap());
-        assert_ne!(before3, m.var("layer3.0.bn1.running_mean").unwrap().to_vec1::<f32>().unwrap());
+        assert_eq!(
+            before,
+            m.var("layer1.0.bn1.running_mean")
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        );
+        assert_ne!(
+            before3,
+            m.var("layer3.0.bn1.running_mean")
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        );
     }
 
     #[test]
     fn input_grad_mode_has_no_weight_grads() {
         let m = ResNet18::new_random(3, 1, &Device::Cpu).unwrap();
-        let x = Var::from_tensor(&Tensor::rand(0f32, 1f32, (1, 3, 32, 32), &Device::Cpu).unwrap()).unwrap();
+        let x = Var::from_tensor(&Tensor::rand(0f32, 1f32, (1, 3, 32, 32), &Device::Cpu).unwrap())
+            .unwrap();
         let y = m.forward(x.as_tensor(), Mode::InputGrad).unwrap();
         let g = y.sum_all().unwrap().backward().unwrap();
         assert!(g.get(x.as_tensor()).is_some());

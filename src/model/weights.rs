@@ -27,7 +27,9 @@ impl WeightsSource {
     pub fn parse(spec: &str) -> Result<Self> {
         let s = spec.trim();
         if s.is_empty() {
-            return Err(Error::arg("--weights: empty value; give a file, hf:owner/repo or none"));
+            return Err(Error::arg(
+                "--weights: empty value; give a file, hf:owner/repo or none",
+            ));
         }
         if s.eq_ignore_ascii_case("none") || s.eq_ignore_ascii_case("random") {
             return Ok(WeightsSource::Random);
@@ -40,7 +42,11 @@ impl WeightsSource {
                 )));
             }
             let repo = format!("{}/{}", parts[0], parts[1]);
-            let file = if parts.len() > 2 { parts[2..].join("/") } else { "model.safetensors".into() };
+            let file = if parts.len() > 2 {
+                parts[2..].join("/")
+            } else {
+                "model.safetensors".into()
+            };
             return Ok(WeightsSource::Hub { repo, file });
         }
         Ok(WeightsSource::File(PathBuf::from(s)))
@@ -67,7 +73,10 @@ pub fn resolve_weights(src: &WeightsSource, cache_dir: &Path) -> Result<Option<P
                 ));
             }
             if p.is_dir() {
-                return Err(Error::weights(p, "is a folder; give the weights file inside it (e.g. model.safetensors)"));
+                return Err(Error::weights(
+                    p,
+                    "is a folder; give the weights file inside it (e.g. model.safetensors)",
+                ));
             }
             Ok(Some(p.clone()))
         }
@@ -84,7 +93,10 @@ pub fn resolve_weights(src: &WeightsSource, cache_dir: &Path) -> Result<Option<P
                  resnet18-f37072fd.pth works too"
             );
             if std::env::var_os("HF_HUB_OFFLINE").is_some_and(|v| v != "0") {
-                return Err(Error::Hub(format!("HF_HUB_OFFLINE is set and the file is not cached under {}: {offline_hint}", cache_dir.display())));
+                return Err(Error::Hub(format!(
+                    "HF_HUB_OFFLINE is set and the file is not cached under {}: {offline_hint}",
+                    cache_dir.display()
+                )));
             }
             std::fs::create_dir_all(cache_dir).map_err(|e| Error::io(cache_dir, e))?;
             let api = hf_hub::api::sync::ApiBuilder::new()
@@ -115,7 +127,10 @@ fn sniff(path: &Path, bytes: &[u8]) -> Result<WeightsFormat> {
     if bytes.len() < 8 {
         return Err(Error::weights(
             path,
-            format!("file is {} bytes, too short to be a safetensors or .pth file (truncated?)", bytes.len()),
+            format!(
+                "file is {} bytes, too short to be a safetensors or .pth file (truncated?)",
+                bytes.len()
+            ),
         ));
     }
     let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
@@ -130,7 +145,10 @@ fn sniff(path: &Path, bytes: &[u8]) -> Result<WeightsFormat> {
         ));
     }
     if bytes.get(8) != Some(&b'{') {
-        return Err(Error::weights(path, "not a safetensors or PyTorch .pth file (no JSON header, no zip/pickle signature)"));
+        return Err(Error::weights(
+            path,
+            "not a safetensors or PyTorch .pth file (no JSON header, no zip/pickle signature)",
+        ));
     }
     Ok(WeightsFormat::Safetensors)
 }
@@ -146,7 +164,10 @@ pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
             let mut v = Vec::new();
             for (name, view) in st.tensors() {
                 let t = candle_core::safetensors::Load::load(&view, &Device::Cpu).map_err(|e| {
-                    Error::weights(path, format!("tensor `{name}` cannot be read ({:?}): {e}", view.dtype()))
+                    Error::weights(
+                        path,
+                        format!("tensor `{name}` cannot be read ({:?}): {e}", view.dtype()),
+                    )
                 })?;
                 v.push((name, t));
             }
@@ -175,11 +196,19 @@ fn read_pth(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let attempt = |key: Option<&str>| -> Result<Vec<(String, Tensor)>> {
         let p = path.to_path_buf();
         let key = key.map(|k| k.to_string());
-        let res = std::panic::catch_unwind(move || candle_core::pickle::read_all_with_key(&p, key.as_deref()));
+        let res = std::panic::catch_unwind(move || {
+            candle_core::pickle::read_all_with_key(&p, key.as_deref())
+        });
         match res {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(Error::weights(path, format!("not a PyTorch state dict: {e}"))),
-            Err(_) => Err(Error::weights(path, "not a PyTorch state dict (the pickle could not be parsed)")),
+            Ok(Err(e)) => Err(Error::weights(
+                path,
+                format!("not a PyTorch state dict: {e}"),
+            )),
+            Err(_) => Err(Error::weights(
+                path,
+                "not a PyTorch state dict (the pickle could not be parsed)",
+            )),
         }
     };
     let first = attempt(None);
@@ -217,7 +246,12 @@ pub struct LoadReport {
 /// from the file's `fc.weight`; with `Some(k)` a head of another size (or no head) is replaced
 /// by a fresh Kaiming-normal one and the backbone kept. Every other missing, extra,
 /// mis-shaped or non-float tensor is an error naming the tensor and both shapes.
-pub fn load_weights(path: &Path, num_classes: Option<usize>, seed: u64, device: &Device) -> Result<(ResNet18, LoadReport)> {
+pub fn load_weights(
+    path: &Path,
+    num_classes: Option<usize>,
+    seed: u64,
+    device: &Device,
+) -> Result<(ResNet18, LoadReport)> {
     let mut tensors = read_tensors(path)?;
     let mut report = LoadReport::default();
     let file_classes = tensors.get("fc.weight").map(|t| t.dims().to_vec());
@@ -253,34 +287,113 @@ pub fn load_weights(path: &Path, num_classes: Option<usize>, seed: u64, device: 
     // Check names, dtypes and shapes, naming everything that is wrong.
     let mut problems = Vec::new();
     for (name, _) in model.tensor_names() {
-        let want = model.var(name).map(|v| v.dims().to_vec()).unwrap_or_default();
+        let want = model
+            .var(name)
+            .map(|v| v.dims().to_vec())
+            .unwrap_or_default();
         match tensors.get(name) {
-            None => problems.push(format!("tensor `{name}` is missing (the model needs shape {want:?})")),
+            None => problems.push(format!(
+                "tensor `{name}` is missing (the model needs shape {want:?})"
+            )),
             Some(t) => {
-                if !matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16 | DType::F64) {
-                    problems.push(format!("tensor `{name}` has dtype {:?}; weights must be floating point", t.dtype()));
+                if !matches!(
+                    t.dtype(),
+                    DType::F32 | DType::F16 | DType::BF16 | DType::F64
+                ) {
+                    problems.push(format!(
+                        "tensor `{name}` has dtype {:?}; weights must be floating point",
+                        t.dtype()
+                    ));
                 } else if t.dims() != want.as_slice() {
-                    problems.push(format!("tensor `{name}` has shape {:?}, the model needs {want:?}", t.dims()));
+                    problems.push(format!(
+                        "tensor `{name}` has shape {:?}, the model needs {want:?}",
+                        t.dims()
+                    ));
                 }
             }
         }
     }
-    let known: std::collections::HashSet<&str> = model.tensor_names().iter().map(|(n, _)| n.as_str()).collect();
+    let known: std::collections::HashSet<&str> = model
+        .tensor_names()
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect();
     let mut extras: Vec<String> = tensors
         .iter()
         .filter(|(n, _)| !known.contains(n.as_str()) && !n.ends_with("num_batches_tracked"))
-        .map(|(n, t)| format!("unexpected tensor `{n}` with shape {:?} (not part of a torchvision ResNet-18)", t.dims()))
+        .map(|(n, t)| {
+            format!(
+                "unexpected tensor `{n}` with shape {:?} (not part of a torchvision ResNet-18)",
+                t.dims()
+            )
+        })
         .collect();
     extras.sort();
     problems.extend(extras);
     if !problems.is_empty() {
         let n = problems.len();
         let shown: Vec<String> = problems.into_iter().take(8).collect();
-        let more = if n > 8 { format!("\n  ... and {} more", n - 8) } else { String::new() };
-        return Err(Error::weights(path, format!("does not fit a ResNet-18:\n  {}{more}", shown.join("\n  "))));
+        let more = if n > 8 {
+            format!("\n  ... and {} more", n - 8)
+        } else {
+            String::new()
+        };
+        return Err(Error::weights(
+            path,
+            format!("does not fit a ResNet-18:\n  {}{more}", shown.join("\n  ")),
+        ));
     }
     model.load_tensors(&tensors, path)?;
     Ok((model, report))
+}
+
+/// Loads a model from anything `--weights`/`--run` accepts: a run folder, a weights file
+/// (`.safetensors` or `.pth`), `hf:owner/repo[/file]`, or `none` (random init, needs
+/// `num_classes`). Returns the model and its class names.
+pub fn load_model_spec(
+    spec: &str,
+    num_classes: Option<usize>,
+    seed: u64,
+    device: &Device,
+) -> Result<(ResNet18, Vec<String>)> {
+    let p = Path::new(spec);
+    if p.is_dir() {
+        let (m, cfg) = crate::model::checkpoint::load_checkpoint(p, device)?;
+        return Ok((m, cfg.class_names));
+    }
+    let src = WeightsSource::parse(spec)?;
+    match resolve_weights(&src, &default_cache_dir())? {
+        None => {
+            let k =
+                num_classes.ok_or_else(|| Error::arg("--weights none needs --num-classes K"))?;
+            let m = ResNet18::new_random(k, seed, device)?;
+            let names = (0..k).map(|i| format!("class{i}")).collect();
+            Ok((m, names))
+        }
+        Some(path) => {
+            let cfg_path = path.parent().map(|d| d.join("config.json"));
+            let (m, report) = load_weights(&path, num_classes, seed, device)?;
+            if let Some(k) = report.head_replaced_from {
+                tracing::info!(
+                    "{}: head with {k} classes replaced by a new {}-class head",
+                    path.display(),
+                    m.num_classes()
+                );
+            }
+            let mut names: Vec<String> =
+                (0..m.num_classes()).map(|i| format!("class{i}")).collect();
+            if let Some(cp) = cfg_path
+                .filter(|c| c.exists() && path.extension().is_some_and(|e| e == "safetensors"))
+            {
+                if let Ok(cfg) = crate::fsutil::read_json::<crate::model::ModelConfig>(&cp) {
+                    if cfg.class_names.len() == m.num_classes() {
+                        names = cfg.class_names;
+                    }
+                }
+            }
+            Ok((m, names))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -292,55 +405,28 @@ mod tests {
         assert_eq!(WeightsSource::parse("none").unwrap(), WeightsSource::Random);
         assert_eq!(
             WeightsSource::parse("hf:timm/resnet18.tv_in1k").unwrap(),
-            WeightsSource::Hub { repo: "timm/resnet18.tv_in1k".into(), file: "model.safetensors".into() }
+            WeightsSource::Hub {
+                repo: "timm/resnet18.tv_in1k".into(),
+                file: "model.safetensors".into()
+            }
         );
         assert!(WeightsSource::parse("hf:timm").is_err());
-        assert_eq!(WeightsSource::parse("a.pth").unwrap(), WeightsSource::File("a.pth".into()));
+        assert_eq!(
+            WeightsSource::parse("a.pth").unwrap(),
+            WeightsSource::File("a.pth".into())
+        );
     }
 
     #[test]
     fn hub_offline_error_says_what_to_do() {
         let dir = tempfile::tempdir().unwrap();
         std::env::set_var("HF_HUB_OFFLINE", "1");
-        let e = resolve_weights(&WeightsSource::parse("hf:timm/resnet18.tv_in1k").unwrap(), dir.path())
-            .unwrap_err()
-            .to_string();
+        let e = resolve_weights(
+            &WeightsSource::parse("hf:timm/resnet18.tv_in1k").unwrap(),
+            dir.path(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("--weights path/to/model.safetensors"), "{e}");
-    }
-}
-
-/// Loads a model from anything `--weights`/`--run` accepts: a run folder, a weights file
-/// (`.safetensors` or `.pth`), `hf:owner/repo[/file]`, or `none` (random init, needs
-/// `num_classes`). Returns the model and its class names.
-pub fn load_model_spec(spec: &str, num_classes: Option<usize>, seed: u64, device: &Device) -> Result<(ResNet18, Vec<String>)> {
-    let p = Path::new(spec);
-    if p.is_dir() {
-        let (m, cfg) = crate::model::checkpoint::load_checkpoint(p, device)?;
-        return Ok((m, cfg.class_names));
-    }
-    let src = WeightsSource::parse(spec)?;
-    match resolve_weights(&src, &default_cache_dir())? {
-        None => {
-            let k = num_classes.ok_or_else(|| Error::arg("--weights none needs --num-classes K"))?;
-            let m = ResNet18::new_random(k, seed, device)?;
-            let names = (0..k).map(|i| format!("class{i}")).collect();
-            Ok((m, names))
-        }
-        Some(path) => {
-            let cfg_path = path.parent().map(|d| d.join("config.json"));
-            let (m, report) = load_weights(&path, num_classes, seed, device)?;
-            if let Some(k) = report.head_replaced_from {
-                tracing::info!("{}: head with {k} classes replaced by a new {}-class head", path.display(), m.num_classes());
-            }
-            let mut names: Vec<String> = (0..m.num_classes()).map(|i| format!("class{i}")).collect();
-            if let Some(cp) = cfg_path.filter(|c| c.exists() && path.extension().is_some_and(|e| e == "safetensors")) {
-                if let Ok(cfg) = crate::fsutil::read_json::<crate::model::ModelConfig>(&cp) {
-                    if cfg.class_names.len() == m.num_classes() {
-                        names = cfg.class_names;
-                    }
-                }
-            }
-            Ok((m, names))
-        }
     }
 }

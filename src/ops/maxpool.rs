@@ -172,7 +172,12 @@ pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> R
 
 /// Device-independent max pooling from candle ops: every window offset is a strided view of
 /// the (-inf padded) input; the per-window argmax picks one element whose gradient is exact.
-pub fn max_pool2d_generic(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+pub fn max_pool2d_generic(
+    x: &Tensor,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     let ho = pooled_size(h, kernel, stride, padding);
     let wo = pooled_size(w, kernel, stride, padding);
@@ -180,8 +185,8 @@ pub fn max_pool2d_generic(x: &Tensor, kernel: usize, stride: usize, padding: usi
         let neg = f32::NEG_INFINITY;
         let pad_h = Tensor::full(neg, (n, c, padding, w), x.device())?.to_dtype(x.dtype())?;
         let xp = Tensor::cat(&[&pad_h, x, &pad_h], 2)?;
-        let pad_w = Tensor::full(neg, (n, c, h + 2 * padding, padding), x.device())?
-            .to_dtype(x.dtype())?;
+        let pad_w =
+            Tensor::full(neg, (n, c, h + 2 * padding, padding), x.device())?.to_dtype(x.dtype())?;
         Tensor::cat(&[&pad_w, &xp, &pad_w], 3)?
     } else {
         x.clone()
@@ -197,7 +202,10 @@ pub fn max_pool2d_generic(x: &Tensor, kernel: usize, stride: usize, padding: usi
                 let cols: Vec<u32> = (0..wo).map(|i| (i * stride) as u32).collect();
                 let rows = Tensor::new(rows.as_slice(), x.device())?;
                 let cols = Tensor::new(cols.as_slice(), x.device())?;
-                v.contiguous()?.index_select(&rows, 2)?.contiguous()?.index_select(&cols, 3)?
+                v.contiguous()?
+                    .index_select(&rows, 2)?
+                    .contiguous()?
+                    .index_select(&cols, 3)?
             } else {
                 v
             };
@@ -249,13 +257,26 @@ mod tests {
         let weights = input(2, 2, 4, 3).affine(0.5, 0.1).unwrap();
         let f = |x: &Tensor| -> f64 {
             let y = max_pool2d(x, 3, 2, 1).unwrap();
-            (y * &weights).unwrap().sum_all().unwrap().to_dtype(candle_core::DType::F64).unwrap().to_scalar::<f64>().unwrap()
+            (y * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_dtype(candle_core::DType::F64)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
         };
         let xv = Var::from_tensor(&x0).unwrap();
         let y = max_pool2d(xv.as_tensor(), 3, 2, 1).unwrap();
         let loss = (y * &weights).unwrap().sum_all().unwrap();
         let g = loss.backward().unwrap();
-        let analytic: Vec<f32> = g.get(xv.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let analytic: Vec<f32> = g
+            .get(xv.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let base: Vec<f32> = x0.flatten_all().unwrap().to_vec1().unwrap();
         let eps = 1e-2f32;
         for i in 0..base.len() {
@@ -266,13 +287,28 @@ mod tests {
             let tp = Tensor::from_vec(p, x0.shape(), &Device::Cpu).unwrap();
             let tm = Tensor::from_vec(m, x0.shape(), &Device::Cpu).unwrap();
             let fd = (f(&tp) - f(&tm)) / (2.0 * eps as f64);
-            assert!((fd - analytic[i] as f64).abs() < 1e-3, "element {i}: fd {fd} analytic {}", analytic[i]);
+            assert!(
+                (fd - analytic[i] as f64).abs() < 1e-3,
+                "element {i}: fd {fd} analytic {}",
+                analytic[i]
+            );
         }
         // The generic version agrees with the custom op's gradient.
         let xv2 = Var::from_tensor(&x0).unwrap();
         let y2 = max_pool2d_generic(xv2.as_tensor(), 3, 2, 1).unwrap();
-        let g2 = (y2 * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-        let generic: Vec<f32> = g2.get(xv2.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let g2 = (y2 * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let generic: Vec<f32> = g2
+            .get(xv2.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert_eq!(generic, analytic);
     }
 }

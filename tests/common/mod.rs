@@ -6,11 +6,18 @@ use robustlens::model::ResNet18;
 use std::path::PathBuf;
 
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fixtures")
+        .join(name)
 }
 
 fn name_seed(name: &str) -> u64 {
-    name.bytes().enumerate().map(|(i, c)| c as u64 * (i as u64 + 1)).sum::<u64>() % 1000
+    name.bytes()
+        .enumerate()
+        .map(|(i, c)| c as u64 * (i as u64 + 1))
+        .sum::<u64>()
+        % 1000
 }
 
 /// SplitMix64 of (j + s * golden) as a float in [0, 1), as in make_fixtures.py.
@@ -31,7 +38,9 @@ pub fn formula_model(num_classes: usize) -> ResNet18 {
         let dims = var.dims().to_vec();
         let n: usize = dims.iter().product();
         let s = name_seed(&name);
-        let f: Vec<f64> = (0..n as u64).map(|j| (2.0 * splitmix(j, s) - 1.0) * 3f64.sqrt()).collect();
+        let f: Vec<f64> = (0..n as u64)
+            .map(|j| (2.0 * splitmix(j, s) - 1.0) * 3f64.sqrt())
+            .collect();
         let v: Vec<f32> = f
             .iter()
             .map(|&f| {
@@ -52,7 +61,8 @@ pub fn formula_model(num_classes: usize) -> ResNet18 {
                 v as f32
             })
             .collect();
-        var.set(&Tensor::from_vec(v, dims, &Device::Cpu).unwrap()).unwrap();
+        var.set(&Tensor::from_vec(v, dims, &Device::Cpu).unwrap())
+            .unwrap();
     }
     m
 }
@@ -60,8 +70,21 @@ pub fn formula_model(num_classes: usize) -> ResNet18 {
 /// max |a - b| / max |b|.
 pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    let m = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let m = b
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     d / m.max(1e-12)
 }
 
