@@ -1,0 +1,21 @@
+//! Input x Gradient (captum `InputXGradient`): x * d logit_target / d x.
+
+use super::{input_gradients, Attribution};
+use crate::model::ResNet18;
+use crate::Result;
+use candle_core::Tensor;
+
+/// Input times gradient.
+#[derive(Debug, Clone)]
+pub struct InputXGradient {
+    pub batch: usize,
+}
+
+impl Attribution for InputXGradient {
+    fn name(&self) -> String {
+        "input-x-gradient".into()
+    }
+    fn attribute(&self, model: &ResNet18, x: &Tensor, targets: &[usize]) -> Result<Tensor> {
+        Ok((input_gradients(model, x, targets, self.batch)? * x)?)
+    }
+}

@@ -1,0 +1,248 @@
+//! Attribution (saliency) methods behind one trait, each in its own file, matching captum.
+//!
+//! Every method attributes a target class with respect to the [0,1] input and returns raw
+//! attributions `[N, 3, H, W]` (Grad-CAM: `[N, 1, H, W]` after upsampling). Display steps
+//! (channel reduction, percentile caps, colour maps) live in [`crate::report::display`] and
+//! never touch the model. The model runs in eval mode with its weights detached
+//! ([`Mode::InputGrad`]): no weight gradient is ever computed, and the many forward passes of
+//! IG steps, SmoothGrad samples and occlusion windows go through the model in batches.
+
+pub mod gradcam;
+pub mod gradient;
+pub mod input_x_gradient;
+pub mod integrated_gradients;
+pub mod occlusion;
+pub mod smoothgrad;
+
+pub use gradcam::GradCam;
+pub use gradient::Gradient;
+pub use input_x_gradient::InputXGradient;
+pub use integrated_gradients::{Baseline, IgRule, IntegratedGradients};
+pub use occlusion::Occlusion;
+pub use smoothgrad::{NoiseTunnel, SmoothKind};
+
+use crate::model::{Mode, ResNet18};
+use crate::{Error, Result};
+use candle_core::{Tensor, Var, D};
+
+/// Which class to explain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The image's true label (needs labels).
+    Label,
+    /// The model's predicted class.
+    Predicted,
+    /// A fixed class index.
+    Class(usize),
+}
+
+impl Target {
+    /// Parses `label`, `predicted` or a class index.
+    pub fn parse(s: &str) -> Result<Target> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "label" | "true" => Ok(Target::Label),
+            "predicted" | "pred" => Ok(Target::Predicted),
+            other => other.parse::<usize>().map(Target::Class).map_err(|_| {
+                Error::arg(format!(
+                    "--target {s}: use label, predicted or a class index such as 1"
+                ))
+            }),
+        }
+    }
+
+    /// The class index per image.
+    pub fn resolve(
+        &self,
+        model: &ResNet18,
+        x: &Tensor,
+        labels: Option<&[usize]>,
+    ) -> Result<Vec<usize>> {
+        let n = x.dim(0)?;
+        let k = model.num_classes();
+        let t = match self {
+            Target::Class(c) => {
+                if *c >= k {
+                    return Err(Error::arg(format!(
+                        "--target {c}: the model has {k} classes (0..{})",
+                        k - 1
+                    )));
+                }
+                vec![*c; n]
+            }
+            Target::Label => labels
+                .ok_or_else(|| {
+                    Error::arg(
+                        "--target label needs labelled images (use --data, or --target predicted)",
+                    )
+                })?
+                .to_vec(),
+            Target::Predicted => predict_classes(model, x, 32)?,
+        };
+        if t.len() != n {
+            return Err(Error::arg(format!("{} targets for {n} images", t.len())));
+        }
+        Ok(t)
+    }
+}
+
+/// An attribution method.
+pub trait Attribution {
+    /// A short name (`gradient`, `ig`, ...).
+    fn name(&self) -> String;
+    /// Raw attributions for `x` (`[N, 3, H, W]` in [0,1]) towards `targets[i]` per image.
+    fn attribute(&self, model: &ResNet18, x: &Tensor, targets: &[usize]) -> Result<Tensor>;
+}
+
+/// Argmax classes, computed in batches.
+pub fn predict_classes(model: &ResNet18, x: &Tensor, batch: usize) -> Result<Vec<usize>> {
+    let n = x.dim(0)?;
+    let mut out = Vec::with_capacity(n);
+    let mut i = 0;
+    while i < n {
+        let m = batch.max(1).min(n - i);
+        let logits = model.forward(&x.narrow(0, i, m)?, Mode::InputGrad)?;
+        let am: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
+        out.extend(am.into_iter().map(|v| v as usize));
+        i += m;
+    }
+    Ok(out)
+}
+
+/// The target logit per row: `logits[i, targets[i]]`, shape `[N]`.
+pub fn select_targets(logits: &Tensor, targets: &[usize]) -> Result<Tensor> {
+    let idx: Vec<u32> = targets.iter().map(|&t| t as u32).collect();
+    let idx = Tensor::new(idx.as_slice(), logits.device())?.unsqueeze(1)?;
+    Ok(logits.gather(&idx, 1)?.squeeze(1)?)
+}
+
+/// Target logits for many inputs, in batches of `batch`, no gradients: `[M]`.
+pub fn target_logits(
+    model: &ResNet18,
+    x: &Tensor,
+    targets: &[usize],
+    batch: usize,
+) -> Result<Vec<f32>> {
+    let n = x.dim(0)?;
+    let mut out = Vec::with_capacity(n);
+    let mut i = 0;
+    while i < n {
+        let m = batch.max(1).min(n - i);
+        let logits = model.forward(&x.narrow(0, i, m)?, Mode::InputGrad)?;
+        out.extend(select_targets(&logits, &targets[i..i + m])?.to_vec1::<f32>()?);
+        i += m;
+    }
+    Ok(out)
+}
+
+/// Gradients of `logits[i, targets[i]]` with respect to each input row (rows are independent
+/// in eval mode), computed in batches of `batch` with no weight gradients: `[M, 3, H, W]`.
+pub fn input_gradients(
+    model: &ResNet18,
+    x: &Tensor,
+    targets: &[usize],
+    batch: usize,
+) -> Result<Tensor> {
+    let n = x.dim(0)?;
+    if targets.len() != n {
+        return Err(Error::arg(format!(
+            "{} targets for {n} inputs",
+            targets.len()
+        )));
+    }
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < n {
+        let m = batch.max(1).min(n - i);
+        let xv = Var::from_tensor(&x.narrow(0, i, m)?.contiguous()?)?;
+        let logits = model.forward(xv.as_tensor(), Mode::InputGrad)?;
+        let sel = select_targets(&logits, &targets[i..i + m])?.sum_all()?;
+        let grads = sel.backward()?;
+        let g = grads
+            .get(xv.as_tensor())
+            .ok_or_else(|| Error::arg("internal: no input gradient"))?
+            .clone();
+        parts.push(g);
+        i += m;
+    }
+    Ok(Tensor::cat(&parts, 0)?)
+}
+
+/// Builds a method by its command-line name.
+pub fn by_name(name: &str, opts: &MethodOptions) -> Result<Box<dyn Attribution>> {
+    Ok(match name.trim() {
+        "gradient" | "saliency" => Box::new(Gradient { batch: opts.internal_batch_size }),
+        "input-x-gradient" | "ixg" => Box::new(InputXGradient { batch: opts.internal_batch_size }),
+        "ig" | "integrated-gradients" => Box::new(IntegratedGradients {
+            steps: opts.ig_steps,
+            rule: opts.ig_rule,
+            baseline: opts.baseline.clone(),
+            internal_batch_size: opts.internal_batch_size,
+            seed: opts.seed,
+        }),
+        "smoothgrad" => {
+            if matches!(opts.smooth_base.as_str(), "smoothgrad") {
+                return Err(Error::arg("--smooth-base smoothgrad: SmoothGrad cannot wrap itself"));
+            }
+            let base = by_name(&opts.smooth_base, opts)?;
+            Box::new(NoiseTunnel {
+                base,
+                kind: opts.smooth,
+                samples: opts.samples,
+                noise: opts.noise,
+                seed: opts.seed,
+            })
+        }
+        "occlusion" => Box::new(Occlusion {
+            window: opts.window,
+            stride: opts.stride,
+            baseline: opts.occlusion_baseline,
+            perturbations_per_eval: opts.perturbations_per_eval,
+        }),
+        "gradcam" | "grad-cam" => Box::new(GradCam { layer: opts.layer }),
+        other => {
+            return Err(Error::arg(format!(
+                "unknown method `{other}`: use gradient, input-x-gradient, ig, smoothgrad, occlusion or gradcam"
+            )))
+        }
+    })
+}
+
+/// Options shared by the methods, with the paper's defaults.
+#[derive(Debug, Clone)]
+pub struct MethodOptions {
+    pub ig_steps: usize,
+    pub ig_rule: IgRule,
+    pub baseline: Baseline,
+    pub internal_batch_size: usize,
+    pub smooth: SmoothKind,
+    pub smooth_base: String,
+    pub samples: usize,
+    pub noise: f32,
+    pub window: usize,
+    pub stride: usize,
+    pub occlusion_baseline: f32,
+    pub perturbations_per_eval: usize,
+    pub layer: crate::model::Stage,
+    pub seed: u64,
+}
+
+impl Default for MethodOptions {
+    fn default() -> Self {
+        MethodOptions {
+            ig_steps: 50,
+            ig_rule: IgRule::GaussLegendre,
+            baseline: Baseline::Black,
+            internal_batch_size: 16,
+            smooth: SmoothKind::SmoothGrad,
+            smooth_base: "gradient".into(),
+            samples: 50,
+            noise: 0.2,
+            window: 50,
+            stride: 25,
+            occlusion_baseline: 0.0,
+            perturbations_per_eval: 16,
+            layer: crate::model::Stage::Layer4,
+            seed: 0,
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Occlusion (captum `Occlusion` with `sliding_window_shapes=(3, w, w)`, `strides=(3, s, s)`):
+//! square windows over all channels are replaced by a baseline value; each pixel gets the mean
+//! drop of the target logit over the windows that cover it. As captum, the number of window
+//! positions per axis is ceil((size - window) / stride) + 1, so the last window is clipped at
+//! the border and every pixel is covered. Windows are evaluated in batches.
+
+use super::{target_logits, Attribution};
+use crate::model::ResNet18;
+use crate::{Error, Result};
+use candle_core::{Device, Tensor};
+
+/// Occlusion with square windows.
+#[derive(Debug, Clone)]
+pub struct Occlusion {
+    pub window: usize,
+    pub stride: usize,
+    /// Value written into occluded windows.
+    pub baseline: f32,
+    /// Occluded images per forward pass.
+    pub perturbations_per_eval: usize,
+}
+
+/// Window start offsets along an axis of `size`, as captum.
+pub fn window_starts(size: usize, window: usize, stride: usize) -> Vec<usize> {
+    let count = (size - window).div_ceil(stride) + 1;
+    (0..count).map(|i| i * stride).collect()
+}
+
+impl Attribution for Occlusion {
+    fn name(&self) -> String {
+        "occlusion".into()
+    }
+
+    fn attribute(&self, model: &ResNet18, x: &Tensor, targets: &[usize]) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        if self.window == 0 || self.stride == 0 {
+            return Err(Error::arg(
+                "occlusion: --window and --stride must be positive",
+            ));
+        }
+        if self.window > h || self.window > w {
+            return Err(Error::arg(format!(
+                "occlusion: --window {} is larger than the {h}x{w} image; use a window <= {}",
+                self.window,
+                h.min(w)
+            )));
+        }
+        let ys = window_starts(h, self.window, self.stride);
+        let xs = window_starts(w, self.window, self.stride);
+        // captum enumerates with the last spatial axis slowest: feature k -> (k % ny, k / ny).
+        let windows: Vec<(usize, usize)> = xs
+            .iter()
+            .flat_map(|&x0| ys.iter().map(move |&y0| (y0, x0)))
+            .collect();
+        let base_logits = target_logits(model, x, targets, self.perturbations_per_eval)?;
+        let src: Vec<f32> = x.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
+        let plane = h * w;
+        let mut total = vec![0f32; n * plane];
+        let mut count = vec![0f32; plane];
+        for &(y0, x0) in &windows {
+            for y in y0..(y0 + self.window).min(h) {
+                for xx in x0..(x0 + self.window).min(w) {
+                    count[y * w + xx] += 1.0;
+                }
+            }
+        }
+        for i in 0..n {
+            let img = &src[i * c * plane..(i + 1) * c * plane];
+            for chunk in windows.chunks(self.perturbations_per_eval.max(1)) {
+                let mut batch = Vec::with_capacity(chunk.len() * c * plane);
+                for &(y0, x0) in chunk {
+                    let mut v = img.to_vec();
+                    for ch in 0..c {
+                        for y in y0..(y0 + self.window).min(h) {
+                            for xx in x0..(x0 + self.window).min(w) {
+                                v[ch * plane + y * w + xx] = self.baseline;
+                            }
+                        }
+                    }
+                    batch.extend(v);
+                }
+                let bt = Tensor::from_vec(batch, (chunk.len(), c, h, w), x.device())?;
+                let tg = vec![targets[i]; chunk.len()];
+                let out = target_logits(model, &bt, &tg, chunk.len())?;
+                for (&(y0, x0), o) in chunk.iter().zip(out) {
+                    let drop = base_logits[i] - o;
+                    for y in y0..(y0 + self.window).min(h) {
+                        for xx in x0..(x0 + self.window).min(w) {
+                            total[i * plane + y * w + xx] += drop;
+                        }
+                    }
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(n * c * plane);
+        for i in 0..n {
+            let m: Vec<f32> = (0..plane)
+                .map(|p| total[i * plane + p] / count[p])
+                .collect();
+            for _ in 0..c {
+                out.extend_from_slice(&m);
+            }
+        }
+        Ok(Tensor::from_vec(out, (n, c, h, w), x.device())?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn starts_cover_the_image() {
+        assert_eq!(window_starts(64, 50, 25), vec![0, 25]);
+        assert_eq!(
+            window_starts(224, 50, 25),
+            vec![0, 25, 50, 75, 100, 125, 150, 175]
+        );
+        assert_eq!(window_starts(32, 12, 8), vec![0, 8, 16, 24]);
+        assert_eq!(window_starts(32, 32, 8), vec![0]);
+    }
+}
