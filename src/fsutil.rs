@@ -58,6 +58,32 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     })
 }
 
+/// Creates an output folder (and parents), with a clear error when the path is a file or
+/// cannot be written.
+pub fn ensure_output_dir(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::arg(format!(
+            "--out {}: is a file, not a folder; choose another path",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| {
+        Error::arg(format!(
+            "--out {}: cannot create the folder ({e})",
+            dir.display()
+        ))
+    })?;
+    let probe = dir.join(format!(".robustlens-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| {
+        Error::arg(format!(
+            "--out {}: folder is not writable ({e})",
+            dir.display()
+        ))
+    })?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,9 +21,12 @@ pub mod attribution;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod explain;
 pub mod fsutil;
 pub mod model;
 pub mod ops;
+pub mod progress;
+pub mod report;
 pub mod rng;
 
 pub use error::{Error, Result};

@@ -25,6 +25,94 @@ enum Command {
     Predict(PredictArgs),
     /// List the tensors of a weights file, their shapes and the parameter count.
     Info(InfoArgs),
+    /// Saliency maps (gradient, input-x-gradient, ig, smoothgrad, occlusion, gradcam) as PNG
+    /// heat maps, overlays, one grid, and raw NPY.
+    Saliency(Box<SaliencyArgs>),
+}
+
+#[derive(Args)]
+struct SaliencyArgs {
+    /// Run folders to explain (repeatable); each gives one column per method.
+    #[arg(long = "run")]
+    runs: Vec<PathBuf>,
+    /// A weights file (.safetensors or .pth) or hf:owner/repo, instead of --run.
+    #[arg(long)]
+    weights: Option<String>,
+    /// With --weights: replace the head by one with this many classes.
+    #[arg(long)]
+    num_classes: Option<usize>,
+    /// Images to explain (JPEG or PNG).
+    #[arg(long = "image", num_args = 1..)]
+    images: Vec<PathBuf>,
+    /// Working resolution (pre-processing as in predict).
+    #[arg(long, default_value_t = 224)]
+    image_size: usize,
+    /// Class to explain: label, predicted, or a class index.
+    #[arg(long, default_value = "predicted")]
+    target: String,
+    /// Comma-separated methods: gradient, input-x-gradient, ig, smoothgrad, occlusion, gradcam.
+    #[arg(long, default_value = "gradient")]
+    method: String,
+    /// Folder for PNG maps, overlays and grid.png.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Raw attributions as float32 NPY [N,3,H,W] (Grad-CAM [N,1,H,W]); with several models or
+    /// methods the file stem gets _<model>_<method>.
+    #[arg(long)]
+    raw_out: Option<PathBuf>,
+    /// Integrated Gradients steps.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// gausslegendre, riemann-left, riemann-right, riemann-middle or riemann-trapezoid.
+    #[arg(long, default_value = "gausslegendre")]
+    ig_rule: String,
+    /// IG baseline: black, white, uniform, gaussian[:SIGMA], blur or an image file.
+    #[arg(long, default_value = "black")]
+    baseline: String,
+    /// Inputs per forward/backward pass for IG steps, SmoothGrad samples and gradients.
+    #[arg(long, default_value_t = 16)]
+    internal_batch_size: usize,
+    /// SmoothGrad variant: smoothgrad, smoothgrad-sq or vargrad.
+    #[arg(long, default_value = "smoothgrad")]
+    smooth: String,
+    /// The method SmoothGrad wraps.
+    #[arg(long, default_value = "gradient")]
+    smooth_base: String,
+    /// SmoothGrad samples.
+    #[arg(long, default_value_t = 50)]
+    samples: usize,
+    /// SmoothGrad noise std as a fraction of the input's max - min.
+    #[arg(long, default_value_t = 0.2)]
+    noise: f32,
+    /// Occlusion window (square, all channels).
+    #[arg(long, default_value_t = 50)]
+    window: usize,
+    /// Occlusion stride.
+    #[arg(long, default_value_t = 25)]
+    stride: usize,
+    /// Value written into occluded windows.
+    #[arg(long, default_value_t = 0.0)]
+    occlusion_baseline: f32,
+    /// Occluded images per forward pass.
+    #[arg(long, default_value_t = 16)]
+    perturbations_per_eval: usize,
+    /// Grad-CAM stage: stem, layer1, layer2, layer3 or layer4.
+    #[arg(long, default_value = "layer4")]
+    layer: String,
+    /// Seed for random baselines and SmoothGrad noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Channel reduction for display: abs-sum (the paper) or sum.
+    #[arg(long, default_value = "abs-sum")]
+    reduce: String,
+    /// Display cap: p99 (the paper's 99th percentile), pNN, cumsumNN (captum) or max.
+    #[arg(long, default_value = "p99")]
+    cap: String,
+    /// Colour map: gray, red, green, viridis or diverging.
+    #[arg(long, default_value = "gray")]
+    cmap: String,
+    #[command(flatten)]
+    device: DeviceArg,
 }
 
 #[derive(Args)]
@@ -177,6 +265,136 @@ fn tensor_order(name: &str) -> (u8, String) {
     (g, name.to_string())
 }
 
+fn parse_cap(s: &str) -> Result<robustlens::report::Cap> {
+    use robustlens::report::Cap;
+    let t = s.trim().to_ascii_lowercase();
+    let num = |x: &str| -> Result<f32> {
+        let v: f32 = x
+            .parse()
+            .with_context(|| format!("--cap {s}: use p99, cumsum98 or max"))?;
+        if !(v > 0.0 && v <= 100.0) {
+            bail!("--cap {s}: the percentage must be in (0, 100]");
+        }
+        Ok(v)
+    };
+    Ok(if t == "max" {
+        Cap::Max
+    } else if let Some(v) = t.strip_prefix("cumsum") {
+        Cap::CumSum(num(v)?)
+    } else if let Some(v) = t.strip_prefix('p') {
+        Cap::Percentile(num(v)?)
+    } else {
+        bail!("--cap {s}: use p99, cumsum98 or max")
+    })
+}
+
+fn saliency(a: SaliencyArgs) -> Result<()> {
+    use robustlens::attribution::{Baseline, IgRule, MethodOptions, SmoothKind, Target};
+    use robustlens::explain::{run, ExplainJob, NamedModel};
+    use robustlens::report::{Colormap, DisplayOptions, Reduce};
+    check_image_size(a.image_size)?;
+    let device = parse_device(&a.device.device)?;
+    if a.images.is_empty() {
+        bail!("saliency: give images with --image IMG... (data sets arrive with --data)");
+    }
+    if a.internal_batch_size == 0 || a.perturbations_per_eval == 0 {
+        bail!("--internal-batch-size and --perturbations-per-eval must be at least 1");
+    }
+    let options = MethodOptions {
+        ig_steps: a.steps,
+        ig_rule: IgRule::parse(&a.ig_rule)?,
+        baseline: Baseline::parse(&a.baseline)?,
+        internal_batch_size: a.internal_batch_size,
+        smooth: SmoothKind::parse(&a.smooth)?,
+        smooth_base: a.smooth_base.clone(),
+        samples: a.samples,
+        noise: a.noise,
+        window: a.window,
+        stride: a.stride,
+        occlusion_baseline: a.occlusion_baseline,
+        perturbations_per_eval: a.perturbations_per_eval,
+        layer: robustlens::model::Stage::parse(&a.layer)?,
+        seed: a.seed,
+    };
+    let display = DisplayOptions {
+        reduce: match a.reduce.as_str() {
+            "abs-sum" | "abs" => Reduce::AbsSum,
+            "sum" | "signed" => Reduce::Sum,
+            other => bail!("--reduce {other}: use abs-sum or sum"),
+        },
+        cap: parse_cap(&a.cap)?,
+        cmap: Colormap::parse(&a.cmap)?,
+        ..Default::default()
+    };
+    let mut models = Vec::new();
+    for r in &a.runs {
+        if !r.is_dir() {
+            bail!("--run {}: not a folder; give a run folder (with model.safetensors) or use --weights FILE", r.display());
+        }
+        let (m, _) = load_model_spec(&r.to_string_lossy(), None, 0, &device)?;
+        let name = r
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| "run".into());
+        models.push(NamedModel { name, model: m });
+    }
+    if let Some(w) = &a.weights {
+        let (m, _) = load_model_spec(w, a.num_classes, 0, &device)?;
+        let name = std::path::Path::new(w)
+            .file_stem()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| "model".into());
+        models.push(NamedModel { name, model: m });
+    }
+    if models.is_empty() {
+        bail!("saliency: give a model with --run DIR or --weights FILE");
+    }
+    let xs = a
+        .images
+        .iter()
+        .map(|p| preprocess(p, a.image_size, &device))
+        .collect::<robustlens::Result<Vec<_>>>()?;
+    let images = Tensor::stack(&xs, 0)?;
+    let image_names = a
+        .images
+        .iter()
+        .map(|p| {
+            p.file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    let methods: Vec<String> = a
+        .method
+        .split(',')
+        .map(|m| m.trim().to_string())
+        .filter(|m| !m.is_empty())
+        .collect();
+    if a.out.is_none() && a.raw_out.is_none() {
+        bail!("saliency: nothing to write; give --out DIR and/or --raw-out FILE.npy");
+    }
+    let job = ExplainJob {
+        models: &models,
+        image_names,
+        images,
+        labels: None,
+        target: Target::parse(&a.target)?,
+        methods,
+        options,
+        display,
+        out_dir: a.out.clone(),
+        raw_out: a.raw_out.clone(),
+    };
+    let results = run(&job)?;
+    for r in &results {
+        eprintln!("{} {}: targets {:?}", r.model, r.method, r.targets);
+    }
+    if let Some(o) = &a.out {
+        eprintln!("wrote maps, overlays and grid.png to {}", o.display());
+    }
+    Ok(())
+}
+
 fn init_logging(verbose: u8) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
@@ -199,6 +417,7 @@ fn run() -> Result<()> {
     match cli.command {
         Command::Predict(a) => predict(a),
         Command::Info(a) => info(a),
+        Command::Saliency(a) => saliency(*a),
     }
 }
 

@@ -1,0 +1,11 @@
+//! Pictures and files for people: display of attribution maps (separate from their maths),
+//! PNG writing, labelled figure grids and NPY export.
+
+pub mod display;
+pub mod font;
+pub mod grid;
+pub mod npy;
+pub mod png;
+
+pub use display::{Cap, Colormap, DisplayOptions, Reduce};
+pub use grid::Grid;

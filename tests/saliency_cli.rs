@@ -1,0 +1,197 @@
+//! The `saliency` command: raw NPY output equals the library's attributions on the same
+//! pre-processed images, and PNG maps, overlays and the grid are written.
+
+mod common;
+use candle_core::{Device, Tensor};
+use common::{bin, formula_model};
+use robustlens::attribution::{Attribution, GradCam, Gradient, Occlusion};
+use robustlens::model::{save_checkpoint, ModelConfig, Stage};
+use std::process::Command;
+
+fn read_npy(path: &std::path::Path) -> (Vec<usize>, Vec<f32>) {
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(&b[..8], b"\x93NUMPY\x01\x00");
+    let hl = u16::from_le_bytes([b[8], b[9]]) as usize;
+    let header = std::str::from_utf8(&b[10..10 + hl]).unwrap();
+    assert!(header.contains("'descr': '<f4'"));
+    let shape_s = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
+    let shape: Vec<usize> = shape_s
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
+    let data = b[10 + hl..]
+        .chunks(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    (shape, data)
+}
+
+#[test]
+fn raw_out_matches_library_and_pictures_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = formula_model(3);
+    save_checkpoint(&m, &ModelConfig::default(), dir.path(), "model.safetensors").unwrap();
+    let imgs: Vec<std::path::PathBuf> = (0..2)
+        .map(|k| {
+            let p = dir.path().join(format!("im{k}.png"));
+            image::RgbImage::from_fn(40, 36, |x, y| {
+                image::Rgb([(x * 5 + k * 40) as u8, (y * 7) as u8, ((x * y) % 251) as u8])
+            })
+            .save(&p)
+            .unwrap();
+            p
+        })
+        .collect();
+    let out = dir.path().join("maps");
+    let raw = dir.path().join("raw.npy");
+    let status = Command::new(bin())
+        .args([
+            "saliency",
+            "--weights",
+            dir.path().join("model.safetensors").to_str().unwrap(),
+            "--image-size",
+            "32",
+            "--target",
+            "1",
+        ])
+        .args([
+            "--method",
+            "gradient,occlusion,gradcam",
+            "--window",
+            "12",
+            "--stride",
+            "8",
+        ])
+        .arg("--image")
+        .args(&imgs)
+        .args([
+            "--out",
+            out.to_str().unwrap(),
+            "--raw-out",
+            raw.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let xs: Vec<Tensor> = imgs
+        .iter()
+        .map(|p| robustlens::data::preprocess(p, 32, &Device::Cpu).unwrap())
+        .collect();
+    let x = Tensor::stack(&xs, 0).unwrap();
+    let t = [1usize, 1];
+    let want: [(&str, Tensor); 3] = [
+        (
+            "gradient",
+            Gradient { batch: 4 }.attribute(&m, &x, &t).unwrap(),
+        ),
+        (
+            "occlusion",
+            Occlusion {
+                window: 12,
+                stride: 8,
+                baseline: 0.0,
+                perturbations_per_eval: 16,
+            }
+            .attribute(&m, &x, &t)
+            .unwrap(),
+        ),
+        (
+            "gradcam",
+            GradCam {
+                layer: Stage::Layer4,
+            }
+            .attribute(&m, &x, &t)
+            .unwrap(),
+        ),
+    ];
+    for (name, w) in want {
+        let (shape, data) = read_npy(&dir.path().join(format!("raw_{name}.npy")));
+        assert_eq!(shape, w.dims(), "{name}");
+        let got = Tensor::from_vec(data, shape, &Device::Cpu).unwrap();
+        assert!(common::rel_err(&got, &w) < 1e-5, "{name}");
+    }
+    for f in [
+        "grid.png",
+        "im0_model_gradient.png",
+        "im1_model_gradcam_overlay.png",
+    ] {
+        let img = image::open(out.join(f)).unwrap();
+        assert!(img.width() >= 32, "{f}");
+    }
+}
+
+#[test]
+fn bad_saliency_arguments_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = formula_model(3);
+    save_checkpoint(&m, &ModelConfig::default(), dir.path(), "model.safetensors").unwrap();
+    let img = dir.path().join("a.png");
+    image::RgbImage::new(32, 32).save(&img).unwrap();
+    let w = dir.path().join("model.safetensors");
+    let run = |extra: &[&str]| {
+        let o = Command::new(bin())
+            .args([
+                "saliency",
+                "--weights",
+                w.to_str().unwrap(),
+                "--image-size",
+                "32",
+                "--image",
+                img.to_str().unwrap(),
+                "--raw-out",
+                dir.path().join("r.npy").to_str().unwrap(),
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    for (args, needle) in [
+        (vec!["--method", "lime"], "unknown method `lime`"),
+        (vec!["--target", "7"], "--target 7: the model has 3 classes"),
+        (
+            vec!["--method", "ig", "--ig-rule", "simpson"],
+            "--ig-rule simpson",
+        ),
+        (
+            vec!["--method", "ig", "--baseline", "purple"],
+            "--baseline purple",
+        ),
+        (
+            vec!["--method", "occlusion", "--window", "64"],
+            "--window 64 is larger",
+        ),
+        (
+            vec!["--method", "gradcam", "--layer", "layer9"],
+            "unknown layer `layer9`",
+        ),
+        (
+            vec!["--method", "smoothgrad", "--samples", "0"],
+            "--samples 0",
+        ),
+    ] {
+        let (code, err) = run(&args);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let file_as_dir = dir.path().join("afile");
+    std::fs::write(&file_as_dir, "x").unwrap();
+    let (code, err) = run(&["--out", file_as_dir.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("is a file, not a folder"), "{err}");
+}
