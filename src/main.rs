@@ -28,6 +28,99 @@ enum Command {
     /// Saliency maps (gradient, input-x-gradient, ig, smoothgrad, occlusion, gradcam) as PNG
     /// heat maps, overlays, one grid, and raw NPY.
     Saliency(Box<SaliencyArgs>),
+    /// Data sets: write the synthetic set, make lesion-grouped splits, inspect, benchmark.
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Write the synthetic lesion set as an ImageFolder with masks (DIR/<class>/*.png,
+    /// DIR/masks/<class>/*.png).
+    Synth {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 50)]
+        per_class: usize,
+        #[arg(long, default_value_t = 224)]
+        size: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Make a class-balanced, lesion-grouped split: image_id,lesion_id,label,split,fold.
+    Split {
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long)]
+        train_per_class: usize,
+        #[arg(long)]
+        test_per_class: usize,
+        #[arg(long, default_value_t = 0)]
+        val_per_class: usize,
+        /// Folds of the training part for cross-validation.
+        #[arg(long, default_value_t = 1)]
+        folds: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Images and lesions per class, masks found, and problems.
+    Inspect {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Decode every image header to find unreadable files.
+        #[arg(long)]
+        check_images: bool,
+    },
+    /// Loader throughput: images/s from the cache with augmentation on.
+    Bench {
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long, default_value_t = 224)]
+        image_size: usize,
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+        /// With the synthetic set: images per class.
+        #[arg(long, default_value_t = 100)]
+        per_class: usize,
+        #[arg(long, default_value_t = 3)]
+        epochs: u64,
+    },
+}
+
+#[derive(Args, Clone)]
+struct DataArgs {
+    /// `synthetic` (built in), a HAM10000 folder, or an ImageFolder (PATH/<class>/*.jpg).
+    #[arg(long, default_value = "synthetic", env = "ROBUSTLENS_DATA")]
+    data: String,
+    /// Classes to use, comma-separated (HAM10000 default: nv,mel,bkl).
+    #[arg(long, value_delimiter = ',')]
+    classes: Vec<String>,
+    /// Skip unreadable images (reported) instead of stopping.
+    #[arg(long)]
+    skip_bad_images: bool,
+}
+
+impl DataArgs {
+    fn open(&self, synthetic_per_class: usize, seed: u64) -> Result<robustlens::data::Dataset> {
+        let opts = robustlens::data::DataOptions {
+            classes: self
+                .classes
+                .iter()
+                .map(|c| c.trim().to_string())
+                .filter(|c| !c.is_empty())
+                .collect(),
+            skip_bad_images: self.skip_bad_images,
+            synthetic_per_class,
+            seed,
+        };
+        let ds = robustlens::data::Dataset::open(&self.data, &opts)?;
+        for w in &ds.warnings {
+            tracing::warn!("{w}");
+        }
+        Ok(ds)
+    }
 }
 
 #[derive(Args)]
@@ -395,6 +488,170 @@ fn saliency(a: SaliencyArgs) -> Result<()> {
     Ok(())
 }
 
+fn data_command(c: DataCommand) -> Result<()> {
+    use robustlens::data::split::{make_split, SplitSpec};
+    match c {
+        DataCommand::Synth {
+            out,
+            per_class,
+            size,
+            seed,
+        } => {
+            check_image_size(size)?;
+            if per_class == 0 {
+                bail!("--per-class 0: ask for at least one image per class");
+            }
+            robustlens::fsutil::ensure_output_dir(&out)?;
+            let cfg = robustlens::data::synthetic::SyntheticConfig::default();
+            let ds = robustlens::data::synthetic::dataset(&cfg, per_class, seed);
+            let pb = robustlens::progress::bar(ds.items.len() as u64, "rendering");
+            for (i, it) in ds.items.iter().enumerate() {
+                let (img, mask) = ds.load(i, size)?;
+                let class = &ds.class_names[it.label];
+                let name = format!("{}.png", it.image_id);
+                let d = out.join(class);
+                let md = out.join("masks").join(class);
+                std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+                std::fs::create_dir_all(&md)
+                    .with_context(|| format!("creating {}", md.display()))?;
+                robustlens::report::png::save_png(&img, &d.join(&name))?;
+                let mask = mask.context("synthetic items have masks")?;
+                let mut buf = Vec::new();
+                mask.write_to(&mut std::io::Cursor::new(&mut buf), image::ImageFormat::Png)?;
+                robustlens::fsutil::write_atomic(&md.join(&name), &buf)?;
+                pb.inc(1);
+            }
+            pb.finish_and_clear();
+            println!(
+                "wrote {} images ({} per class, {size} px, seed {seed}) with masks to {}",
+                ds.items.len(),
+                per_class,
+                out.display()
+            );
+        }
+        DataCommand::Split {
+            data,
+            train_per_class,
+            test_per_class,
+            val_per_class,
+            folds,
+            seed,
+            out,
+        } => {
+            let ds = data.open(train_per_class + test_per_class + val_per_class, seed)?;
+            let spec = SplitSpec {
+                train_per_class,
+                test_per_class,
+                val_per_class,
+                folds,
+                seed,
+            };
+            let split = make_split(&ds, &spec)?;
+            split.write(&out)?;
+            println!("wrote {} ({} images: {train_per_class} train + {val_per_class} val + {test_per_class} test per class, {folds} folds)", out.display(), split.rows.len());
+        }
+        DataCommand::Inspect { data, check_images } => {
+            let ds = data.open(100, 0)?;
+            println!("{:?}", ds.kind);
+            println!(
+                "{:<12} {:>8} {:>8} {:>8}",
+                "class", "images", "lesions", "masks"
+            );
+            for (l, c) in ds.class_names.iter().enumerate() {
+                let items: Vec<_> = ds.items.iter().filter(|i| i.label == l).collect();
+                let lesions: std::collections::HashSet<&str> =
+                    items.iter().map(|i| i.lesion_id.as_str()).collect();
+                let masks = items
+                    .iter()
+                    .filter(|i| {
+                        i.mask.is_some()
+                            || matches!(
+                                i.source,
+                                robustlens::data::dataset::ItemSource::Synthetic(_)
+                            )
+                    })
+                    .count();
+                println!(
+                    "{:<12} {:>8} {:>8} {:>8}",
+                    c,
+                    items.len(),
+                    lesions.len(),
+                    masks
+                );
+            }
+            let mut problems = ds.warnings.clone();
+            if check_images {
+                for it in &ds.items {
+                    if let robustlens::data::dataset::ItemSource::File(p) = &it.source {
+                        if let Err(e) = robustlens::data::load_image(p) {
+                            problems.push(e.to_string());
+                        }
+                    }
+                }
+            }
+            if problems.is_empty() {
+                println!("no problems found");
+            } else {
+                println!("{} problems:", problems.len());
+                for p in &problems {
+                    println!("  {p}");
+                }
+            }
+        }
+        DataCommand::Bench {
+            data,
+            image_size,
+            batch_size,
+            per_class,
+            epochs,
+        } => {
+            use robustlens::data::{augment::AugmentConfig, cache::ImageCache, loader};
+            check_image_size(image_size)?;
+            let ds = data.open(per_class, 0)?;
+            let t0 = std::time::Instant::now();
+            let cache = ImageCache::build(
+                &ds,
+                image_size,
+                Some(&PathBuf::from("models/cache")),
+                data.skip_bad_images,
+            )?;
+            let build = t0.elapsed().as_secs_f64();
+            let labels: Vec<usize> = ds.items.iter().map(|i| i.label).collect();
+            let idx: Vec<usize> = (0..ds.items.len())
+                .filter(|i| !cache.bad.contains(i))
+                .collect();
+            let cache = std::sync::Arc::new(cache);
+            let labels = std::sync::Arc::new(labels);
+            let t1 = std::time::Instant::now();
+            let mut n = 0usize;
+            for epoch in 0..epochs {
+                let cfg = loader::LoaderConfig {
+                    batch_size,
+                    shuffle: true,
+                    augment: Some(AugmentConfig::default()),
+                    seed: 0,
+                    epoch,
+                    min_batch: 1,
+                };
+                for b in loader::batches(cache.clone(), labels.clone(), &idx, cfg) {
+                    n += b.len();
+                }
+            }
+            let secs = t1.elapsed().as_secs_f64();
+            println!(
+                "cache: {} images at {image_size} px in {build:.2} s",
+                idx.len()
+            );
+            println!(
+                "loader: {n} images in {secs:.2} s = {:.0} images/s (augmentation on, {} threads)",
+                n as f64 / secs,
+                rayon::current_num_threads()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn init_logging(verbose: u8) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
@@ -418,6 +675,7 @@ fn run() -> Result<()> {
         Command::Predict(a) => predict(a),
         Command::Info(a) => info(a),
         Command::Saliency(a) => saliency(*a),
+        Command::Data(c) => data_command(c),
     }
 }
 

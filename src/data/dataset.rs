@@ -1,0 +1,174 @@
+//! Data sources behind one `--data` argument: `synthetic` (default), a HAM10000 folder, or an
+//! ImageFolder. A dataset is a list of items (image id, lesion id, label, where the pixels and
+//! the optional lesion mask come from); pixels are loaded on demand at a working size.
+
+use crate::data::synthetic::SyntheticConfig;
+use crate::data::transforms::{center_crop_square, load_image, resize_bilinear_aa};
+use crate::{Error, Result};
+use image::{GrayImage, RgbImage};
+use std::path::{Path, PathBuf};
+
+/// Where an item's pixels come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ItemSource {
+    File(PathBuf),
+    /// Index into the synthetic generator.
+    Synthetic(u64),
+}
+
+/// One image of a data set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    pub image_id: String,
+    pub lesion_id: String,
+    pub label: usize,
+    pub source: ItemSource,
+    pub mask: Option<PathBuf>,
+}
+
+/// The kind of a data source.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DataKind {
+    Synthetic(SyntheticConfig),
+    Ham10000(PathBuf),
+    ImageFolder(PathBuf),
+}
+
+/// A data set: items and class names (label order).
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub kind: DataKind,
+    pub class_names: Vec<String>,
+    pub items: Vec<Item>,
+    /// Problems found while indexing that did not stop it (e.g. skipped images).
+    pub warnings: Vec<String>,
+}
+
+/// How to open a data source.
+#[derive(Debug, Clone)]
+pub struct DataOptions {
+    /// Class names to keep (HAM10000 dx codes; ImageFolder folder names). Empty = default.
+    pub classes: Vec<String>,
+    /// Skip unreadable images instead of failing (reported).
+    pub skip_bad_images: bool,
+    /// For the synthetic set: images per class to generate.
+    pub synthetic_per_class: usize,
+    pub seed: u64,
+}
+
+impl Default for DataOptions {
+    fn default() -> Self {
+        DataOptions {
+            classes: Vec::new(),
+            skip_bad_images: false,
+            synthetic_per_class: 200,
+            seed: 0,
+        }
+    }
+}
+
+impl Dataset {
+    /// Opens `spec`: `synthetic` or a folder (HAM10000 when it holds `HAM10000_metadata.csv`,
+    /// ImageFolder otherwise).
+    pub fn open(spec: &str, opts: &DataOptions) -> Result<Dataset> {
+        let s = spec.trim();
+        if s.is_empty() || s.eq_ignore_ascii_case("synthetic") {
+            return Ok(crate::data::synthetic::dataset(
+                &SyntheticConfig::default(),
+                opts.synthetic_per_class,
+                opts.seed,
+            ));
+        }
+        let path = Path::new(s);
+        if !path.exists() {
+            return Err(Error::arg(format!(
+                "--data {s}: folder not found; give `synthetic`, a HAM10000 folder (with HAM10000_metadata.csv) or an ImageFolder (PATH/<class>/*.jpg)"
+            )));
+        }
+        if !path.is_dir() {
+            return Err(Error::arg(format!(
+                "--data {s}: is a file; give the folder that holds it"
+            )));
+        }
+        if path.join("HAM10000_metadata.csv").exists() || path.join("HAM10000_metadata").exists() {
+            crate::data::ham10000::open(path, opts)
+        } else if crate::data::ham10000::looks_like_ham(path) {
+            Err(Error::arg(format!(
+                "--data {s}: looks like HAM10000 (HAM10000 image folders or ISIC_*.jpg) but HAM10000_metadata.csv is missing; put the metadata file from the download in {s}"
+            )))
+        } else {
+            crate::data::imagefolder::open(path, opts)
+        }
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.class_names.len()
+    }
+
+    /// Loads item `i` at `size`×`size` (centre crop + Pillow bilinear resize), with its mask
+    /// (resized with nearest neighbour, 255 = lesion) when it has one.
+    pub fn load(&self, i: usize, size: usize) -> Result<(RgbImage, Option<GrayImage>)> {
+        let item = &self.items[i];
+        match (&item.source, &self.kind) {
+            (ItemSource::Synthetic(idx), DataKind::Synthetic(cfg)) => {
+                let (img, mask) = crate::data::synthetic::render(cfg, *idx, item.label, size);
+                Ok((img, Some(mask)))
+            }
+            (ItemSource::File(p), _) => {
+                let img = load_image(p)?;
+                let (w, h) = img.dimensions();
+                let out = resize_bilinear_aa(&center_crop_square(&img), size as u32, size as u32);
+                let mask = match &item.mask {
+                    Some(mp) => Some(load_mask(mp, w, h, size)?),
+                    None => None,
+                };
+                Ok((out, mask))
+            }
+            _ => Err(Error::arg(
+                "internal: synthetic item outside the synthetic set",
+            )),
+        }
+    }
+
+    /// Number of items with a mask.
+    pub fn masks_found(&self) -> usize {
+        self.items
+            .iter()
+            .filter(|i| i.mask.is_some() || matches!(i.source, ItemSource::Synthetic(_)))
+            .count()
+    }
+}
+
+/// Loads a lesion mask (values > 127 are lesion), crops and resizes it like its image.
+pub fn load_mask(path: &Path, img_w: u32, img_h: u32, size: usize) -> Result<GrayImage> {
+    let m = image::open(path)
+        .map_err(|e| Error::Image {
+            path: path.into(),
+            msg: format!("mask cannot be decoded ({e})"),
+        })?
+        .to_luma8();
+    if m.dimensions() != (img_w, img_h) {
+        return Err(Error::Image {
+            path: path.into(),
+            msg: format!(
+                "mask is {:?} but its image is {:?}",
+                m.dimensions(),
+                (img_w, img_h)
+            ),
+        });
+    }
+    let (w, h) = m.dimensions();
+    let s = w.min(h);
+    let left = (w - s) / 2 + ((w - s) % 2 == 1 && ((w - s) / 2) % 2 == 1) as u32;
+    let top = (h - s) / 2 + ((h - s) % 2 == 1 && ((h - s) / 2) % 2 == 1) as u32;
+    let sq = image::imageops::crop_imm(&m, left, top, s, s).to_image();
+    let r = image::imageops::resize(
+        &sq,
+        size as u32,
+        size as u32,
+        image::imageops::FilterType::Nearest,
+    );
+    Ok(GrayImage::from_fn(size as u32, size as u32, |x, y| {
+        image::Luma([if r.get_pixel(x, y)[0] > 127 { 255 } else { 0 }])
+    }))
+}
