@@ -1,7 +1,7 @@
 //! Batches from the image cache: shuffled (seeded per epoch), augmented in parallel (rayon),
 //! and prefetched on a background thread while the model computes.
 
-use crate::data::augment::{augment, AugmentConfig};
+use crate::data::augment::{augment_u8, AugmentConfig};
 use crate::data::cache::ImageCache;
 use crate::rng::SeededRng;
 use crate::Result;
@@ -75,18 +75,22 @@ pub fn make_batch(
         .map(|(&i, &seed)| {
             let raw = cache.image(i);
             let mut px = vec![0f32; 3 * plane];
-            for p in 0..plane {
-                for c in 0..3 {
-                    px[c * plane + p] = raw[p * 3 + c] as f32 / 255.0;
+            let mut m = vec![0u8; plane];
+            match aug {
+                Some(cfg) => {
+                    let mut rng = SeededRng::new(seed);
+                    augment_u8(raw, cache.mask(i), s, cfg, &mut rng, &mut px, &mut m);
                 }
-            }
-            let mut m = cache
-                .mask(i)
-                .map(|m| m.to_vec())
-                .unwrap_or_else(|| vec![0u8; plane]);
-            if let Some(cfg) = aug {
-                let mut rng = SeededRng::new(seed);
-                augment(&mut px, Some(&mut m), s, cfg, &mut rng);
+                None => {
+                    for p in 0..plane {
+                        for c in 0..3 {
+                            px[c * plane + p] = raw[p * 3 + c] as f32 / 255.0;
+                        }
+                    }
+                    if let Some(mk) = cache.mask(i) {
+                        m.copy_from_slice(mk);
+                    }
+                }
             }
             (px, m)
         })
