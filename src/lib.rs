@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod adversarial;
 pub mod attribution;
 pub mod data;
 pub mod device;

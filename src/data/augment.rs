@@ -49,11 +49,20 @@ fn floor_i(v: f32) -> isize {
 /// `[3, s, s]` image in [0,1] to `out` and the transformed mask to `out_mask`. One pass does
 /// flips, rotation (bilinear, zero outside) and brightness; a second does contrast and
 /// saturation.
-pub fn augment_u8(src: &[u8], mask: Option<&[u8]>, s: usize, cfg: &AugmentConfig, rng: &mut SeededRng, out: &mut [f32], out_mask: &mut [u8]) {
+pub fn augment_u8(
+    src: &[u8],
+    mask: Option<&[u8]>,
+    s: usize,
+    cfg: &AugmentConfig,
+    rng: &mut SeededRng,
+    out: &mut [f32],
+    out_mask: &mut [u8],
+) {
     let plane = s * s;
     let hf = cfg.hflip && rng.uniform(0.0, 1.0) < 0.5;
     let vf = cfg.vflip && rng.uniform(0.0, 1.0) < 0.5;
-    let angle = rng.uniform(-cfg.rotation, cfg.rotation.max(0.0) + f32::EPSILON) + rng.uniform(-cfg.affine, cfg.affine.max(0.0) + f32::EPSILON);
+    let angle = rng.uniform(-cfg.rotation, cfg.rotation.max(0.0) + f32::EPSILON)
+        + rng.uniform(-cfg.affine, cfg.affine.max(0.0) + f32::EPSILON);
     let b = 1.0 + rng.uniform(-cfg.brightness, cfg.brightness + f32::EPSILON);
     let c = 1.0 + rng.uniform(-cfg.contrast, cfg.contrast + f32::EPSILON);
     let sat = 1.0 + rng.uniform(-cfg.saturation, cfg.saturation + f32::EPSILON);
@@ -89,9 +98,17 @@ pub fn augment_u8(src: &[u8], mask: Option<&[u8]>, s: usize, cfg: &AugmentConfig
                 let i00 = (yi as usize * s + xi as usize) * 3;
                 let top = &src[i00..i00 + 6];
                 let bot = &src[i00 + s * 3..i00 + s * 3 + 6];
-                let (w00, w01, w10, w11) = ((1.0 - fx) * (1.0 - fy), fx * (1.0 - fy), (1.0 - fx) * fy, fx * fy);
+                let (w00, w01, w10, w11) = (
+                    (1.0 - fx) * (1.0 - fy),
+                    fx * (1.0 - fy),
+                    (1.0 - fx) * fy,
+                    fx * fy,
+                );
                 for (ch, p) in px.iter_mut().enumerate() {
-                    *p = w00 * top[ch] as f32 + w01 * top[ch + 3] as f32 + w10 * bot[ch] as f32 + w11 * bot[ch + 3] as f32;
+                    *p = w00 * top[ch] as f32
+                        + w01 * top[ch + 3] as f32
+                        + w10 * bot[ch] as f32
+                        + w11 * bot[ch + 3] as f32;
                 }
             } else if sx > -1.0 && sy > -1.0 && sx < s as f32 && sy < s as f32 {
                 let at = |xx: isize, yy: isize, ch: usize| -> f32 {
@@ -102,7 +119,8 @@ pub fn augment_u8(src: &[u8], mask: Option<&[u8]>, s: usize, cfg: &AugmentConfig
                     }
                 };
                 for (ch, p) in px.iter_mut().enumerate() {
-                    *p = (1.0 - fy) * ((1.0 - fx) * at(xi, yi, ch) + fx * at(xi + 1, yi, ch)) + fy * ((1.0 - fx) * at(xi, yi + 1, ch) + fx * at(xi + 1, yi + 1, ch));
+                    *p = (1.0 - fy) * ((1.0 - fx) * at(xi, yi, ch) + fx * at(xi + 1, yi, ch))
+                        + fy * ((1.0 - fx) * at(xi, yi + 1, ch) + fx * at(xi + 1, yi + 1, ch));
                 }
             }
             let r = (px[0] * scale).max(0.0).min(1.0);
@@ -114,7 +132,11 @@ pub fn augment_u8(src: &[u8], mask: Option<&[u8]>, s: usize, cfg: &AugmentConfig
             gray_row += 0.299 * r + 0.587 * g + 0.114 * bl;
             if let Some(m) = mask {
                 let (nx, ny) = (floor_i(sx + 0.5), floor_i(sy + 0.5));
-                out_mask[o] = if nx < 0 || ny < 0 || nx >= s as isize || ny >= s as isize { 0 } else { m[ny as usize * s + nx as usize] };
+                out_mask[o] = if nx < 0 || ny < 0 || nx >= s as isize || ny >= s as isize {
+                    0
+                } else {
+                    m[ny as usize * s + nx as usize]
+                };
             }
         }
         gray_sum += gray_row as f64;
@@ -154,25 +176,72 @@ mod tests {
         for seed in 0..20 {
             let mut a = vec![0f32; 3 * s * s];
             let mut m = vec![0u8; s * s];
-            let cfg = AugmentConfig { brightness: 0.0, contrast: 0.0, saturation: 0.0, ..Default::default() };
-            augment_u8(&img, Some(&mask), s, &cfg, &mut SeededRng::new(seed), &mut a, &mut m);
+            let cfg = AugmentConfig {
+                brightness: 0.0,
+                contrast: 0.0,
+                saturation: 0.0,
+                ..Default::default()
+            };
+            augment_u8(
+                &img,
+                Some(&mask),
+                s,
+                &cfg,
+                &mut SeededRng::new(seed),
+                &mut a,
+                &mut m,
+            );
             assert!(a.iter().all(|v| (0.0..=1.0).contains(v)));
             // Where the mask says lesion the image is bright, and vice versa (allowing edges).
-            let agree = (0..s * s).filter(|&i| (m[i] == 255) == (a[i] > 0.5)).count();
+            let agree = (0..s * s)
+                .filter(|&i| (m[i] == 255) == (a[i] > 0.5))
+                .count();
             assert!(agree as f32 / (s * s) as f32 > 0.97, "seed {seed}: {agree}");
             assert!(m.iter().filter(|&&v| v == 255).count() > 60);
         }
         // A pure rotation by 90 degrees (no flips) moves a known pixel where expected.
-        let cfg = AugmentConfig { hflip: false, vflip: false, brightness: 0.0, contrast: 0.0, saturation: 0.0, rotation: 0.0, affine: 0.0 };
+        let cfg = AugmentConfig {
+            hflip: false,
+            vflip: false,
+            brightness: 0.0,
+            contrast: 0.0,
+            saturation: 0.0,
+            rotation: 0.0,
+            affine: 0.0,
+        };
         let mut a = vec![0f32; 3 * s * s];
         let mut m = vec![0u8; s * s];
-        augment_u8(&img, Some(&mask), s, &cfg, &mut SeededRng::new(1), &mut a, &mut m);
+        augment_u8(
+            &img,
+            Some(&mask),
+            s,
+            &cfg,
+            &mut SeededRng::new(1),
+            &mut a,
+            &mut m,
+        );
         assert_eq!(m, mask, "identity transform keeps the mask");
         let mut x1 = vec![0f32; 3 * s * s];
         let mut x2 = vec![0f32; 3 * s * s];
         let mut mm = vec![0u8; s * s];
-        augment_u8(&img, None, s, &AugmentConfig::default(), &mut SeededRng::new(3), &mut x1, &mut mm);
-        augment_u8(&img, None, s, &AugmentConfig::default(), &mut SeededRng::new(3), &mut x2, &mut mm);
+        augment_u8(
+            &img,
+            None,
+            s,
+            &AugmentConfig::default(),
+            &mut SeededRng::new(3),
+            &mut x1,
+            &mut mm,
+        );
+        augment_u8(
+            &img,
+            None,
+            s,
+            &AugmentConfig::default(),
+            &mut SeededRng::new(3),
+            &mut x2,
+            &mut mm,
+        );
         assert!(x1.iter().all(|v| (0.0..=1.0).contains(v)));
         assert_eq!(x1, x2);
     }

@@ -1,0 +1,301 @@
+//! Projected gradient descent (PGD) in L2 and L-infinity balls, as `robustness`'s
+//! `AttackerModel` does it:
+//!
+//! - L2 step: x <- x + a * g / (||g||_2 + 1e-10) per example; L-inf step: x <- x + a * sign(g);
+//! - projection: delta <- renorm(delta, p=2, maxnorm=eps) per example (L-inf: clamp to
+//!   [-eps, eps]), then x <- clamp(x0 + delta, 0, 1);
+//! - random start: L2 delta0 = renorm(U(-0.5, 0.5), maxnorm=eps), L-inf delta0 = U(-eps, eps),
+//!   then clamp to [0, 1];
+//! - `use_best`: per example, keep the iterate with the highest loss (lowest when targeted),
+//!   checked before every step and once after the last;
+//! - random restarts: each restart's result replaces the kept one for examples it
+//!   misclassifies (targeted: classifies as the target).
+//!
+//! The model runs in eval mode with its weights detached: only input gradients are computed.
+
+use crate::model::{Mode, ResNet18};
+use crate::rng::SeededRng;
+use crate::{Error, Result};
+use candle_core::{Tensor, Var, D};
+
+/// Anything that maps [0,1] images to logits.
+pub trait Classifier {
+    /// Logits in eval mode, differentiable with respect to `x` only.
+    fn logits_eval(&self, x: &Tensor) -> Result<Tensor>;
+}
+
+impl Classifier for ResNet18 {
+    fn logits_eval(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward(x, Mode::InputGrad)
+    }
+}
+
+/// The threat model's norm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Norm {
+    L2,
+    Linf,
+}
+
+impl Norm {
+    pub fn parse(s: &str) -> Result<Norm> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "l2" | "2" => Ok(Norm::L2),
+            "linf" | "inf" | "l-inf" => Ok(Norm::Linf),
+            other => Err(Error::arg(format!("--norm {other}: use l2 or linf"))),
+        }
+    }
+}
+
+/// A PGD attack.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Pgd {
+    pub norm: Norm,
+    /// Radius of the ball in [0,1] pixel units.
+    pub eps: f32,
+    pub steps: usize,
+    pub step_size: f32,
+    pub random_start: bool,
+    pub use_best: bool,
+    /// Number of random restarts (0 = a single run).
+    pub restarts: usize,
+}
+
+/// The attack's output.
+pub struct PgdResult {
+    /// Adversarial images, `[N, 3, H, W]` in [0,1].
+    pub images: Tensor,
+    /// Per-example cross-entropy of the returned images (towards `labels`).
+    pub losses: Vec<f32>,
+}
+
+impl Pgd {
+    /// The paper's training attack: L2, 7 steps, step eps/5, random start.
+    pub fn paper_train(eps: f32) -> Pgd {
+        Pgd {
+            norm: Norm::L2,
+            eps,
+            steps: 7,
+            step_size: eps / 5.0,
+            random_start: true,
+            use_best: true,
+            restarts: 0,
+        }
+    }
+
+    /// Checks the settings, naming the bad value.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return Err(Error::arg(format!(
+                "--eps {}: must be a number > 0",
+                self.eps
+            )));
+        }
+        if self.steps == 0 {
+            return Err(Error::arg("--steps 0: PGD needs at least one step"));
+        }
+        if !(self.step_size.is_finite() && self.step_size > 0.0) {
+            return Err(Error::arg(format!(
+                "--step-size {}: must be a number > 0",
+                self.step_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Untargeted attack (raise the loss of `labels`), or targeted when `targets` is given
+    /// (lower the loss of `targets`).
+    pub fn attack(
+        &self,
+        model: &dyn Classifier,
+        x0: &Tensor,
+        labels: &[usize],
+        targets: Option<&[usize]>,
+        rng: &mut SeededRng,
+    ) -> Result<PgdResult> {
+        self.validate()?;
+        let n = x0.dim(0)?;
+        let goal = targets.unwrap_or(labels);
+        if goal.len() != n {
+            return Err(Error::arg(format!(
+                "PGD: {} labels for {n} images",
+                goal.len()
+            )));
+        }
+        let targeted = targets.is_some();
+        let runs = self.restarts.max(1);
+        let mut kept: Option<(Tensor, Vec<f32>)> = None;
+        for _ in 0..runs {
+            let (adv, losses) = self.run_once(model, x0, goal, targeted, rng)?;
+            kept = Some(match kept {
+                None => (adv, losses),
+                Some((prev, mut prev_loss)) => {
+                    // Replace where this run succeeds.
+                    let logits = model.logits_eval(&adv)?.detach();
+                    let pred: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
+                    let replace: Vec<bool> = (0..n)
+                        .map(|i| {
+                            if targeted {
+                                pred[i] as usize == goal[i]
+                            } else {
+                                pred[i] as usize != goal[i]
+                            }
+                        })
+                        .collect();
+                    for i in 0..n {
+                        if replace[i] {
+                            prev_loss[i] = losses[i];
+                        }
+                    }
+                    (select_rows(&replace, &adv, &prev)?, prev_loss)
+                }
+            });
+        }
+        let (images, losses) = kept.expect("at least one run");
+        Ok(PgdResult { images, losses })
+    }
+
+    fn run_once(
+        &self,
+        model: &dyn Classifier,
+        x0: &Tensor,
+        goal: &[usize],
+        targeted: bool,
+        rng: &mut SeededRng,
+    ) -> Result<(Tensor, Vec<f32>)> {
+        let x0 = x0.detach().contiguous()?;
+        let n = x0.dim(0)?;
+        let sign: f32 = if targeted { -1.0 } else { 1.0 };
+        let mut x = if self.random_start {
+            let shape = x0.shape().clone();
+            let delta = match self.norm {
+                Norm::L2 => renorm_l2(
+                    &Tensor::from_vec(
+                        rng.uniform_vec(shape.elem_count(), -0.5, 0.5),
+                        shape,
+                        x0.device(),
+                    )?,
+                    self.eps,
+                )?,
+                Norm::Linf => Tensor::from_vec(
+                    rng.uniform_vec(shape.elem_count(), -self.eps, self.eps),
+                    shape,
+                    x0.device(),
+                )?,
+            };
+            (&x0 + delta)?.clamp(0f32, 1f32)?
+        } else {
+            x0.clone()
+        };
+        let mut best: Option<(Tensor, Vec<f32>)> = None;
+        for _ in 0..self.steps {
+            let xv = Var::from_tensor(&x)?;
+            let logits = model.logits_eval(xv.as_tensor())?;
+            let losses = cross_entropy_per_example(&logits, goal)?;
+            let g = (losses.sum_all()? * sign as f64)?.backward()?;
+            let grad = g
+                .get(xv.as_tensor())
+                .ok_or_else(|| Error::arg("internal: no input gradient in PGD"))?
+                .clone();
+            let lv: Vec<f32> = losses.detach().to_vec1()?;
+            if self.use_best {
+                best = Some(replace_best(best, &x, &lv, sign)?);
+            }
+            let stepped = match self.norm {
+                Norm::L2 => {
+                    let norm = grad
+                        .flatten_from(1)?
+                        .sqr()?
+                        .sum(1)?
+                        .sqrt()?
+                        .reshape((n, 1, 1, 1))?;
+                    (&x + grad
+                        .broadcast_div(&(norm + 1e-10)?)?
+                        .affine(self.step_size as f64, 0.0)?)?
+                }
+                Norm::Linf => (&x + grad.sign()?.affine(self.step_size as f64, 0.0)?)?,
+            };
+            let diff = (stepped - &x0)?;
+            let diff = match self.norm {
+                Norm::L2 => renorm_l2(&diff, self.eps)?,
+                Norm::Linf => diff.clamp(-self.eps, self.eps)?,
+            };
+            x = (&x0 + diff)?.clamp(0f32, 1f32)?.detach();
+        }
+        let logits = model.logits_eval(&x)?.detach();
+        let lv: Vec<f32> = cross_entropy_per_example(&logits, goal)?.to_vec1()?;
+        if self.use_best {
+            let (bx, bl) = replace_best(best, &x, &lv, sign)?;
+            Ok((bx, bl))
+        } else {
+            Ok((x, lv))
+        }
+    }
+}
+
+/// Per-example cross-entropy `[N]`.
+pub fn cross_entropy_per_example(logits: &Tensor, labels: &[usize]) -> Result<Tensor> {
+    let lsm = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let idx: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
+    let idx = Tensor::new(idx.as_slice(), logits.device())?.unsqueeze(1)?;
+    Ok(lsm.gather(&idx, 1)?.squeeze(1)?.neg()?)
+}
+
+/// `torch.renorm(t, p=2, dim=0, maxnorm)`: rows whose L2 norm exceeds `maxnorm` are scaled by
+/// maxnorm / (norm + 1e-7).
+pub fn renorm_l2(t: &Tensor, maxnorm: f32) -> Result<Tensor> {
+    let n = t.dim(0)?;
+    let norms: Vec<f32> = t.flatten_from(1)?.sqr()?.sum(1)?.sqrt()?.to_vec1()?;
+    let factors: Vec<f32> = norms
+        .iter()
+        .map(|&nm| {
+            if nm > maxnorm {
+                maxnorm / (nm + 1e-7)
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    let f = Tensor::from_vec(factors, n, t.device())?;
+    let shape: Vec<usize> = std::iter::once(n)
+        .chain(std::iter::repeat_n(1, t.rank() - 1))
+        .collect();
+    Ok(t.broadcast_mul(&f.reshape(shape)?)?)
+}
+
+fn replace_best(
+    best: Option<(Tensor, Vec<f32>)>,
+    x: &Tensor,
+    losses: &[f32],
+    sign: f32,
+) -> Result<(Tensor, Vec<f32>)> {
+    match best {
+        None => Ok((x.clone(), losses.to_vec())),
+        Some((bx, mut bl)) => {
+            let replace: Vec<bool> = bl
+                .iter()
+                .zip(losses)
+                .map(|(b, l)| sign * b < sign * l)
+                .collect();
+            for (i, r) in replace.iter().enumerate() {
+                if *r {
+                    bl[i] = losses[i];
+                }
+            }
+            Ok((select_rows(&replace, x, &bx)?, bl))
+        }
+    }
+}
+
+/// Row i from `a` where `take_a[i]`, else from `b`.
+fn select_rows(take_a: &[bool], a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let n = take_a.len();
+    let m: Vec<f32> = take_a.iter().map(|&t| if t { 1.0 } else { 0.0 }).collect();
+    let shape: Vec<usize> = std::iter::once(n)
+        .chain(std::iter::repeat_n(1, a.rank() - 1))
+        .collect();
+    let m = Tensor::from_vec(m, shape, a.device())?;
+    let inv = (1.0 - &m)?;
+    Ok((a.broadcast_mul(&m)? + b.broadcast_mul(&inv)?)?)
+}

@@ -1,0 +1,199 @@
+//! PGD: parity with a PyTorch PGD written to robustness's semantics (fixtures from
+//! tests/fixtures/make_pgd_fixtures.py), and properties over random inputs and models.
+
+mod common;
+use candle_core::{Device, Tensor};
+use common::{fixture, formula_model, rel_err};
+use robustlens::adversarial::pgd::cross_entropy_per_example;
+use robustlens::adversarial::{Classifier, Norm, Pgd};
+use robustlens::model::ResNet18;
+use robustlens::rng::SeededRng;
+
+fn pgd(norm: Norm, eps: f32, step_size: f32, steps: usize, use_best: bool) -> Pgd {
+    Pgd {
+        norm,
+        eps,
+        steps,
+        step_size,
+        random_start: false,
+        use_best,
+        restarts: 0,
+    }
+}
+
+#[test]
+fn matches_robustness_semantics() {
+    let f =
+        candle_core::safetensors::load(fixture("pgd_parity.safetensors"), &Device::Cpu).unwrap();
+    let m = formula_model(3);
+    let x = &f["input"];
+    let mut rng = SeededRng::new(0);
+    let eval_steps = f["l2_eval_attack_steps"].to_vec1::<f32>().unwrap()[0] as usize;
+    let cases: [(&str, Pgd, Option<[usize; 2]>); 5] = [
+        ("l2_best", pgd(Norm::L2, 0.5, 0.2, 5, true), None),
+        ("l2_last", pgd(Norm::L2, 0.5, 0.2, 5, false), None),
+        (
+            "l2_targeted",
+            pgd(Norm::L2, 1.0, 0.3, 6, true),
+            Some([1, 1]),
+        ),
+        (
+            "linf_best",
+            pgd(Norm::Linf, 4.0 / 255.0, 1.0 / 255.0, 5, true),
+            None,
+        ),
+        (
+            "l2_eval_attack",
+            pgd(
+                Norm::L2,
+                3.0,
+                2.5 * 3.0 / eval_steps as f32,
+                eval_steps,
+                true,
+            ),
+            None,
+        ),
+    ];
+    for (name, attack, target) in cases {
+        let r = attack
+            .attack(
+                &m,
+                x,
+                &[0, 2],
+                target.as_ref().map(|t| t.as_slice()),
+                &mut rng,
+            )
+            .unwrap();
+        let d = (&r.images - &f[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        eprintln!("{name}: max abs diff {d:.2e}");
+        assert!(d < 1e-4, "{name}: adversarial images differ by {d}");
+    }
+}
+
+fn random_model(seed: u64) -> ResNet18 {
+    ResNet18::new_random(3, seed, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn stays_in_ball_and_box_and_use_best_never_lowers_loss() {
+    for seed in 0..4u64 {
+        let m = random_model(seed);
+        let mut rng = SeededRng::new(seed);
+        let x = Tensor::from_vec(
+            rng.uniform_vec(3 * 3 * 32 * 32, 0.0, 1.0),
+            (3, 3, 32, 32),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let labels = [0usize, 1, 2];
+        let clean: Vec<f32> = cross_entropy_per_example(&m.logits_eval(&x).unwrap(), &labels)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for (norm, eps) in [
+            (Norm::L2, 0.3 + seed as f32 * 0.5),
+            (Norm::Linf, 2.0 / 255.0 * (seed + 1) as f32),
+        ] {
+            let attack = Pgd {
+                norm,
+                eps,
+                steps: 4,
+                step_size: eps / 3.0,
+                random_start: true,
+                use_best: true,
+                restarts: 1 + (seed as usize % 2),
+            };
+            let r = attack.attack(&m, &x, &labels, None, &mut rng).unwrap();
+            let lo = r.images.min_all().unwrap().to_scalar::<f32>().unwrap();
+            let hi = r.images.max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(lo >= 0.0 && hi <= 1.0);
+            let d = (&r.images - &x).unwrap().flatten_from(1).unwrap();
+            let dist: Vec<f32> = match norm {
+                Norm::L2 => d
+                    .sqr()
+                    .unwrap()
+                    .sum(1)
+                    .unwrap()
+                    .sqrt()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap(),
+                Norm::Linf => d.abs().unwrap().max(1).unwrap().to_vec1().unwrap(),
+            };
+            for v in dist {
+                assert!(
+                    v <= eps * (1.0 + 1e-5),
+                    "{norm:?}: distance {v} > eps {eps}"
+                );
+            }
+            let adv: Vec<f32> =
+                cross_entropy_per_example(&m.logits_eval(&r.images).unwrap(), &labels)
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+            if attack.restarts <= 1 {
+                for i in 0..3 {
+                    assert!(
+                        adv[i] + 1e-5 >= clean[i],
+                        "{norm:?}: adversarial loss {} < clean {}",
+                        adv[i],
+                        clean[i]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_settings_are_named() {
+    let m = random_model(0);
+    let x = Tensor::zeros((1, 3, 32, 32), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let mut rng = SeededRng::new(0);
+    for (p, needle) in [
+        (
+            Pgd {
+                eps: 0.0,
+                ..Pgd::paper_train(1.0)
+            },
+            "--eps 0",
+        ),
+        (
+            Pgd {
+                eps: f32::NAN,
+                ..Pgd::paper_train(1.0)
+            },
+            "--eps NaN",
+        ),
+        (
+            Pgd {
+                steps: 0,
+                ..Pgd::paper_train(1.0)
+            },
+            "--steps 0",
+        ),
+        (
+            Pgd {
+                step_size: -1.0,
+                ..Pgd::paper_train(1.0)
+            },
+            "--step-size -1",
+        ),
+    ] {
+        let e = p
+            .attack(&m, &x, &[0], None, &mut rng)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains(needle), "{e}");
+    }
+    let p = Pgd::paper_train(2.0);
+    assert_eq!((p.steps, p.step_size, p.random_start), (7, 0.4, true));
+}
