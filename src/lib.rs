@@ -22,6 +22,7 @@ pub mod attribution;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod explain;
 pub mod fsutil;
 pub mod model;
@@ -29,5 +30,6 @@ pub mod ops;
 pub mod progress;
 pub mod report;
 pub mod rng;
+pub mod train;
 
 pub use error::{Error, Result};

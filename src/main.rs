@@ -28,9 +28,148 @@ enum Command {
     /// Saliency maps (gradient, input-x-gradient, ig, smoothgrad, occlusion, gradcam) as PNG
     /// heat maps, overlays, one grid, and raw NPY.
     Saliency(Box<SaliencyArgs>),
+    /// Two-phase transfer learning (head, then everything), the paper's standard training.
+    TrainStandard(Box<TrainArgs>),
+    /// train-standard with every training batch replaced by its PGD (L2) version.
+    TrainRobust(Box<RobustArgs>),
+    /// Fine-tune chosen layer groups of a trained (robust) model, the rest frozen.
+    Finetune(Box<FinetuneArgs>),
+    /// Accuracy, balanced accuracy, per-class precision/recall, confusion matrix (and robust
+    /// accuracy with --attack pgd) of a run on its test split.
+    Evaluate(Box<EvaluateArgs>),
     /// Data sets: write the synthetic set, make lesion-grouped splits, inspect, benchmark.
     #[command(subcommand)]
     Data(DataCommand),
+}
+
+#[derive(Args, Clone, Default)]
+struct TrainArgs {
+    /// A config file (a run's config.json reproduces it); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// paper (the paper's settings at 224) or quick (CPU-friendly, synthetic data).
+    #[arg(long)]
+    preset: Option<String>,
+    /// Run folder (default models/<command>-<timestamp>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the interrupted run in this folder.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// `synthetic`, a HAM10000 folder or an ImageFolder.
+    #[arg(long, env = "ROBUSTLENS_DATA")]
+    data: Option<String>,
+    #[arg(long, value_delimiter = ',')]
+    classes: Option<Vec<String>>,
+    #[arg(long)]
+    skip_bad_images: bool,
+    /// A split CSV (image_id,lesion_id,label,split,fold); otherwise made from the counts.
+    #[arg(long)]
+    split: Option<PathBuf>,
+    #[arg(long)]
+    image_size: Option<usize>,
+    #[arg(long)]
+    train_per_class: Option<usize>,
+    #[arg(long)]
+    val_per_class: Option<usize>,
+    #[arg(long)]
+    test_per_class: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// ImageNet start: hf:timm/resnet18.tv_in1k, a file, or none.
+    #[arg(long)]
+    weights: Option<String>,
+    #[arg(long)]
+    device: Option<String>,
+    #[arg(long)]
+    head_epochs: Option<usize>,
+    #[arg(long)]
+    head_batch_size: Option<usize>,
+    #[arg(long)]
+    head_lr: Option<f64>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    /// step:EPOCH:FACTOR, plateau:PATIENCE:FACTOR or none.
+    #[arg(long)]
+    schedule: Option<String>,
+    /// Stop when validation loss has not improved for this many epochs.
+    #[arg(long)]
+    early_stop: Option<usize>,
+    /// adam (L2 decay, the paper) or adamw.
+    #[arg(long)]
+    optimizer: Option<String>,
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Turn training augmentation off.
+    #[arg(long)]
+    no_augment: bool,
+}
+
+#[derive(Args, Clone)]
+struct RobustArgs {
+    #[command(flatten)]
+    train: TrainArgs,
+    /// L2 radius in [0,1] pixel units at the working resolution.
+    #[arg(long)]
+    eps: Option<f32>,
+    /// A paper eps at 224 px, converted to the working size by equal per-pixel RMS.
+    #[arg(long, conflicts_with = "eps")]
+    eps_at_224: Option<f32>,
+    #[arg(long, default_value = "l2")]
+    norm: String,
+    #[arg(long, default_value_t = 7)]
+    attack_steps: usize,
+    /// Default eps/5.
+    #[arg(long)]
+    attack_step_size: Option<f32>,
+    #[arg(long)]
+    no_random_start: bool,
+}
+
+#[derive(Args, Clone)]
+struct FinetuneArgs {
+    #[command(flatten)]
+    train: TrainArgs,
+    /// The run to start from (normally a robust one).
+    #[arg(long)]
+    from: Option<PathBuf>,
+    /// Layer groups to train (1 = conv1+bn1+layer1, 2..4 = layer2..4, 5 = fc), e.g. 3-5.
+    #[arg(long, default_value = "3-5")]
+    groups: String,
+    /// Also freeze BatchNorm running statistics of frozen groups.
+    #[arg(long)]
+    freeze_bn_stats: bool,
+}
+
+#[derive(Args, Clone)]
+struct EvaluateArgs {
+    /// The run folder.
+    #[arg(long)]
+    run: PathBuf,
+    /// Other data (default: the run's own data and test split).
+    #[arg(long)]
+    data: Option<String>,
+    /// Which part of the split: test, val or train.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// `pgd` adds robust accuracy.
+    #[arg(long)]
+    attack: Option<String>,
+    #[arg(long, default_value_t = 3.0)]
+    eps: f32,
+    #[arg(long, default_value_t = 30)]
+    steps: usize,
+    /// Default 2.5 * eps / steps.
+    #[arg(long)]
+    step_size: Option<f32>,
+    #[arg(long, default_value = "l2")]
+    norm: String,
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Subcommand)]
@@ -632,6 +771,7 @@ fn data_command(c: DataCommand) -> Result<()> {
                     seed: 0,
                     epoch,
                     min_batch: 1,
+                skip: 0,
                 };
                 for b in loader::batches(cache.clone(), labels.clone(), &idx, cfg) {
                     n += b.len();
@@ -649,6 +789,217 @@ fn data_command(c: DataCommand) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// The training configuration: preset, then config file, then explicit flags.
+fn build_config(command: &str, a: &TrainArgs) -> Result<robustlens::train::TrainConfig> {
+    use robustlens::train::TrainConfig;
+    let mut cfg = match &a.config {
+        Some(p) => {
+            let v: serde_json::Value = robustlens::fsutil::read_json(p)?;
+            let inner = v.get("train").cloned().unwrap_or(v);
+            serde_json::from_value::<TrainConfig>(inner).with_context(|| format!("{}: not a training configuration", p.display()))?
+        }
+        None => TrainConfig::default(),
+    };
+    cfg.command = command.to_string();
+    if let Some(d) = &a.data {
+        cfg.data = d.clone();
+    }
+    let preset = a.preset.clone().or_else(|| if a.config.is_none() && cfg.data == "synthetic" { Some("quick".into()) } else { None });
+    if let Some(p) = &preset {
+        cfg.apply_preset(p)?;
+    } else if command == "finetune" && a.config.is_none() {
+        cfg.apply_finetune_defaults();
+    }
+    macro_rules! set {
+        ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { cfg.$f = v; } )* };
+    }
+    set!(image_size, train_per_class, val_per_class, test_per_class, seed, weights, device, head_epochs, head_batch_size, head_lr, epochs, batch_size, lr, schedule, weight_decay);
+    if let Some(c) = &a.classes {
+        cfg.classes = c.clone();
+    }
+    if a.split.is_some() {
+        cfg.split = a.split.clone();
+    }
+    if a.early_stop.is_some() {
+        cfg.early_stop = a.early_stop;
+    }
+    if a.skip_bad_images {
+        cfg.skip_bad_images = true;
+    }
+    if a.no_augment {
+        cfg.augment = false;
+    }
+    if let Some(o) = &a.optimizer {
+        cfg.optimizer = match o.as_str() {
+            "adam" => robustlens::train::optim::OptimKind::Adam,
+            "adamw" => robustlens::train::optim::OptimKind::AdamW,
+            other => bail!("--optimizer {other}: use adam or adamw"),
+        };
+    }
+    Ok(cfg)
+}
+
+fn robust_config(a: &RobustArgs) -> Result<robustlens::train::AdvConfig> {
+    let size = a.train.image_size.unwrap_or(if a.train.preset.as_deref() == Some("paper") || (a.train.data.is_some() && a.train.data.as_deref() != Some("synthetic")) { 224 } else { 32 });
+    let eps = match (a.eps, a.eps_at_224) {
+        (Some(e), _) => e,
+        (None, Some(e224)) => robustlens::train::trainer::eps_from_224(e224, size),
+        (None, None) => bail!("train-robust needs --eps E (L2 radius at the working size) or --eps-at-224 E"),
+    };
+    if !(eps.is_finite() && eps > 0.0) {
+        bail!("--eps {eps}: must be a number > 0");
+    }
+    Ok(robustlens::train::AdvConfig {
+        norm: robustlens::adversarial::Norm::parse(&a.norm)?,
+        eps,
+        steps: a.attack_steps,
+        step_size: a.attack_step_size.unwrap_or(eps / 5.0),
+        random_start: !a.no_random_start,
+    })
+}
+
+fn default_out(command: &str) -> PathBuf {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    PathBuf::from("models").join(format!("{command}-{secs}"))
+}
+
+fn run_training(cfg: robustlens::train::TrainConfig, out: PathBuf, resume: bool) -> Result<()> {
+    use robustlens::train::{train, Stop};
+    let interrupt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let flag = interrupt.clone();
+        let _ = ctrlc::set_handler(move || {
+            if flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                eprintln!("second Ctrl-C: stopping now");
+                std::process::exit(130);
+            }
+            eprintln!("Ctrl-C: finishing the current step, then writing a checkpoint");
+        });
+    }
+    eprintln!("{} -> {} (data {}, {} px, seed {})", cfg.command, out.display(), cfg.data, cfg.image_size, cfg.seed);
+    if cfg.data == "synthetic" {
+        eprintln!("data: the built-in synthetic lesion set; for HAM10000 pass --data PATH (or set ROBUSTLENS_DATA) with --preset paper");
+    }
+    match train(&cfg, &out, resume, interrupt)? {
+        Stop::Interrupted => std::process::exit(130),
+        Stop::Finished(s) => {
+            if let Some(t) = &s.test {
+                println!("{}", t.table());
+            }
+            println!("run folder: {} (best: {}, {}); {:.0} s", out.display(), s.best_checkpoint, s.best_reason, s.seconds);
+        }
+    }
+    Ok(())
+}
+
+fn train_command(command: &str, a: TrainArgs, adv: Option<robustlens::train::AdvConfig>) -> Result<()> {
+    if let Some(dir) = &a.resume {
+        let rc: robustlens::train::trainer::RunConfig = robustlens::fsutil::read_json(&dir.join("config.json"))
+            .with_context(|| format!("--resume {}: not a run folder (no readable config.json)", dir.display()))?;
+        if rc.train.command != command {
+            bail!("--resume {}: the run was made by `{}`, not `{command}`", dir.display(), rc.train.command);
+        }
+        return run_training(rc.train, dir.clone(), true);
+    }
+    let mut cfg = build_config(command, &a)?;
+    if adv.is_some() {
+        cfg.adversarial = adv;
+    }
+    let out = a.out.clone().unwrap_or_else(|| default_out(command));
+    if out.join("resume.safetensors").exists() {
+        bail!("--out {}: holds a run already; continue it with --resume {} or choose another folder", out.display(), out.display());
+    }
+    run_training(cfg, out, false)
+}
+
+fn finetune_command(a: FinetuneArgs) -> Result<()> {
+    if a.train.resume.is_some() {
+        return train_command("finetune", a.train, None);
+    }
+    let from = a.from.clone().context("finetune needs --from RUN_DIR (a trained run, normally robust)")?;
+    if !from.join("model.safetensors").exists() {
+        bail!("--from {}: no model.safetensors there; give a run folder of train-standard or train-robust", from.display());
+    }
+    robustlens::model::GroupSet::parse(&a.groups)?;
+    let src: robustlens::train::trainer::RunConfig = robustlens::fsutil::read_json(&from.join("config.json"))?;
+    // Start from the source run's data, split and size; then the finetune recipe; then flags.
+    let mut base = src.train.clone();
+    base.command = "finetune".into();
+    base.adversarial = None;
+    base.from = Some(from.clone());
+    base.split = Some(from.join("split.csv"));
+    base.apply_finetune_defaults();
+    if base.preset.as_deref() == Some("quick") {
+        base.epochs = 3;
+        base.lr = 1e-4;
+    }
+    base.groups = a.groups.clone();
+    base.freeze_bn_stats = a.freeze_bn_stats;
+    let tmp = std::env::temp_dir().join(format!("robustlens-finetune-{}.json", std::process::id()));
+    robustlens::fsutil::write_json_atomic(&tmp, &base)?;
+    let mut targs = a.train.clone();
+    if targs.config.is_none() {
+        targs.config = Some(tmp.clone());
+    }
+    let cfg = build_config("finetune", &targs);
+    let _ = std::fs::remove_file(&tmp);
+    let mut cfg = cfg?;
+    cfg.from = Some(from);
+    cfg.groups = a.groups;
+    cfg.freeze_bn_stats = a.freeze_bn_stats;
+    let out = a.train.out.clone().unwrap_or_else(|| default_out("finetune"));
+    run_training(cfg, out, false)
+}
+
+fn evaluate_command(a: EvaluateArgs) -> Result<()> {
+    use robustlens::data::cache::ImageCache;
+    use robustlens::data::split::Part;
+    let device = parse_device(&a.device)?;
+    let rc: robustlens::train::trainer::RunConfig = robustlens::fsutil::read_json(&a.run.join("config.json"))
+        .with_context(|| format!("--run {}: not a run folder", a.run.display()))?;
+    let (model, mc) = robustlens::model::load_checkpoint(&a.run, &device)?;
+    let mut tc = rc.train.clone();
+    if let Some(d) = &a.data {
+        tc.data = d.clone();
+    } else {
+        tc.split = Some(a.run.join("split.csv"));
+    }
+    let (ds, split) = robustlens::train::trainer::open_data(&tc)?;
+    let part = robustlens::data::split::Part::parse(&a.split)?;
+    let idx = split.indices(&ds, part, None);
+    if idx.is_empty() {
+        bail!("the {} split of {} is empty", a.split, a.run.display());
+    }
+    let _ = Part::Test;
+    let cache = ImageCache::build(&ds, mc.image_size, Some(&PathBuf::from("models/cache")), tc.skip_bad_images)?;
+    let labels: Vec<usize> = ds.items.iter().map(|i| i.label).collect();
+    let pgd = match a.attack.as_deref() {
+        None => None,
+        Some("pgd") => Some(robustlens::adversarial::Pgd {
+            norm: robustlens::adversarial::Norm::parse(&a.norm)?,
+            eps: a.eps,
+            steps: a.steps,
+            step_size: a.step_size.unwrap_or(2.5 * a.eps / a.steps.max(1) as f32),
+            random_start: false,
+            use_best: true,
+            restarts: 0,
+        }),
+        Some(other) => bail!("--attack {other}: only pgd is supported"),
+    };
+    if let Some(p) = &pgd {
+        p.validate()?;
+    }
+    let e = robustlens::eval::evaluate_model(&model, &cache, &labels, &idx, &ds.class_names, 32, pgd.as_ref().map(|p| (p, tc.seed)), &device)?;
+    print!("{}", e.table());
+    let mut v = serde_json::to_value(&e)?;
+    if let Some(p) = &pgd {
+        v["attack"] = serde_json::to_value(p)?;
+    }
+    robustlens::fsutil::write_json_atomic(&a.run.join("evaluation.json"), &v)?;
+    println!("wrote {}", a.run.join("evaluation.json").display());
     Ok(())
 }
 
@@ -676,10 +1027,32 @@ fn run() -> Result<()> {
         Command::Info(a) => info(a),
         Command::Saliency(a) => saliency(*a),
         Command::Data(c) => data_command(c),
+        Command::TrainStandard(a) => train_command("train-standard", *a, None),
+        Command::TrainRobust(a) => {
+            let a = *a;
+            let adv = robust_config(&a)?;
+            train_command("train-robust", a.train, Some(adv))
+        }
+        Command::Finetune(a) => finetune_command(*a),
+        Command::Evaluate(a) => evaluate_command(*a),
+    }
+}
+
+/// glibc returns every large buffer to the kernel on free and page-faults a fresh one on the
+/// next allocation; tensors of tens of MB are allocated and freed every step, so keep them in
+/// the heap instead (measured: system time of a training step falls from more than the user
+/// time to a few percent).
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
     }
 }
 
 fn main() {
+    tune_allocator();
     if let Err(e) = run() {
         eprintln!("Error: {e:#}");
         std::process::exit(1);

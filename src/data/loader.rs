@@ -57,6 +57,9 @@ pub struct LoaderConfig {
     pub epoch: u64,
     /// Drop a last batch smaller than this (BatchNorm in train mode needs 2+ images).
     pub min_batch: usize,
+    /// Skip this many batches at the start of the epoch (resuming mid-epoch); their
+    /// augmentation seeds are still drawn, so later batches are identical.
+    pub skip: usize,
 }
 
 /// Makes one batch from `idx` (cache indices) with per-item augmentation seeds.
@@ -135,8 +138,11 @@ pub fn batches(
     let (tx, rx) = sync_channel(2);
     std::thread::spawn(move || {
         let mut seed_rng = SeededRng::new(cfg.seed ^ 0xA5A5 ^ cfg.epoch.wrapping_mul(0x9E37_79B9));
-        for chunk in order.chunks(cfg.batch_size.max(1)) {
+        for (k, chunk) in order.chunks(cfg.batch_size.max(1)).enumerate() {
             let seeds: Vec<u64> = chunk.iter().map(|_| seed_rng.next_u64()).collect();
+            if k < cfg.skip {
+                continue;
+            }
             if chunk.len() < cfg.min_batch {
                 break;
             }

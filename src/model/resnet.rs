@@ -12,7 +12,7 @@ use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::VarMap;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 
 /// ImageNet channel means, applied inside the model.
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -95,8 +95,8 @@ impl Stage {
     }
 }
 
-fn param(v: &Var, mode: Mode) -> Tensor {
-    if mode.track_params() {
+fn param(v: &Var, track: bool) -> Tensor {
+    if track {
         v.as_tensor().clone()
     } else {
         v.as_tensor().detach()
@@ -111,8 +111,8 @@ struct Conv {
 }
 
 impl Conv {
-    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        Ok(x.conv2d(&param(&self.weight, mode), self.padding, self.stride, 1, 1)?)
+    fn forward(&self, x: &Tensor, track: bool) -> Result<Tensor> {
+        Ok(x.conv2d(&param(&self.weight, track), self.padding, self.stride, 1, 1)?)
     }
 }
 
@@ -128,10 +128,10 @@ struct BatchNorm {
 }
 
 impl BatchNorm {
-    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, mode: Mode, track: bool) -> Result<Tensor> {
         let c = self.weight.dim(0)?;
-        let w = param(&self.weight, mode).reshape((1, c, 1, 1))?;
-        let b = param(&self.bias, mode).reshape((1, c, 1, 1))?;
+        let w = param(&self.weight, track).reshape((1, c, 1, 1))?;
+        let b = param(&self.bias, track).reshape((1, c, 1, 1))?;
         if mode.train() && !self.frozen_stats.load(Ordering::Relaxed) {
             let (n, _, h, wd) = x.dims4()?;
             let count = n * h * wd;
@@ -192,14 +192,11 @@ struct BasicBlock {
 }
 
 impl BasicBlock {
-    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let y = self
-            .bn1
-            .forward(&self.conv1.forward(x, mode)?, mode)?
-            .relu()?;
-        let y = self.bn2.forward(&self.conv2.forward(&y, mode)?, mode)?;
+    fn forward(&self, x: &Tensor, mode: Mode, track: bool) -> Result<Tensor> {
+        let y = self.bn1.forward(&self.conv1.forward(x, track)?, mode, track)?.relu()?;
+        let y = self.bn2.forward(&self.conv2.forward(&y, track)?, mode, track)?;
         let shortcut = match &self.downsample {
-            Some((c, b)) => b.forward(&c.forward(x, mode)?, mode)?,
+            Some((c, b)) => b.forward(&c.forward(x, track)?, mode, track)?,
             None => x.clone(),
         };
         Ok((y + shortcut)?.relu()?)
@@ -228,6 +225,9 @@ pub struct ResNet18 {
     mean: Tensor,
     std: Tensor,
     device: Device,
+    /// Bit g-1 set: group g's parameters are detached in every forward (frozen groups get no
+    /// weight gradients at all, so training only the head costs a head's backward).
+    frozen: AtomicU8,
 }
 
 struct Builder<'a> {
@@ -370,6 +370,7 @@ impl ResNet18 {
         let mean = Tensor::from_slice(&IMAGENET_MEAN, (1, 3, 1, 1), device)?;
         let std = Tensor::from_slice(&IMAGENET_STD, (1, 3, 1, 1), device)?;
         Ok(ResNet18 {
+            frozen: AtomicU8::new(0),
             varmap,
             names,
             conv1,
@@ -477,29 +478,43 @@ impl ResNet18 {
         Ok(x.broadcast_sub(&self.mean)?.broadcast_div(&self.std)?)
     }
 
+    /// Detaches the parameters of every group outside `trainable` in all later forward passes
+    /// (no weight gradients for frozen groups); `GroupSet::all()` undoes it.
+    pub fn set_trainable_groups(&self, trainable: GroupSet) {
+        let mut bits = 0u8;
+        for g in trainable.complement().groups() {
+            bits |= 1 << (g - 1);
+        }
+        self.frozen.store(bits, Ordering::Relaxed);
+    }
+
+    fn track(&self, group: u8, mode: Mode) -> bool {
+        mode.track_params() && self.frozen.load(Ordering::Relaxed) & (1 << (group - 1)) == 0
+    }
+
     fn step(&self, stage: Stage, x: &Tensor, mode: Mode) -> Result<Tensor> {
         Ok(match stage {
             Stage::Input => x.clone(),
             Stage::Stem => {
+                let t = self.track(1, mode);
                 let x = self.normalize(x)?;
-                let x = self
-                    .bn1
-                    .forward(&self.conv1.forward(&x, mode)?, mode)?
-                    .relu()?;
+                let x = self.bn1.forward(&self.conv1.forward(&x, t)?, mode, t)?.relu()?;
                 max_pool2d(&x, 3, 2, 1)?
             }
             Stage::Layer1 | Stage::Layer2 | Stage::Layer3 | Stage::Layer4 => {
                 let li = stage as usize - Stage::Layer1 as usize;
+                let t = self.track(li as u8 + 1, mode);
                 let mut x = x.clone();
                 for blk in &self.layers[li] {
-                    x = blk.forward(&x, mode)?;
+                    x = blk.forward(&x, mode, t)?;
                 }
                 x
             }
             Stage::Pooled => x.mean(D::Minus1)?.mean(D::Minus1)?,
             Stage::Logits => {
-                let w = param(&self.fc_weight, mode);
-                let b = param(&self.fc_bias, mode);
+                let t = self.track(5, mode);
+                let w = param(&self.fc_weight, t);
+                let b = param(&self.fc_bias, t);
                 x.matmul(&w.t()?)?.broadcast_add(&b)?
             }
         })

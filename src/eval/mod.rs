@@ -1,0 +1,5 @@
+//! Evaluation: classification metrics (and, with the saliency issue, saliency metrics).
+
+pub mod classification;
+
+pub use classification::{evaluate_model, ClassMetrics, Evaluation};

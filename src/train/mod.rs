@@ -1,0 +1,9 @@
+//! Training: the optimiser, learning-rate schedules, the trainer with its run folder, metrics.
+
+pub mod optim;
+pub mod config;
+pub mod schedule;
+pub mod trainer;
+
+pub use config::{AdvConfig, TrainConfig};
+pub use trainer::{train, Stop, Summary};

@@ -1,0 +1,221 @@
+//! Adam as PyTorch's `torch.optim.Adam` (weight decay added to the gradient, L2) and AdamW
+//! (decoupled weight decay). Moments and the step count can be saved and restored, so a
+//! resumed run continues exactly.
+
+use crate::{Error, Result};
+use candle_core::backprop::GradStore;
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, Var};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// One fused Adam update on the CPU: reads p and g once, updates the moments in place and
+/// returns the new p (instead of a dozen full-size temporaries per parameter).
+struct AdamCpuStep {
+    m: Arc<Mutex<Vec<f32>>>,
+    v: Arc<Mutex<Vec<f32>>>,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    step_size: f32,
+    bc2_sqrt: f32,
+    /// L2 decay added to the gradient (Adam).
+    l2: f32,
+    /// Decoupled decay factor applied to p first (AdamW): p *= 1 - lr * wd.
+    decay: f32,
+}
+
+fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let v = match s {
+        CpuStorage::F32(v) => v,
+        _ => candle_core::bail!("adam: only f32 parameters are supported"),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("adam: tensors must be contiguous"),
+    }
+}
+
+impl CustomOp2 for AdamCpuStep {
+    fn name(&self) -> &'static str {
+        "robustlens-adam-step"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let p = cpu_slice(s1, l1)?;
+        let g = cpu_slice(s2, l2)?;
+        let mut m = self.m.lock().map_err(|_| candle_core::Error::Msg("adam state poisoned".into()))?;
+        let mut v = self.v.lock().map_err(|_| candle_core::Error::Msg("adam state poisoned".into()))?;
+        if m.len() != p.len() || g.len() != p.len() {
+            candle_core::bail!("adam: parameter, gradient and moments differ in size");
+        }
+        let mut out = vec![0f32; p.len()];
+        let c = (self.beta1, self.beta2, self.eps, self.step_size, self.bc2_sqrt, self.l2, self.decay);
+        out.par_chunks_mut(1 << 14)
+            .zip(m.par_chunks_mut(1 << 14))
+            .zip(v.par_chunks_mut(1 << 14))
+            .enumerate()
+            .for_each(|(k, ((o, m), v))| {
+                let base = k << 14;
+                let (b1, b2, eps, ss, bc2s, l2, decay) = c;
+                for i in 0..o.len() {
+                    let pi = p[base + i] * decay;
+                    let gi = g[base + i] + l2 * p[base + i];
+                    let mi = b1 * m[i] + (1.0 - b1) * gi;
+                    let vi = b2 * v[i] + (1.0 - b2) * gi * gi;
+                    m[i] = mi;
+                    v[i] = vi;
+                    o[i] = pi - ss * mi / (vi.sqrt() / bc2s + eps);
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Which variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimKind {
+    /// L2 weight decay added to the gradient (`torch.optim.Adam`), as the paper.
+    Adam,
+    /// Decoupled weight decay (`torch.optim.AdamW`).
+    AdamW,
+}
+
+/// Adam with named parameters.
+pub struct Adam {
+    pub kind: OptimKind,
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub step: u64,
+    params: Vec<(String, Var)>,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    /// CPU moments for the fused update (used when the parameters live on the CPU).
+    cpu: Option<Vec<(Arc<Mutex<Vec<f32>>>, Arc<Mutex<Vec<f32>>>)>>,
+}
+
+impl Adam {
+    pub fn new(kind: OptimKind, params: Vec<(String, Var)>, lr: f64, weight_decay: f64) -> Result<Adam> {
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(Error::arg(format!("learning rate {lr}: must be > 0")));
+        }
+        let m = params.iter().map(|(_, p)| p.zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
+        let v = params.iter().map(|(_, p)| p.zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
+        let on_cpu = params.iter().all(|(_, p)| p.device().is_cpu() && p.dtype() == candle_core::DType::F32);
+        let cpu = on_cpu.then(|| {
+            params
+                .iter()
+                .map(|(_, p)| (Arc::new(Mutex::new(vec![0f32; p.elem_count()])), Arc::new(Mutex::new(vec![0f32; p.elem_count()]))))
+                .collect()
+        });
+        Ok(Adam { kind, lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, step: 0, params, m, v, cpu })
+    }
+
+    /// The parameters this optimiser updates.
+    pub fn params(&self) -> &[(String, Var)] {
+        &self.params
+    }
+
+    /// One update from the gradients in `grads` (parameters without a gradient are skipped).
+    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        self.step += 1;
+        let t = self.step as i32;
+        let bc1 = 1.0 - self.beta1.powi(t);
+        let bc2 = 1.0 - self.beta2.powi(t);
+        let step_size = self.lr / bc1;
+        let bc2_sqrt = bc2.sqrt();
+        if let Some(cpu) = &self.cpu {
+            let (l2, decay) = match self.kind {
+                OptimKind::Adam => (self.weight_decay as f32, 1.0),
+                OptimKind::AdamW => (0.0, (1.0 - self.lr * self.weight_decay) as f32),
+            };
+            for (i, (_, p)) in self.params.iter().enumerate() {
+                let Some(g) = grads.get(p.as_tensor()) else { continue };
+                let op = AdamCpuStep {
+                    m: cpu[i].0.clone(),
+                    v: cpu[i].1.clone(),
+                    beta1: self.beta1 as f32,
+                    beta2: self.beta2 as f32,
+                    eps: self.eps as f32,
+                    step_size: step_size as f32,
+                    bc2_sqrt: bc2_sqrt as f32,
+                    l2,
+                    decay,
+                };
+                let new_p = p.as_tensor().contiguous()?.apply_op2_no_bwd(&g.contiguous()?, &op)?;
+                p.set(&new_p)?;
+            }
+            return Ok(());
+        }
+        for (i, (_, p)) in self.params.iter().enumerate() {
+            let Some(g) = grads.get(p.as_tensor()) else { continue };
+            let mut g = g.clone();
+            match self.kind {
+                OptimKind::Adam if self.weight_decay != 0.0 => {
+                    g = (g + (p.as_tensor() * self.weight_decay)?)?;
+                }
+                OptimKind::AdamW if self.weight_decay != 0.0 => {
+                    p.set(&(p.as_tensor() * (1.0 - self.lr * self.weight_decay))?)?;
+                }
+                _ => {}
+            }
+            let m = ((&self.m[i] * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
+            let v = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
+            let denom = ((v.sqrt()? / bc2_sqrt)? + self.eps)?;
+            let upd = ((&m / denom)? * step_size)?;
+            p.set(&(p.as_tensor() - upd)?)?;
+            self.m[i] = m;
+            self.v[i] = v;
+        }
+        Ok(())
+    }
+
+    /// Moments by name (`m.<param>`, `v.<param>`) for a checkpoint.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (i, (n, p)) in self.params.iter().enumerate() {
+            let (m, v) = match &self.cpu {
+                Some(cpu) => {
+                    let m = cpu[i].0.lock().map(|m| m.clone()).unwrap_or_default();
+                    let v = cpu[i].1.lock().map(|v| v.clone()).unwrap_or_default();
+                    match (Tensor::from_vec(m, p.shape(), p.device()), Tensor::from_vec(v, p.shape(), p.device())) {
+                        (Ok(m), Ok(v)) => (m, v),
+                        _ => continue,
+                    }
+                }
+                None => (self.m[i].clone(), self.v[i].clone()),
+            };
+            out.push((format!("m.{n}"), m));
+            out.push((format!("v.{n}"), v));
+        }
+        out
+    }
+
+    /// Restores moments saved by [`Adam::state_tensors`].
+    pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, step: u64) -> Result<()> {
+        for (i, (n, p)) in self.params.iter().enumerate() {
+            for (prefix, slot) in [("m", &mut self.m[i]), ("v", &mut self.v[i])] {
+                let t = tensors
+                    .get(&format!("{prefix}.{n}"))
+                    .ok_or_else(|| Error::arg(format!("optimizer state has no `{prefix}.{n}`; was it saved by another command?")))?;
+                if t.dims() != p.dims() {
+                    return Err(Error::arg(format!("optimizer state `{prefix}.{n}` has shape {:?}, expected {:?}", t.dims(), p.dims())));
+                }
+                *slot = t.to_device(p.device())?;
+            }
+            if let Some(cpu) = &self.cpu {
+                let m: Vec<f32> = self.m[i].flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+                let v: Vec<f32> = self.v[i].flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+                if let (Ok(mut cm), Ok(mut cv)) = (cpu[i].0.lock(), cpu[i].1.lock()) {
+                    *cm = m;
+                    *cv = v;
+                }
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+}
