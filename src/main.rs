@@ -1030,6 +1030,9 @@ fn run() -> Result<()> {
         Command::TrainStandard(a) => train_command("train-standard", *a, None),
         Command::TrainRobust(a) => {
             let a = *a;
+            if a.train.resume.is_some() {
+                return train_command("train-robust", a.train, None);
+            }
             let adv = robust_config(&a)?;
             train_command("train-robust", a.train, Some(adv))
         }

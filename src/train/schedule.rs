@@ -58,7 +58,7 @@ pub struct ScheduleState {
 
 impl ScheduleState {
     pub fn new(lr: f64) -> Self {
-        ScheduleState { lr, best: f64::INFINITY, bad_epochs: 0 }
+        ScheduleState { lr, best: f64::MAX, bad_epochs: 0 }
     }
 
     /// Called after epoch `epoch` (1-based) with the monitored loss; returns the next lr.

@@ -219,7 +219,7 @@ pub fn train(cfg: &TrainConfig, dir: &Path, resume: bool, interrupt: Arc<AtomicB
         step: 0,
         schedule: ScheduleState::new(phases[0].lr),
         optimizer_step: 0,
-        best_val_loss: f64::INFINITY,
+        best_val_loss: f64::MAX,
         best: None,
         bad_epochs: 0,
         partial: EpochSums::default(),
@@ -255,7 +255,8 @@ pub fn train(cfg: &TrainConfig, dir: &Path, resume: bool, interrupt: Arc<AtomicB
     while state.phase < phases.len() && !state.finished {
         let ph = phases[state.phase].clone();
         let groups = GroupSet::parse(&ph.groups)?;
-        model.freeze_bn_stats(groups, cfg.freeze_bn_stats);
+        // The head phase trains fc alone: the frozen backbone's BatchNorm statistics stay too.
+        model.freeze_bn_stats(groups, cfg.freeze_bn_stats || ph.name == "head");
         model.set_trainable_groups(groups);
         let mut opt = Adam::new(cfg.optimizer, model.trainable_vars(groups), state.schedule.lr, cfg.weight_decay)?;
         if let Some(ot) = resume_optim.take() {
