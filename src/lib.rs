@@ -27,6 +27,7 @@ pub mod explain;
 pub mod fsutil;
 pub mod model;
 pub mod ops;
+pub mod pipeline;
 pub mod progress;
 pub mod report;
 pub mod rng;

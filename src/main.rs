@@ -37,6 +37,13 @@ enum Command {
     /// Accuracy, balanced accuracy, per-class precision/recall, confusion matrix (and robust
     /// accuracy with --attack pgd) of a run on its test split.
     Evaluate(Box<EvaluateArgs>),
+    /// The whole pipeline on the built-in synthetic set: standard, robust and fine-tuned
+    /// models, evaluation, saliency maps and metrics, report.html.
+    Demo(DemoArgs),
+    /// An HTML report (accuracy, robust accuracy, saliency grids, metrics) for any runs.
+    Report(ReportArgs),
+    /// PGD adversarial examples of images: PNG files and (with --raw-out) float32 NPY.
+    Attack(Box<AttackArgs>),
     /// Data sets: write the synthetic set, make lesion-grouped splits, inspect, benchmark.
     #[command(subcommand)]
     Data(DataCommand),
@@ -170,6 +177,87 @@ struct EvaluateArgs {
     norm: String,
     #[arg(long, default_value = "cpu")]
     device: String,
+}
+
+#[derive(Args, Clone)]
+struct DemoArgs {
+    #[arg(long, default_value = "models/demo")]
+    out: PathBuf,
+    /// Working resolution (32 keeps the demo within minutes on two CPU cores).
+    #[arg(long, default_value_t = 32)]
+    image_size: usize,
+    /// Robust models to train, as paper eps values at 224 px, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "4")]
+    eps_at_224: Vec<f32>,
+    /// Whole-network epochs of each robust model.
+    #[arg(long, default_value_t = 3)]
+    robust_epochs: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Args, Clone)]
+struct ReportArgs {
+    /// Run folders (repeatable); NAME=DIR names a column.
+    #[arg(long = "run", required = true)]
+    runs: Vec<String>,
+    #[arg(long, default_value = "models/report")]
+    out: PathBuf,
+    /// Test images attacked for robust accuracy (0 = none).
+    #[arg(long, default_value_t = 60)]
+    robust_images: usize,
+    /// Comma-separated saliency methods.
+    #[arg(long, default_value = "gradient,ig,smoothgrad,occlusion,gradcam")]
+    method: String,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Args, Clone)]
+struct AttackArgs {
+    /// A weights file (.safetensors or .pth) or hf:owner/repo.
+    #[arg(long, conflicts_with = "run")]
+    weights: Option<String>,
+    /// A run folder.
+    #[arg(long)]
+    run: Option<PathBuf>,
+    /// Images to attack.
+    #[arg(long = "image", num_args = 1.., required = true)]
+    images: Vec<PathBuf>,
+    #[arg(long, default_value_t = 224)]
+    image_size: usize,
+    #[arg(long)]
+    eps: f32,
+    #[arg(long, default_value_t = 7)]
+    steps: usize,
+    #[arg(long)]
+    step_size: f32,
+    #[arg(long, default_value = "l2")]
+    norm: String,
+    #[arg(long)]
+    no_random_start: bool,
+    #[arg(long)]
+    no_use_best: bool,
+    #[arg(long, default_value_t = 0)]
+    restarts: usize,
+    /// Targeted attack towards this class (default: untargeted against --label).
+    #[arg(long)]
+    target_class: Option<usize>,
+    /// True labels, one per image (default: the model's clean prediction).
+    #[arg(long, value_delimiter = ',')]
+    label: Vec<usize>,
+    /// Adversarial images as float32 NPY [N,3,H,W] in [0,1].
+    #[arg(long)]
+    raw_out: Option<PathBuf>,
+    /// Folder for the adversarial PNG images.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    device: DeviceArg,
 }
 
 #[derive(Subcommand)]
@@ -347,7 +435,7 @@ struct SaliencyArgs {
     device: DeviceArg,
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct DeviceArg {
     /// cpu, cuda[:N] or metal[:N] (GPU devices need a build with --features cuda/metal).
     #[arg(long, default_value = "cpu")]
@@ -1003,6 +1091,72 @@ fn evaluate_command(a: EvaluateArgs) -> Result<()> {
     Ok(())
 }
 
+fn attack_command(a: AttackArgs) -> Result<()> {
+    use robustlens::adversarial::{Norm, Pgd};
+    check_image_size(a.image_size)?;
+    let device = parse_device(&a.device.device)?;
+    let spec = match (&a.weights, &a.run) {
+        (Some(w), None) => w.clone(),
+        (None, Some(r)) => r.to_string_lossy().to_string(),
+        _ => bail!("attack: give --weights FILE or --run DIR"),
+    };
+    let (model, _) = load_model_spec(&spec, None, 0, &device)?;
+    let pgd = Pgd {
+        norm: Norm::parse(&a.norm)?,
+        eps: a.eps,
+        steps: a.steps,
+        step_size: a.step_size,
+        random_start: !a.no_random_start,
+        use_best: !a.no_use_best,
+        restarts: a.restarts,
+    };
+    pgd.validate()?;
+    let xs = a.images.iter().map(|p| preprocess(p, a.image_size, &device)).collect::<robustlens::Result<Vec<_>>>()?;
+    let x = Tensor::stack(&xs, 0)?;
+    let clean = robustlens::attribution::predict_classes(&model, &x, 16)?;
+    let k = model.num_classes();
+    let labels = if a.label.is_empty() {
+        clean.clone()
+    } else {
+        if a.label.len() != a.images.len() {
+            bail!("--label: {} labels for {} images", a.label.len(), a.images.len());
+        }
+        if let Some(l) = a.label.iter().find(|l| **l >= k) {
+            bail!("--label {l}: the model has {k} classes");
+        }
+        a.label.clone()
+    };
+    let targets = match a.target_class {
+        Some(t) if t >= k => bail!("--target-class {t}: the model has {k} classes (0..{})", k - 1),
+        Some(t) => Some(vec![t; a.images.len()]),
+        None => None,
+    };
+    let mut rng = robustlens::rng::SeededRng::new(a.seed);
+    let r = pgd.attack(&model, &x, &labels, targets.as_deref(), &mut rng)?;
+    let adv_pred = robustlens::attribution::predict_classes(&model, &r.images, 16)?;
+    let dist: Vec<f32> = match pgd.norm {
+        Norm::L2 => (&r.images - &x)?.flatten_from(1)?.sqr()?.sum(1)?.sqrt()?.to_vec1()?,
+        Norm::Linf => (&r.images - &x)?.flatten_from(1)?.abs()?.max(1)?.to_vec1()?,
+    };
+    if let Some(dir) = &a.out {
+        robustlens::fsutil::ensure_output_dir(dir)?;
+    }
+    let s = a.image_size;
+    for (i, p) in a.images.iter().enumerate() {
+        println!("{}\tclean {}\tadversarial {}\tdistance {:.4}\tloss {:.4}", p.display(), clean[i], adv_pred[i], dist[i], r.losses[i]);
+        if let Some(dir) = &a.out {
+            let v: Vec<f32> = r.images.get(i)?.flatten_all()?.to_vec1()?;
+            let img = robustlens::report::display::tensor_to_image(&v, s, s);
+            let stem = p.file_stem().map(|x| x.to_string_lossy().to_string()).unwrap_or_else(|| format!("image{i}"));
+            robustlens::report::png::save_png(&img, &dir.join(format!("{stem}_adv.png")))?;
+        }
+    }
+    if let Some(f) = &a.raw_out {
+        robustlens::report::npy::write_npy(f, &r.images)?;
+    }
+    Ok(())
+}
+
 fn init_logging(verbose: u8) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
@@ -1038,6 +1192,45 @@ fn run() -> Result<()> {
         }
         Command::Finetune(a) => finetune_command(*a),
         Command::Evaluate(a) => evaluate_command(*a),
+        Command::Attack(a) => attack_command(*a),
+        Command::Demo(a) => {
+            check_image_size(a.image_size)?;
+            let interrupt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = interrupt.clone();
+            let _ = ctrlc::set_handler(move || {
+                if flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    std::process::exit(130);
+                }
+                eprintln!("Ctrl-C: finishing the current step, then writing a checkpoint");
+            });
+            let t0 = std::time::Instant::now();
+            let opts = robustlens::pipeline::DemoOptions { out: a.out.clone(), image_size: a.image_size, eps_at_224: a.eps_at_224, seed: a.seed, device: a.device, robust_epochs: a.robust_epochs };
+            robustlens::pipeline::demo(&opts, interrupt)?;
+            println!("demo finished in {:.0} s: open {}", t0.elapsed().as_secs_f64(), a.out.join("report.html").display());
+            Ok(())
+        }
+        Command::Report(a) => {
+            let runs: Vec<(String, PathBuf)> = a
+                .runs
+                .iter()
+                .map(|r| match r.split_once('=') {
+                    Some((n, d)) => (n.to_string(), PathBuf::from(d)),
+                    None => {
+                        let p = PathBuf::from(r);
+                        (p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| r.clone()), p)
+                    }
+                })
+                .collect();
+            let opts = robustlens::pipeline::ReportOptions {
+                out: a.out.clone(),
+                robust_images: a.robust_images,
+                methods: a.method.split(',').map(|m| m.trim().to_string()).filter(|m| !m.is_empty()).collect(),
+                ..Default::default()
+            };
+            robustlens::pipeline::report(&runs, &opts, &parse_device(&a.device)?)?;
+            println!("wrote {}", a.out.join("report.html").display());
+            Ok(())
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod display;
 pub mod font;
 pub mod grid;
+pub mod html;
 pub mod npy;
 pub mod png;
 

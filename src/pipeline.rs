@@ -1,0 +1,350 @@
+//! The whole pipeline: `demo` (train standard, robust and fine-tuned models on the synthetic
+//! set, then report) and `report` (evaluate any runs, explain test images with every method,
+//! measure the maps against lesion masks, and write `report.html`, PNG figures and
+//! `summary.json`).
+
+use crate::adversarial::{Norm, Pgd};
+use crate::attribution::{by_name, MethodOptions};
+use crate::data::cache::ImageCache;
+use crate::data::loader::make_batch;
+use crate::data::split::Part;
+use crate::eval::classification::evaluate_model;
+use crate::eval::saliency::{bootstrap_ci, gini, relevance_mass_accuracy};
+use crate::fsutil::{ensure_output_dir, write_atomic, write_json_atomic};
+use crate::model::{load_checkpoint, ResNet18};
+use crate::report::display::{heatmap, reduce_channels, tensor_to_image, DisplayOptions, Reduce};
+use crate::report::grid::Grid;
+use crate::report::html::{bar_chart, esc, figure, line_chart, page};
+use crate::report::png::save_png;
+use crate::train::trainer::{eps_from_224, open_data, RunConfig};
+use crate::train::{train, AdvConfig, Stop, TrainConfig};
+use crate::{Error, Result};
+use candle_core::{Device, Tensor};
+use image::{Rgb, RgbImage};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// Options of `report`.
+#[derive(Debug, Clone)]
+pub struct ReportOptions {
+    pub out: PathBuf,
+    /// Test images shown per method.
+    pub show: usize,
+    /// Test images for the saliency metrics.
+    pub metric_images: usize,
+    /// Test images attacked for robust accuracy (0 = none).
+    pub robust_images: usize,
+    /// L2 eps of the robust evaluation at the working size (None: each run's training eps,
+    /// else 3 at 224 scaled).
+    pub robust_eps: Option<f32>,
+    pub robust_steps: usize,
+    pub methods: Vec<String>,
+    pub seed: u64,
+}
+
+impl Default for ReportOptions {
+    fn default() -> Self {
+        ReportOptions {
+            out: PathBuf::from("models/report"),
+            show: 6,
+            metric_images: 30,
+            robust_images: 60,
+            robust_eps: None,
+            robust_steps: 10,
+            methods: ["gradient", "ig", "smoothgrad", "occlusion", "gradcam"].iter().map(|s| s.to_string()).collect(),
+            seed: 0,
+        }
+    }
+}
+
+struct Loaded {
+    name: String,
+    dir: PathBuf,
+    model: ResNet18,
+    cfg: RunConfig,
+}
+
+fn method_options(size: usize, seed: u64) -> MethodOptions {
+    MethodOptions {
+        ig_steps: 16,
+        samples: 16,
+        window: (size / 4).max(2),
+        stride: (size / 8).max(1),
+        internal_batch_size: 32,
+        seed,
+        ..Default::default()
+    }
+}
+
+fn metrics_series(dir: &Path, key: &str) -> Vec<(f64, f64)> {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .enumerate()
+        .filter_map(|(i, v)| v.get(key).and_then(|x| x.as_f64()).map(|y| ((i + 1) as f64, y)))
+        .collect()
+}
+
+/// Evaluates and explains `runs` and writes the report into `opts.out`.
+pub fn report(runs: &[(String, PathBuf)], opts: &ReportOptions, device: &Device) -> Result<serde_json::Value> {
+    if runs.is_empty() {
+        return Err(Error::arg("report: give at least one --run DIR"));
+    }
+    ensure_output_dir(&opts.out)?;
+    let figdir = opts.out.join("figures");
+    ensure_output_dir(&figdir)?;
+    let mut models = Vec::new();
+    for (name, dir) in runs {
+        let cfg: RunConfig = crate::fsutil::read_json(&dir.join("config.json"))
+            .map_err(|e| Error::arg(format!("--run {}: not a run folder ({e})", dir.display())))?;
+        let (model, _) = load_checkpoint(dir, device)?;
+        models.push(Loaded { name: name.clone(), dir: dir.clone(), model, cfg });
+    }
+    // The first run's data and test split are the common ground.
+    let mut tc = models[0].cfg.train.clone();
+    tc.split = Some(models[0].dir.join("split.csv"));
+    let (ds, split) = open_data(&tc)?;
+    let size = models[0].cfg.model.image_size;
+    if models.iter().any(|m| m.cfg.model.image_size != size) {
+        return Err(Error::arg("report: the runs were trained at different image sizes"));
+    }
+    let cache = ImageCache::build(&ds, size, Some(&PathBuf::from("models/cache")), tc.skip_bad_images)?;
+    let labels: Vec<usize> = ds.items.iter().map(|i| i.label).collect();
+    let test = split.indices(&ds, Part::Test, None);
+    if test.is_empty() {
+        return Err(Error::arg("report: the first run's split has no test images"));
+    }
+    let class_names = ds.class_names.clone();
+    let mut summary = serde_json::json!({ "image_size": size, "runs": [] });
+    let mut body = String::new();
+    body.push_str("<p>Made by robustlens. Every number below is recomputed from the run folders; the same figures are in <code>figures/</code> and every number in <code>summary.json</code>.</p>\n");
+
+    // 1. A sample of the data with masks.
+    let lab = &labels;
+    let sample: Vec<usize> = (0..class_names.len()).flat_map(|c| test.iter().copied().filter(move |&i| lab[i] == c).take(2)).collect();
+    let hb = make_batch(&cache, &labels, &sample, None, &vec![0; sample.len()]);
+    let plane = size * size;
+    let mut data_grid = Grid { title: String::new(), col_labels: sample.iter().map(|&i| class_names[labels[i]].clone()).collect(), row_labels: vec!["image".into(), "mask".into()], cells: vec![Vec::new(), Vec::new()] };
+    for k in 0..sample.len() {
+        let img = tensor_to_image(&hb.pixels[k * 3 * plane..(k + 1) * 3 * plane], size, size);
+        let m = &hb.masks[k * plane..(k + 1) * plane];
+        let has = hb.has_mask[k];
+        let over = RgbImage::from_fn(size as u32, size as u32, |x, y| {
+            let p = img.get_pixel(x, y).0;
+            if has && m[y as usize * size + x as usize] > 127 {
+                Rgb([((p[0] as u16 + 255) / 2) as u8, (p[1] / 2), (p[2] / 2)])
+            } else {
+                Rgb(p)
+            }
+        });
+        data_grid.cells[0].push(img);
+        data_grid.cells[1].push(over);
+    }
+    let data_img = data_grid.render(96)?;
+    save_png(&data_img, &figdir.join("data_sample.png"))?;
+    body.push_str("<h2>The data</h2>\n");
+    body.push_str(&figure(&data_img, "data sample", "Two test images per class; below each, its ground-truth lesion mask in red. The class evidence lies only inside the lesion; hairs, ink, ruler ticks and dark corners are distractors that carry no class information.")?);
+
+    // 2. Accuracy, clean and under attack.
+    let mut bars = Vec::new();
+    let mut rows = Vec::new();
+    let attack_idx: Vec<usize> = test.iter().copied().take(opts.robust_images).collect();
+    for m in &models {
+        let eps = opts.robust_eps.unwrap_or_else(|| m.cfg.train.adversarial.as_ref().map(|a| a.eps).unwrap_or_else(|| eps_from_224(3.0, size)));
+        let clean = evaluate_model(&m.model, &cache, &labels, &test, &class_names, 32, None, device)?;
+        let robust = if attack_idx.is_empty() {
+            None
+        } else {
+            let pgd = Pgd { norm: Norm::L2, eps, steps: opts.robust_steps, step_size: 2.5 * eps / opts.robust_steps as f32, random_start: false, use_best: true, restarts: 0 };
+            evaluate_model(&m.model, &cache, &labels, &attack_idx, &class_names, 32, Some((&pgd, opts.seed)), device)?.robust.map(|r| (*r, eps))
+        };
+        bars.push((m.name.clone(), clean.balanced_accuracy, robust.as_ref().map(|r| r.0.balanced_accuracy)));
+        rows.push(format!(
+            "<tr><td>{}</td><td>{:.1}%</td><td>{:.1}%</td><td>{}</td></tr>",
+            esc(&m.name),
+            100.0 * clean.accuracy,
+            100.0 * clean.balanced_accuracy,
+            robust.as_ref().map(|(r, e)| format!("{:.1}% (eps {e:.3})", 100.0 * r.accuracy)).unwrap_or_else(|| "-".into())
+        ));
+        summary["runs"].as_array_mut().expect("array").push(serde_json::json!({
+            "name": m.name, "dir": m.dir.display().to_string(), "command": m.cfg.train.command,
+            "train_eps": m.cfg.train.adversarial.as_ref().map(|a| a.eps),
+            "test": clean, "robust": robust.as_ref().map(|(r, e)| serde_json::json!({"eps": e, "steps": opts.robust_steps, "images": attack_idx.len(), "evaluation": r})),
+        }));
+    }
+    body.push_str("<h2>Accuracy</h2>\n");
+    body.push_str(&format!("<table><tr><th>model</th><th>accuracy</th><th>balanced accuracy</th><th>robust accuracy (L2 PGD, {} steps, first {} test images)</th></tr>{}</table>\n", opts.robust_steps, attack_idx.len(), rows.join("")));
+    body.push_str(&format!("<figure>{}<figcaption>Balanced accuracy on the test split (blue) and accuracy under an L2 PGD attack (red), as in the paper's Figure 13: robust training trades clean accuracy for robustness; fine-tuning the last groups of a robust model recovers part of it.</figcaption></figure>\n", bar_chart("balanced accuracy (blue) and robust accuracy (red)", &bars)));
+
+    // 3. Training curves.
+    let curves: Vec<(String, Vec<(f64, f64)>)> = models.iter().map(|m| (m.name.clone(), metrics_series(&m.dir, "train_loss"))).collect();
+    let vcurves: Vec<(String, Vec<(f64, f64)>)> = models.iter().map(|m| (m.name.clone(), metrics_series(&m.dir, "val_acc"))).collect();
+    body.push_str("<h2>Training</h2>\n");
+    body.push_str(&format!("<figure>{}{}<figcaption>Training loss and validation accuracy per epoch (head phase first, then the whole network; a fine-tuning run has its own epochs).</figcaption></figure>\n", line_chart("training loss", &curves, "epoch"), line_chart("validation accuracy", &vcurves, "epoch")));
+
+    // 4. Saliency grids, images correctly classified by every model.
+    let test_batch = make_batch(&cache, &labels, &test, None, &vec![0; test.len()]);
+    let x_all = test_batch.images(device)?;
+    let mut correct_all = vec![true; test.len()];
+    for m in &models {
+        let p = crate::attribution::predict_classes(&m.model, &x_all, 32)?;
+        for (i, c) in correct_all.iter_mut().enumerate() {
+            *c &= p[i] == labels[test[i]];
+        }
+    }
+    let mut chosen: Vec<usize> = (0..test.len()).filter(|&i| correct_all[i]).collect();
+    if chosen.len() < opts.show {
+        chosen.extend((0..test.len()).filter(|i| !correct_all[*i]).take(opts.show - chosen.len()));
+    }
+    chosen.truncate(opts.show);
+    let idx = Tensor::new(chosen.iter().map(|&i| i as u32).collect::<Vec<_>>().as_slice(), device)?;
+    let xs = x_all.index_select(&idx, 0)?;
+    let targets: Vec<usize> = chosen.iter().map(|&i| labels[test[i]]).collect();
+    let mopts = method_options(size, opts.seed);
+    let display = DisplayOptions::default();
+    body.push_str("<h2>Saliency maps</h2>\n<p>Rows: test images that every model classifies correctly (when there are enough); columns: the image, its lesion mask, then each model. Maps explain the true class; display as in the paper: per pixel the sum of |attribution| over RGB, capped at the 99th percentile, scaled to [0,1].</p>\n");
+    for method in &opts.methods {
+        let att = by_name(method, &mopts)?;
+        let mut g = Grid {
+            title: String::new(),
+            col_labels: std::iter::once("image".to_string()).chain(std::iter::once("mask".to_string())).chain(models.iter().map(|m| m.name.clone())).collect(),
+            row_labels: targets.iter().map(|&t| class_names[t].clone()).collect(),
+            cells: Vec::new(),
+        };
+        let maps: Vec<Tensor> = models.iter().map(|m| att.attribute(&m.model, &xs, &targets)).collect::<Result<_>>()?;
+        for (r, &ci) in chosen.iter().enumerate() {
+            let px: Vec<f32> = xs.get(r)?.flatten_all()?.to_vec1()?;
+            let mask = &test_batch.masks[ci * plane..(ci + 1) * plane];
+            let mut row = vec![tensor_to_image(&px, size, size), RgbImage::from_fn(size as u32, size as u32, |x, y| {
+                let v = mask[y as usize * size + x as usize];
+                Rgb([v, v, v])
+            })];
+            for a in &maps {
+                let c = a.dim(1)?;
+                let v: Vec<f32> = a.get(r)?.flatten_all()?.to_vec1()?;
+                row.push(heatmap(&v, c, size, size, &display));
+            }
+            g.cells.push(row);
+        }
+        let img = g.render(96)?;
+        save_png(&img, &figdir.join(format!("saliency_{method}.png")))?;
+        body.push_str(&format!("<h3>{}</h3>\n", esc(method)));
+        body.push_str(&figure(&img, &format!("saliency grid {method}"), &format!("{}: the paper's Figure 1 for this method. Sharper maps that stay inside the mask are what robust training promises.", att.name()))?);
+    }
+
+    // 5. Saliency metrics of Gradient maps against the masks, with bootstrap intervals.
+    let mset: Vec<usize> = (0..test.len()).filter(|&i| test_batch.has_mask[i]).take(opts.metric_images).collect();
+    let mut mrows = Vec::new();
+    if !mset.is_empty() {
+        let idx = Tensor::new(mset.iter().map(|&i| i as u32).collect::<Vec<_>>().as_slice(), device)?;
+        let xm = x_all.index_select(&idx, 0)?;
+        let tm: Vec<usize> = mset.iter().map(|&i| labels[test[i]]).collect();
+        let grad = by_name("gradient", &mopts)?;
+        for (k, m) in models.iter().enumerate() {
+            let a = grad.attribute(&m.model, &xm, &tm)?;
+            let mut rma = Vec::new();
+            let mut gi = Vec::new();
+            for (r, &ci) in mset.iter().enumerate() {
+                let v: Vec<f32> = a.get(r)?.flatten_all()?.to_vec1()?;
+                let map = reduce_channels(&v, 3, size, size, Reduce::AbsSum);
+                let mask: Vec<bool> = test_batch.masks[ci * plane..(ci + 1) * plane].iter().map(|&v| v > 127).collect();
+                rma.push(relevance_mass_accuracy(&map, &mask)?);
+                gi.push(gini(&map));
+            }
+            let (rm, rl, rh) = bootstrap_ci(&rma, 1000, opts.seed + k as u64);
+            let (gm, gl, gh) = bootstrap_ci(&gi, 1000, opts.seed + 100 + k as u64);
+            let lesion_share = mset.iter().map(|&ci| test_batch.masks[ci * plane..(ci + 1) * plane].iter().filter(|&&v| v > 127).count() as f64 / plane as f64).sum::<f64>() / mset.len() as f64;
+            mrows.push(format!("<tr><td>{}</td><td>{rm:.3} [{rl:.3}, {rh:.3}]</td><td>{gm:.3} [{gl:.3}, {gh:.3}]</td><td>{lesion_share:.3}</td></tr>", esc(&m.name)));
+            summary["runs"][k]["gradient_metrics"] = serde_json::json!({
+                "images": mset.len(),
+                "relevance_mass_accuracy": {"mean": rm, "ci95": [rl, rh]},
+                "gini": {"mean": gm, "ci95": [gl, gh]},
+                "mean_lesion_area": lesion_share,
+            });
+        }
+        body.push_str("<h2>Saliency metrics</h2>\n");
+        body.push_str(&format!("<table><tr><th>model</th><th>relevance mass accuracy</th><th>Gini sparseness</th><th>lesion share of the image</th></tr>{}</table>\n", mrows.join("")));
+        body.push_str(&format!("<p>Gradient maps of {} test images against their lesion masks: relevance mass accuracy is the share of attribution inside the lesion (a map blind to the lesion scores about the lesion's share of the image); Gini measures how concentrated a map is (0 uniform, 1 one pixel). Brackets: 95% bootstrap intervals (1000 resamples).</p>\n", mset.len()));
+    }
+    let html = page("robustlens report", &body);
+    write_atomic(&opts.out.join("report.html"), html.as_bytes())?;
+    write_json_atomic(&opts.out.join("summary.json"), &summary)?;
+    Ok(summary)
+}
+
+/// Options of `demo`.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub out: PathBuf,
+    pub image_size: usize,
+    /// Robust models to train, as paper eps values at 224 px (scaled to the working size).
+    pub eps_at_224: Vec<f32>,
+    pub seed: u64,
+    pub device: String,
+    /// Epochs of the whole-network phase of the robust models.
+    pub robust_epochs: usize,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions { out: PathBuf::from("models/demo"), image_size: 32, eps_at_224: vec![4.0], seed: 0, device: "cpu".into(), robust_epochs: 3 }
+    }
+}
+
+/// Trains the demo's models (reusing finished runs in `out`) and writes the report.
+pub fn demo(opts: &DemoOptions, interrupt: Arc<AtomicBool>) -> Result<serde_json::Value> {
+    ensure_output_dir(&opts.out)?;
+    let device = crate::device::parse_device(&opts.device)?;
+    let mut base = TrainConfig { device: opts.device.clone(), seed: opts.seed, ..Default::default() };
+    base.apply_preset("quick")?;
+    base.image_size = opts.image_size;
+    let run = |name: &str, cfg: &TrainConfig| -> Result<PathBuf> {
+        let dir = opts.out.join(name);
+        if dir.join("summary.json").exists() {
+            eprintln!("demo: {name} already trained in {} (delete it to retrain)", dir.display());
+            return Ok(dir);
+        }
+        let resume = dir.join("resume.safetensors").exists();
+        eprintln!("demo: training {name} -> {}", dir.display());
+        match train(cfg, &dir, resume, interrupt.clone())? {
+            Stop::Finished(s) => {
+                if let Some(t) = &s.test {
+                    eprintln!("demo: {name}: test accuracy {:.1}% ({:.0} s)", 100.0 * t.accuracy, s.seconds);
+                }
+                Ok(dir)
+            }
+            Stop::Interrupted => Err(Error::arg(format!("interrupted; run the demo again to continue from {}", dir.display()))),
+        }
+    };
+    let mut runs = Vec::new();
+    let std_dir = run("standard", &TrainConfig { command: "train-standard".into(), ..base.clone() })?;
+    runs.push(("standard".to_string(), std_dir.clone()));
+    let mut first_robust = None;
+    for &e in &opts.eps_at_224 {
+        let eps = eps_from_224(e, opts.image_size);
+        let mut cfg = TrainConfig { command: "train-robust".into(), epochs: opts.robust_epochs, schedule: format!("step:{}:0.1", opts.robust_epochs.saturating_sub(1).max(1)), ..base.clone() };
+        cfg.adversarial = Some(AdvConfig { norm: Norm::L2, eps, steps: 7, step_size: eps / 5.0, random_start: true });
+        let name = format!("robust-eps{e}");
+        let dir = run(&name, &cfg)?;
+        if first_robust.is_none() {
+            first_robust = Some(dir.clone());
+        }
+        runs.push((name, dir));
+    }
+    if let Some(rdir) = first_robust {
+        let mut cfg = base.clone();
+        cfg.command = "finetune".into();
+        cfg.apply_finetune_defaults();
+        cfg.epochs = 2;
+        cfg.lr = 1e-4;
+        cfg.groups = "3-5".into();
+        cfg.from = Some(rdir.clone());
+        cfg.split = Some(rdir.join("split.csv"));
+        let dir = run("robust-finetuned-3-5", &cfg)?;
+        runs.push(("robust+ft 3-5".to_string(), dir));
+    }
+    eprintln!("demo: evaluating and explaining {} models", runs.len());
+    let ropts = ReportOptions { out: opts.out.clone(), seed: opts.seed, ..Default::default() };
+    report(&runs, &ropts, &device)
+}
