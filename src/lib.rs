@@ -34,3 +34,8 @@ pub mod rng;
 pub mod train;
 
 pub use error::{Error, Result};
+
+/// The README's code blocks, compiled and checked by `cargo test`.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -859,7 +859,7 @@ fn data_command(c: DataCommand) -> Result<()> {
                     seed: 0,
                     epoch,
                     min_batch: 1,
-                skip: 0,
+                    skip: 0,
                 };
                 for b in loader::batches(cache.clone(), labels.clone(), &idx, cfg) {
                     n += b.len();
@@ -887,7 +887,8 @@ fn build_config(command: &str, a: &TrainArgs) -> Result<robustlens::train::Train
         Some(p) => {
             let v: serde_json::Value = robustlens::fsutil::read_json(p)?;
             let inner = v.get("train").cloned().unwrap_or(v);
-            serde_json::from_value::<TrainConfig>(inner).with_context(|| format!("{}: not a training configuration", p.display()))?
+            serde_json::from_value::<TrainConfig>(inner)
+                .with_context(|| format!("{}: not a training configuration", p.display()))?
         }
         None => TrainConfig::default(),
     };
@@ -895,7 +896,13 @@ fn build_config(command: &str, a: &TrainArgs) -> Result<robustlens::train::Train
     if let Some(d) = &a.data {
         cfg.data = d.clone();
     }
-    let preset = a.preset.clone().or_else(|| if a.config.is_none() && cfg.data == "synthetic" { Some("quick".into()) } else { None });
+    let preset = a.preset.clone().or_else(|| {
+        if a.config.is_none() && cfg.data == "synthetic" {
+            Some("quick".into())
+        } else {
+            None
+        }
+    });
     if let Some(p) = &preset {
         cfg.apply_preset(p)?;
     } else if command == "finetune" && a.config.is_none() {
@@ -904,7 +911,23 @@ fn build_config(command: &str, a: &TrainArgs) -> Result<robustlens::train::Train
     macro_rules! set {
         ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { cfg.$f = v; } )* };
     }
-    set!(image_size, train_per_class, val_per_class, test_per_class, seed, weights, device, head_epochs, head_batch_size, head_lr, epochs, batch_size, lr, schedule, weight_decay);
+    set!(
+        image_size,
+        train_per_class,
+        val_per_class,
+        test_per_class,
+        seed,
+        weights,
+        device,
+        head_epochs,
+        head_batch_size,
+        head_lr,
+        epochs,
+        batch_size,
+        lr,
+        schedule,
+        weight_decay
+    );
     if let Some(c) = &a.classes {
         cfg.classes = c.clone();
     }
@@ -931,11 +954,21 @@ fn build_config(command: &str, a: &TrainArgs) -> Result<robustlens::train::Train
 }
 
 fn robust_config(a: &RobustArgs) -> Result<robustlens::train::AdvConfig> {
-    let size = a.train.image_size.unwrap_or(if a.train.preset.as_deref() == Some("paper") || (a.train.data.is_some() && a.train.data.as_deref() != Some("synthetic")) { 224 } else { 32 });
+    let size = a.train.image_size.unwrap_or(
+        if a.train.preset.as_deref() == Some("paper")
+            || (a.train.data.is_some() && a.train.data.as_deref() != Some("synthetic"))
+        {
+            224
+        } else {
+            32
+        },
+    );
     let eps = match (a.eps, a.eps_at_224) {
         (Some(e), _) => e,
         (None, Some(e224)) => robustlens::train::trainer::eps_from_224(e224, size),
-        (None, None) => bail!("train-robust needs --eps E (L2 radius at the working size) or --eps-at-224 E"),
+        (None, None) => {
+            bail!("train-robust needs --eps E (L2 radius at the working size) or --eps-at-224 E")
+        }
     };
     if !(eps.is_finite() && eps > 0.0) {
         bail!("--eps {eps}: must be a number > 0");
@@ -950,7 +983,10 @@ fn robust_config(a: &RobustArgs) -> Result<robustlens::train::AdvConfig> {
 }
 
 fn default_out(command: &str) -> PathBuf {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     PathBuf::from("models").join(format!("{command}-{secs}"))
 }
 
@@ -967,7 +1003,14 @@ fn run_training(cfg: robustlens::train::TrainConfig, out: PathBuf, resume: bool)
             eprintln!("Ctrl-C: finishing the current step, then writing a checkpoint");
         });
     }
-    eprintln!("{} -> {} (data {}, {} px, seed {})", cfg.command, out.display(), cfg.data, cfg.image_size, cfg.seed);
+    eprintln!(
+        "{} -> {} (data {}, {} px, seed {})",
+        cfg.command,
+        out.display(),
+        cfg.data,
+        cfg.image_size,
+        cfg.seed
+    );
     if cfg.data == "synthetic" {
         eprintln!("data: the built-in synthetic lesion set; for HAM10000 pass --data PATH (or set ROBUSTLENS_DATA) with --preset paper");
     }
@@ -977,18 +1020,37 @@ fn run_training(cfg: robustlens::train::TrainConfig, out: PathBuf, resume: bool)
             if let Some(t) = &s.test {
                 println!("{}", t.table());
             }
-            println!("run folder: {} (best: {}, {}); {:.0} s", out.display(), s.best_checkpoint, s.best_reason, s.seconds);
+            println!(
+                "run folder: {} (best: {}, {}); {:.0} s",
+                out.display(),
+                s.best_checkpoint,
+                s.best_reason,
+                s.seconds
+            );
         }
     }
     Ok(())
 }
 
-fn train_command(command: &str, a: TrainArgs, adv: Option<robustlens::train::AdvConfig>) -> Result<()> {
+fn train_command(
+    command: &str,
+    a: TrainArgs,
+    adv: Option<robustlens::train::AdvConfig>,
+) -> Result<()> {
     if let Some(dir) = &a.resume {
-        let rc: robustlens::train::trainer::RunConfig = robustlens::fsutil::read_json(&dir.join("config.json"))
-            .with_context(|| format!("--resume {}: not a run folder (no readable config.json)", dir.display()))?;
+        let rc: robustlens::train::trainer::RunConfig =
+            robustlens::fsutil::read_json(&dir.join("config.json")).with_context(|| {
+                format!(
+                    "--resume {}: not a run folder (no readable config.json)",
+                    dir.display()
+                )
+            })?;
         if rc.train.command != command {
-            bail!("--resume {}: the run was made by `{}`, not `{command}`", dir.display(), rc.train.command);
+            bail!(
+                "--resume {}: the run was made by `{}`, not `{command}`",
+                dir.display(),
+                rc.train.command
+            );
         }
         return run_training(rc.train, dir.clone(), true);
     }
@@ -998,7 +1060,11 @@ fn train_command(command: &str, a: TrainArgs, adv: Option<robustlens::train::Adv
     }
     let out = a.out.clone().unwrap_or_else(|| default_out(command));
     if out.join("resume.safetensors").exists() {
-        bail!("--out {}: holds a run already; continue it with --resume {} or choose another folder", out.display(), out.display());
+        bail!(
+            "--out {}: holds a run already; continue it with --resume {} or choose another folder",
+            out.display(),
+            out.display()
+        );
     }
     run_training(cfg, out, false)
 }
@@ -1007,12 +1073,16 @@ fn finetune_command(a: FinetuneArgs) -> Result<()> {
     if a.train.resume.is_some() {
         return train_command("finetune", a.train, None);
     }
-    let from = a.from.clone().context("finetune needs --from RUN_DIR (a trained run, normally robust)")?;
+    let from = a
+        .from
+        .clone()
+        .context("finetune needs --from RUN_DIR (a trained run, normally robust)")?;
     if !from.join("model.safetensors").exists() {
         bail!("--from {}: no model.safetensors there; give a run folder of train-standard or train-robust", from.display());
     }
     robustlens::model::GroupSet::parse(&a.groups)?;
-    let src: robustlens::train::trainer::RunConfig = robustlens::fsutil::read_json(&from.join("config.json"))?;
+    let src: robustlens::train::trainer::RunConfig =
+        robustlens::fsutil::read_json(&from.join("config.json"))?;
     // Start from the source run's data, split and size; then the finetune recipe; then flags.
     let mut base = src.train.clone();
     base.command = "finetune".into();
@@ -1038,7 +1108,11 @@ fn finetune_command(a: FinetuneArgs) -> Result<()> {
     cfg.from = Some(from);
     cfg.groups = a.groups;
     cfg.freeze_bn_stats = a.freeze_bn_stats;
-    let out = a.train.out.clone().unwrap_or_else(|| default_out("finetune"));
+    let out = a
+        .train
+        .out
+        .clone()
+        .unwrap_or_else(|| default_out("finetune"));
     run_training(cfg, out, false)
 }
 
@@ -1046,8 +1120,9 @@ fn evaluate_command(a: EvaluateArgs) -> Result<()> {
     use robustlens::data::cache::ImageCache;
     use robustlens::data::split::Part;
     let device = parse_device(&a.device)?;
-    let rc: robustlens::train::trainer::RunConfig = robustlens::fsutil::read_json(&a.run.join("config.json"))
-        .with_context(|| format!("--run {}: not a run folder", a.run.display()))?;
+    let rc: robustlens::train::trainer::RunConfig =
+        robustlens::fsutil::read_json(&a.run.join("config.json"))
+            .with_context(|| format!("--run {}: not a run folder", a.run.display()))?;
     let (model, mc) = robustlens::model::load_checkpoint(&a.run, &device)?;
     let mut tc = rc.train.clone();
     if let Some(d) = &a.data {
@@ -1062,7 +1137,12 @@ fn evaluate_command(a: EvaluateArgs) -> Result<()> {
         bail!("the {} split of {} is empty", a.split, a.run.display());
     }
     let _ = Part::Test;
-    let cache = ImageCache::build(&ds, mc.image_size, Some(&PathBuf::from("models/cache")), tc.skip_bad_images)?;
+    let cache = ImageCache::build(
+        &ds,
+        mc.image_size,
+        Some(&PathBuf::from("models/cache")),
+        tc.skip_bad_images,
+    )?;
     let labels: Vec<usize> = ds.items.iter().map(|i| i.label).collect();
     let pgd = match a.attack.as_deref() {
         None => None,
@@ -1080,7 +1160,16 @@ fn evaluate_command(a: EvaluateArgs) -> Result<()> {
     if let Some(p) = &pgd {
         p.validate()?;
     }
-    let e = robustlens::eval::evaluate_model(&model, &cache, &labels, &idx, &ds.class_names, 32, pgd.as_ref().map(|p| (p, tc.seed)), &device)?;
+    let e = robustlens::eval::evaluate_model(
+        &model,
+        &cache,
+        &labels,
+        &idx,
+        &ds.class_names,
+        32,
+        pgd.as_ref().map(|p| (p, tc.seed)),
+        &device,
+    )?;
     print!("{}", e.table());
     let mut v = serde_json::to_value(&e)?;
     if let Some(p) = &pgd {
@@ -1111,7 +1200,11 @@ fn attack_command(a: AttackArgs) -> Result<()> {
         restarts: a.restarts,
     };
     pgd.validate()?;
-    let xs = a.images.iter().map(|p| preprocess(p, a.image_size, &device)).collect::<robustlens::Result<Vec<_>>>()?;
+    let xs = a
+        .images
+        .iter()
+        .map(|p| preprocess(p, a.image_size, &device))
+        .collect::<robustlens::Result<Vec<_>>>()?;
     let x = Tensor::stack(&xs, 0)?;
     let clean = robustlens::attribution::predict_classes(&model, &x, 16)?;
     let k = model.num_classes();
@@ -1119,7 +1212,11 @@ fn attack_command(a: AttackArgs) -> Result<()> {
         clean.clone()
     } else {
         if a.label.len() != a.images.len() {
-            bail!("--label: {} labels for {} images", a.label.len(), a.images.len());
+            bail!(
+                "--label: {} labels for {} images",
+                a.label.len(),
+                a.images.len()
+            );
         }
         if let Some(l) = a.label.iter().find(|l| **l >= k) {
             bail!("--label {l}: the model has {k} classes");
@@ -1127,7 +1224,10 @@ fn attack_command(a: AttackArgs) -> Result<()> {
         a.label.clone()
     };
     let targets = match a.target_class {
-        Some(t) if t >= k => bail!("--target-class {t}: the model has {k} classes (0..{})", k - 1),
+        Some(t) if t >= k => bail!(
+            "--target-class {t}: the model has {k} classes (0..{})",
+            k - 1
+        ),
         Some(t) => Some(vec![t; a.images.len()]),
         None => None,
     };
@@ -1135,19 +1235,38 @@ fn attack_command(a: AttackArgs) -> Result<()> {
     let r = pgd.attack(&model, &x, &labels, targets.as_deref(), &mut rng)?;
     let adv_pred = robustlens::attribution::predict_classes(&model, &r.images, 16)?;
     let dist: Vec<f32> = match pgd.norm {
-        Norm::L2 => (&r.images - &x)?.flatten_from(1)?.sqr()?.sum(1)?.sqrt()?.to_vec1()?,
-        Norm::Linf => (&r.images - &x)?.flatten_from(1)?.abs()?.max(1)?.to_vec1()?,
+        Norm::L2 => (&r.images - &x)?
+            .flatten_from(1)?
+            .sqr()?
+            .sum(1)?
+            .sqrt()?
+            .to_vec1()?,
+        Norm::Linf => (&r.images - &x)?
+            .flatten_from(1)?
+            .abs()?
+            .max(1)?
+            .to_vec1()?,
     };
     if let Some(dir) = &a.out {
         robustlens::fsutil::ensure_output_dir(dir)?;
     }
     let s = a.image_size;
     for (i, p) in a.images.iter().enumerate() {
-        println!("{}\tclean {}\tadversarial {}\tdistance {:.4}\tloss {:.4}", p.display(), clean[i], adv_pred[i], dist[i], r.losses[i]);
+        println!(
+            "{}\tclean {}\tadversarial {}\tdistance {:.4}\tloss {:.4}",
+            p.display(),
+            clean[i],
+            adv_pred[i],
+            dist[i],
+            r.losses[i]
+        );
         if let Some(dir) = &a.out {
             let v: Vec<f32> = r.images.get(i)?.flatten_all()?.to_vec1()?;
             let img = robustlens::report::display::tensor_to_image(&v, s, s);
-            let stem = p.file_stem().map(|x| x.to_string_lossy().to_string()).unwrap_or_else(|| format!("image{i}"));
+            let stem = p
+                .file_stem()
+                .map(|x| x.to_string_lossy().to_string())
+                .unwrap_or_else(|| format!("image{i}"));
             robustlens::report::png::save_png(&img, &dir.join(format!("{stem}_adv.png")))?;
         }
     }
@@ -1204,9 +1323,20 @@ fn run() -> Result<()> {
                 eprintln!("Ctrl-C: finishing the current step, then writing a checkpoint");
             });
             let t0 = std::time::Instant::now();
-            let opts = robustlens::pipeline::DemoOptions { out: a.out.clone(), image_size: a.image_size, eps_at_224: a.eps_at_224, seed: a.seed, device: a.device, robust_epochs: a.robust_epochs };
+            let opts = robustlens::pipeline::DemoOptions {
+                out: a.out.clone(),
+                image_size: a.image_size,
+                eps_at_224: a.eps_at_224,
+                seed: a.seed,
+                device: a.device,
+                robust_epochs: a.robust_epochs,
+            };
             robustlens::pipeline::demo(&opts, interrupt)?;
-            println!("demo finished in {:.0} s: open {}", t0.elapsed().as_secs_f64(), a.out.join("report.html").display());
+            println!(
+                "demo finished in {:.0} s: open {}",
+                t0.elapsed().as_secs_f64(),
+                a.out.join("report.html").display()
+            );
             Ok(())
         }
         Command::Report(a) => {
@@ -1217,14 +1347,24 @@ fn run() -> Result<()> {
                     Some((n, d)) => (n.to_string(), PathBuf::from(d)),
                     None => {
                         let p = PathBuf::from(r);
-                        (p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| r.clone()), p)
+                        (
+                            p.file_name()
+                                .map(|n| n.to_string_lossy().to_string())
+                                .unwrap_or_else(|| r.clone()),
+                            p,
+                        )
                     }
                 })
                 .collect();
             let opts = robustlens::pipeline::ReportOptions {
                 out: a.out.clone(),
                 robust_images: a.robust_images,
-                methods: a.method.split(',').map(|m| m.trim().to_string()).filter(|m| !m.is_empty()).collect(),
+                methods: a
+                    .method
+                    .split(',')
+                    .map(|m| m.trim().to_string())
+                    .filter(|m| !m.is_empty())
+                    .collect(),
                 ..Default::default()
             };
             robustlens::pipeline::report(&runs, &opts, &parse_device(&a.device)?)?;

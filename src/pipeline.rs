@@ -52,7 +52,10 @@ impl Default for ReportOptions {
             robust_images: 60,
             robust_eps: None,
             robust_steps: 10,
-            methods: ["gradient", "ig", "smoothgrad", "occlusion", "gradcam"].iter().map(|s| s.to_string()).collect(),
+            methods: ["gradient", "ig", "smoothgrad", "occlusion", "gradcam"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             seed: 0,
         }
     }
@@ -82,12 +85,20 @@ fn metrics_series(dir: &Path, key: &str) -> Vec<(f64, f64)> {
     text.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .enumerate()
-        .filter_map(|(i, v)| v.get(key).and_then(|x| x.as_f64()).map(|y| ((i + 1) as f64, y)))
+        .filter_map(|(i, v)| {
+            v.get(key)
+                .and_then(|x| x.as_f64())
+                .map(|y| ((i + 1) as f64, y))
+        })
         .collect()
 }
 
 /// Evaluates and explains `runs` and writes the report into `opts.out`.
-pub fn report(runs: &[(String, PathBuf)], opts: &ReportOptions, device: &Device) -> Result<serde_json::Value> {
+pub fn report(
+    runs: &[(String, PathBuf)],
+    opts: &ReportOptions,
+    device: &Device,
+) -> Result<serde_json::Value> {
     if runs.is_empty() {
         return Err(Error::arg("report: give at least one --run DIR"));
     }
@@ -99,7 +110,12 @@ pub fn report(runs: &[(String, PathBuf)], opts: &ReportOptions, device: &Device)
         let cfg: RunConfig = crate::fsutil::read_json(&dir.join("config.json"))
             .map_err(|e| Error::arg(format!("--run {}: not a run folder ({e})", dir.display())))?;
         let (model, _) = load_checkpoint(dir, device)?;
-        models.push(Loaded { name: name.clone(), dir: dir.clone(), model, cfg });
+        models.push(Loaded {
+            name: name.clone(),
+            dir: dir.clone(),
+            model,
+            cfg,
+        });
     }
     // The first run's data and test split are the common ground.
     let mut tc = models[0].cfg.train.clone();
@@ -107,13 +123,22 @@ pub fn report(runs: &[(String, PathBuf)], opts: &ReportOptions, device: &Device)
     let (ds, split) = open_data(&tc)?;
     let size = models[0].cfg.model.image_size;
     if models.iter().any(|m| m.cfg.model.image_size != size) {
-        return Err(Error::arg("report: the runs were trained at different image sizes"));
+        return Err(Error::arg(
+            "report: the runs were trained at different image sizes",
+        ));
     }
-    let cache = ImageCache::build(&ds, size, Some(&PathBuf::from("models/cache")), tc.skip_bad_images)?;
+    let cache = ImageCache::build(
+        &ds,
+        size,
+        Some(&PathBuf::from("models/cache")),
+        tc.skip_bad_images,
+    )?;
     let labels: Vec<usize> = ds.items.iter().map(|i| i.label).collect();
     let test = split.indices(&ds, Part::Test, None);
     if test.is_empty() {
-        return Err(Error::arg("report: the first run's split has no test images"));
+        return Err(Error::arg(
+            "report: the first run's split has no test images",
+        ));
     }
     let class_names = ds.class_names.clone();
     let mut summary = serde_json::json!({ "image_size": size, "runs": [] });
@@ -122,10 +147,20 @@ pub fn report(runs: &[(String, PathBuf)], opts: &ReportOptions, device: &Device)
 
     // 1. A sample of the data with masks.
     let lab = &labels;
-    let sample: Vec<usize> = (0..class_names.len()).flat_map(|c| test.iter().copied().filter(move |&i| lab[i] == c).take(2)).collect();
+    let sample: Vec<usize> = (0..class_names.len())
+        .flat_map(|c| test.iter().copied().filter(move |&i| lab[i] == c).take(2))
+        .collect();
     let hb = make_batch(&cache, &labels, &sample, None, &vec![0; sample.len()]);
     let plane = size * size;
-    let mut data_grid = Grid { title: String::new(), col_labels: sample.iter().map(|&i| class_names[labels[i]].clone()).collect(), row_labels: vec!["image".into(), "mask".into()], cells: vec![Vec::new(), Vec::new()] };
+    let mut data_grid = Grid {
+        title: String::new(),
+        col_labels: sample
+            .iter()
+            .map(|&i| class_names[labels[i]].clone())
+            .collect(),
+        row_labels: vec!["image".into(), "mask".into()],
+        cells: vec![Vec::new(), Vec::new()],
+    };
     for k in 0..sample.len() {
         let img = tensor_to_image(&hb.pixels[k * 3 * plane..(k + 1) * 3 * plane], size, size);
         let m = &hb.masks[k * plane..(k + 1) * plane];
@@ -151,21 +186,63 @@ pub fn report(runs: &[(String, PathBuf)], opts: &ReportOptions, device: &Device)
     let mut rows = Vec::new();
     let attack_idx: Vec<usize> = test.iter().copied().take(opts.robust_images).collect();
     for m in &models {
-        let eps = opts.robust_eps.unwrap_or_else(|| m.cfg.train.adversarial.as_ref().map(|a| a.eps).unwrap_or_else(|| eps_from_224(3.0, size)));
-        let clean = evaluate_model(&m.model, &cache, &labels, &test, &class_names, 32, None, device)?;
+        let eps = opts.robust_eps.unwrap_or_else(|| {
+            m.cfg
+                .train
+                .adversarial
+                .as_ref()
+                .map(|a| a.eps)
+                .unwrap_or_else(|| eps_from_224(3.0, size))
+        });
+        let clean = evaluate_model(
+            &m.model,
+            &cache,
+            &labels,
+            &test,
+            &class_names,
+            32,
+            None,
+            device,
+        )?;
         let robust = if attack_idx.is_empty() {
             None
         } else {
-            let pgd = Pgd { norm: Norm::L2, eps, steps: opts.robust_steps, step_size: 2.5 * eps / opts.robust_steps as f32, random_start: false, use_best: true, restarts: 0 };
-            evaluate_model(&m.model, &cache, &labels, &attack_idx, &class_names, 32, Some((&pgd, opts.seed)), device)?.robust.map(|r| (*r, eps))
+            let pgd = Pgd {
+                norm: Norm::L2,
+                eps,
+                steps: opts.robust_steps,
+                step_size: 2.5 * eps / opts.robust_steps as f32,
+                random_start: false,
+                use_best: true,
+                restarts: 0,
+            };
+            evaluate_model(
+                &m.model,
+                &cache,
+                &labels,
+                &attack_idx,
+                &class_names,
+                32,
+                Some((&pgd, opts.seed)),
+                device,
+            )?
+            .robust
+            .map(|r| (*r, eps))
         };
-        bars.push((m.name.clone(), clean.balanced_accuracy, robust.as_ref().map(|r| r.0.balanced_accuracy)));
+        bars.push((
+            m.name.clone(),
+            clean.balanced_accuracy,
+            robust.as_ref().map(|r| r.0.balanced_accuracy),
+        ));
         rows.push(format!(
             "<tr><td>{}</td><td>{:.1}%</td><td>{:.1}%</td><td>{}</td></tr>",
             esc(&m.name),
             100.0 * clean.accuracy,
             100.0 * clean.balanced_accuracy,
-            robust.as_ref().map(|(r, e)| format!("{:.1}% (eps {e:.3})", 100.0 * r.accuracy)).unwrap_or_else(|| "-".into())
+            robust
+                .as_ref()
+                .map(|(r, e)| format!("{:.1}% (eps {e:.3})", 100.0 * r.accuracy))
+                .unwrap_or_else(|| "-".into())
         ));
         summary["runs"].as_array_mut().expect("array").push(serde_json::json!({
             "name": m.name, "dir": m.dir.display().to_string(), "command": m.cfg.train.command,
@@ -178,8 +255,14 @@ pub fn report(runs: &[(String, PathBuf)], opts: &ReportOptions, device: &Device)
     body.push_str(&format!("<figure>{}<figcaption>Balanced accuracy on the test split (blue) and accuracy under an L2 PGD attack (red), as in the paper's Figure 13: robust training trades clean accuracy for robustness; fine-tuning the last groups of a robust model recovers part of it.</figcaption></figure>\n", bar_chart("balanced accuracy (blue) and robust accuracy (red)", &bars)));
 
     // 3. Training curves.
-    let curves: Vec<(String, Vec<(f64, f64)>)> = models.iter().map(|m| (m.name.clone(), metrics_series(&m.dir, "train_loss"))).collect();
-    let vcurves: Vec<(String, Vec<(f64, f64)>)> = models.iter().map(|m| (m.name.clone(), metrics_series(&m.dir, "val_acc"))).collect();
+    let curves: Vec<(String, Vec<(f64, f64)>)> = models
+        .iter()
+        .map(|m| (m.name.clone(), metrics_series(&m.dir, "train_loss")))
+        .collect();
+    let vcurves: Vec<(String, Vec<(f64, f64)>)> = models
+        .iter()
+        .map(|m| (m.name.clone(), metrics_series(&m.dir, "val_acc")))
+        .collect();
     body.push_str("<h2>Training</h2>\n");
     body.push_str(&format!("<figure>{}{}<figcaption>Training loss and validation accuracy per epoch (head phase first, then the whole network; a fine-tuning run has its own epochs).</figcaption></figure>\n", line_chart("training loss", &curves, "epoch"), line_chart("validation accuracy", &vcurves, "epoch")));
 
@@ -193,12 +276,33 @@ pub fn report(runs: &[(String, PathBuf)], opts: &ReportOptions, device: &Device)
             *c &= p[i] == labels[test[i]];
         }
     }
-    let mut chosen: Vec<usize> = (0..test.len()).filter(|&i| correct_all[i]).collect();
-    if chosen.len() < opts.show {
-        chosen.extend((0..test.len()).filter(|i| !correct_all[*i]).take(opts.show - chosen.len()));
+    // Round-robin over classes, correctly classified images first.
+    let mut chosen: Vec<usize> = Vec::new();
+    for want_correct in [true, false] {
+        let mut per_class: Vec<Vec<usize>> = vec![Vec::new(); class_names.len()];
+        for i in 0..test.len() {
+            if correct_all[i] == want_correct && !chosen.contains(&i) {
+                per_class[labels[test[i]]].push(i);
+            }
+        }
+        let mut k = 0;
+        while chosen.len() < opts.show && per_class.iter().any(|v| k < v.len()) {
+            for v in &per_class {
+                if chosen.len() < opts.show && k < v.len() {
+                    chosen.push(v[k]);
+                }
+            }
+            k += 1;
+        }
     }
-    chosen.truncate(opts.show);
-    let idx = Tensor::new(chosen.iter().map(|&i| i as u32).collect::<Vec<_>>().as_slice(), device)?;
+    let idx = Tensor::new(
+        chosen
+            .iter()
+            .map(|&i| i as u32)
+            .collect::<Vec<_>>()
+            .as_slice(),
+        device,
+    )?;
     let xs = x_all.index_select(&idx, 0)?;
     let targets: Vec<usize> = chosen.iter().map(|&i| labels[test[i]]).collect();
     let mopts = method_options(size, opts.seed);
@@ -208,18 +312,27 @@ pub fn report(runs: &[(String, PathBuf)], opts: &ReportOptions, device: &Device)
         let att = by_name(method, &mopts)?;
         let mut g = Grid {
             title: String::new(),
-            col_labels: std::iter::once("image".to_string()).chain(std::iter::once("mask".to_string())).chain(models.iter().map(|m| m.name.clone())).collect(),
+            col_labels: std::iter::once("image".to_string())
+                .chain(std::iter::once("mask".to_string()))
+                .chain(models.iter().map(|m| m.name.clone()))
+                .collect(),
             row_labels: targets.iter().map(|&t| class_names[t].clone()).collect(),
             cells: Vec::new(),
         };
-        let maps: Vec<Tensor> = models.iter().map(|m| att.attribute(&m.model, &xs, &targets)).collect::<Result<_>>()?;
+        let maps: Vec<Tensor> = models
+            .iter()
+            .map(|m| att.attribute(&m.model, &xs, &targets))
+            .collect::<Result<_>>()?;
         for (r, &ci) in chosen.iter().enumerate() {
             let px: Vec<f32> = xs.get(r)?.flatten_all()?.to_vec1()?;
             let mask = &test_batch.masks[ci * plane..(ci + 1) * plane];
-            let mut row = vec![tensor_to_image(&px, size, size), RgbImage::from_fn(size as u32, size as u32, |x, y| {
-                let v = mask[y as usize * size + x as usize];
-                Rgb([v, v, v])
-            })];
+            let mut row = vec![
+                tensor_to_image(&px, size, size),
+                RgbImage::from_fn(size as u32, size as u32, |x, y| {
+                    let v = mask[y as usize * size + x as usize];
+                    Rgb([v, v, v])
+                }),
+            ];
             for a in &maps {
                 let c = a.dim(1)?;
                 let v: Vec<f32> = a.get(r)?.flatten_all()?.to_vec1()?;
@@ -234,10 +347,19 @@ pub fn report(runs: &[(String, PathBuf)], opts: &ReportOptions, device: &Device)
     }
 
     // 5. Saliency metrics of Gradient maps against the masks, with bootstrap intervals.
-    let mset: Vec<usize> = (0..test.len()).filter(|&i| test_batch.has_mask[i]).take(opts.metric_images).collect();
+    let mset: Vec<usize> = (0..test.len())
+        .filter(|&i| test_batch.has_mask[i])
+        .take(opts.metric_images)
+        .collect();
     let mut mrows = Vec::new();
     if !mset.is_empty() {
-        let idx = Tensor::new(mset.iter().map(|&i| i as u32).collect::<Vec<_>>().as_slice(), device)?;
+        let idx = Tensor::new(
+            mset.iter()
+                .map(|&i| i as u32)
+                .collect::<Vec<_>>()
+                .as_slice(),
+            device,
+        )?;
         let xm = x_all.index_select(&idx, 0)?;
         let tm: Vec<usize> = mset.iter().map(|&i| labels[test[i]]).collect();
         let grad = by_name("gradient", &mopts)?;
@@ -248,13 +370,26 @@ pub fn report(runs: &[(String, PathBuf)], opts: &ReportOptions, device: &Device)
             for (r, &ci) in mset.iter().enumerate() {
                 let v: Vec<f32> = a.get(r)?.flatten_all()?.to_vec1()?;
                 let map = reduce_channels(&v, 3, size, size, Reduce::AbsSum);
-                let mask: Vec<bool> = test_batch.masks[ci * plane..(ci + 1) * plane].iter().map(|&v| v > 127).collect();
+                let mask: Vec<bool> = test_batch.masks[ci * plane..(ci + 1) * plane]
+                    .iter()
+                    .map(|&v| v > 127)
+                    .collect();
                 rma.push(relevance_mass_accuracy(&map, &mask)?);
                 gi.push(gini(&map));
             }
             let (rm, rl, rh) = bootstrap_ci(&rma, 1000, opts.seed + k as u64);
             let (gm, gl, gh) = bootstrap_ci(&gi, 1000, opts.seed + 100 + k as u64);
-            let lesion_share = mset.iter().map(|&ci| test_batch.masks[ci * plane..(ci + 1) * plane].iter().filter(|&&v| v > 127).count() as f64 / plane as f64).sum::<f64>() / mset.len() as f64;
+            let lesion_share = mset
+                .iter()
+                .map(|&ci| {
+                    test_batch.masks[ci * plane..(ci + 1) * plane]
+                        .iter()
+                        .filter(|&&v| v > 127)
+                        .count() as f64
+                        / plane as f64
+                })
+                .sum::<f64>()
+                / mset.len() as f64;
             mrows.push(format!("<tr><td>{}</td><td>{rm:.3} [{rl:.3}, {rh:.3}]</td><td>{gm:.3} [{gl:.3}, {gh:.3}]</td><td>{lesion_share:.3}</td></tr>", esc(&m.name)));
             summary["runs"][k]["gradient_metrics"] = serde_json::json!({
                 "images": mset.len(),
@@ -288,7 +423,14 @@ pub struct DemoOptions {
 
 impl Default for DemoOptions {
     fn default() -> Self {
-        DemoOptions { out: PathBuf::from("models/demo"), image_size: 32, eps_at_224: vec![4.0], seed: 0, device: "cpu".into(), robust_epochs: 3 }
+        DemoOptions {
+            out: PathBuf::from("models/demo"),
+            image_size: 32,
+            eps_at_224: vec![4.0],
+            seed: 0,
+            device: "cpu".into(),
+            robust_epochs: 3,
+        }
     }
 }
 
@@ -296,13 +438,20 @@ impl Default for DemoOptions {
 pub fn demo(opts: &DemoOptions, interrupt: Arc<AtomicBool>) -> Result<serde_json::Value> {
     ensure_output_dir(&opts.out)?;
     let device = crate::device::parse_device(&opts.device)?;
-    let mut base = TrainConfig { device: opts.device.clone(), seed: opts.seed, ..Default::default() };
+    let mut base = TrainConfig {
+        device: opts.device.clone(),
+        seed: opts.seed,
+        ..Default::default()
+    };
     base.apply_preset("quick")?;
     base.image_size = opts.image_size;
     let run = |name: &str, cfg: &TrainConfig| -> Result<PathBuf> {
         let dir = opts.out.join(name);
         if dir.join("summary.json").exists() {
-            eprintln!("demo: {name} already trained in {} (delete it to retrain)", dir.display());
+            eprintln!(
+                "demo: {name} already trained in {} (delete it to retrain)",
+                dir.display()
+            );
             return Ok(dir);
         }
         let resume = dir.join("resume.safetensors").exists();
@@ -310,21 +459,45 @@ pub fn demo(opts: &DemoOptions, interrupt: Arc<AtomicBool>) -> Result<serde_json
         match train(cfg, &dir, resume, interrupt.clone())? {
             Stop::Finished(s) => {
                 if let Some(t) = &s.test {
-                    eprintln!("demo: {name}: test accuracy {:.1}% ({:.0} s)", 100.0 * t.accuracy, s.seconds);
+                    eprintln!(
+                        "demo: {name}: test accuracy {:.1}% ({:.0} s)",
+                        100.0 * t.accuracy,
+                        s.seconds
+                    );
                 }
                 Ok(dir)
             }
-            Stop::Interrupted => Err(Error::arg(format!("interrupted; run the demo again to continue from {}", dir.display()))),
+            Stop::Interrupted => Err(Error::arg(format!(
+                "interrupted; run the demo again to continue from {}",
+                dir.display()
+            ))),
         }
     };
     let mut runs = Vec::new();
-    let std_dir = run("standard", &TrainConfig { command: "train-standard".into(), ..base.clone() })?;
+    let std_dir = run(
+        "standard",
+        &TrainConfig {
+            command: "train-standard".into(),
+            ..base.clone()
+        },
+    )?;
     runs.push(("standard".to_string(), std_dir.clone()));
     let mut first_robust = None;
     for &e in &opts.eps_at_224 {
         let eps = eps_from_224(e, opts.image_size);
-        let mut cfg = TrainConfig { command: "train-robust".into(), epochs: opts.robust_epochs, schedule: format!("step:{}:0.1", opts.robust_epochs.saturating_sub(1).max(1)), ..base.clone() };
-        cfg.adversarial = Some(AdvConfig { norm: Norm::L2, eps, steps: 7, step_size: eps / 5.0, random_start: true });
+        let mut cfg = TrainConfig {
+            command: "train-robust".into(),
+            epochs: opts.robust_epochs,
+            schedule: format!("step:{}:0.1", opts.robust_epochs.saturating_sub(1).max(1)),
+            ..base.clone()
+        };
+        cfg.adversarial = Some(AdvConfig {
+            norm: Norm::L2,
+            eps,
+            steps: 7,
+            step_size: eps / 5.0,
+            random_start: true,
+        });
         let name = format!("robust-eps{e}");
         let dir = run(&name, &cfg)?;
         if first_robust.is_none() {
@@ -345,6 +518,10 @@ pub fn demo(opts: &DemoOptions, interrupt: Arc<AtomicBool>) -> Result<serde_json
         runs.push(("robust+ft 3-5".to_string(), dir));
     }
     eprintln!("demo: evaluating and explaining {} models", runs.len());
-    let ropts = ReportOptions { out: opts.out.clone(), seed: opts.seed, ..Default::default() };
+    let ropts = ReportOptions {
+        out: opts.out.clone(),
+        seed: opts.seed,
+        ..Default::default()
+    };
     report(&runs, &ropts, &device)
 }

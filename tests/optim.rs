@@ -7,13 +7,27 @@ use robustlens::train::optim::{Adam, OptimKind};
 
 #[test]
 fn adam_and_adamw_match_torch_over_six_steps() {
-    let f = candle_core::safetensors::load(fixture("adam_parity.safetensors"), &Device::Cpu).unwrap();
-    for (name, kind, wd) in [("adam", OptimKind::Adam, 5e-4), ("adamw", OptimKind::AdamW, 5e-2)] {
+    let f =
+        candle_core::safetensors::load(fixture("adam_parity.safetensors"), &Device::Cpu).unwrap();
+    for (name, kind, wd) in [
+        ("adam", OptimKind::Adam, 5e-4),
+        ("adamw", OptimKind::AdamW, 5e-2),
+    ] {
         let w = Var::from_tensor(&f["w0"]).unwrap();
         let b = Var::from_tensor(&f["b0"]).unwrap();
-        let mut opt = Adam::new(kind, vec![("w".into(), w.clone()), ("b".into(), b.clone())], 1e-2, wd).unwrap();
+        let mut opt = Adam::new(
+            kind,
+            vec![("w".into(), w.clone()), ("b".into(), b.clone())],
+            1e-2,
+            wd,
+        )
+        .unwrap();
         for _ in 0..6 {
-            let pred = f["x"].matmul(&w.as_tensor().t().unwrap()).unwrap().broadcast_add(b.as_tensor()).unwrap();
+            let pred = f["x"]
+                .matmul(&w.as_tensor().t().unwrap())
+                .unwrap()
+                .broadcast_add(b.as_tensor())
+                .unwrap();
             let loss = (pred - &f["y"]).unwrap().sqr().unwrap().mean_all().unwrap();
             opt.step(&loss.backward().unwrap()).unwrap();
         }

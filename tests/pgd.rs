@@ -205,20 +205,55 @@ fn attack_command_raw_out_equals_library() {
     let m = formula_model(3);
     save_checkpoint(&m, &ModelConfig::default(), dir.path(), "model.safetensors").unwrap();
     let img = dir.path().join("a.png");
-    image::RgbImage::from_fn(40, 40, |x, y| image::Rgb([(x * 6) as u8, (y * 6) as u8, ((x + y) * 3) as u8])).save(&img).unwrap();
+    image::RgbImage::from_fn(40, 40, |x, y| {
+        image::Rgb([(x * 6) as u8, (y * 6) as u8, ((x + y) * 3) as u8])
+    })
+    .save(&img)
+    .unwrap();
     let raw = dir.path().join("adv.npy");
     let o = std::process::Command::new(common::bin())
-        .args(["attack", "--run", dir.path().to_str().unwrap(), "--image", img.to_str().unwrap(), "--image-size", "32"])
-        .args(["--eps", "0.5", "--steps", "4", "--step-size", "0.2", "--no-random-start", "--label", "1", "--raw-out", raw.to_str().unwrap()])
+        .args([
+            "attack",
+            "--run",
+            dir.path().to_str().unwrap(),
+            "--image",
+            img.to_str().unwrap(),
+            "--image-size",
+            "32",
+        ])
+        .args([
+            "--eps",
+            "0.5",
+            "--steps",
+            "4",
+            "--step-size",
+            "0.2",
+            "--no-random-start",
+            "--label",
+            "1",
+            "--raw-out",
+            raw.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let b = std::fs::read(&raw).unwrap();
     let hl = u16::from_le_bytes([b[8], b[9]]) as usize;
-    assert!(std::str::from_utf8(&b[10..10 + hl]).unwrap().contains("'shape': (1, 3, 32, 32)"));
-    let got: Vec<f32> = b[10 + hl..].chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-    let x = robustlens::data::preprocess(&img, 32, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-    let want = pgd(Norm::L2, 0.5, 0.2, 4, true).attack(&m, &x, &[1], None, &mut SeededRng::new(0)).unwrap().images;
+    assert!(std::str::from_utf8(&b[10..10 + hl])
+        .unwrap()
+        .contains("'shape': (1, 3, 32, 32)"));
+    let got: Vec<f32> = b[10 + hl..]
+        .chunks(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let x = robustlens::data::preprocess(&img, 32, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let want = pgd(Norm::L2, 0.5, 0.2, 4, true)
+        .attack(&m, &x, &[1], None, &mut SeededRng::new(0))
+        .unwrap()
+        .images;
     let got = Tensor::from_vec(got, (1, 3, 32, 32), &Device::Cpu).unwrap();
     assert!(rel_err(&got, &want) < 1e-6);
 }

@@ -9,13 +9,39 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 const TINY: &[&str] = &[
-    "--image-size", "32", "--train-per-class", "6", "--val-per-class", "2", "--test-per-class", "2",
-    "--batch-size", "4", "--head-batch-size", "6", "--seed", "3", "--weights", "none",
+    "--image-size",
+    "32",
+    "--train-per-class",
+    "6",
+    "--val-per-class",
+    "2",
+    "--test-per-class",
+    "2",
+    "--batch-size",
+    "4",
+    "--head-batch-size",
+    "6",
+    "--seed",
+    "3",
+    "--weights",
+    "none",
 ];
 
 fn run(args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(bin()).args(args).env_remove("ROBUSTLENS_DATA").env("ROBUSTLENS_CACHE", std::env::temp_dir().join("rl-test-cache")).output().unwrap();
-    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string())
+    let o = Command::new(bin())
+        .args(args)
+        .env_remove("ROBUSTLENS_DATA")
+        .env(
+            "ROBUSTLENS_CACHE",
+            std::env::temp_dir().join("rl-test-cache"),
+        )
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
 }
 
 fn tensors(p: &Path) -> HashMap<String, Tensor> {
@@ -23,14 +49,34 @@ fn tensors(p: &Path) -> HashMap<String, Tensor> {
 }
 
 fn same(a: &Tensor, b: &Tensor) -> bool {
-    a.dims() == b.dims() && a.flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap().to_vec1::<f64>().unwrap() == b.flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap().to_vec1::<f64>().unwrap()
+    a.dims() == b.dims()
+        && a.flatten_all()
+            .unwrap()
+            .to_dtype(candle_core::DType::F64)
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap()
+            == b.flatten_all()
+                .unwrap()
+                .to_dtype(candle_core::DType::F64)
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap()
 }
 
 #[test]
 fn head_phase_changes_only_fc_and_run_folder_is_complete() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("std");
-    let mut args = vec!["train-standard", "--out", out.to_str().unwrap(), "--head-epochs", "1", "--epochs", "0"];
+    let mut args = vec![
+        "train-standard",
+        "--out",
+        out.to_str().unwrap(),
+        "--head-epochs",
+        "1",
+        "--epochs",
+        "0",
+    ];
     args.extend_from_slice(TINY);
     let (code, stdout, err) = run(&args);
     assert_eq!(code, 0, "{err}");
@@ -43,15 +89,29 @@ fn head_phase_changes_only_fc_and_run_folder_is_complete() {
             continue;
         }
         let changed = !same(t, &trained[name]);
-        assert_eq!(changed, name.starts_with("fc."), "{name} changed: {changed}");
+        assert_eq!(
+            changed,
+            name.starts_with("fc."),
+            "{name} changed: {changed}"
+        );
     }
-    for f in ["model.safetensors", "last.safetensors", "config.json", "split.csv", "metrics.jsonl", "summary.json", "resume.safetensors"] {
+    for f in [
+        "model.safetensors",
+        "last.safetensors",
+        "config.json",
+        "split.csv",
+        "metrics.jsonl",
+        "summary.json",
+        "resume.safetensors",
+    ] {
         assert!(out.join(f).exists(), "{f} missing");
     }
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert!(summary["test"]["accuracy"].as_f64().is_some());
     // The saved config reproduces the run.
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["train"]["train_per_class"], 6);
     assert_eq!(cfg["class_names"][1], "melanoma");
 }
@@ -62,11 +122,26 @@ fn kill_and_resume_equals_uninterrupted_and_finetune_freezes() {
     let a = dir.path().join("a");
     let b = dir.path().join("b");
     let common_args = |out: &Path| -> Vec<String> {
-        let mut v: Vec<String> = ["train-standard", "--out", out.to_str().unwrap(), "--head-epochs", "1", "--epochs", "3"].iter().map(|s| s.to_string()).collect();
+        let mut v: Vec<String> = [
+            "train-standard",
+            "--out",
+            out.to_str().unwrap(),
+            "--head-epochs",
+            "1",
+            "--epochs",
+            "3",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let tiny: Vec<String> = TINY.iter().map(|s| s.to_string()).collect();
         for (i, a) in tiny.iter().enumerate() {
             // 12 training images per class: three steps per epoch.
-            v.push(if i > 0 && tiny[i - 1] == "--train-per-class" { "12".to_string() } else { a.clone() });
+            v.push(if i > 0 && tiny[i - 1] == "--train-per-class" {
+                "12".to_string()
+            } else {
+                a.clone()
+            });
         }
         v
     };
@@ -75,7 +150,16 @@ fn kill_and_resume_equals_uninterrupted_and_finetune_freezes() {
     assert_eq!(code, 0, "{err}");
     // B: SIGKILL once the first full-phase epoch has been checkpointed, then resume.
     let args_b = common_args(&b);
-    let mut child = Command::new(bin()).args(&args_b).env("ROBUSTLENS_CACHE", std::env::temp_dir().join("rl-test-cache")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = Command::new(bin())
+        .args(&args_b)
+        .env(
+            "ROBUSTLENS_CACHE",
+            std::env::temp_dir().join("rl-test-cache"),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let t0 = std::time::Instant::now();
     loop {
         let lines = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap_or_default();
@@ -91,18 +175,37 @@ fn kill_and_resume_equals_uninterrupted_and_finetune_freezes() {
     child.kill().unwrap();
     child.wait().unwrap();
     // Whatever was on disk is whole: the resume checkpoint parses.
-    assert!(safetensors::SafeTensors::deserialize(&std::fs::read(b.join("resume.safetensors")).unwrap()).is_ok());
+    assert!(safetensors::SafeTensors::deserialize(
+        &std::fs::read(b.join("resume.safetensors")).unwrap()
+    )
+    .is_ok());
     let (code, _, err) = run(&["train-standard", "--resume", b.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     let ta = tensors(&a.join("last.safetensors"));
     let tb = tensors(&b.join("last.safetensors"));
     for (n, t) in &ta {
-        assert!(same(t, &tb[n]), "{n} differs between the uninterrupted and the resumed run");
+        assert!(
+            same(t, &tb[n]),
+            "{n} differs between the uninterrupted and the resumed run"
+        );
     }
 
     // Fine-tune groups 3-5 of run A with frozen BN statistics: groups 1-2 bit-identical.
     let ft = dir.path().join("ft");
-    let (code, _, err) = run(&["finetune", "--from", a.to_str().unwrap(), "--groups", "3-5", "--freeze-bn-stats", "--epochs", "1", "--lr", "1e-3", "--out", ft.to_str().unwrap()]);
+    let (code, _, err) = run(&[
+        "finetune",
+        "--from",
+        a.to_str().unwrap(),
+        "--groups",
+        "3-5",
+        "--freeze-bn-stats",
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-3",
+        "--out",
+        ft.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{err}");
     let src = tensors(&a.join("model.safetensors"));
     let dst = tensors(&ft.join("last.safetensors"));
@@ -110,7 +213,10 @@ fn kill_and_resume_equals_uninterrupted_and_finetune_freezes() {
     for (n, t) in &src {
         let g = robustlens::model::group_of(n);
         if g <= 2 {
-            assert!(same(t, &dst[n]), "{n} (group {g}) changed during finetune --groups 3-5");
+            assert!(
+                same(t, &dst[n]),
+                "{n} (group {g}) changed during finetune --groups 3-5"
+            );
         } else if n.starts_with("layer3") && n.ends_with("weight") && !same(t, &dst[n]) {
             changed_layer3 = true;
         }
@@ -126,9 +232,26 @@ fn kill_and_resume_equals_uninterrupted_and_finetune_freezes() {
 fn ctrl_c_writes_a_checkpoint_and_exits_130() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let mut args: Vec<&str> = vec!["train-standard", "--out", out.to_str().unwrap(), "--head-epochs", "0", "--epochs", "50"];
+    let mut args: Vec<&str> = vec![
+        "train-standard",
+        "--out",
+        out.to_str().unwrap(),
+        "--head-epochs",
+        "0",
+        "--epochs",
+        "50",
+    ];
     args.extend_from_slice(TINY);
-    let child = Command::new(bin()).args(&args).env("ROBUSTLENS_CACHE", std::env::temp_dir().join("rl-test-cache")).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = Command::new(bin())
+        .args(&args)
+        .env(
+            "ROBUSTLENS_CACHE",
+            std::env::temp_dir().join("rl-test-cache"),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let t0 = std::time::Instant::now();
     while !out.join("metrics.jsonl").exists() {
         assert!(t0.elapsed().as_secs() < 300);
@@ -163,12 +286,27 @@ fn bad_training_arguments_fail_before_work() {
         assert!(err.contains(needle), "{extra:?}: {err}");
         assert!(!err.contains("panicked"));
     }
-    let (code, _, err) = run(&["finetune", "--from", dir.path().to_str().unwrap(), "--groups", "3-5"]);
+    let (code, _, err) = run(&[
+        "finetune",
+        "--from",
+        dir.path().to_str().unwrap(),
+        "--groups",
+        "3-5",
+    ]);
     assert_eq!(code, 1);
     assert!(err.contains("no model.safetensors"), "{err}");
-    let (code, _, err) = run(&["finetune", "--from", dir.path().to_str().unwrap(), "--groups", "0-7"]);
+    let (code, _, err) = run(&[
+        "finetune",
+        "--from",
+        dir.path().to_str().unwrap(),
+        "--groups",
+        "0-7",
+    ]);
     assert_eq!(code, 1);
-    assert!(err.contains("no model.safetensors") || err.contains("groups 0-7: groups are 1..5"), "{err}");
+    assert!(
+        err.contains("no model.safetensors") || err.contains("groups 0-7: groups are 1..5"),
+        "{err}"
+    );
     let (code, _, err) = run(&["train-robust", "--out", o, "--eps", "0"]);
     assert_eq!(code, 1);
     assert!(err.contains("--eps 0"), "{err}");

@@ -37,7 +37,12 @@ pub struct Evaluation {
 
 impl Evaluation {
     /// Metrics from true and predicted labels.
-    pub fn from_predictions(truth: &[usize], pred: &[usize], loss_sum: f64, class_names: &[String]) -> Evaluation {
+    pub fn from_predictions(
+        truth: &[usize],
+        pred: &[usize],
+        loss_sum: f64,
+        class_names: &[String],
+    ) -> Evaluation {
         let k = class_names.len();
         let mut confusion = vec![vec![0usize; k]; k];
         for (&t, &p) in truth.iter().zip(pred) {
@@ -54,17 +59,33 @@ impl Evaluation {
                 ClassMetrics {
                     class: class_names[c].clone(),
                     support,
-                    precision: if predicted > 0 { confusion[c][c] as f64 / predicted as f64 } else { 0.0 },
-                    recall: if support > 0 { confusion[c][c] as f64 / support as f64 } else { 0.0 },
+                    precision: if predicted > 0 {
+                        confusion[c][c] as f64 / predicted as f64
+                    } else {
+                        0.0
+                    },
+                    recall: if support > 0 {
+                        confusion[c][c] as f64 / support as f64
+                    } else {
+                        0.0
+                    },
                 }
             })
             .collect();
         let present: Vec<&ClassMetrics> = per_class.iter().filter(|c| c.support > 0).collect();
-        let balanced = if present.is_empty() { 0.0 } else { present.iter().map(|c| c.recall).sum::<f64>() / present.len() as f64 };
+        let balanced = if present.is_empty() {
+            0.0
+        } else {
+            present.iter().map(|c| c.recall).sum::<f64>() / present.len() as f64
+        };
         Evaluation {
             images: n,
             loss: if n > 0 { loss_sum / n as f64 } else { 0.0 },
-            accuracy: if n > 0 { correct as f64 / n as f64 } else { 0.0 },
+            accuracy: if n > 0 {
+                correct as f64 / n as f64
+            } else {
+                0.0
+            },
             balanced_accuracy: balanced,
             per_class,
             confusion,
@@ -81,16 +102,32 @@ impl Evaluation {
             100.0 * self.accuracy,
             100.0 * self.balanced_accuracy
         );
-        s.push_str(&format!("{:<12} {:>8} {:>10} {:>8}\n", "class", "support", "precision", "recall"));
+        s.push_str(&format!(
+            "{:<12} {:>8} {:>10} {:>8}\n",
+            "class", "support", "precision", "recall"
+        ));
         for c in &self.per_class {
-            s.push_str(&format!("{:<12} {:>8} {:>9.2}% {:>7.2}%\n", c.class, c.support, 100.0 * c.precision, 100.0 * c.recall));
+            s.push_str(&format!(
+                "{:<12} {:>8} {:>9.2}% {:>7.2}%\n",
+                c.class,
+                c.support,
+                100.0 * c.precision,
+                100.0 * c.recall
+            ));
         }
         s.push_str("confusion (rows true, columns predicted):\n");
         for row in &self.confusion {
-            s.push_str(&format!("  {}\n", row.iter().map(|v| format!("{v:>6}")).collect::<String>()));
+            s.push_str(&format!(
+                "  {}\n",
+                row.iter().map(|v| format!("{v:>6}")).collect::<String>()
+            ));
         }
         if let Some(r) = &self.robust {
-            s.push_str(&format!("robust accuracy {:.2}%  robust balanced accuracy {:.2}%\n", 100.0 * r.accuracy, 100.0 * r.balanced_accuracy));
+            s.push_str(&format!(
+                "robust accuracy {:.2}%  robust balanced accuracy {:.2}%\n",
+                100.0 * r.accuracy,
+                100.0 * r.balanced_accuracy
+            ));
         }
         s
     }
@@ -113,13 +150,23 @@ pub fn evaluate_model(
     let mut loss = 0f64;
     let mut adv_pred = Vec::new();
     let mut adv_loss = 0f64;
-    let pb = crate::progress::bar(indices.len() as u64, if attack.is_some() { "robust eval" } else { "evaluating" });
+    let pb = crate::progress::bar(
+        indices.len() as u64,
+        if attack.is_some() {
+            "robust eval"
+        } else {
+            "evaluating"
+        },
+    );
     for (bi, chunk) in indices.chunks(batch.max(1)).enumerate() {
         let b = make_batch(cache, labels, chunk, None, &vec![0; chunk.len()]);
         let x = b.images(device)?;
         let logits = model.forward(&x, Mode::Eval)?.detach();
         let l = crate::adversarial::pgd::cross_entropy_per_example(&logits, &b.labels)?;
-        loss += l.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        loss += l
+            .sum_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
         let p: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
         pred.extend(p.into_iter().map(|v| v as usize));
         truth.extend_from_slice(&b.labels);
@@ -128,7 +175,10 @@ pub fn evaluate_model(
             let adv = pgd.attack(model, &x, &b.labels, None, &mut rng)?;
             let logits = model.forward(&adv.images, Mode::Eval)?.detach();
             let l = crate::adversarial::pgd::cross_entropy_per_example(&logits, &b.labels)?;
-            adv_loss += l.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            adv_loss += l
+                .sum_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
             let p: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
             adv_pred.extend(p.into_iter().map(|v| v as usize));
         }
@@ -137,7 +187,12 @@ pub fn evaluate_model(
     pb.finish_and_clear();
     let mut e = Evaluation::from_predictions(&truth, &pred, loss, class_names);
     if attack.is_some() {
-        e.robust = Some(Box::new(Evaluation::from_predictions(&truth, &adv_pred, adv_loss, class_names)));
+        e.robust = Some(Box::new(Evaluation::from_predictions(
+            &truth,
+            &adv_pred,
+            adv_loss,
+            class_names,
+        )));
     }
     Ok(e)
 }
@@ -149,7 +204,10 @@ mod tests {
     fn metrics_by_hand() {
         let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
         let e = Evaluation::from_predictions(&[0, 0, 1, 1, 2, 2], &[0, 1, 1, 1, 2, 0], 3.0, &names);
-        assert_eq!(e.confusion, vec![vec![1, 1, 0], vec![0, 2, 0], vec![1, 0, 1]]);
+        assert_eq!(
+            e.confusion,
+            vec![vec![1, 1, 0], vec![0, 2, 0], vec![1, 0, 1]]
+        );
         assert!((e.accuracy - 4.0 / 6.0).abs() < 1e-12);
         assert!((e.balanced_accuracy - (0.5 + 1.0 + 0.5) / 3.0).abs() < 1e-12);
         assert!((e.per_class[1].precision - 2.0 / 3.0).abs() < 1e-12);

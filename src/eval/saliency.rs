@@ -11,7 +11,12 @@ pub fn relevance_mass_accuracy(map: &[f32], mask: &[bool]) -> Result<f64> {
     if total <= 0.0 {
         return Ok(0.0);
     }
-    let inside: f64 = map.iter().zip(mask).filter(|(_, &m)| m).map(|(&a, _)| a.max(0.0) as f64).sum();
+    let inside: f64 = map
+        .iter()
+        .zip(mask)
+        .filter(|(_, &m)| m)
+        .map(|(&a, _)| a.max(0.0) as f64)
+        .sum();
     Ok(inside / total)
 }
 
@@ -26,12 +31,20 @@ pub fn gini(map: &[f32]) -> f64 {
     if s <= 0.0 || a.is_empty() {
         return 0.0;
     }
-    a.iter().enumerate().map(|(i, v)| (2.0 * (i as f64 + 1.0) - n - 1.0) * v).sum::<f64>() / (n * s)
+    a.iter()
+        .enumerate()
+        .map(|(i, v)| (2.0 * (i as f64 + 1.0) - n - 1.0) * v)
+        .sum::<f64>()
+        / (n * s)
 }
 
 fn check(map: &[f32], mask: &[bool]) -> Result<()> {
     if map.len() != mask.len() {
-        return Err(Error::arg(format!("saliency metric: map has {} values, mask {}", map.len(), mask.len())));
+        return Err(Error::arg(format!(
+            "saliency metric: map has {} values, mask {}",
+            map.len(),
+            mask.len()
+        )));
     }
     if !mask.iter().any(|&m| m) {
         return Err(Error::arg("saliency metric: the mask is empty"));
@@ -47,7 +60,9 @@ pub fn bootstrap_ci(values: &[f64], resamples: usize, seed: u64) -> (f64, f64, f
     let n = values.len();
     let mean = values.iter().sum::<f64>() / n as f64;
     let mut rng = crate::rng::SeededRng::new(seed);
-    let mut means: Vec<f64> = (0..resamples.max(1)).map(|_| (0..n).map(|_| values[rng.below(n)]).sum::<f64>() / n as f64).collect();
+    let mut means: Vec<f64> = (0..resamples.max(1))
+        .map(|_| (0..n).map(|_| values[rng.below(n)]).sum::<f64>() / n as f64)
+        .collect();
     means.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     let q = |p: f64| means[((p * (means.len() - 1) as f64).round() as usize).min(means.len() - 1)];
     (mean, q(0.025), q(0.975))

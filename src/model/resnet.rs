@@ -193,8 +193,13 @@ struct BasicBlock {
 
 impl BasicBlock {
     fn forward(&self, x: &Tensor, mode: Mode, track: bool) -> Result<Tensor> {
-        let y = self.bn1.forward(&self.conv1.forward(x, track)?, mode, track)?.relu()?;
-        let y = self.bn2.forward(&self.conv2.forward(&y, track)?, mode, track)?;
+        let y = self
+            .bn1
+            .forward(&self.conv1.forward(x, track)?, mode, track)?
+            .relu()?;
+        let y = self
+            .bn2
+            .forward(&self.conv2.forward(&y, track)?, mode, track)?;
         let shortcut = match &self.downsample {
             Some((c, b)) => b.forward(&c.forward(x, track)?, mode, track)?,
             None => x.clone(),
@@ -498,7 +503,10 @@ impl ResNet18 {
             Stage::Stem => {
                 let t = self.track(1, mode);
                 let x = self.normalize(x)?;
-                let x = self.bn1.forward(&self.conv1.forward(&x, t)?, mode, t)?.relu()?;
+                let x = self
+                    .bn1
+                    .forward(&self.conv1.forward(&x, t)?, mode, t)?
+                    .relu()?;
                 max_pool2d(&x, 3, 2, 1)?
             }
             Stage::Layer1 | Stage::Layer2 | Stage::Layer3 | Stage::Layer4 => {

@@ -14,15 +14,26 @@ pub fn base64(bytes: &[u8]) -> String {
         let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
         s.push(T[(n >> 18) as usize & 63] as char);
         s.push(T[(n >> 12) as usize & 63] as char);
-        s.push(if c.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
-        s.push(if c.len() > 2 { T[n as usize & 63] as char } else { '=' });
+        s.push(if c.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        s.push(if c.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
     }
     s
 }
 
 /// Escapes text for HTML.
 pub fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// A figure: the image embedded, with a caption.
@@ -38,26 +49,61 @@ pub fn figure(img: &RgbImage, alt: &str, caption: &str) -> Result<String> {
 /// A line chart as inline SVG: several named series of (x, y).
 pub fn line_chart(title: &str, series: &[(String, Vec<(f64, f64)>)], ylabel: &str) -> String {
     let (w, h, pad) = (520.0, 260.0, 40.0);
-    let pts: Vec<(f64, f64)> = series.iter().flat_map(|(_, v)| v.iter().copied()).filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
+    let pts: Vec<(f64, f64)> = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .collect();
     if pts.is_empty() {
         return String::new();
     }
-    let (x0, x1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
-    let (y0, y1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
-    let (x1, y1) = (if x1 > x0 { x1 } else { x0 + 1.0 }, if y1 > y0 { y1 } else { y0 + 1.0 });
+    let (x0, x1) = pts
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let (y0, y1) = pts
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let (x1, y1) = (
+        if x1 > x0 { x1 } else { x0 + 1.0 },
+        if y1 > y0 { y1 } else { y0 + 1.0 },
+    );
     let sx = |x: f64| pad + (x - x0) / (x1 - x0) * (w - 2.0 * pad);
     let sy = |y: f64| h - pad - (y - y0) / (y1 - y0) * (h - 2.0 * pad);
-    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
+    let colors = [
+        "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+    ];
     let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" role=\"img\" aria-label=\"{}\">", esc(title));
-    s.push_str(&format!("<rect width=\"{w}\" height=\"{h}\" fill=\"white\" stroke=\"#ccc\"/>"));
-    s.push_str(&format!("<text x=\"{pad}\" y=\"18\" font-size=\"13\">{}</text>", esc(title)));
+    s.push_str(&format!(
+        "<rect width=\"{w}\" height=\"{h}\" fill=\"white\" stroke=\"#ccc\"/>"
+    ));
+    s.push_str(&format!(
+        "<text x=\"{pad}\" y=\"18\" font-size=\"13\">{}</text>",
+        esc(title)
+    ));
     s.push_str(&format!("<text x=\"4\" y=\"{}\" font-size=\"11\">{:.3}</text><text x=\"4\" y=\"{}\" font-size=\"11\">{:.3}</text>", sy(y1) + 4.0, y1, sy(y0), y0));
-    s.push_str(&format!("<text x=\"{}\" y=\"{}\" font-size=\"11\">{}</text>", w - pad - 60.0, h - 8.0, esc(ylabel)));
+    s.push_str(&format!(
+        "<text x=\"{}\" y=\"{}\" font-size=\"11\">{}</text>",
+        w - pad - 60.0,
+        h - 8.0,
+        esc(ylabel)
+    ));
     for (i, (name, v)) in series.iter().enumerate() {
         let c = colors[i % colors.len()];
-        let path: Vec<String> = v.iter().filter(|(x, y)| x.is_finite() && y.is_finite()).map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y))).collect();
-        s.push_str(&format!("<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>", path.join(" ")));
-        s.push_str(&format!("<text x=\"{}\" y=\"{}\" font-size=\"11\" fill=\"{c}\">{}</text>", pad + 8.0 + 130.0 * (i % 3) as f64, 34.0 + 13.0 * (i / 3) as f64, esc(name)));
+        let path: Vec<String> = v
+            .iter()
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
+            .collect();
+        s.push_str(&format!(
+            "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>",
+            path.join(" ")
+        ));
+        s.push_str(&format!(
+            "<text x=\"{}\" y=\"{}\" font-size=\"11\" fill=\"{c}\">{}</text>",
+            pad + 8.0 + 130.0 * (i % 3) as f64,
+            34.0 + 13.0 * (i / 3) as f64,
+            esc(name)
+        ));
     }
     s.push_str("</svg>\n");
     s
@@ -73,13 +119,32 @@ pub fn bar_chart(title: &str, bars: &[(String, f64, Option<f64>)]) -> String {
     for (i, (name, v, v2)) in bars.iter().enumerate() {
         let y = 30.0 + row * i as f64;
         let bw = (w - left - 60.0) * v.clamp(0.0, 1.0);
-        s.push_str(&format!("<text x=\"8\" y=\"{}\" font-size=\"12\">{}</text>", y + 14.0, esc(name)));
-        s.push_str(&format!("<rect x=\"{left}\" y=\"{y}\" width=\"{bw:.1}\" height=\"10\" fill=\"#1f77b4\"/>"));
-        s.push_str(&format!("<text x=\"{:.1}\" y=\"{}\" font-size=\"11\">{:.1}%</text>", left + bw + 4.0, y + 9.0, 100.0 * v));
+        s.push_str(&format!(
+            "<text x=\"8\" y=\"{}\" font-size=\"12\">{}</text>",
+            y + 14.0,
+            esc(name)
+        ));
+        s.push_str(&format!(
+            "<rect x=\"{left}\" y=\"{y}\" width=\"{bw:.1}\" height=\"10\" fill=\"#1f77b4\"/>"
+        ));
+        s.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{}\" font-size=\"11\">{:.1}%</text>",
+            left + bw + 4.0,
+            y + 9.0,
+            100.0 * v
+        ));
         if let Some(r) = v2 {
             let rw = (w - left - 60.0) * r.clamp(0.0, 1.0);
-            s.push_str(&format!("<rect x=\"{left}\" y=\"{}\" width=\"{rw:.1}\" height=\"10\" fill=\"#d62728\"/>", y + 11.0));
-            s.push_str(&format!("<text x=\"{:.1}\" y=\"{}\" font-size=\"11\">{:.1}%</text>", left + rw + 4.0, y + 20.0, 100.0 * r));
+            s.push_str(&format!(
+                "<rect x=\"{left}\" y=\"{}\" width=\"{rw:.1}\" height=\"10\" fill=\"#d62728\"/>",
+                y + 11.0
+            ));
+            s.push_str(&format!(
+                "<text x=\"{:.1}\" y=\"{}\" font-size=\"11\">{:.1}%</text>",
+                left + rw + 4.0,
+                y + 20.0,
+                100.0 * r
+            ));
         }
     }
     s.push_str("</svg>\n");

@@ -99,8 +99,19 @@ impl TrainConfig {
     pub fn apply_preset(&mut self, name: &str) -> Result<()> {
         match name {
             "paper" => {
-                let keep = (self.command.clone(), self.data.clone(), self.adversarial.clone(), self.from.clone());
-                *self = TrainConfig { command: keep.0, data: keep.1, adversarial: keep.2, from: keep.3, ..TrainConfig::default() };
+                let keep = (
+                    self.command.clone(),
+                    self.data.clone(),
+                    self.adversarial.clone(),
+                    self.from.clone(),
+                );
+                *self = TrainConfig {
+                    command: keep.0,
+                    data: keep.1,
+                    adversarial: keep.2,
+                    from: keep.3,
+                    ..TrainConfig::default()
+                };
                 if self.command == "finetune" {
                     self.apply_finetune_defaults();
                     self.val_per_class = 50;
@@ -146,23 +157,37 @@ impl TrainConfig {
     /// Checks values before any work, naming the bad one.
     pub fn validate(&self) -> Result<()> {
         if self.image_size < 32 || self.image_size > 4096 {
-            return Err(Error::arg(format!("--image-size {}: use 32..4096 (a ResNet-18 needs at least 32 x 32)", self.image_size)));
+            return Err(Error::arg(format!(
+                "--image-size {}: use 32..4096 (a ResNet-18 needs at least 32 x 32)",
+                self.image_size
+            )));
         }
         for (name, v) in [("--lr", self.lr), ("--head-lr", self.head_lr)] {
             if !(v.is_finite() && v > 0.0) {
-                return Err(Error::arg(format!("{name} {v}: the learning rate must be > 0")));
+                return Err(Error::arg(format!(
+                    "{name} {v}: the learning rate must be > 0"
+                )));
             }
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(Error::arg(format!("--weight-decay {}: must be >= 0", self.weight_decay)));
+            return Err(Error::arg(format!(
+                "--weight-decay {}: must be >= 0",
+                self.weight_decay
+            )));
         }
-        for (name, v) in [("--batch-size", self.batch_size), ("--head-batch-size", self.head_batch_size), ("--eval-batch-size", self.eval_batch_size)] {
+        for (name, v) in [
+            ("--batch-size", self.batch_size),
+            ("--head-batch-size", self.head_batch_size),
+            ("--eval-batch-size", self.eval_batch_size),
+        ] {
             if v == 0 {
                 return Err(Error::arg(format!("{name} 0: must be at least 1")));
             }
         }
         if self.batch_size == 1 || (self.head_epochs > 0 && self.head_batch_size == 1) {
-            return Err(Error::arg("batch size 1: BatchNorm in train mode needs at least 2 images per batch"));
+            return Err(Error::arg(
+                "batch size 1: BatchNorm in train mode needs at least 2 images per batch",
+            ));
         }
         if self.train_per_class == 0 && self.split.is_none() {
             return Err(Error::arg("--train-per-class 0: need training images"));
@@ -170,7 +195,16 @@ impl TrainConfig {
         crate::train::schedule::Schedule::parse(&self.schedule)?;
         crate::model::GroupSet::parse(&self.groups)?;
         if let Some(a) = &self.adversarial {
-            crate::adversarial::Pgd { norm: a.norm, eps: a.eps, steps: a.steps, step_size: a.step_size, random_start: a.random_start, use_best: true, restarts: 0 }.validate()?;
+            crate::adversarial::Pgd {
+                norm: a.norm,
+                eps: a.eps,
+                steps: a.steps,
+                step_size: a.step_size,
+                random_start: a.random_start,
+                use_best: true,
+                restarts: 0,
+            }
+            .validate()?;
         }
         Ok(())
     }

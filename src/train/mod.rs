@@ -1,7 +1,7 @@
 //! Training: the optimiser, learning-rate schedules, the trainer with its run folder, metrics.
 
-pub mod optim;
 pub mod config;
+pub mod optim;
 pub mod schedule;
 pub mod trainer;
 

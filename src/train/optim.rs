@@ -40,16 +40,36 @@ impl CustomOp2 for AdamCpuStep {
     fn name(&self) -> &'static str {
         "robustlens-adam-step"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let p = cpu_slice(s1, l1)?;
         let g = cpu_slice(s2, l2)?;
-        let mut m = self.m.lock().map_err(|_| candle_core::Error::Msg("adam state poisoned".into()))?;
-        let mut v = self.v.lock().map_err(|_| candle_core::Error::Msg("adam state poisoned".into()))?;
+        let mut m = self
+            .m
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("adam state poisoned".into()))?;
+        let mut v = self
+            .v
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("adam state poisoned".into()))?;
         if m.len() != p.len() || g.len() != p.len() {
             candle_core::bail!("adam: parameter, gradient and moments differ in size");
         }
         let mut out = vec![0f32; p.len()];
-        let c = (self.beta1, self.beta2, self.eps, self.step_size, self.bc2_sqrt, self.l2, self.decay);
+        let c = (
+            self.beta1,
+            self.beta2,
+            self.eps,
+            self.step_size,
+            self.bc2_sqrt,
+            self.l2,
+            self.decay,
+        );
         out.par_chunks_mut(1 << 14)
             .zip(m.par_chunks_mut(1 << 14))
             .zip(v.par_chunks_mut(1 << 14))
@@ -98,20 +118,50 @@ pub struct Adam {
 }
 
 impl Adam {
-    pub fn new(kind: OptimKind, params: Vec<(String, Var)>, lr: f64, weight_decay: f64) -> Result<Adam> {
+    pub fn new(
+        kind: OptimKind,
+        params: Vec<(String, Var)>,
+        lr: f64,
+        weight_decay: f64,
+    ) -> Result<Adam> {
         if !(lr.is_finite() && lr > 0.0) {
             return Err(Error::arg(format!("learning rate {lr}: must be > 0")));
         }
-        let m = params.iter().map(|(_, p)| p.zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
-        let v = params.iter().map(|(_, p)| p.zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
-        let on_cpu = params.iter().all(|(_, p)| p.device().is_cpu() && p.dtype() == candle_core::DType::F32);
+        let m = params
+            .iter()
+            .map(|(_, p)| p.zeros_like())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let v = params
+            .iter()
+            .map(|(_, p)| p.zeros_like())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let on_cpu = params
+            .iter()
+            .all(|(_, p)| p.device().is_cpu() && p.dtype() == candle_core::DType::F32);
         let cpu = on_cpu.then(|| {
             params
                 .iter()
-                .map(|(_, p)| (Arc::new(Mutex::new(vec![0f32; p.elem_count()])), Arc::new(Mutex::new(vec![0f32; p.elem_count()]))))
+                .map(|(_, p)| {
+                    (
+                        Arc::new(Mutex::new(vec![0f32; p.elem_count()])),
+                        Arc::new(Mutex::new(vec![0f32; p.elem_count()])),
+                    )
+                })
                 .collect()
         });
-        Ok(Adam { kind, lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, step: 0, params, m, v, cpu })
+        Ok(Adam {
+            kind,
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+            step: 0,
+            params,
+            m,
+            v,
+            cpu,
+        })
     }
 
     /// The parameters this optimiser updates.
@@ -133,7 +183,9 @@ impl Adam {
                 OptimKind::AdamW => (0.0, (1.0 - self.lr * self.weight_decay) as f32),
             };
             for (i, (_, p)) in self.params.iter().enumerate() {
-                let Some(g) = grads.get(p.as_tensor()) else { continue };
+                let Some(g) = grads.get(p.as_tensor()) else {
+                    continue;
+                };
                 let op = AdamCpuStep {
                     m: cpu[i].0.clone(),
                     v: cpu[i].1.clone(),
@@ -145,13 +197,18 @@ impl Adam {
                     l2,
                     decay,
                 };
-                let new_p = p.as_tensor().contiguous()?.apply_op2_no_bwd(&g.contiguous()?, &op)?;
+                let new_p = p
+                    .as_tensor()
+                    .contiguous()?
+                    .apply_op2_no_bwd(&g.contiguous()?, &op)?;
                 p.set(&new_p)?;
             }
             return Ok(());
         }
         for (i, (_, p)) in self.params.iter().enumerate() {
-            let Some(g) = grads.get(p.as_tensor()) else { continue };
+            let Some(g) = grads.get(p.as_tensor()) else {
+                continue;
+            };
             let mut g = g.clone();
             match self.kind {
                 OptimKind::Adam if self.weight_decay != 0.0 => {
@@ -181,7 +238,10 @@ impl Adam {
                 Some(cpu) => {
                     let m = cpu[i].0.lock().map(|m| m.clone()).unwrap_or_default();
                     let v = cpu[i].1.lock().map(|v| v.clone()).unwrap_or_default();
-                    match (Tensor::from_vec(m, p.shape(), p.device()), Tensor::from_vec(v, p.shape(), p.device())) {
+                    match (
+                        Tensor::from_vec(m, p.shape(), p.device()),
+                        Tensor::from_vec(v, p.shape(), p.device()),
+                    ) {
                         (Ok(m), Ok(v)) => (m, v),
                         _ => continue,
                     }
@@ -198,17 +258,29 @@ impl Adam {
     pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, step: u64) -> Result<()> {
         for (i, (n, p)) in self.params.iter().enumerate() {
             for (prefix, slot) in [("m", &mut self.m[i]), ("v", &mut self.v[i])] {
-                let t = tensors
-                    .get(&format!("{prefix}.{n}"))
-                    .ok_or_else(|| Error::arg(format!("optimizer state has no `{prefix}.{n}`; was it saved by another command?")))?;
+                let t = tensors.get(&format!("{prefix}.{n}")).ok_or_else(|| {
+                    Error::arg(format!(
+                        "optimizer state has no `{prefix}.{n}`; was it saved by another command?"
+                    ))
+                })?;
                 if t.dims() != p.dims() {
-                    return Err(Error::arg(format!("optimizer state `{prefix}.{n}` has shape {:?}, expected {:?}", t.dims(), p.dims())));
+                    return Err(Error::arg(format!(
+                        "optimizer state `{prefix}.{n}` has shape {:?}, expected {:?}",
+                        t.dims(),
+                        p.dims()
+                    )));
                 }
                 *slot = t.to_device(p.device())?;
             }
             if let Some(cpu) = &self.cpu {
-                let m: Vec<f32> = self.m[i].flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
-                let v: Vec<f32> = self.v[i].flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+                let m: Vec<f32> = self.m[i]
+                    .flatten_all()?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec1()?;
+                let v: Vec<f32> = self.v[i]
+                    .flatten_all()?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec1()?;
                 if let (Ok(mut cm), Ok(mut cv)) = (cpu[i].0.lock(), cpu[i].1.lock()) {
                     *cm = m;
                     *cv = v;

@@ -21,18 +21,28 @@ impl Schedule {
             return Ok(Schedule::None);
         }
         let parts: Vec<&str> = t.split(':').collect();
-        let bad = || Error::arg(format!("--schedule {s}: use step:EPOCH:FACTOR (e.g. step:15:0.1), plateau:PATIENCE:FACTOR (e.g. plateau:5:0.1) or none"));
+        let bad = || {
+            Error::arg(format!("--schedule {s}: use step:EPOCH:FACTOR (e.g. step:15:0.1), plateau:PATIENCE:FACTOR (e.g. plateau:5:0.1) or none"))
+        };
         if parts.len() != 3 {
             return Err(bad());
         }
         let n: usize = parts[1].parse().map_err(|_| bad())?;
         let f: f64 = parts[2].parse().map_err(|_| bad())?;
         if !(f > 0.0 && f <= 1.0) {
-            return Err(Error::arg(format!("--schedule {s}: the factor must be in (0, 1]")));
+            return Err(Error::arg(format!(
+                "--schedule {s}: the factor must be in (0, 1]"
+            )));
         }
         match parts[0] {
-            "step" => Ok(Schedule::Step { epoch: n, factor: f }),
-            "plateau" => Ok(Schedule::Plateau { patience: n, factor: f }),
+            "step" => Ok(Schedule::Step {
+                epoch: n,
+                factor: f,
+            }),
+            "plateau" => Ok(Schedule::Plateau {
+                patience: n,
+                factor: f,
+            }),
             _ => Err(bad()),
         }
     }
@@ -58,7 +68,11 @@ pub struct ScheduleState {
 
 impl ScheduleState {
     pub fn new(lr: f64) -> Self {
-        ScheduleState { lr, best: f64::MAX, bad_epochs: 0 }
+        ScheduleState {
+            lr,
+            best: f64::MAX,
+            bad_epochs: 0,
+        }
     }
 
     /// Called after epoch `epoch` (1-based) with the monitored loss; returns the next lr.
@@ -92,7 +106,13 @@ mod tests {
     use super::*;
     #[test]
     fn schedules() {
-        assert_eq!(Schedule::parse("step:15:0.1").unwrap(), Schedule::Step { epoch: 15, factor: 0.1 });
+        assert_eq!(
+            Schedule::parse("step:15:0.1").unwrap(),
+            Schedule::Step {
+                epoch: 15,
+                factor: 0.1
+            }
+        );
         assert!(Schedule::parse("cosine").is_err());
         assert!(Schedule::parse("step:3:2").is_err());
         let s = Schedule::parse("step:2:0.1").unwrap();

@@ -101,10 +101,22 @@ fn phases(cfg: &TrainConfig) -> Result<Vec<Phase>> {
     let sched = Schedule::parse(&cfg.schedule)?;
     let mut v = Vec::new();
     if cfg.command != "finetune" && cfg.head_epochs > 0 {
-        v.push(Phase { name: "head".into(), epochs: cfg.head_epochs, batch_size: cfg.head_batch_size, lr: cfg.head_lr, groups: "5".into(), schedule: Schedule::None, early_stop: None });
+        v.push(Phase {
+            name: "head".into(),
+            epochs: cfg.head_epochs,
+            batch_size: cfg.head_batch_size,
+            lr: cfg.head_lr,
+            groups: "5".into(),
+            schedule: Schedule::None,
+            early_stop: None,
+        });
     }
     v.push(Phase {
-        name: if cfg.command == "finetune" { "finetune".into() } else { "full".into() },
+        name: if cfg.command == "finetune" {
+            "finetune".into()
+        } else {
+            "full".into()
+        },
         epochs: cfg.epochs,
         batch_size: cfg.batch_size,
         lr: cfg.lr,
@@ -118,17 +130,33 @@ fn phases(cfg: &TrainConfig) -> Result<Vec<Phase>> {
 /// Opens the data and split of a configuration (writing nothing).
 pub fn open_data(cfg: &TrainConfig) -> Result<(Dataset, Split)> {
     let per_class = cfg.train_per_class + cfg.val_per_class + cfg.test_per_class;
-    let opts = DataOptions { classes: cfg.classes.clone(), skip_bad_images: cfg.skip_bad_images, synthetic_per_class: per_class.max(1), seed: cfg.seed };
+    let opts = DataOptions {
+        classes: cfg.classes.clone(),
+        skip_bad_images: cfg.skip_bad_images,
+        synthetic_per_class: per_class.max(1),
+        seed: cfg.seed,
+    };
     let ds = Dataset::open(&cfg.data, &opts)?;
     let split = match &cfg.split {
         Some(p) => Split::read(p, &ds)?,
-        None => make_split(&ds, &SplitSpec { train_per_class: cfg.train_per_class, test_per_class: cfg.test_per_class, val_per_class: cfg.val_per_class, folds: 1, seed: cfg.seed })?,
+        None => make_split(
+            &ds,
+            &SplitSpec {
+                train_per_class: cfg.train_per_class,
+                test_per_class: cfg.test_per_class,
+                val_per_class: cfg.val_per_class,
+                folds: 1,
+                seed: cfg.seed,
+            },
+        )?,
     };
     Ok((ds, split))
 }
 
 fn cache_dir() -> PathBuf {
-    std::env::var_os("ROBUSTLENS_CACHE").map(|p| PathBuf::from(p).join("images")).unwrap_or_else(|| PathBuf::from("models").join("cache"))
+    std::env::var_os("ROBUSTLENS_CACHE")
+        .map(|p| PathBuf::from(p).join("images"))
+        .unwrap_or_else(|| PathBuf::from("models").join("cache"))
 }
 
 /// Per-pixel RMS of an L2 radius at a resolution: eps / sqrt(3 H W).
@@ -143,32 +171,64 @@ pub fn eps_from_224(eps224: f32, size: usize) -> f32 {
 
 fn append_metrics(dir: &Path, line: &serde_json::Value) -> Result<()> {
     let p = dir.join("metrics.jsonl");
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&p).map_err(|e| Error::io(&p, e))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&p)
+        .map_err(|e| Error::io(&p, e))?;
     writeln!(f, "{line}").map_err(|e| Error::io(&p, e))?;
     Ok(())
 }
 
 fn save_resume(dir: &Path, model: &ResNet18, opt: &Adam, state: &TrainState) -> Result<()> {
-    let mut tensors: Vec<(String, Tensor)> = model.state_dict()?.into_iter().map(|(n, t)| (format!("model.{n}"), t)).collect();
-    tensors.extend(opt.state_tensors().into_iter().map(|(n, t)| (format!("optim.{n}"), t)));
-    let tensors: Vec<(String, Tensor)> = tensors.into_iter().map(|(n, t)| t.to_device(&Device::Cpu).map(|t| (n, t))).collect::<candle_core::Result<_>>()?;
+    let mut tensors: Vec<(String, Tensor)> = model
+        .state_dict()?
+        .into_iter()
+        .map(|(n, t)| (format!("model.{n}"), t))
+        .collect();
+    tensors.extend(
+        opt.state_tensors()
+            .into_iter()
+            .map(|(n, t)| (format!("optim.{n}"), t)),
+    );
+    let tensors: Vec<(String, Tensor)> = tensors
+        .into_iter()
+        .map(|(n, t)| t.to_device(&Device::Cpu).map(|t| (n, t)))
+        .collect::<candle_core::Result<_>>()?;
     let mut meta = HashMap::new();
-    meta.insert("robustlens_state".to_string(), serde_json::to_string(state).map_err(|e| Error::arg(e.to_string()))?);
-    let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta)).map_err(|e| Error::arg(format!("serialising resume checkpoint: {e}")))?;
+    meta.insert(
+        "robustlens_state".to_string(),
+        serde_json::to_string(state).map_err(|e| Error::arg(e.to_string()))?,
+    );
+    let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
+        .map_err(|e| Error::arg(format!("serialising resume checkpoint: {e}")))?;
     write_atomic(&dir.join("resume.safetensors"), &bytes)
 }
 
-fn load_resume(dir: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, HashMap<String, Tensor>, TrainState)> {
+fn load_resume(
+    dir: &Path,
+    device: &Device,
+) -> Result<(HashMap<String, Tensor>, HashMap<String, Tensor>, TrainState)> {
     let p = dir.join("resume.safetensors");
-    let bytes = std::fs::read(&p).map_err(|e| Error::arg(format!("--resume {}: no resume checkpoint ({e}); is it a run folder of a training command?", dir.display())))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::weights(&p, format!("not a valid checkpoint: {e}")))?;
+    let bytes = std::fs::read(&p).map_err(|e| {
+        Error::arg(format!(
+            "--resume {}: no resume checkpoint ({e}); is it a run folder of a training command?",
+            dir.display()
+        ))
+    })?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::weights(&p, format!("not a valid checkpoint: {e}")))?;
     let state: TrainState = meta
         .metadata()
         .as_ref()
         .and_then(|m| m.get("robustlens_state"))
         .ok_or_else(|| Error::weights(&p, "has no trainer state"))
-        .and_then(|s| serde_json::from_str(s).map_err(|e| Error::weights(&p, format!("trainer state unreadable: {e}"))))?;
-    let all = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| Error::weights(&p, e.to_string()))?;
+        .and_then(|s| {
+            serde_json::from_str(s)
+                .map_err(|e| Error::weights(&p, format!("trainer state unreadable: {e}")))
+        })?;
+    let all = candle_core::safetensors::load_buffer(&bytes, device)
+        .map_err(|e| Error::weights(&p, e.to_string()))?;
     let mut model = HashMap::new();
     let mut optim = HashMap::new();
     for (n, t) in all {
@@ -182,7 +242,12 @@ fn load_resume(dir: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, 
 }
 
 /// Trains according to `cfg` into `dir`; with `resume` continues the run saved there.
-pub fn train(cfg: &TrainConfig, dir: &Path, resume: bool, interrupt: Arc<AtomicBool>) -> Result<Stop> {
+pub fn train(
+    cfg: &TrainConfig,
+    dir: &Path,
+    resume: bool,
+    interrupt: Arc<AtomicBool>,
+) -> Result<Stop> {
     cfg.validate()?;
     let device = crate::device::parse_device(&cfg.device)?;
     let t_start = std::time::Instant::now();
@@ -203,14 +268,27 @@ pub fn train(cfg: &TrainConfig, dir: &Path, resume: bool, interrupt: Arc<AtomicB
         }
         let (m, mc) = crate::model::load_checkpoint(from, &device)?;
         if mc.num_classes != class_names.len() {
-            return Err(Error::arg(format!("--from {}: the model has {} classes, the data {}", from.display(), mc.num_classes, class_names.len())));
+            return Err(Error::arg(format!(
+                "--from {}: the model has {} classes, the data {}",
+                from.display(),
+                mc.num_classes,
+                class_names.len()
+            )));
         }
         m
     } else {
         load_model_spec(&cfg.weights, Some(class_names.len()), cfg.seed, &device)?.0
     };
-    let model_cfg = ModelConfig { num_classes: class_names.len(), class_names: class_names.clone(), image_size: cfg.image_size, ..Default::default() };
-    let run_cfg = RunConfig { model: model_cfg.clone(), train: cfg.clone() };
+    let model_cfg = ModelConfig {
+        num_classes: class_names.len(),
+        class_names: class_names.clone(),
+        image_size: cfg.image_size,
+        ..Default::default()
+    };
+    let run_cfg = RunConfig {
+        model: model_cfg.clone(),
+        train: cfg.clone(),
+    };
     let phases = phases(cfg)?;
     let mut state = TrainState {
         command: cfg.command.clone(),
@@ -229,7 +307,12 @@ pub fn train(cfg: &TrainConfig, dir: &Path, resume: bool, interrupt: Arc<AtomicB
     if resume {
         let (mt, ot, st) = load_resume(dir, &device)?;
         if st.command != cfg.command {
-            return Err(Error::arg(format!("--resume {}: the run was made by `{}`, not `{}`", dir.display(), st.command, cfg.command)));
+            return Err(Error::arg(format!(
+                "--resume {}: the run was made by `{}`, not `{}`",
+                dir.display(),
+                st.command,
+                cfg.command
+            )));
         }
         model.load_tensors(&mt, &dir.join("resume.safetensors"))?;
         state = st;
@@ -237,20 +320,51 @@ pub fn train(cfg: &TrainConfig, dir: &Path, resume: bool, interrupt: Arc<AtomicB
         if state.finished {
             tracing::info!("run {} had already finished", dir.display());
         }
-        tracing::info!("resuming {} at phase {} epoch {} step {}", dir.display(), phases.get(state.phase).map(|p| p.name.as_str()).unwrap_or("-"), state.epoch + 1, state.step);
+        tracing::info!(
+            "resuming {} at phase {} epoch {} step {}",
+            dir.display(),
+            phases
+                .get(state.phase)
+                .map(|p| p.name.as_str())
+                .unwrap_or("-"),
+            state.epoch + 1,
+            state.step
+        );
     } else {
         write_json_atomic(&dir.join("config.json"), &run_cfg)?;
         split.write(&dir.join("split.csv"))?;
         let _ = std::fs::remove_file(dir.join("metrics.jsonl"));
     }
-    let cache = Arc::new(ImageCache::build(&ds, cfg.image_size, Some(&cache_dir()), cfg.skip_bad_images)?);
+    let cache = Arc::new(ImageCache::build(
+        &ds,
+        cfg.image_size,
+        Some(&cache_dir()),
+        cfg.skip_bad_images,
+    )?);
     let bad: std::collections::HashSet<usize> = cache.bad.iter().copied().collect();
-    let keep = |v: &[usize]| -> Vec<usize> { v.iter().copied().filter(|i| !bad.contains(i)).collect() };
+    let keep =
+        |v: &[usize]| -> Vec<usize> { v.iter().copied().filter(|i| !bad.contains(i)).collect() };
     let (train_idx, val_idx, test_idx) = (keep(&train_idx), keep(&val_idx), keep(&test_idx));
     let labels = Arc::new(labels);
-    let pgd = cfg.adversarial.as_ref().map(|a| Pgd { norm: a.norm, eps: a.eps, steps: a.steps, step_size: a.step_size, random_start: a.random_start, use_best: true, restarts: 0 });
+    let pgd = cfg.adversarial.as_ref().map(|a| Pgd {
+        norm: a.norm,
+        eps: a.eps,
+        steps: a.steps,
+        step_size: a.step_size,
+        random_start: a.random_start,
+        use_best: true,
+        restarts: 0,
+    });
     if let Some(p) = &pgd {
-        tracing::info!("adversarial training: {:?} eps {} ({:.2e} per-pixel RMS at {} px), {} steps of {}", p.norm, p.eps, eps_rms(p.eps, cfg.image_size), cfg.image_size, p.steps, p.step_size);
+        tracing::info!(
+            "adversarial training: {:?} eps {} ({:.2e} per-pixel RMS at {} px), {} steps of {}",
+            p.norm,
+            p.eps,
+            eps_rms(p.eps, cfg.image_size),
+            cfg.image_size,
+            p.steps,
+            p.step_size
+        );
     }
     while state.phase < phases.len() && !state.finished {
         let ph = phases[state.phase].clone();
@@ -258,7 +372,12 @@ pub fn train(cfg: &TrainConfig, dir: &Path, resume: bool, interrupt: Arc<AtomicB
         // The head phase trains fc alone: the frozen backbone's BatchNorm statistics stay too.
         model.freeze_bn_stats(groups, cfg.freeze_bn_stats || ph.name == "head");
         model.set_trainable_groups(groups);
-        let mut opt = Adam::new(cfg.optimizer, model.trainable_vars(groups), state.schedule.lr, cfg.weight_decay)?;
+        let mut opt = Adam::new(
+            cfg.optimizer,
+            model.trainable_vars(groups),
+            state.schedule.lr,
+            cfg.weight_decay,
+        )?;
         if let Some(ot) = resume_optim.take() {
             if state.optimizer_step > 0 {
                 opt.load_state(&ot, state.optimizer_step)?;
@@ -277,8 +396,12 @@ pub fn train(cfg: &TrainConfig, dir: &Path, resume: bool, interrupt: Arc<AtomicB
                 min_batch: 2,
                 skip: state.step,
             };
-            let n_batches = train_idx.len() / ph.batch_size + usize::from(train_idx.len() % ph.batch_size >= 2);
-            let pb = crate::progress::bar(n_batches as u64, format!("{} {}/{}", ph.name, epoch + 1, ph.epochs));
+            let n_batches =
+                train_idx.len() / ph.batch_size + usize::from(train_idx.len() % ph.batch_size >= 2);
+            let pb = crate::progress::bar(
+                n_batches as u64,
+                format!("{} {}/{}", ph.name, epoch + 1, ph.epochs),
+            );
             pb.set_position(state.step as u64);
             let t0 = std::time::Instant::now();
             let mut sums = state.partial.clone();
@@ -288,10 +411,20 @@ pub fn train(cfg: &TrainConfig, dir: &Path, resume: bool, interrupt: Arc<AtomicB
                 let y = hb.label_tensor(&device)?;
                 let x_train = match &pgd {
                     Some(p) => {
-                        let mut rng = SeededRng::new(cfg.seed ^ 0xad7e_55ed ^ ((state.phase as u64) << 48) ^ ((epoch as u64) << 24) ^ step as u64);
+                        let mut rng = SeededRng::new(
+                            cfg.seed
+                                ^ 0xad7e_55ed
+                                ^ ((state.phase as u64) << 48)
+                                ^ ((epoch as u64) << 24)
+                                ^ step as u64,
+                        );
                         let clean = model.forward(&x, Mode::InputGrad)?.detach();
                         let cp: Vec<u32> = clean.argmax(D::Minus1)?.to_vec1()?;
-                        sums.clean_correct += cp.iter().zip(&hb.labels).filter(|(p, l)| **p as usize == **l).count();
+                        sums.clean_correct += cp
+                            .iter()
+                            .zip(&hb.labels)
+                            .filter(|(p, l)| **p as usize == **l)
+                            .count();
                         p.attack(&model, &x, &hb.labels, None, &mut rng)?.images
                     }
                     None => x,
@@ -311,29 +444,62 @@ pub fn train(cfg: &TrainConfig, dir: &Path, resume: bool, interrupt: Arc<AtomicB
                 let grads = loss.backward()?;
                 opt.step(&grads)?;
                 let pred: Vec<u32> = logits.detach().argmax(D::Minus1)?.to_vec1()?;
-                sums.correct += pred.iter().zip(&hb.labels).filter(|(p, l)| **p as usize == **l).count();
+                sums.correct += pred
+                    .iter()
+                    .zip(&hb.labels)
+                    .filter(|(p, l)| **p as usize == **l)
+                    .count();
                 sums.loss += lv * hb.len() as f64;
                 sums.images += hb.len();
                 state.step += 1;
                 pb.inc(1);
-                pb.set_message(format!("{} {}/{} loss {:.3} acc {:.1}%", ph.name, epoch + 1, ph.epochs, sums.loss / sums.images as f64, 100.0 * sums.correct as f64 / sums.images as f64));
+                pb.set_message(format!(
+                    "{} {}/{} loss {:.3} acc {:.1}%",
+                    ph.name,
+                    epoch + 1,
+                    ph.epochs,
+                    sums.loss / sums.images as f64,
+                    100.0 * sums.correct as f64 / sums.images as f64
+                ));
                 if interrupt.load(Ordering::SeqCst) {
                     sums.seconds += t0.elapsed().as_secs_f64();
                     state.partial = sums;
                     state.optimizer_step = opt.step;
                     save_resume(dir, &model, &opt, &state)?;
                     pb.finish_and_clear();
-                    eprintln!("interrupted: checkpoint written to {}; continue with --resume {}", dir.display(), dir.display());
+                    eprintln!(
+                        "interrupted: checkpoint written to {}; continue with --resume {}",
+                        dir.display(),
+                        dir.display()
+                    );
                     return Ok(Stop::Interrupted);
                 }
             }
             pb.finish_and_clear();
             sums.seconds += t0.elapsed().as_secs_f64();
             // Validation.
-            let val = if val_idx.is_empty() { None } else { Some(evaluate_model(&model, &cache, &labels, &val_idx, &class_names, cfg.eval_batch_size, None, &device)?) };
-            let monitored = val.as_ref().map(|v| v.loss).unwrap_or(sums.loss / sums.images.max(1) as f64);
+            let val = if val_idx.is_empty() {
+                None
+            } else {
+                Some(evaluate_model(
+                    &model,
+                    &cache,
+                    &labels,
+                    &val_idx,
+                    &class_names,
+                    cfg.eval_batch_size,
+                    None,
+                    &device,
+                )?)
+            };
+            let monitored = val
+                .as_ref()
+                .map(|v| v.loss)
+                .unwrap_or(sums.loss / sums.images.max(1) as f64);
             let lr_used = state.schedule.lr;
-            state.schedule.after_epoch(&ph.schedule, epoch + 1, monitored);
+            state
+                .schedule
+                .after_epoch(&ph.schedule, epoch + 1, monitored);
             state.epoch += 1;
             state.step = 0;
             state.optimizer_step = opt.step;
@@ -345,7 +511,8 @@ pub fn train(cfg: &TrainConfig, dir: &Path, resume: bool, interrupt: Arc<AtomicB
                 "images_per_s": sums.images as f64 / sums.seconds.max(1e-9), "seconds": sums.seconds,
             });
             if pgd.is_some() {
-                line["train_clean_acc"] = serde_json::json!(sums.clean_correct as f64 / sums.images.max(1) as f64);
+                line["train_clean_acc"] =
+                    serde_json::json!(sums.clean_correct as f64 / sums.images.max(1) as f64);
                 line["train_adv_acc"] = serde_json::json!(train_acc);
             }
             if let Some(v) = &val {
@@ -391,12 +558,29 @@ pub fn train(cfg: &TrainConfig, dir: &Path, resume: bool, interrupt: Arc<AtomicB
     model.set_trainable_groups(GroupSet::all());
     // Test the best checkpoint.
     let (best_model, _) = crate::model::load_checkpoint(dir, &device)?;
-    let test = if test_idx.is_empty() { None } else { Some(evaluate_model(&best_model, &cache, &labels, &test_idx, &class_names, cfg.eval_batch_size, None, &device)?) };
+    let test = if test_idx.is_empty() {
+        None
+    } else {
+        Some(evaluate_model(
+            &best_model,
+            &cache,
+            &labels,
+            &test_idx,
+            &class_names,
+            cfg.eval_batch_size,
+            None,
+            &device,
+        )?)
+    };
     let summary = Summary {
         command: cfg.command.clone(),
         test,
         best_checkpoint: state.best.clone().unwrap_or_default(),
-        best_reason: if val_idx.is_empty() { "no validation set: the last epoch".into() } else { "lowest validation loss".into() },
+        best_reason: if val_idx.is_empty() {
+            "no validation set: the last epoch".into()
+        } else {
+            "lowest validation loss".into()
+        },
         seconds: t_start.elapsed().as_secs_f64(),
         eps_rms: pgd.as_ref().map(|p| eps_rms(p.eps, cfg.image_size)),
     };
