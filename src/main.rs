@@ -34,6 +34,9 @@ enum Command {
     TrainRobust(Box<RobustArgs>),
     /// Fine-tune chosen layer groups of a trained (robust) model, the rest frozen.
     Finetune(Box<FinetuneArgs>),
+    /// k-fold cross-validation over learning rates x batch sizes; mean ± std per cell, the
+    /// best cell named, optionally the final training with it.
+    Cv(Box<CvArgs>),
     /// Accuracy, balanced accuracy, per-class precision/recall, confusion matrix (and robust
     /// accuracy with --attack pgd) of a run on its test split.
     Evaluate(Box<EvaluateArgs>),
@@ -135,6 +138,21 @@ struct RobustArgs {
     attack_step_size: Option<f32>,
     #[arg(long)]
     no_random_start: bool,
+}
+
+#[derive(Args, Clone)]
+struct CvArgs {
+    #[command(flatten)]
+    train: TrainArgs,
+    #[arg(long, value_delimiter = ',', default_value = "1e-3,3e-4,1e-4")]
+    lrs: Vec<f64>,
+    #[arg(long, value_delimiter = ',', default_value = "8,16,32")]
+    batch_sizes: Vec<usize>,
+    #[arg(long, default_value_t = 5)]
+    folds: usize,
+    /// Then train on all training data with the best cell (into OUT/final).
+    #[arg(long = "final")]
+    final_train: bool,
 }
 
 #[derive(Args, Clone)]
@@ -364,7 +382,21 @@ struct SaliencyArgs {
     /// Images to explain (JPEG or PNG).
     #[arg(long = "image", num_args = 1..)]
     images: Vec<PathBuf>,
-    /// Working resolution (pre-processing as in predict).
+    /// Explain images of a data set instead (with --split and --count); `--data run` uses the
+    /// first run's own data and split.
+    #[arg(long)]
+    data: Option<String>,
+    /// Which part of the split: test, val or train.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// How many data-set images.
+    #[arg(long, default_value_t = 8)]
+    count: usize,
+    /// Also choose images some model misclassifies (default: only correctly classified ones,
+    /// as the paper shows).
+    #[arg(long)]
+    include_misclassified: bool,
+    /// Working resolution (pre-processing as in predict; with --data, the run's size).
     #[arg(long, default_value_t = 224)]
     image_size: usize,
     /// Class to explain: label, predicted, or a class index.
@@ -614,8 +646,8 @@ fn saliency(a: SaliencyArgs) -> Result<()> {
     use robustlens::report::{Colormap, DisplayOptions, Reduce};
     check_image_size(a.image_size)?;
     let device = parse_device(&a.device.device)?;
-    if a.images.is_empty() {
-        bail!("saliency: give images with --image IMG... (data sets arrive with --data)");
+    if a.images.is_empty() && a.data.is_none() {
+        bail!("saliency: give images with --image IMG... or a data set with --data SPEC --split test --count N");
     }
     if a.internal_batch_size == 0 || a.perturbations_per_eval == 0 {
         bail!("--internal-batch-size and --perturbations-per-eval must be at least 1");
@@ -669,21 +701,25 @@ fn saliency(a: SaliencyArgs) -> Result<()> {
     if models.is_empty() {
         bail!("saliency: give a model with --run DIR or --weights FILE");
     }
-    let xs = a
-        .images
-        .iter()
-        .map(|p| preprocess(p, a.image_size, &device))
-        .collect::<robustlens::Result<Vec<_>>>()?;
-    let images = Tensor::stack(&xs, 0)?;
-    let image_names = a
-        .images
-        .iter()
-        .map(|p| {
-            p.file_stem()
-                .map(|s| s.to_string_lossy().to_string())
-                .unwrap_or_default()
-        })
-        .collect();
+    let (images, image_names, labels) = if let Some(spec) = &a.data {
+        data_images(&a, spec, &models, &device)?
+    } else {
+        let xs = a
+            .images
+            .iter()
+            .map(|p| preprocess(p, a.image_size, &device))
+            .collect::<robustlens::Result<Vec<_>>>()?;
+        let names = a
+            .images
+            .iter()
+            .map(|p| {
+                p.file_stem()
+                    .map(|s| s.to_string_lossy().to_string())
+                    .unwrap_or_default()
+            })
+            .collect();
+        (Tensor::stack(&xs, 0)?, names, None)
+    };
     let methods: Vec<String> = a
         .method
         .split(',')
@@ -697,7 +733,7 @@ fn saliency(a: SaliencyArgs) -> Result<()> {
         models: &models,
         image_names,
         images,
-        labels: None,
+        labels,
         target: Target::parse(&a.target)?,
         methods,
         options,
@@ -1276,6 +1312,85 @@ fn attack_command(a: AttackArgs) -> Result<()> {
     Ok(())
 }
 
+/// Images of a data set for `saliency --data`: the part `--split` of the first run's split
+/// (or a fresh split of SPEC), correctly classified by every model unless asked otherwise.
+fn data_images(
+    a: &SaliencyArgs,
+    spec: &str,
+    models: &[robustlens::explain::NamedModel],
+    device: &candle_core::Device,
+) -> Result<(Tensor, Vec<String>, Option<Vec<usize>>)> {
+    use robustlens::data::cache::ImageCache;
+    use robustlens::data::loader::make_batch;
+    let run_cfg: Option<robustlens::train::trainer::RunConfig> = a
+        .runs
+        .first()
+        .and_then(|r| robustlens::fsutil::read_json(&r.join("config.json")).ok());
+    let mut tc = run_cfg
+        .as_ref()
+        .map(|c| c.train.clone())
+        .unwrap_or_default();
+    let size = run_cfg
+        .as_ref()
+        .map(|c| c.model.image_size)
+        .unwrap_or(a.image_size);
+    if spec != "run" {
+        if spec != tc.data {
+            tc.split = None;
+        }
+        tc.data = spec.to_string();
+    }
+    if let Some(r) = a.runs.first() {
+        if spec == "run" || run_cfg.as_ref().is_some_and(|c| c.train.data == spec) {
+            tc.split = Some(r.join("split.csv"));
+        }
+    }
+    let (ds, split) = robustlens::train::trainer::open_data(&tc)?;
+    let part = robustlens::data::split::Part::parse(&a.split)?;
+    let idx = split.indices(&ds, part, None);
+    if idx.is_empty() {
+        bail!("--split {}: no images in that part of the split", a.split);
+    }
+    let cache = ImageCache::build(
+        &ds,
+        size,
+        Some(&PathBuf::from("models/cache")),
+        tc.skip_bad_images,
+    )?;
+    let labels: Vec<usize> = ds.items.iter().map(|i| i.label).collect();
+    let mut chosen = Vec::new();
+    for chunk in idx.chunks(64) {
+        let b = make_batch(&cache, &labels, chunk, None, &vec![0; chunk.len()]);
+        let x = b.images(device)?;
+        let mut ok = vec![true; chunk.len()];
+        if !a.include_misclassified {
+            for m in models {
+                let p = robustlens::attribution::predict_classes(&m.model, &x, 32)?;
+                for (k, o) in ok.iter_mut().enumerate() {
+                    *o &= p[k] == b.labels[k];
+                }
+            }
+        }
+        chosen.extend(chunk.iter().zip(ok).filter(|(_, o)| *o).map(|(i, _)| *i));
+        if chosen.len() >= a.count {
+            break;
+        }
+    }
+    chosen.truncate(a.count);
+    if chosen.is_empty() {
+        bail!(
+            "no correctly classified images in the {} split; add --include-misclassified",
+            a.split
+        );
+    }
+    let b = make_batch(&cache, &labels, &chosen, None, &vec![0; chosen.len()]);
+    let names = chosen
+        .iter()
+        .map(|&i| ds.items[i].image_id.replace('/', "_"))
+        .collect();
+    Ok((b.images(device)?, names, Some(b.labels.clone())))
+}
+
 fn init_logging(verbose: u8) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
@@ -1310,6 +1425,44 @@ fn run() -> Result<()> {
             train_command("train-robust", a.train, Some(adv))
         }
         Command::Finetune(a) => finetune_command(*a),
+        Command::Cv(a) => {
+            let a = *a;
+            let cfg = build_config("train-standard", &a.train)?;
+            for &lr in &a.lrs {
+                robustlens::train::TrainConfig { lr, ..cfg.clone() }.validate()?;
+            }
+            for &bs in &a.batch_sizes {
+                robustlens::train::TrainConfig {
+                    batch_size: bs,
+                    ..cfg.clone()
+                }
+                .validate()?;
+            }
+            let out = a.train.out.clone().unwrap_or_else(|| default_out("cv"));
+            let interrupt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = interrupt.clone();
+            let _ = ctrlc::set_handler(move || {
+                if flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    std::process::exit(130);
+                }
+            });
+            let r = robustlens::train::cv::cross_validate(
+                &cfg,
+                &a.lrs,
+                &a.batch_sizes,
+                a.folds,
+                &out,
+                a.final_train,
+                interrupt,
+            )?;
+            print!("{}", robustlens::train::cv::table(&r));
+            println!(
+                "wrote {} and {}",
+                out.join("cv.md").display(),
+                out.join("cv.json").display()
+            );
+            Ok(())
+        }
         Command::Evaluate(a) => evaluate_command(*a),
         Command::Attack(a) => attack_command(*a),
         Command::Demo(a) => {

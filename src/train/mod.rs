@@ -1,6 +1,7 @@
 //! Training: the optimiser, learning-rate schedules, the trainer with its run folder, metrics.
 
 pub mod config;
+pub mod cv;
 pub mod optim;
 pub mod schedule;
 pub mod trainer;

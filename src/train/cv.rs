@@ -1,0 +1,240 @@
+//! k-fold cross-validation over a grid of learning rates and batch sizes (the paper chose its
+//! hyper-parameters this way): for each cell and fold, train on the other folds and validate
+//! on this one; report mean ± std accuracy per cell and name the best; optionally train the
+//! final model on all training data with the best cell.
+
+use crate::data::split::{make_split, Part, Split, SplitSpec};
+use crate::fsutil::{write_atomic, write_json_atomic};
+use crate::train::trainer::{open_data, train, Stop};
+use crate::train::TrainConfig;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// One grid cell's result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CvCell {
+    pub lr: f64,
+    pub batch_size: usize,
+    pub fold_accuracy: Vec<f64>,
+    pub mean: f64,
+    pub std: f64,
+}
+
+/// The whole cross-validation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CvResult {
+    pub folds: usize,
+    pub cells: Vec<CvCell>,
+    pub best: usize,
+    pub final_run: Option<PathBuf>,
+}
+
+fn best_val_acc(dir: &Path) -> Result<f64> {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .map_err(|e| Error::io(dir.join("metrics.jsonl"), e))?;
+    let mut best: Option<(f64, f64)> = None;
+    for l in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(l).map_err(|e| Error::arg(format!("metrics.jsonl: {e}")))?;
+        if let (Some(loss), Some(acc)) = (v["val_loss"].as_f64(), v["val_acc"].as_f64()) {
+            if best.is_none_or(|b| loss < b.0) {
+                best = Some((loss, acc));
+            }
+        }
+    }
+    best.map(|b| b.1)
+        .ok_or_else(|| Error::arg(format!("{}: no validation epochs", dir.display())))
+}
+
+/// Runs the grid. `cfg` gives everything but lr and batch size.
+pub fn cross_validate(
+    cfg: &TrainConfig,
+    lrs: &[f64],
+    batch_sizes: &[usize],
+    folds: usize,
+    out: &Path,
+    final_train: bool,
+    interrupt: Arc<AtomicBool>,
+) -> Result<CvResult> {
+    if folds < 2 {
+        return Err(Error::arg(format!(
+            "--folds {folds}: cross-validation needs at least 2 folds"
+        )));
+    }
+    if lrs.is_empty() || batch_sizes.is_empty() {
+        return Err(Error::arg(
+            "cv: give at least one --lrs value and one --batch-sizes value",
+        ));
+    }
+    crate::fsutil::ensure_output_dir(out)?;
+    let mut base = cfg.clone();
+    base.val_per_class = 0;
+    let (ds, _) = open_data(&TrainConfig {
+        split: None,
+        ..base.clone()
+    })?;
+    let split = match &cfg.split {
+        Some(p) => Split::read(p, &ds)?,
+        None => make_split(
+            &ds,
+            &SplitSpec {
+                train_per_class: cfg.train_per_class,
+                test_per_class: cfg.test_per_class,
+                val_per_class: 0,
+                folds,
+                seed: cfg.seed,
+            },
+        )?,
+    };
+    if split
+        .rows
+        .iter()
+        .any(|r| r.part == Part::Train && r.fold.is_none())
+    {
+        return Err(Error::arg(
+            "cv: the split's training rows need a fold (make it with `data split --folds K`)",
+        ));
+    }
+    split.write(&out.join("split.csv"))?;
+    let mut cells = Vec::new();
+    for &lr in lrs {
+        for &bs in batch_sizes {
+            let mut accs = Vec::new();
+            for k in 1..=folds {
+                let mut fs = split.clone();
+                for r in fs.rows.iter_mut() {
+                    if r.part == Part::Train && r.fold == Some(k) {
+                        r.part = Part::Val;
+                    }
+                }
+                let dir = out.join(format!("lr{lr}-bs{bs}")).join(format!("fold{k}"));
+                crate::fsutil::ensure_output_dir(&dir)?;
+                let split_path = dir.join("cv-split.csv");
+                fs.write(&split_path)?;
+                let c = TrainConfig {
+                    lr,
+                    batch_size: bs,
+                    split: Some(split_path),
+                    ..base.clone()
+                };
+                let resume =
+                    dir.join("resume.safetensors").exists() && !dir.join("summary.json").exists();
+                if !dir.join("summary.json").exists() {
+                    if let Stop::Interrupted = train(&c, &dir, resume, interrupt.clone())? {
+                        return Err(Error::arg(format!(
+                            "interrupted; run cv again with the same --out {} to continue",
+                            out.display()
+                        )));
+                    }
+                }
+                let acc = best_val_acc(&dir)?;
+                eprintln!(
+                    "cv: lr {lr} batch {bs} fold {k}: validation accuracy {:.2}%",
+                    100.0 * acc
+                );
+                accs.push(acc);
+            }
+            let mean = accs.iter().sum::<f64>() / accs.len() as f64;
+            let std = (accs.iter().map(|a| (a - mean).powi(2)).sum::<f64>()
+                / (accs.len().max(2) - 1) as f64)
+                .sqrt();
+            cells.push(CvCell {
+                lr,
+                batch_size: bs,
+                fold_accuracy: accs,
+                mean,
+                std,
+            });
+        }
+    }
+    let best = (0..cells.len())
+        .max_by(|&a, &b| {
+            cells[a]
+                .mean
+                .partial_cmp(&cells[b].mean)
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
+        .expect("non-empty grid");
+    let mut result = CvResult {
+        folds,
+        cells,
+        best,
+        final_run: None,
+    };
+    write_atomic(&out.join("cv.md"), table(&result).as_bytes())?;
+    if final_train {
+        let dir = out.join("final");
+        let c = TrainConfig {
+            lr: result.cells[best].lr,
+            batch_size: result.cells[best].batch_size,
+            split: Some(out.join("split.csv")),
+            ..base.clone()
+        };
+        if let Stop::Interrupted =
+            train(&c, &dir, dir.join("resume.safetensors").exists(), interrupt)?
+        {
+            return Err(Error::arg(
+                "interrupted during the final training; run cv again to continue",
+            ));
+        }
+        result.final_run = Some(dir);
+    }
+    write_json_atomic(&out.join("cv.json"), &result)?;
+    Ok(result)
+}
+
+/// A Markdown table of mean ± std accuracy per cell, rows lr, columns batch size.
+pub fn table(r: &CvResult) -> String {
+    let mut bss: Vec<usize> = r.cells.iter().map(|c| c.batch_size).collect();
+    bss.dedup();
+    bss.sort();
+    bss.dedup();
+    let mut lrs: Vec<f64> = Vec::new();
+    for c in &r.cells {
+        if !lrs.contains(&c.lr) {
+            lrs.push(c.lr);
+        }
+    }
+    let mut s = format!(
+        "| lr \\ batch | {} |\n|---|{}\n",
+        bss.iter()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(" | "),
+        "---|".repeat(bss.len())
+    );
+    for lr in &lrs {
+        s.push_str(&format!("| {lr} |"));
+        for b in &bss {
+            match r
+                .cells
+                .iter()
+                .position(|c| c.lr == *lr && c.batch_size == *b)
+            {
+                Some(i) => {
+                    let c = &r.cells[i];
+                    let mark = if i == r.best { " **best**" } else { "" };
+                    s.push_str(&format!(
+                        " {:.2} ± {:.2}%{mark} |",
+                        100.0 * c.mean,
+                        100.0 * c.std
+                    ));
+                }
+                None => s.push_str(" - |"),
+            }
+        }
+        s.push('\n');
+    }
+    let b = &r.cells[r.best];
+    s.push_str(&format!(
+        "\nbest: lr {} batch {} ({:.2}% mean validation accuracy over {} folds)\n",
+        b.lr,
+        b.batch_size,
+        100.0 * b.mean,
+        r.folds
+    ));
+    s
+}
