@@ -144,7 +144,7 @@ pub fn run(job: &ExplainJob) -> Result<Vec<Explained>> {
             } else {
                 r.method.clone()
             });
-            for i in 0..n {
+            for (i, px) in imgs.iter().enumerate() {
                 let a: Vec<f32> = r.attributions.get(i)?.flatten_all()?.to_vec1()?;
                 let hm = heatmap(&a, ac, h, w, &job.display);
                 let base = format!(
@@ -154,7 +154,7 @@ pub fn run(job: &ExplainJob) -> Result<Vec<Explained>> {
                     sanitize(&r.method)
                 );
                 save_png(&hm, &dir.join(format!("{base}.png")))?;
-                let img = tensor_to_image(&imgs[i], h, w);
+                let img = tensor_to_image(px, h, w);
                 save_png(
                     &overlay(&img, &a, ac, &job.display),
                     &dir.join(format!("{base}_overlay.png")),

@@ -35,9 +35,9 @@ fn fake_ham(root: &Path, lesions_per_class: usize) -> usize {
                 let img = image::RgbImage::from_fn(600, 450, |x, y| {
                     image::Rgb([(x % 256) as u8, (y % 256) as u8, (n % 256) as u8])
                 });
-                let dir = if n % 2 == 0 { &p1 } else { &p2 };
+                let dir = if n.is_multiple_of(2) { &p1 } else { &p2 };
                 img.save(dir.join(format!("{id}.jpg"))).unwrap();
-                if n % 3 == 0 {
+                if n.is_multiple_of(3) {
                     let m = image::GrayImage::from_fn(600, 450, |x, y| {
                         image::Luma([
                             if (x as i32 - 300).pow(2) + (y as i32 - 225).pow(2) < 100 * 100 {

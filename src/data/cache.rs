@@ -20,6 +20,9 @@ pub struct ImageCache {
 
 const MAGIC: &[u8; 8] = b"RLCACHE1";
 
+/// One decoded image (RGB bytes) and its mask, if any.
+type Decoded = (Vec<u8>, Option<Vec<u8>>);
+
 fn fnv(h: &mut u64, bytes: &[u8]) {
     for b in bytes {
         *h ^= *b as u64;
@@ -95,7 +98,7 @@ impl ImageCache {
             }
         }
         let pb = crate::progress::bar(ds.items.len() as u64, "decoding");
-        let loaded: Vec<Result<(Vec<u8>, Option<Vec<u8>>)>> = (0..ds.items.len())
+        let loaded: Vec<Result<Decoded>> = (0..ds.items.len())
             .into_par_iter()
             .map(|i| {
                 let r = ds

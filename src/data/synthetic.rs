@@ -358,7 +358,8 @@ impl Scene {
         }
         c = c.map(|x| x * light);
         if self.vignette > 0.0 {
-            let r = ((u - 0.5).powi(2) + (v - 0.5).powi(2)).sqrt() / 0.7071;
+            let r =
+                ((u - 0.5).powi(2) + (v - 0.5).powi(2)).sqrt() / std::f32::consts::FRAC_1_SQRT_2;
             let k = 1.0 - self.vignette * smoothstep(0.75, 1.0, r);
             c = c.map(|x| x * k);
         }

@@ -133,6 +133,7 @@ impl Evaluation {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 /// Evaluates `model` on cache items `indices` (eval mode, batches of `batch`), optionally also
 /// on PGD versions of the images.
 pub fn evaluate_model(

@@ -191,7 +191,7 @@ pub fn normalize(map: &[f32], cap: Cap) -> Vec<f32> {
         Cap::CumSum(q) => cumsum_threshold(&abs, q),
         Cap::Max => abs.iter().fold(0f32, |a, &b| a.max(b)),
     };
-    if !(t > 0.0) || !t.is_finite() {
+    if t.is_nan() || t <= 0.0 || t.is_infinite() {
         return vec![0.0; map.len()];
     }
     map.iter()

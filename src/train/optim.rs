@@ -91,6 +91,9 @@ impl CustomOp2 for AdamCpuStep {
     }
 }
 
+/// First and second moments of one parameter, shared with the fused CPU step.
+type Moments = (Arc<Mutex<Vec<f32>>>, Arc<Mutex<Vec<f32>>>);
+
 /// Which variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -114,7 +117,7 @@ pub struct Adam {
     m: Vec<Tensor>,
     v: Vec<Tensor>,
     /// CPU moments for the fused update (used when the parameters live on the CPU).
-    cpu: Option<Vec<(Arc<Mutex<Vec<f32>>>, Arc<Mutex<Vec<f32>>>)>>,
+    cpu: Option<Vec<Moments>>,
 }
 
 impl Adam {

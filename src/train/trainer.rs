@@ -205,10 +205,10 @@ fn save_resume(dir: &Path, model: &ResNet18, opt: &Adam, state: &TrainState) -> 
     write_atomic(&dir.join("resume.safetensors"), &bytes)
 }
 
-fn load_resume(
-    dir: &Path,
-    device: &Device,
-) -> Result<(HashMap<String, Tensor>, HashMap<String, Tensor>, TrainState)> {
+/// Model tensors, optimiser tensors and trainer state of a resume checkpoint.
+type ResumeParts = (HashMap<String, Tensor>, HashMap<String, Tensor>, TrainState);
+
+fn load_resume(dir: &Path, device: &Device) -> Result<ResumeParts> {
     let p = dir.join("resume.safetensors");
     let bytes = std::fs::read(&p).map_err(|e| {
         Error::arg(format!(
