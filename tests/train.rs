@@ -114,6 +114,69 @@ fn head_phase_changes_only_fc_and_run_folder_is_complete() {
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["train"]["train_per_class"], 6);
     assert_eq!(cfg["class_names"][1], "melanoma");
+
+    // saliency on the run's own test split, with true labels as targets.
+    let raw = dir.path().join("sal.npy");
+    let (code, _, err) = run(&[
+        "saliency",
+        "--run",
+        out.to_str().unwrap(),
+        "--data",
+        "run",
+        "--count",
+        "3",
+        "--include-misclassified",
+        "--target",
+        "label",
+        "--method",
+        "gradient",
+        "--raw-out",
+        raw.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let b = std::fs::read(&raw).unwrap();
+    let hl = u16::from_le_bytes([b[8], b[9]]) as usize;
+    assert!(std::str::from_utf8(&b[10..10 + hl])
+        .unwrap()
+        .contains("'shape': (3, 3, 32, 32)"));
+}
+
+#[test]
+fn cross_validation_over_a_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cv");
+    let mut args = vec![
+        "cv",
+        "--out",
+        out.to_str().unwrap(),
+        "--lrs",
+        "1e-3,1e-4",
+        "--batch-sizes",
+        "4",
+        "--folds",
+        "2",
+        "--head-epochs",
+        "0",
+        "--epochs",
+        "1",
+    ];
+    args.extend_from_slice(TINY);
+    let (code, stdout, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("best: lr"), "{stdout}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("cv.json")).unwrap()).unwrap();
+    assert_eq!(r["cells"].as_array().unwrap().len(), 2);
+    assert_eq!(r["cells"][0]["fold_accuracy"].as_array().unwrap().len(), 2);
+    // Folds never share a lesion (each image is its own lesion here, so: no image in two folds).
+    let split = std::fs::read_to_string(out.join("split.csv")).unwrap();
+    let folds: Vec<&str> = split
+        .lines()
+        .skip(1)
+        .filter(|l| l.contains(",train,"))
+        .map(|l| l.rsplit(',').next().unwrap())
+        .collect();
+    assert!(folds.iter().all(|f| *f == "1" || *f == "2"), "{split}");
 }
 
 #[test]
