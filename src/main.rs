@@ -207,8 +207,8 @@ struct DemoArgs {
     /// Robust models to train, as paper eps values at 224 px, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "4")]
     eps_at_224: Vec<f32>,
-    /// Whole-network epochs of each robust model.
-    #[arg(long, default_value_t = 3)]
+    /// Whole-network epochs of each robust model (the quick preset's 6).
+    #[arg(long, default_value_t = 6)]
     robust_epochs: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,

@@ -423,7 +423,7 @@ impl Default for DemoOptions {
             eps_at_224: vec![4.0],
             seed: 0,
             device: "cpu".into(),
-            robust_epochs: 3,
+            robust_epochs: 6,
         }
     }
 }
