@@ -334,7 +334,7 @@ pub fn report(
             }
             g.cells.push(row);
         }
-        let img = g.render(96)?;
+        let img = g.render(128)?;
         save_png(&img, &figdir.join(format!("saliency_{method}.png")))?;
         body.push_str(&format!("<h3>{}</h3>\n", esc(method)));
         body.push_str(&figure(&img, &format!("saliency grid {method}"), &format!("{}: the paper's Figure 1 for this method. Sharper maps that stay inside the mask are what robust training promises.", att.name()))?);

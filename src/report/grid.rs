@@ -60,9 +60,22 @@ impl Grid {
         }
         for (c, label) in self.col_labels.iter().enumerate().take(cols) {
             let x = left + c as u32 * (tw + pad);
-            let lw = text_width(label, scale);
+            // A label wider than its column is drawn at half size rather than over its neighbour.
+            let sc = if text_width(label, scale) <= tw + pad {
+                scale
+            } else {
+                1
+            };
+            let lw = text_width(label, sc);
             let x = if lw < tw { x + (tw - lw) / 2 } else { x };
-            draw_text(&mut img, x, title_h + pad, label, scale, ink);
+            draw_text(
+                &mut img,
+                x,
+                title_h + pad + (scale - sc) * 7,
+                label,
+                sc,
+                ink,
+            );
         }
         for (r, row) in self.cells.iter().enumerate() {
             let y = top + r as u32 * (th + pad);

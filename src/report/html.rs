@@ -72,7 +72,10 @@ pub fn line_chart(title: &str, series: &[(String, Vec<(f64, f64)>)], ylabel: &st
     let colors = [
         "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
     ];
-    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" role=\"img\" aria-label=\"{}\">", esc(title));
+    let mut s = format!(
+        "<svg width=\"{w}\" height=\"{h}\" role=\"img\" aria-label=\"{}\">",
+        esc(title)
+    );
     s.push_str(&format!(
         "<rect width=\"{w}\" height=\"{h}\" fill=\"white\" stroke=\"#ccc\"/>"
     ));
@@ -114,7 +117,10 @@ pub fn bar_chart(title: &str, bars: &[(String, f64, Option<f64>)]) -> String {
     let row = 26.0;
     let (w, h) = (520.0, 40.0 + row * bars.len() as f64);
     let left = 150.0;
-    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" role=\"img\" aria-label=\"{}\">", esc(title));
+    let mut s = format!(
+        "<svg width=\"{w}\" height=\"{h}\" role=\"img\" aria-label=\"{}\">",
+        esc(title)
+    );
     s.push_str(&format!("<rect width=\"{w}\" height=\"{h}\" fill=\"white\" stroke=\"#ccc\"/><text x=\"8\" y=\"18\" font-size=\"13\">{}</text>", esc(title)));
     for (i, (name, v, v2)) in bars.iter().enumerate() {
         let y = 30.0 + row * i as f64;
