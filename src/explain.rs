@@ -84,7 +84,7 @@ pub fn raw_path(
 
 /// Runs the job; returns every attribution computed.
 pub fn run(job: &ExplainJob) -> Result<Vec<Explained>> {
-    let (n, c, h, w) = job.images.dims4()?;
+    let (n, _, h, w) = job.images.dims4()?;
     if job.methods.is_empty() {
         return Err(Error::arg("--method: give at least one method"));
     }
@@ -162,7 +162,6 @@ pub fn run(job: &ExplainJob) -> Result<Vec<Explained>> {
                 grid.cells[i].push(hm);
             }
         }
-        let _ = c;
         save_png(&grid.render(112)?, &dir.join("grid.png"))?;
     }
     Ok(results)

@@ -1154,7 +1154,6 @@ fn finetune_command(a: FinetuneArgs) -> Result<()> {
 
 fn evaluate_command(a: EvaluateArgs) -> Result<()> {
     use robustlens::data::cache::ImageCache;
-    use robustlens::data::split::Part;
     let device = parse_device(&a.device)?;
     let rc: robustlens::train::trainer::RunConfig =
         robustlens::fsutil::read_json(&a.run.join("config.json"))
@@ -1172,7 +1171,6 @@ fn evaluate_command(a: EvaluateArgs) -> Result<()> {
     if idx.is_empty() {
         bail!("the {} split of {} is empty", a.split, a.run.display());
     }
-    let _ = Part::Test;
     let cache = ImageCache::build(
         &ds,
         mc.image_size,
