@@ -18,6 +18,21 @@ pub struct AdvConfig {
     pub random_start: bool,
 }
 
+impl AdvConfig {
+    /// The training attack: these settings with use_best and no restarts, as robustness trains.
+    pub fn pgd(&self) -> crate::adversarial::Pgd {
+        crate::adversarial::Pgd {
+            norm: self.norm,
+            eps: self.eps,
+            steps: self.steps,
+            step_size: self.step_size,
+            random_start: self.random_start,
+            use_best: true,
+            restarts: 0,
+        }
+    }
+}
+
 /// Everything a training run needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -195,16 +210,7 @@ impl TrainConfig {
         crate::train::schedule::Schedule::parse(&self.schedule)?;
         crate::model::GroupSet::parse(&self.groups)?;
         if let Some(a) = &self.adversarial {
-            crate::adversarial::Pgd {
-                norm: a.norm,
-                eps: a.eps,
-                steps: a.steps,
-                step_size: a.step_size,
-                random_start: a.random_start,
-                use_best: true,
-                restarts: 0,
-            }
-            .validate()?;
+            a.pgd().validate()?;
         }
         Ok(())
     }

@@ -9,7 +9,6 @@
 //!   after every epoch and when Ctrl-C stops a run; `--resume` continues from it and, on the
 //!   CPU, ends with the same weights as an uninterrupted run.
 
-use crate::adversarial::Pgd;
 use crate::data::cache::ImageCache;
 use crate::data::loader::{batches, LoaderConfig};
 use crate::data::split::{make_split, Part, Split, SplitSpec};
@@ -346,15 +345,7 @@ pub fn train(
         |v: &[usize]| -> Vec<usize> { v.iter().copied().filter(|i| !bad.contains(i)).collect() };
     let (train_idx, val_idx, test_idx) = (keep(&train_idx), keep(&val_idx), keep(&test_idx));
     let labels = Arc::new(labels);
-    let pgd = cfg.adversarial.as_ref().map(|a| Pgd {
-        norm: a.norm,
-        eps: a.eps,
-        steps: a.steps,
-        step_size: a.step_size,
-        random_start: a.random_start,
-        use_best: true,
-        restarts: 0,
-    });
+    let pgd = cfg.adversarial.as_ref().map(|a| a.pgd());
     if let Some(p) = &pgd {
         tracing::info!(
             "adversarial training: {:?} eps {} ({:.2e} per-pixel RMS at {} px), {} steps of {}",
