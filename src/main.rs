@@ -875,7 +875,7 @@ fn data_command(c: DataCommand) -> Result<()> {
             let cache = ImageCache::build(
                 &ds,
                 image_size,
-                Some(&PathBuf::from("models/cache")),
+                Some(&robustlens::data::cache::default_cache_dir()),
                 data.skip_bad_images,
             )?;
             let build = t0.elapsed().as_secs_f64();
@@ -1174,7 +1174,7 @@ fn evaluate_command(a: EvaluateArgs) -> Result<()> {
     let cache = ImageCache::build(
         &ds,
         mc.image_size,
-        Some(&PathBuf::from("models/cache")),
+        Some(&robustlens::data::cache::default_cache_dir()),
         tc.skip_bad_images,
     )?;
     let labels: Vec<usize> = ds.items.iter().map(|i| i.label).collect();
@@ -1352,7 +1352,7 @@ fn data_images(
     let cache = ImageCache::build(
         &ds,
         size,
-        Some(&PathBuf::from("models/cache")),
+        Some(&robustlens::data::cache::default_cache_dir()),
         tc.skip_bad_images,
     )?;
     let labels: Vec<usize> = ds.items.iter().map(|i| i.label).collect();

@@ -130,7 +130,7 @@ pub fn report(
     let cache = ImageCache::build(
         &ds,
         size,
-        Some(&PathBuf::from("models/cache")),
+        Some(&crate::data::cache::default_cache_dir()),
         tc.skip_bad_images,
     )?;
     let labels: Vec<usize> = ds.items.iter().map(|i| i.label).collect();

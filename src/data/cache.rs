@@ -30,6 +30,13 @@ fn fnv(h: &mut u64, bytes: &[u8]) {
     }
 }
 
+/// Where file-based data sets are cached: `$ROBUSTLENS_CACHE/images`, else `models/cache`.
+pub fn default_cache_dir() -> PathBuf {
+    std::env::var_os("ROBUSTLENS_CACHE")
+        .map(|p| PathBuf::from(p).join("images"))
+        .unwrap_or_else(|| PathBuf::from("models").join("cache"))
+}
+
 /// The cache key of a data set at a size.
 pub fn cache_key(ds: &Dataset, size: usize) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;

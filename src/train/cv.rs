@@ -3,9 +3,9 @@
 //! on this one; report mean ± std accuracy per cell and name the best; optionally train the
 //! final model on all training data with the best cell.
 
-use crate::data::split::{make_split, Part, Split, SplitSpec};
+use crate::data::split::Part;
 use crate::fsutil::{write_atomic, write_json_atomic};
-use crate::train::trainer::{open_data, train, Stop};
+use crate::train::trainer::{open_data_with_folds, train, Stop};
 use crate::train::TrainConfig;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -72,23 +72,7 @@ pub fn cross_validate(
     crate::fsutil::ensure_output_dir(out)?;
     let mut base = cfg.clone();
     base.val_per_class = 0;
-    let (ds, _) = open_data(&TrainConfig {
-        split: None,
-        ..base.clone()
-    })?;
-    let split = match &cfg.split {
-        Some(p) => Split::read(p, &ds)?,
-        None => make_split(
-            &ds,
-            &SplitSpec {
-                train_per_class: cfg.train_per_class,
-                test_per_class: cfg.test_per_class,
-                val_per_class: 0,
-                folds,
-                seed: cfg.seed,
-            },
-        )?,
-    };
+    let (_, split) = open_data_with_folds(&base, folds)?;
     if split
         .rows
         .iter()

@@ -26,7 +26,7 @@ use candle_core::{Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -128,6 +128,12 @@ fn phases(cfg: &TrainConfig) -> Result<Vec<Phase>> {
 
 /// Opens the data and split of a configuration (writing nothing).
 pub fn open_data(cfg: &TrainConfig) -> Result<(Dataset, Split)> {
+    open_data_with_folds(cfg, 1)
+}
+
+/// [`open_data`] with the training part divided into `folds` lesion-grouped folds when the
+/// split is made here (a split file keeps its own folds).
+pub fn open_data_with_folds(cfg: &TrainConfig, folds: usize) -> Result<(Dataset, Split)> {
     let per_class = cfg.train_per_class + cfg.val_per_class + cfg.test_per_class;
     let opts = DataOptions {
         classes: cfg.classes.clone(),
@@ -144,18 +150,12 @@ pub fn open_data(cfg: &TrainConfig) -> Result<(Dataset, Split)> {
                 train_per_class: cfg.train_per_class,
                 test_per_class: cfg.test_per_class,
                 val_per_class: cfg.val_per_class,
-                folds: 1,
+                folds,
                 seed: cfg.seed,
             },
         )?,
     };
     Ok((ds, split))
-}
-
-fn cache_dir() -> PathBuf {
-    std::env::var_os("ROBUSTLENS_CACHE")
-        .map(|p| PathBuf::from(p).join("images"))
-        .unwrap_or_else(|| PathBuf::from("models").join("cache"))
 }
 
 /// Per-pixel RMS of an L2 radius at a resolution: eps / sqrt(3 H W).
@@ -337,7 +337,7 @@ pub fn train(
     let cache = Arc::new(ImageCache::build(
         &ds,
         cfg.image_size,
-        Some(&cache_dir()),
+        Some(&crate::data::cache::default_cache_dir()),
         cfg.skip_bad_images,
     )?);
     let bad: std::collections::HashSet<usize> = cache.bad.iter().copied().collect();
