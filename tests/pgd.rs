@@ -237,15 +237,8 @@ fn attack_command_raw_out_equals_library() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let b = std::fs::read(&raw).unwrap();
-    let hl = u16::from_le_bytes([b[8], b[9]]) as usize;
-    assert!(std::str::from_utf8(&b[10..10 + hl])
-        .unwrap()
-        .contains("'shape': (1, 3, 32, 32)"));
-    let got: Vec<f32> = b[10 + hl..]
-        .chunks(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let (shape, got) = common::read_npy(&raw);
+    assert_eq!(shape, vec![1, 3, 32, 32]);
     let x = robustlens::data::preprocess(&img, 32, &Device::Cpu)
         .unwrap()
         .unsqueeze(0)

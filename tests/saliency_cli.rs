@@ -8,31 +8,6 @@ use robustlens::attribution::{Attribution, GradCam, Gradient, Occlusion};
 use robustlens::model::{save_checkpoint, ModelConfig, Stage};
 use std::process::Command;
 
-fn read_npy(path: &std::path::Path) -> (Vec<usize>, Vec<f32>) {
-    let b = std::fs::read(path).unwrap();
-    assert_eq!(&b[..8], b"\x93NUMPY\x01\x00");
-    let hl = u16::from_le_bytes([b[8], b[9]]) as usize;
-    let header = std::str::from_utf8(&b[10..10 + hl]).unwrap();
-    assert!(header.contains("'descr': '<f4'"));
-    let shape_s = header
-        .split("'shape': (")
-        .nth(1)
-        .unwrap()
-        .split(')')
-        .next()
-        .unwrap();
-    let shape: Vec<usize> = shape_s
-        .split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| s.trim().parse().unwrap())
-        .collect();
-    let data = b[10 + hl..]
-        .chunks(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    (shape, data)
-}
-
 #[test]
 fn raw_out_matches_library_and_pictures_are_written() {
     let dir = tempfile::tempdir().unwrap();
@@ -116,7 +91,7 @@ fn raw_out_matches_library_and_pictures_are_written() {
         ),
     ];
     for (name, w) in want {
-        let (shape, data) = read_npy(&dir.path().join(format!("raw_{name}.npy")));
+        let (shape, data) = common::read_npy(&dir.path().join(format!("raw_{name}.npy")));
         assert_eq!(shape, w.dims(), "{name}");
         let got = Tensor::from_vec(data, shape, &Device::Cpu).unwrap();
         assert!(common::rel_err(&got, &w) < 1e-5, "{name}");

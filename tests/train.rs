@@ -134,11 +134,8 @@ fn head_phase_changes_only_fc_and_run_folder_is_complete() {
         raw.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
-    let b = std::fs::read(&raw).unwrap();
-    let hl = u16::from_le_bytes([b[8], b[9]]) as usize;
-    assert!(std::str::from_utf8(&b[10..10 + hl])
-        .unwrap()
-        .contains("'shape': (3, 3, 32, 32)"));
+    let (shape, _) = common::read_npy(&raw);
+    assert_eq!(shape, vec![3, 3, 32, 32]);
 }
 
 #[test]

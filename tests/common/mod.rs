@@ -91,3 +91,29 @@ pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_robustlens"))
 }
+
+/// Reads a float32 `.npy` file written by robustlens: (shape, values). Checks magic and dtype.
+pub fn read_npy(path: &std::path::Path) -> (Vec<usize>, Vec<f32>) {
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(&b[..8], b"\x93NUMPY\x01\x00");
+    let hl = u16::from_le_bytes([b[8], b[9]]) as usize;
+    let header = std::str::from_utf8(&b[10..10 + hl]).unwrap();
+    assert!(header.contains("'descr': '<f4'"));
+    let shape_s = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
+    let shape: Vec<usize> = shape_s
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
+    let data = b[10 + hl..]
+        .chunks(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    (shape, data)
+}
