@@ -21,6 +21,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
     let result = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
+        if fault_injected(&file_name) {
+            // Test hook: die like a SIGKILL halfway through the write.
+            f.write_all(&bytes[..bytes.len() / 2])?;
+            f.sync_all()?;
+            std::process::abort();
+        }
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
@@ -35,6 +41,43 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
             Err(Error::io(path, e))
+        }
+    }
+}
+
+/// Fault injection for the fault-catalogue tests: with
+/// `ROBUSTLENS_FAULT_INJECT=abort-in-write:NAME[:N]`, the N-th (default first) atomic write of
+/// a file called NAME dies halfway through, as a SIGKILL or power cut would.
+fn fault_injected(file_name: &str) -> bool {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    let Ok(spec) = std::env::var("ROBUSTLENS_FAULT_INJECT") else {
+        return false;
+    };
+    let mut parts = spec.split(':');
+    if parts.next() != Some("abort-in-write") || parts.next() != Some(file_name) {
+        return false;
+    }
+    let nth: usize = parts.next().and_then(|n| n.parse().ok()).unwrap_or(1);
+    COUNT.fetch_add(1, Ordering::SeqCst) + 1 == nth
+}
+
+/// Removes temporary files that an interrupted [`write_atomic`] left in `dir` (`.NAME.tmp-PID`
+/// of processes that are gone); the files under their final names are never touched.
+pub fn remove_stale_temp_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if let Some((_, pid)) = name.strip_prefix('.').and_then(|n| n.rsplit_once(".tmp-")) {
+            let alive = pid
+                .parse::<u32>()
+                .map(|p| p == std::process::id() || Path::new(&format!("/proc/{p}")).exists())
+                .unwrap_or(true);
+            if !alive {
+                let _ = std::fs::remove_file(e.path());
+            }
         }
     }
 }

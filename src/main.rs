@@ -45,6 +45,13 @@ enum Command {
     Demo(DemoArgs),
     /// An HTML report (accuracy, robust accuracy, saliency grids, metrics) for any runs.
     Report(ReportArgs),
+    /// Compare models by their saliency maps: metrics with 95% bootstrap intervals, paired
+    /// Wilcoxon tests against the first run, seed brittleness and best eps per image.
+    Compare(Box<CompareArgs>),
+    /// Train one model per eps (0 = standard) into one folder (resumable), then compare them.
+    SweepEps(Box<SweepArgs>),
+    /// The cascading model-randomisation sanity check (Adebayo et al. 2018) for a run.
+    Sanity(Box<SanityArgs>),
     /// PGD adversarial examples of images: PNG files and (with --raw-out) float32 NPY.
     Attack(Box<AttackArgs>),
     /// Data sets: write the synthetic set, make lesion-grouped splits, inspect, benchmark.
@@ -212,6 +219,89 @@ struct DemoArgs {
     robust_epochs: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Args, Clone)]
+struct CompareOpts {
+    /// Comma-separated saliency methods.
+    #[arg(long, default_value = "gradient")]
+    method: String,
+    /// Comma-separated metrics (rma, rra, pointing, auc, gini, entropy, deletion, insertion,
+    /// faithfulness) or all.
+    #[arg(long, default_value = "all")]
+    metrics: String,
+    /// Images compared (the first N of the part).
+    #[arg(long, default_value_t = 50)]
+    count: usize,
+    /// Also robust accuracy: L2 PGD with this eps at the working size, on the compared images.
+    #[arg(long)]
+    attack_eps: Option<f32>,
+    #[arg(long, default_value_t = 10)]
+    attack_steps: usize,
+    /// The metric that picks each image's best eps.
+    #[arg(long, default_value = "rma")]
+    best_by: String,
+    #[arg(long, default_value_t = 1000)]
+    bootstrap: usize,
+}
+
+#[derive(Args, Clone)]
+struct CompareArgs {
+    /// Run folders (repeatable; the first is the reference of the tests); NAME=DIR names one.
+    #[arg(long = "run", required = true)]
+    runs: Vec<String>,
+    /// Where comparison.json, comparison.csv and comparison.md go.
+    #[arg(long, default_value = "models/compare")]
+    out: PathBuf,
+    /// `run` (the first run's data and split), `synthetic`, a HAM10000 folder or an ImageFolder.
+    #[arg(long, default_value = "run")]
+    data: String,
+    /// Which part of the split: test, val or train.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Seeds the bootstrap, SmoothGrad noise and faithfulness subsets.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[command(flatten)]
+    opts: CompareOpts,
+}
+
+#[derive(Args, Clone)]
+struct SweepArgs {
+    #[command(flatten)]
+    train: TrainArgs,
+    /// L2 radii at the working size, comma-separated (0 = a standard model).
+    #[arg(long, value_delimiter = ',')]
+    eps: Option<Vec<f32>>,
+    /// Paper eps values at 224 px, converted to the working size.
+    #[arg(long, value_delimiter = ',', conflicts_with = "eps")]
+    eps_at_224: Option<Vec<f32>>,
+    /// PGD steps of the training attack (step size eps/5, random start).
+    #[arg(long, default_value_t = 7)]
+    train_attack_steps: usize,
+    #[command(flatten)]
+    compare: CompareOpts,
+}
+
+#[derive(Args, Clone)]
+struct SanityArgs {
+    #[arg(long)]
+    run: PathBuf,
+    #[arg(long, default_value = "gradient")]
+    method: String,
+    #[arg(long, default_value = "test")]
+    split: String,
+    #[arg(long, default_value_t = 8)]
+    count: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Also write the result as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
     device: String,
 }
@@ -1109,6 +1199,7 @@ fn finetune_command(a: FinetuneArgs) -> Result<()> {
     if a.train.resume.is_some() {
         return train_command("finetune", a.train, None);
     }
+    robustlens::model::GroupSet::parse(&a.groups)?;
     let from = a
         .from
         .clone()
@@ -1116,7 +1207,6 @@ fn finetune_command(a: FinetuneArgs) -> Result<()> {
     if !from.join("model.safetensors").exists() {
         bail!("--from {}: no model.safetensors there; give a run folder of train-standard or train-robust", from.display());
     }
-    robustlens::model::GroupSet::parse(&a.groups)?;
     let src: robustlens::train::trainer::RunConfig =
         robustlens::fsutil::read_json(&from.join("config.json"))?;
     // Start from the source run's data, split and size; then the finetune recipe; then flags.
@@ -1154,6 +1244,22 @@ fn finetune_command(a: FinetuneArgs) -> Result<()> {
 
 fn evaluate_command(a: EvaluateArgs) -> Result<()> {
     use robustlens::data::cache::ImageCache;
+    let pgd = match a.attack.as_deref() {
+        None => None,
+        Some("pgd") => Some(robustlens::adversarial::Pgd {
+            norm: robustlens::adversarial::Norm::parse(&a.norm)?,
+            eps: a.eps,
+            steps: a.steps,
+            step_size: a.step_size.unwrap_or(2.5 * a.eps / a.steps.max(1) as f32),
+            random_start: false,
+            use_best: true,
+            restarts: 0,
+        }),
+        Some(other) => bail!("--attack {other}: only pgd is supported"),
+    };
+    if let Some(p) = &pgd {
+        p.validate()?;
+    }
     let device = parse_device(&a.device)?;
     let rc: robustlens::train::trainer::RunConfig =
         robustlens::fsutil::read_json(&a.run.join("config.json"))
@@ -1178,22 +1284,6 @@ fn evaluate_command(a: EvaluateArgs) -> Result<()> {
         tc.skip_bad_images,
     )?;
     let labels: Vec<usize> = ds.items.iter().map(|i| i.label).collect();
-    let pgd = match a.attack.as_deref() {
-        None => None,
-        Some("pgd") => Some(robustlens::adversarial::Pgd {
-            norm: robustlens::adversarial::Norm::parse(&a.norm)?,
-            eps: a.eps,
-            steps: a.steps,
-            step_size: a.step_size.unwrap_or(2.5 * a.eps / a.steps.max(1) as f32),
-            random_start: false,
-            use_best: true,
-            restarts: 0,
-        }),
-        Some(other) => bail!("--attack {other}: only pgd is supported"),
-    };
-    if let Some(p) = &pgd {
-        p.validate()?;
-    }
     let e = robustlens::eval::evaluate_model(
         &model,
         &cache,
@@ -1490,23 +1580,15 @@ fn run() -> Result<()> {
             );
             Ok(())
         }
+        Command::Compare(a) => {
+            let runs = robustlens::eval::compare::name_runs(&a.runs);
+            let opts = compare_options(&a.opts, &a.data, &a.split, a.seed)?;
+            run_compare(&runs, opts, &a.device, &a.out)
+        }
+        Command::SweepEps(a) => sweep_eps(*a),
+        Command::Sanity(a) => sanity_command(*a),
         Command::Report(a) => {
-            let runs: Vec<(String, PathBuf)> = a
-                .runs
-                .iter()
-                .map(|r| match r.split_once('=') {
-                    Some((n, d)) => (n.to_string(), PathBuf::from(d)),
-                    None => {
-                        let p = PathBuf::from(r);
-                        (
-                            p.file_name()
-                                .map(|n| n.to_string_lossy().to_string())
-                                .unwrap_or_else(|| r.clone()),
-                            p,
-                        )
-                    }
-                })
-                .collect();
+            let runs = robustlens::eval::compare::name_runs(&a.runs);
             let opts = robustlens::pipeline::ReportOptions {
                 out: a.out.clone(),
                 robust_images: a.robust_images,
@@ -1525,6 +1607,204 @@ fn run() -> Result<()> {
     }
 }
 
+fn compare_options(
+    o: &CompareOpts,
+    data: &str,
+    part: &str,
+    seed: u64,
+) -> Result<robustlens::eval::compare::CompareOptions> {
+    use robustlens::eval::compare::{CompareOptions, Metric};
+    let methods: Vec<String> = o
+        .method
+        .split(',')
+        .map(|m| m.trim().to_string())
+        .filter(|m| !m.is_empty())
+        .collect();
+    for m in &methods {
+        robustlens::attribution::by_name(m, &Default::default())?;
+    }
+    let metrics = Metric::parse_list(&o.metrics)?;
+    let best_by = Metric::parse_list(&o.best_by)?[0];
+    if let Some(e) = o.attack_eps {
+        if !(e.is_finite() && e > 0.0) {
+            bail!("--attack-eps {e}: must be a number > 0");
+        }
+    }
+    if o.count == 0 {
+        bail!("--count 0: compare at least one image");
+    }
+    Ok(CompareOptions {
+        methods,
+        metrics,
+        data: Some(data.to_string()),
+        part: robustlens::data::split::Part::parse(part)?,
+        count: Some(o.count),
+        attack_eps: o.attack_eps,
+        attack_steps: o.attack_steps,
+        best_by,
+        bootstrap: o.bootstrap.max(1),
+        seed,
+        method_options: None,
+    })
+}
+
+fn run_compare(
+    runs: &[(String, PathBuf)],
+    opts: robustlens::eval::compare::CompareOptions,
+    device: &str,
+    out: &std::path::Path,
+) -> Result<()> {
+    robustlens::fsutil::ensure_output_dir(out)?;
+    let device = parse_device(device)?;
+    let models = robustlens::eval::compare::load_runs(runs, &device)?;
+    let bar = robustlens::progress::spinner("compare");
+    let c = robustlens::eval::compare::compare(&models, &opts, &device, &|m| {
+        bar.set_message(m.to_string())
+    })?;
+    bar.finish_and_clear();
+    c.write(out)?;
+    print!("{}", c.markdown());
+    println!(
+        "wrote {}, comparison.csv and comparison.md",
+        out.join("comparison.json").display()
+    );
+    Ok(())
+}
+
+fn sweep_eps(a: SweepArgs) -> Result<()> {
+    use robustlens::train::{train, Stop};
+    let eps_list: Vec<(String, f32)> = match (&a.eps, &a.eps_at_224) {
+        (Some(v), _) => v.iter().map(|&e| (format!("eps-{e}"), e)).collect(),
+        (None, Some(v)) => {
+            let probe = build_config("train-robust", &a.train)?;
+            v.iter()
+                .map(|&e| {
+                    (
+                        format!("eps224-{e}"),
+                        robustlens::train::trainer::eps_from_224(e, probe.image_size),
+                    )
+                })
+                .collect()
+        }
+        (None, None) => {
+            bail!("sweep-eps needs --eps 0,0.5,1 (working size) or --eps-at-224 0,1,2,3,4,5,7,9")
+        }
+    };
+    if eps_list.is_empty() {
+        bail!("--eps: give at least one value");
+    }
+    for (_, e) in &eps_list {
+        if !(e.is_finite() && *e >= 0.0) {
+            bail!("--eps {e}: each eps must be a number >= 0 (0 = a standard model)");
+        }
+    }
+    // Check the comparison's flags before hours of training.
+    let copts = compare_options(&a.compare, "run", "test", a.train.seed.unwrap_or(0))?;
+    let out = a
+        .train
+        .out
+        .clone()
+        .unwrap_or_else(|| default_out("sweep-eps"));
+    robustlens::fsutil::ensure_output_dir(&out)?;
+    let interrupt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let flag = interrupt.clone();
+        let _ = ctrlc::set_handler(move || {
+            if flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("Ctrl-C: finishing the current step, then writing a checkpoint; run the same command again to continue");
+        });
+    }
+    let mut runs = Vec::new();
+    for (name, eps) in &eps_list {
+        let dir = out.join(name);
+        runs.push((name.clone(), dir.clone()));
+        if dir.join("summary.json").exists() {
+            eprintln!("{name}: finished earlier, kept");
+            continue;
+        }
+        let resume = dir.join("resume.safetensors").exists();
+        let cfg = if resume {
+            let rc: robustlens::train::trainer::RunConfig =
+                robustlens::fsutil::read_json(&dir.join("config.json"))?;
+            rc.train
+        } else {
+            let command = if *eps > 0.0 {
+                "train-robust"
+            } else {
+                "train-standard"
+            };
+            let mut cfg = build_config(command, &a.train)?;
+            if *eps > 0.0 {
+                cfg.adversarial = Some(robustlens::train::AdvConfig {
+                    norm: robustlens::adversarial::Norm::L2,
+                    eps: *eps,
+                    steps: a.train_attack_steps,
+                    step_size: eps / 5.0,
+                    random_start: true,
+                });
+            }
+            cfg
+        };
+        eprintln!(
+            "{name}: {} (eps {eps} at {} px){}",
+            cfg.command,
+            cfg.image_size,
+            if resume { ", resuming" } else { "" }
+        );
+        match train(&cfg, &dir, resume, interrupt.clone())? {
+            Stop::Interrupted => std::process::exit(130),
+            Stop::Finished(s) => eprintln!("{name}: done in {:.0} s", s.seconds),
+        }
+    }
+    let device = build_config("train-standard", &a.train)?.device;
+    run_compare(&runs, copts, &device, &out)
+}
+
+fn sanity_command(a: SanityArgs) -> Result<()> {
+    use robustlens::eval::compare::{load_runs, EvalImages};
+    let device = parse_device(&a.device)?;
+    if a.count == 0 {
+        bail!("--count 0: check at least one image");
+    }
+    let models = load_runs(&[("run".to_string(), a.run.clone())], &device)?;
+    let data = EvalImages::open(
+        &models[0],
+        None,
+        robustlens::data::split::Part::parse(&a.split)?,
+    )?;
+    let idx: Vec<usize> = data.indices.iter().copied().take(a.count).collect();
+    let hb = data.batch(&idx);
+    let x = hb.images(&device)?;
+    let method = robustlens::attribution::by_name(
+        &a.method,
+        &robustlens::eval::compare::method_options_for(data.size, a.seed),
+    )?;
+    let steps = robustlens::eval::sanity::cascading_randomisation(
+        &models[0].model,
+        method.as_ref(),
+        &x,
+        &hb.labels,
+        a.seed,
+    )?;
+    println!("| randomised groups | Spearman | SSIM |\n|---|---|---|");
+    for s in &steps {
+        let g: Vec<String> = s.randomised.iter().map(|g| g.to_string()).collect();
+        println!("| {} | {:.3} | {:.3} |", g.join(","), s.spearman, s.ssim);
+    }
+    println!(
+        "{} maps of {} {} images; similarity to the trained model's maps, groups randomised from the head (5 = fc) down",
+        a.method,
+        idx.len(),
+        a.split
+    );
+    if let Some(p) = &a.json {
+        robustlens::fsutil::write_json_atomic(p, &steps)?;
+    }
+    Ok(())
+}
+
 /// glibc returns every large buffer to the kernel on free and page-faults a fresh one on the
 /// next allocation; tensors of tens of MB are allocated and freed every step, so keep them in
 /// the heap instead (measured: system time of a training step falls from more than the user
@@ -1540,8 +1820,23 @@ fn tune_allocator() {
 
 fn main() {
     tune_allocator();
+    // A file-size limit (ulimit -f) must give a clear "File too large" error on the write that
+    // crosses it, not kill the process with SIGXFSZ.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     if let Err(e) = run() {
         eprintln!("Error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

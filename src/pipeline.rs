@@ -4,19 +4,19 @@
 //! `summary.json`).
 
 use crate::adversarial::{Norm, Pgd};
-use crate::attribution::{by_name, MethodOptions};
-use crate::data::cache::ImageCache;
+use crate::attribution::by_name;
 use crate::data::loader::make_batch;
 use crate::data::split::Part;
 use crate::eval::classification::evaluate_model;
+use crate::eval::compare::{load_runs, method_options_for, EvalImages};
 use crate::eval::saliency::{bootstrap_ci, gini, relevance_mass_accuracy};
 use crate::fsutil::{ensure_output_dir, write_atomic, write_json_atomic};
-use crate::model::{load_checkpoint, ResNet18};
+
 use crate::report::display::{heatmap, reduce_channels, tensor_to_image, DisplayOptions, Reduce};
 use crate::report::grid::Grid;
 use crate::report::html::{bar_chart, esc, figure, line_chart, page};
 use crate::report::png::save_png;
-use crate::train::trainer::{eps_from_224, open_data, RunConfig};
+use crate::train::trainer::eps_from_224;
 use crate::train::{train, AdvConfig, Stop, TrainConfig};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
@@ -61,25 +61,6 @@ impl Default for ReportOptions {
     }
 }
 
-struct Loaded {
-    name: String,
-    dir: PathBuf,
-    model: ResNet18,
-    cfg: RunConfig,
-}
-
-fn method_options(size: usize, seed: u64) -> MethodOptions {
-    MethodOptions {
-        ig_steps: 16,
-        samples: 16,
-        window: (size / 4).max(2),
-        stride: (size / 8).max(1),
-        internal_batch_size: 32,
-        seed,
-        ..Default::default()
-    }
-}
-
 fn metrics_series(dir: &Path, key: &str) -> Vec<(f64, f64)> {
     let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap_or_default();
     text.lines()
@@ -105,41 +86,15 @@ pub fn report(
     ensure_output_dir(&opts.out)?;
     let figdir = opts.out.join("figures");
     ensure_output_dir(&figdir)?;
-    let mut models = Vec::new();
-    for (name, dir) in runs {
-        let cfg: RunConfig = crate::fsutil::read_json(&dir.join("config.json"))
-            .map_err(|e| Error::arg(format!("--run {}: not a run folder ({e})", dir.display())))?;
-        let (model, _) = load_checkpoint(dir, device)?;
-        models.push(Loaded {
-            name: name.clone(),
-            dir: dir.clone(),
-            model,
-            cfg,
-        });
-    }
+    let models = load_runs(runs, device)?;
     // The first run's data and test split are the common ground.
-    let mut tc = models[0].cfg.train.clone();
-    tc.split = Some(models[0].dir.join("split.csv"));
-    let (ds, split) = open_data(&tc)?;
-    let size = models[0].cfg.model.image_size;
-    if models.iter().any(|m| m.cfg.model.image_size != size) {
-        return Err(Error::arg(
-            "report: the runs were trained at different image sizes",
-        ));
-    }
-    let cache = ImageCache::build(
-        &ds,
+    let EvalImages {
+        ds,
+        labels,
+        cache,
+        indices: test,
         size,
-        Some(&crate::data::cache::default_cache_dir()),
-        tc.skip_bad_images,
-    )?;
-    let labels: Vec<usize> = ds.items.iter().map(|i| i.label).collect();
-    let test = split.indices(&ds, Part::Test, None);
-    if test.is_empty() {
-        return Err(Error::arg(
-            "report: the first run's split has no test images",
-        ));
-    }
+    } = EvalImages::open(&models[0], None, Part::Test)?;
     let class_names = ds.class_names.clone();
     let mut summary = serde_json::json!({ "image_size": size, "runs": [] });
     let mut body = String::new();
@@ -299,7 +254,7 @@ pub fn report(
     )?;
     let xs = x_all.index_select(&idx, 0)?;
     let targets: Vec<usize> = chosen.iter().map(|&i| labels[test[i]]).collect();
-    let mopts = method_options(size, opts.seed);
+    let mopts = method_options_for(size, opts.seed);
     let display = DisplayOptions::default();
     body.push_str("<h2>Saliency maps</h2>\n<p>Rows: test images that every model classifies correctly (when there are enough); columns: the image, its lesion mask, then each model. Maps explain the true class; display as in the paper: per pixel the sum of |attribution| over RGB, capped at the 99th percentile, scaled to [0,1].</p>\n");
     for method in &opts.methods {

@@ -20,3 +20,40 @@ pub fn bar(len: u64, msg: impl Into<String>) -> ProgressBar {
     pb.set_message(msg.into());
     pb
 }
+
+/// A spinner with a changing message for work of unknown length; hidden when stderr is not a
+/// terminal (each message is then logged at info level).
+pub fn spinner(msg: impl Into<String>) -> Spinner {
+    let pb = ProgressBar::new_spinner();
+    let visible = std::io::stderr().is_terminal();
+    if visible {
+        pb.set_draw_target(ProgressDrawTarget::stderr());
+        pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    } else {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {prefix}: {msg} ({elapsed})")
+            .expect("valid template"),
+    );
+    pb.set_prefix(msg.into());
+    Spinner { pb, visible }
+}
+
+/// See [`spinner`].
+pub struct Spinner {
+    pb: ProgressBar,
+    visible: bool,
+}
+
+impl Spinner {
+    pub fn set_message(&self, m: String) {
+        if !self.visible {
+            tracing::info!("{}: {m}", self.pb.prefix());
+        }
+        self.pb.set_message(m);
+    }
+    pub fn finish_and_clear(&self) {
+        self.pb.finish_and_clear();
+    }
+}

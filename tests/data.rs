@@ -1,13 +1,11 @@
 //! Data sources, splits and their errors, on a small fake HAM10000 folder built here.
 
 mod common;
-use common::bin;
 use robustlens::data::cache::ImageCache;
 use robustlens::data::split::{make_split, Part, Split, SplitSpec};
 use robustlens::data::{DataOptions, Dataset};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::process::Command;
 
 /// Writes a HAM10000-shaped folder: `per_class` lesions per class for nv, mel, bkl, bcc, some
 /// with 2 or 3 images (shared lesion_id), 600x450 JPEGs split over part_1/part_2, masks for
@@ -57,18 +55,7 @@ fn fake_ham(root: &Path, lesions_per_class: usize) -> usize {
     n
 }
 
-fn run(args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(bin())
-        .args(args)
-        .env_remove("ROBUSTLENS_DATA")
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).to_string(),
-        String::from_utf8_lossy(&o.stderr).to_string(),
-    )
-}
+use common::run_cli as run;
 
 #[test]
 fn ham10000_split_is_balanced_grouped_and_deterministic() {

@@ -27,22 +27,7 @@ const TINY: &[&str] = &[
     "none",
 ];
 
-fn run(args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(bin())
-        .args(args)
-        .env_remove("ROBUSTLENS_DATA")
-        .env(
-            "ROBUSTLENS_CACHE",
-            std::env::temp_dir().join("rl-test-cache"),
-        )
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).to_string(),
-        String::from_utf8_lossy(&o.stderr).to_string(),
-    )
-}
+use common::run_cli as run;
 
 fn tensors(p: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(p, &Device::Cpu).unwrap()

@@ -101,6 +101,12 @@ pub fn parse_csv(text: &str, path: &Path) -> Result<Csv> {
 /// Reads and parses a CSV file; non-UTF-8 content is an error naming the line.
 pub fn read_csv(path: &Path) -> Result<Csv> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_csv_bytes(bytes, path)
+}
+
+/// Parses CSV bytes read from `path` (named in errors); non-UTF-8 content is an error naming
+/// the line.
+pub fn parse_csv_bytes(bytes: Vec<u8>, path: &Path) -> Result<Csv> {
     let text = match String::from_utf8(bytes) {
         Ok(t) => t,
         Err(e) => {

@@ -222,7 +222,12 @@ impl Split {
 
     /// Reads a split CSV, checking it against `ds` (ids exist, labels agree).
     pub fn read(path: &Path, ds: &Dataset) -> Result<Split> {
-        let csv = read_csv(path)?;
+        Self::from_csv(&read_csv(path)?, path, ds)
+    }
+
+    /// Builds a split from a parsed CSV (read from `path`, named in errors), checked against
+    /// `ds`.
+    pub fn from_csv(csv: &crate::data::csv::Csv, path: &Path, ds: &Dataset) -> Result<Split> {
         let cols: Vec<usize> = ["image_id", "lesion_id", "label", "split", "fold"]
             .iter()
             .map(|c| {

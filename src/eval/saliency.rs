@@ -1,4 +1,9 @@
 //! Saliency metrics on one map (an `[H*W]` map after channel reduction, and a lesion mask).
+//!
+//! Localisation metrics (with a mask): [`relevance_mass_accuracy`],
+//! [`relevance_rank_accuracy`], [`pointing_game`], [`roc_auc`]. Mask-free: [`gini`],
+//! [`entropy`]. Model-based faithfulness metrics live in [`super::faithfulness`], the
+//! randomisation sanity check in [`super::sanity`], statistics in [`super::stats`].
 
 use crate::{Error, Result};
 
@@ -38,6 +43,117 @@ pub fn gini(map: &[f32]) -> f64 {
         / (n * s)
 }
 
+/// Relevance rank accuracy (Arras et al. 2022; Quantus `RelevanceRankAccuracy`): with
+/// K = |M|, the share of the K highest-attributed pixels that lie inside the mask,
+/// |top_K(a) ∩ M| / |M|. Pixels are ranked by the map's values as given (pass an |a| map for
+/// magnitude); ties keep pixel order. An empty mask is an error.
+pub fn relevance_rank_accuracy(map: &[f32], mask: &[bool]) -> Result<f64> {
+    check(map, mask)?;
+    let k = mask.iter().filter(|&&m| m).count();
+    let mut order: Vec<usize> = (0..map.len()).collect();
+    order.sort_by(|&i, &j| {
+        map[j]
+            .partial_cmp(&map[i])
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    let hits = order[..k].iter().filter(|&&i| mask[i]).count();
+    Ok(hits as f64 / k as f64)
+}
+
+/// Pointing game (Zhang et al. 2018; Quantus `PointingGame`): 1 when a pixel holding the
+/// map's maximum lies inside the mask, else 0 (with several maxima, any one inside counts,
+/// as in Quantus).
+///
+/// Unlike Quantus, whose pointing game scores an image with an empty mask as a hit (there is
+/// nothing to point at, so nothing can be missed), an empty mask is an error here: such an
+/// image says nothing about localisation and must not inflate the score. A map without a
+/// finite value is also an error.
+pub fn pointing_game(map: &[f32], mask: &[bool]) -> Result<f64> {
+    check(map, mask)?;
+    let max = map
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        return Err(Error::arg("pointing game: the map has no finite value"));
+    }
+    let hit = map.iter().zip(mask).any(|(&a, &m)| m && a == max);
+    Ok(if hit { 1.0 } else { 0.0 })
+}
+
+/// Area under the ROC curve of the map as a score for "inside the mask" (Quantus `AUC`, which
+/// calls scikit-learn's `roc_curve` + `auc`): the probability that a random pixel inside the
+/// mask outranks a random pixel outside, ties counting one half,
+/// AUC = (sum of the ranks of the inside pixels - |M|(|M|+1)/2) / (|M| |not M|), with mid-ranks
+/// for ties (Mann-Whitney U). 0.5 is chance. Errors when the mask is empty or covers the
+/// whole image.
+pub fn roc_auc(map: &[f32], mask: &[bool]) -> Result<f64> {
+    check(map, mask)?;
+    let pos = mask.iter().filter(|&&m| m).count();
+    let neg = mask.len() - pos;
+    if neg == 0 {
+        return Err(Error::arg(
+            "saliency metric: the mask covers the whole image, so ROC-AUC is undefined",
+        ));
+    }
+    let ranks = mid_ranks(map);
+    let rank_sum: f64 = ranks
+        .iter()
+        .zip(mask)
+        .filter(|(_, &m)| m)
+        .map(|(r, _)| r)
+        .sum();
+    let u = rank_sum - (pos as f64) * (pos as f64 + 1.0) / 2.0;
+    Ok(u / (pos as f64 * neg as f64))
+}
+
+/// Ranks 1..n of the values, tied values sharing their mean rank (NaN ranks lowest).
+pub fn mid_ranks(v: &[f32]) -> Vec<f64> {
+    mid_ranks_f64(&v.iter().map(|&x| x as f64).collect::<Vec<_>>())
+}
+
+/// [`mid_ranks`] of `f64` values.
+pub fn mid_ranks_f64(v: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..v.len()).collect();
+    let key = |x: f64| if x.is_nan() { f64::NEG_INFINITY } else { x };
+    order.sort_by(|&i, &j| {
+        key(v[i])
+            .partial_cmp(&key(v[j]))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    let mut ranks = vec![0.0; v.len()];
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && key(v[order[j + 1]]) == key(v[order[i]]) {
+            j += 1;
+        }
+        let r = (i + j) as f64 / 2.0 + 1.0;
+        for &o in &order[i..=j] {
+            ranks[o] = r;
+        }
+        i = j + 1;
+    }
+    ranks
+}
+
+/// Entropy complexity (Bhatt et al. 2020; Quantus `Complexity`): the Shannon entropy (natural
+/// logarithm, as `scipy.stats.entropy`) of the distribution p_i = |a_i| / sum_j |a_j|,
+/// H = -sum_i p_i ln p_i. 0 when one pixel holds everything, ln(n) for a uniform map. An
+/// all-zero map has no distribution: the result is NaN (left out of averages, and counted).
+pub fn entropy(map: &[f32]) -> f64 {
+    let s: f64 = map.iter().map(|v| v.abs() as f64).sum();
+    if s.is_nan() || s <= 0.0 || !s.is_finite() {
+        return f64::NAN;
+    }
+    -map.iter()
+        .map(|v| v.abs() as f64 / s)
+        .filter(|&p| p > 0.0)
+        .map(|p| p * p.ln())
+        .sum::<f64>()
+}
+
 fn check(map: &[f32], mask: &[bool]) -> Result<()> {
     if map.len() != mask.len() {
         return Err(Error::arg(format!(
@@ -52,21 +168,7 @@ fn check(map: &[f32], mask: &[bool]) -> Result<()> {
     Ok(())
 }
 
-/// Mean and 95% percentile-bootstrap confidence interval (`resamples` draws, seeded).
-pub fn bootstrap_ci(values: &[f64], resamples: usize, seed: u64) -> (f64, f64, f64) {
-    if values.is_empty() {
-        return (f64::NAN, f64::NAN, f64::NAN);
-    }
-    let n = values.len();
-    let mean = values.iter().sum::<f64>() / n as f64;
-    let mut rng = crate::rng::SeededRng::new(seed);
-    let mut means: Vec<f64> = (0..resamples.max(1))
-        .map(|_| (0..n).map(|_| values[rng.below(n)]).sum::<f64>() / n as f64)
-        .collect();
-    means.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    let q = |p: f64| means[((p * (means.len() - 1) as f64).round() as usize).min(means.len() - 1)];
-    (mean, q(0.025), q(0.975))
-}
+pub use super::stats::bootstrap_ci;
 
 #[cfg(test)]
 mod tests {
@@ -80,6 +182,27 @@ mod tests {
         assert!(gini(&[1.0, 1.0, 1.0, 1.0]).abs() < 1e-12);
         // one of four holds everything: (2*4 - 5) * 1 / (4 * 1) = 0.75
         assert!((gini(&[0.0, 0.0, 0.0, 5.0]) - 0.75).abs() < 1e-12);
+        // top-2 of [1,-2,3,0] are pixels 2 and 0: one of the two mask pixels
+        assert!((relevance_rank_accuracy(&map, &mask).unwrap() - 0.5).abs() < 1e-12);
+        assert_eq!(pointing_game(&map, &mask).unwrap(), 0.0);
+        assert_eq!(
+            pointing_game(&map, &[false, false, true, false]).unwrap(),
+            1.0
+        );
+        assert!(pointing_game(&map, &[false; 4]).is_err());
+        // ties: both maxima count
+        assert_eq!(pointing_game(&[2.0, 2.0], &[false, true]).unwrap(), 1.0);
+        // inside {1,-2}, outside {3,0}: pairs (1>3 no, 1>0 yes, -2 no, -2 no) = 1/4
+        assert!((roc_auc(&map, &mask).unwrap() - 0.25).abs() < 1e-12);
+        assert!((roc_auc(&[1.0, 1.0, 1.0, 1.0], &mask).unwrap() - 0.5).abs() < 1e-12);
+        assert!(roc_auc(&map, &[true; 4]).is_err());
+        assert_eq!(mid_ranks(&[3.0, 1.0, 3.0, 2.0]), vec![3.5, 1.0, 3.5, 2.0]);
+        assert!((entropy(&[1.0, -1.0, 1.0, 1.0]) - 4f64.ln()).abs() < 1e-12);
+        assert!(entropy(&[0.0, 5.0, 0.0]).abs() < 1e-12);
+        // p = (0.25, 0.75): -(0.25 ln 0.25 + 0.75 ln 0.75)
+        let want = -(0.25f64 * 0.25f64.ln() + 0.75 * 0.75f64.ln());
+        assert!((entropy(&[1.0, 3.0]) - want).abs() < 1e-12);
+        assert!(entropy(&[0.0, 0.0]).is_nan());
         let (m, lo, hi) = bootstrap_ci(&[1.0, 2.0, 3.0, 4.0], 500, 1);
         assert!((m - 2.5).abs() < 1e-12 && lo <= m && m <= hi && lo >= 1.0 && hi <= 4.0);
     }

@@ -120,7 +120,9 @@ pub enum WeightsFormat {
     Pth,
 }
 
-fn sniff(path: &Path, bytes: &[u8]) -> Result<WeightsFormat> {
+/// Judges the format of a weights file by its first bytes; a safetensors header length that
+/// exceeds the file is an error here, before anything is parsed.
+pub fn sniff(path: &Path, bytes: &[u8]) -> Result<WeightsFormat> {
     if bytes.starts_with(b"PK\x03\x04") || bytes.first() == Some(&0x80) {
         return Ok(WeightsFormat::Pth);
     }
@@ -158,21 +160,7 @@ fn sniff(path: &Path, bytes: &[u8]) -> Result<WeightsFormat> {
 pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let raw: Vec<(String, Tensor)> = match sniff(path, &bytes)? {
-        WeightsFormat::Safetensors => {
-            let st = safetensors::SafeTensors::deserialize(&bytes)
-                .map_err(|e| Error::weights(path, format!("not a valid safetensors file: {e}")))?;
-            let mut v = Vec::new();
-            for (name, view) in st.tensors() {
-                let t = candle_core::safetensors::Load::load(&view, &Device::Cpu).map_err(|e| {
-                    Error::weights(
-                        path,
-                        format!("tensor `{name}` cannot be read ({:?}): {e}", view.dtype()),
-                    )
-                })?;
-                v.push((name, t));
-            }
-            v
-        }
+        WeightsFormat::Safetensors => parse_safetensors(&bytes, path)?,
         WeightsFormat::Pth => read_pth(path)?,
     };
     if raw.is_empty() {
@@ -188,6 +176,25 @@ pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
         out.insert(name, t);
     }
     Ok(out)
+}
+
+/// Parses the bytes of a safetensors file (read from `path`, named in errors): the header's
+/// length, offsets, shapes and dtypes are checked against the buffer before any tensor is
+/// built, so nothing is allocated on the file's word alone.
+pub fn parse_safetensors(bytes: &[u8], path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::weights(path, format!("not a valid safetensors file: {e}")))?;
+    let mut v = Vec::new();
+    for (name, view) in st.tensors() {
+        let t = candle_core::safetensors::Load::load(&view, &Device::Cpu).map_err(|e| {
+            Error::weights(
+                path,
+                format!("tensor `{name}` cannot be read ({:?}): {e}", view.dtype()),
+            )
+        })?;
+        v.push((name, t));
+    }
+    Ok(v)
 }
 
 fn read_pth(path: &Path) -> Result<Vec<(String, Tensor)>> {

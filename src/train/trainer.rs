@@ -251,6 +251,7 @@ pub fn train(
     let device = crate::device::parse_device(&cfg.device)?;
     let t_start = std::time::Instant::now();
     crate::fsutil::ensure_output_dir(dir)?;
+    crate::fsutil::remove_stale_temp_files(dir);
     let (ds, split) = open_data(cfg)?;
     let class_names = ds.class_names.clone();
     let labels: Vec<usize> = ds.items.iter().map(|i| i.label).collect();

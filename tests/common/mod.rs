@@ -117,3 +117,37 @@ pub fn read_npy(path: &std::path::Path) -> (Vec<usize>, Vec<f32>) {
         .collect();
     (shape, data)
 }
+
+/// The binary with a clean environment: no `ROBUSTLENS_DATA`, no fault injection, offline hub,
+/// a shared image cache under the temp folder.
+pub fn cli() -> std::process::Command {
+    let mut c = std::process::Command::new(bin());
+    c.env_remove("ROBUSTLENS_DATA")
+        .env_remove("ROBUSTLENS_FAULT_INJECT")
+        .env_remove("RUST_LOG")
+        .env("HF_HUB_OFFLINE", "1")
+        .env(
+            "ROBUSTLENS_CACHE",
+            std::env::temp_dir().join("rl-test-cache"),
+        );
+    c
+}
+
+/// Runs a prepared command: (exit code, stdout, stderr); fails the test on any panic message.
+pub fn output(mut c: std::process::Command) -> (i32, String, String) {
+    let o = c.output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(
+        !err.contains("panicked") && !out.contains("panicked"),
+        "the binary panicked: {err}"
+    );
+    (o.status.code().unwrap_or(-1), out, err)
+}
+
+/// Runs the binary with `args` (see [`cli`] and [`output`]).
+pub fn run_cli(args: &[&str]) -> (i32, String, String) {
+    let mut c = cli();
+    c.args(args);
+    output(c)
+}
