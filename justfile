@@ -1,70 +1,115 @@
 # robustlens recipes: `just --list` shows them. Install just with `cargo install just`
-# or `pip install rust-just`. Data comes from `data=PATH` or $ROBUSTLENS_DATA, and is the
-# built-in synthetic set otherwise (with --preset quick; a real folder uses --preset paper).
+# or `pip install rust-just`. Arguments are KEY=VALUE in any order (`just saliency
+# run=models/robust-eps4 method=ig`). Data comes from `data=PATH` or $ROBUSTLENS_DATA, and is
+# the built-in synthetic set otherwise (with --preset quick; a real folder uses --preset paper).
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
-bin := "cargo run --release --quiet --"
+# The binary (ROBUSTLENS_BIN overrides, e.g. target/debug/robustlens in CI) and extra flags
+# for every training command (ROBUSTLENS_FLAGS, e.g. "--epochs 1 --train-per-class 6").
+bin := env_var_or_default("ROBUSTLENS_BIN", "cargo run --release --quiet --")
+flags := env_var_or_default("ROBUSTLENS_FLAGS", "")
+# Parses KEY=VALUE arguments into shell variables (a bare value goes to `first`), resolves the
+# data and its preset, and says which data is used.
+kv := '''
+first=""; data="${ROBUSTLENS_DATA:-synthetic}"
+for a in "$@"; do
+  case "$a" in
+    *=*) k="${a%%=*}"; v="${a#*=}"
+         case "$k" in *[!a-z_]*|"") echo "argument $a: KEY=VALUE with KEY in a-z" >&2; exit 2;; esac
+         printf -v "$k" '%s' "$v";;
+    *) first="$a";;
+  esac
+done
+if [ "$data" = "synthetic" ]; then preset=quick; else preset=paper; fi
+say() { echo "data: $data (point at HAM10000 with data=PATH or ROBUSTLENS_DATA=PATH; the folder holds HAM10000_metadata.csv)" >&2; }
+'''
 
 # Show the recipes
 default:
-    @just --list
-
-_data data:
-    #!/usr/bin/env bash
-    d="{{trim_start_match(data, "data=")}}"
-    if [ -z "$d" ]; then d="${ROBUSTLENS_DATA:-synthetic}"; fi
-    echo "$d"
-
-_preset data:
-    #!/usr/bin/env bash
-    d="{{trim_start_match(data, "data=")}}"
-    if [ -z "$d" ]; then d="${ROBUSTLENS_DATA:-synthetic}"; fi
-    if [ "$d" = "synthetic" ]; then echo quick; else echo paper; fi
-
-_say data:
-    #!/usr/bin/env bash
-    d="{{trim_start_match(data, "data=")}}"
-    if [ -z "$d" ]; then d="${ROBUSTLENS_DATA:-synthetic}"; fi
-    echo "data: $d (point at HAM10000 with data=PATH or ROBUSTLENS_DATA=PATH; the folder holds HAM10000_metadata.csv)" >&2
+    @just --justfile {{quote(justfile())}} --list
 
 # The paper's standard training: just train-standard [data=PATH] [out=DIR]
-train-standard data='' out='':
-    @just _say "{{data}}"
-    {{bin}} train-standard --data "$(just _data '{{data}}')" --preset "$(just _preset '{{data}}')" --out "{{ if trim_start_match(out, "out=") == "" { "models/standard" } else { trim_start_match(out, "out=") } }}"
-
-# Adversarial (PGD L2) training at a paper eps (scaled from 224 px): just train-robust eps=4
-train-robust eps='4' data='' out='':
-    @just _say "{{data}}"
-    {{bin}} train-robust --data "$(just _data '{{data}}')" --preset "$(just _preset '{{data}}')" --eps-at-224 {{trim_start_match(eps, "eps=")}} --out "{{ if trim_start_match(out, "out=") == "" { "models/robust-eps" + trim_start_match(eps, "eps=") } else { trim_start_match(out, "out=") } }}"
-
-# Fine-tune layer groups of the latest robust run: just finetune groups=3-5 [from=DIR]
-finetune groups='3-5' from='' out='':
+train-standard *args:
     #!/usr/bin/env bash
     set -euo pipefail
-    from="{{trim_start_match(from, "from=")}}"
-    if [ -z "$from" ]; then from=$(ls -dt models/robust-* 2>/dev/null | head -n1 || true); fi
+    set -- {{args}}
+    {{kv}}
+    say
+    {{bin}} train-standard --data "$data" --preset "$preset" --out "${out:-models/standard}" {{flags}}
+
+# Adversarial (PGD L2) training at a paper eps (scaled from 224 px): just train-robust eps=4 (or 4)
+train-robust *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    set -- {{args}}
+    {{kv}}
+    eps="${eps:-${first:-4}}"
+    say
+    {{bin}} train-robust --data "$data" --preset "$preset" --eps-at-224 "$eps" --out "${out:-models/robust-eps$eps}" {{flags}}
+
+# Fine-tune layer groups of the latest robust run: just finetune groups=3-5 [from=DIR]
+finetune *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    set -- {{args}}
+    {{kv}}
+    groups="${groups:-${first:-3-5}}"
+    if [ -z "${from:-}" ]; then from=$(ls -dt models/robust-* 2>/dev/null | head -n1 || true); fi
     if [ -z "$from" ]; then echo "no robust run in models/: run 'just train-robust eps=4' first or pass from=DIR" >&2; exit 1; fi
-    g="{{trim_start_match(groups, "groups=")}}"
-    out="{{trim_start_match(out, "out=")}}"
-    if [ -z "$out" ]; then out="models/finetune-$g"; fi
-    {{bin}} finetune --from "$from" --groups "$g" --out "$out"
+    {{bin}} finetune --from "$from" --groups "$groups" --out "${out:-models/finetune-$groups}" {{flags}}
 
-# Accuracy (and robust accuracy) of a run: just evaluate run=models/robust-eps4
-evaluate run='models/standard':
-    {{bin}} evaluate --run {{trim_start_match(run, "run=")}} --attack pgd --eps 0.43 --steps 10
+# Accuracy and robust accuracy (L2 PGD, eps 3 at 224 scaled to 32 px): just evaluate run=models/robust-eps4
+evaluate *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    set -- {{args}}
+    {{kv}}
+    {{bin}} evaluate --run "${run:-${first:-models/standard}}" --attack pgd --eps "${eps:-0.43}" --steps "${steps:-10}"
 
-# Saliency maps of test images: just saliency run=models/standard image=path.png
-saliency run='models/standard' image='' method='gradient,ig,smoothgrad,occlusion,gradcam':
-    {{bin}} saliency --run {{trim_start_match(run, "run=")}} --image {{trim_start_match(image, "image=")}} --image-size 32 --method {{trim_start_match(method, "method=")}} --window 8 --stride 4 --out models/saliency
+# Saliency maps: just saliency [run=models/standard] [image=path.png] [method=gradient,ig] (default: 6 test images of the run)
+saliency *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    set -- {{args}}
+    {{kv}}
+    if [ -n "${image:-}" ]; then src=(--image "$image"); else src=(--data run --count "${count:-6}"); fi
+    {{bin}} saliency --run "${run:-${first:-models/standard}}" "${src[@]}" --method "${method:-gradient,ig,smoothgrad,occlusion,gradcam}" --window "${window:-8}" --stride "${stride:-4}" --out "${out:-models/saliency}"
 
-# Compare models in one report: just compare (standard, robust, fine-tuned)
-compare:
-    {{bin}} report --run standard=models/standard --run robust=models/robust-eps4 --run "ft=models/finetune-3-5" --out models/compare
+# Saliency metrics with intervals and tests: just compare [runs="models/standard models/robust-eps4"] [method=gradient,ig]
+compare *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    set -- {{args}}
+    {{kv}}
+    r=(); for d in ${runs:-models/standard models/robust-eps4 models/finetune-3-5}; do if [ -d "$d" ]; then r+=(--run "$d"); fi; done
+    {{bin}} compare "${r[@]}" --method "${method:-gradient}" --out "${out:-models/compare}"
 
-# Report for any runs: just report runs="models/standard models/robust-eps4"
-report runs='models/standard':
-    {{bin}} report $(for r in {{runs}}; do echo --run "$r"; done) --out models/report
+# Train one model per paper eps, then compare them: just sweep-eps eps=0,2,4,8
+sweep-eps *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    set -- {{args}}
+    {{kv}}
+    say
+    {{bin}} sweep-eps --data "$data" --preset "$preset" --eps-at-224 "${eps:-${first:-0,1,2,3,4,5,7,9}}" --out "${out:-models/sweep-eps}" {{flags}}
+
+# The model-randomisation sanity check of a run's maps: just sanity run=models/standard
+sanity *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    set -- {{args}}
+    {{kv}}
+    {{bin}} sanity --run "${run:-${first:-models/standard}}" --method "${method:-gradient}"
+
+# The HTML report for runs: just report [runs="models/standard models/robust-eps4"]
+report *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    set -- {{args}}
+    {{kv}}
+    r=(); for d in ${runs:-models/standard models/robust-eps4 models/finetune-3-5}; do if [ -d "$d" ]; then r+=(--run "$d"); fi; done
+    {{bin}} report "${r[@]}" --out "${out:-models/report}"
 
 # The whole pipeline on the synthetic set (the README's main command)
 demo:
@@ -74,7 +119,7 @@ demo:
 test:
     cargo test --locked
 
-# Loader throughput benchmark at 224 and 64 px
+# Speed: robustlens and, when PyTorch is installed, the same cells in PyTorch with the ratio
 bench:
     {{bin}} data bench --image-size 224 --per-class 100
     {{bin}} data bench --image-size 64 --per-class 200
@@ -83,11 +128,12 @@ bench:
 ci:
     cargo fmt --check
     cargo clippy --all-targets --locked -- -D warnings
-    cargo test --locked
+    .ci/run
 
-# Regenerate the parity fixtures (needs torch, torchvision, captum, safetensors, pillow)
+# Regenerate the parity fixtures (needs torch, torchvision, captum, quantus, scikit-image, safetensors, pillow)
 fixtures:
     python3 tests/fixtures/make_fixtures.py
     python3 tests/fixtures/make_captum_fixtures.py
     python3 tests/fixtures/make_pgd_fixtures.py
     python3 tests/fixtures/make_adam_fixtures.py
+    python3 tests/fixtures/make_metric_fixtures.py

@@ -8,11 +8,12 @@ use crate::attribution::by_name;
 use crate::data::loader::make_batch;
 use crate::data::split::Part;
 use crate::eval::classification::evaluate_model;
-use crate::eval::compare::{load_runs, method_options_for, EvalImages};
-use crate::eval::saliency::{bootstrap_ci, gini, relevance_mass_accuracy};
+use crate::eval::compare::{
+    compare, load_runs, method_options_for, CompareOptions, EvalImages, Metric,
+};
 use crate::fsutil::{ensure_output_dir, write_atomic, write_json_atomic};
 
-use crate::report::display::{heatmap, reduce_channels, tensor_to_image, DisplayOptions, Reduce};
+use crate::report::display::{heatmap, tensor_to_image, DisplayOptions};
 use crate::report::grid::Grid;
 use crate::report::html::{bar_chart, esc, figure, line_chart, page};
 use crate::report::png::save_png;
@@ -295,61 +296,76 @@ pub fn report(
         body.push_str(&figure(&img, &format!("saliency grid {method}"), &format!("{}: the paper's Figure 1 for this method. Sharper maps that stay inside the mask are what robust training promises.", att.name()))?);
     }
 
-    // 5. Saliency metrics of Gradient maps against the masks, with bootstrap intervals.
-    let mset: Vec<usize> = (0..test.len())
-        .filter(|&i| test_batch.has_mask[i])
-        .take(opts.metric_images)
-        .collect();
-    let mut mrows = Vec::new();
-    if !mset.is_empty() {
-        let idx = Tensor::new(
-            mset.iter()
-                .map(|&i| i as u32)
-                .collect::<Vec<_>>()
-                .as_slice(),
-            device,
-        )?;
-        let xm = x_all.index_select(&idx, 0)?;
-        let tm: Vec<usize> = mset.iter().map(|&i| labels[test[i]]).collect();
-        let grad = by_name("gradient", &mopts)?;
-        for (k, m) in models.iter().enumerate() {
-            let a = grad.attribute(&m.model, &xm, &tm)?;
-            let mut rma = Vec::new();
-            let mut gi = Vec::new();
-            for (r, &ci) in mset.iter().enumerate() {
-                let v: Vec<f32> = a.get(r)?.flatten_all()?.to_vec1()?;
-                let map = reduce_channels(&v, 3, size, size, Reduce::AbsSum);
-                let mask: Vec<bool> = test_batch.masks[ci * plane..(ci + 1) * plane]
-                    .iter()
-                    .map(|&v| v > 127)
-                    .collect();
-                rma.push(relevance_mass_accuracy(&map, &mask)?);
-                gi.push(gini(&map));
+    // 5. Saliency metrics of Gradient maps, with bootstrap intervals and paired tests.
+    if opts.metric_images > 0 {
+        let copts = CompareOptions {
+            methods: vec!["gradient".into()],
+            count: Some(opts.metric_images),
+            seed: opts.seed,
+            ..Default::default()
+        };
+        let c = compare(&models, &copts, device, &|m| tracing::info!("report: {m}"))?;
+        c.write(&opts.out)?;
+        let metrics: Vec<Metric> = c.models[0].methods[0]
+            .metrics
+            .iter()
+            .map(|m| m.metric)
+            .collect();
+        let mut head = String::from("<tr><th>model</th>");
+        for k in &metrics {
+            head.push_str(&format!(
+                "<th>{} {}</th>",
+                esc(k.short()),
+                if k.higher_is_better() {
+                    "&uarr;"
+                } else {
+                    "&darr;"
+                }
+            ));
+        }
+        head.push_str("</tr>");
+        let mut mrows = Vec::new();
+        for (k, m) in c.models.iter().enumerate() {
+            let mut row = format!("<tr><td>{}</td>", esc(&m.name));
+            for ms in &m.methods[0].metrics {
+                let p = ms
+                    .wilcoxon_vs_first
+                    .map(|w| format!("<br><small>p = {:.3}</small>", w.p_value))
+                    .unwrap_or_default();
+                row.push_str(&format!(
+                    "<td>{:.3}<br><small>[{:.3}, {:.3}]</small>{p}</td>",
+                    ms.mean, ms.ci95[0], ms.ci95[1]
+                ));
+                summary["runs"][k]["gradient_metrics"][ms.metric.name()] = serde_json::json!({"mean": ms.mean, "ci95": ms.ci95, "n": ms.n, "wilcoxon_vs_first": ms.wilcoxon_vs_first});
             }
-            let (rm, rl, rh) = bootstrap_ci(&rma, 1000, opts.seed + k as u64);
-            let (gm, gl, gh) = bootstrap_ci(&gi, 1000, opts.seed + 100 + k as u64);
-            let lesion_share = mset
-                .iter()
-                .map(|&ci| {
-                    test_batch.masks[ci * plane..(ci + 1) * plane]
+            row.push_str("</tr>");
+            mrows.push(row);
+        }
+        let lesion_share = {
+            let hb = make_batch(
+                &cache,
+                &labels,
+                &test[..test.len().min(opts.metric_images)],
+                None,
+                &vec![0; test.len().min(opts.metric_images)],
+            );
+            let with: Vec<usize> = (0..hb.labels.len()).filter(|&i| hb.has_mask[i]).collect();
+            with.iter()
+                .map(|&i| {
+                    hb.masks[i * plane..(i + 1) * plane]
                         .iter()
                         .filter(|&&v| v > 127)
                         .count() as f64
                         / plane as f64
                 })
                 .sum::<f64>()
-                / mset.len() as f64;
-            mrows.push(format!("<tr><td>{}</td><td>{rm:.3} [{rl:.3}, {rh:.3}]</td><td>{gm:.3} [{gl:.3}, {gh:.3}]</td><td>{lesion_share:.3}</td></tr>", esc(&m.name)));
-            summary["runs"][k]["gradient_metrics"] = serde_json::json!({
-                "images": mset.len(),
-                "relevance_mass_accuracy": {"mean": rm, "ci95": [rl, rh]},
-                "gini": {"mean": gm, "ci95": [gl, gh]},
-                "mean_lesion_area": lesion_share,
-            });
-        }
+                / with.len().max(1) as f64
+        };
+        summary["mean_lesion_area"] = serde_json::json!(lesion_share);
+        summary["comparison"] = serde_json::to_value(&c).map_err(|e| Error::arg(e.to_string()))?;
         body.push_str("<h2>Saliency metrics</h2>\n");
-        body.push_str(&format!("<table><tr><th>model</th><th>relevance mass accuracy</th><th>Gini sparseness</th><th>lesion share of the image</th></tr>{}</table>\n", mrows.join("")));
-        body.push_str(&format!("<p>Gradient maps of {} test images against their lesion masks: relevance mass accuracy is the share of attribution inside the lesion (a map blind to the lesion scores about the lesion's share of the image); Gini measures how concentrated a map is (0 uniform, 1 one pixel). Brackets: 95% bootstrap intervals (1000 resamples).</p>\n", mset.len()));
+        body.push_str(&format!("<table>{head}{}</table>\n", mrows.join("")));
+        body.push_str(&format!("<p>Gradient maps of {} test images (true class). Against the lesion mask: RMA, the share of attribution inside the lesion (a map blind to the lesion scores about the lesion's share of the image, here {lesion_share:.3}); RRA, the share of the |lesion| most salient pixels inside it; pointing, whether the most salient pixel is inside; ROC-AUC of the map as a lesion detector. Without a mask: Gini (0 uniform, 1 one pixel) and entropy (lower is more concentrated); deletion and insertion areas (RISE: the class probability as the most salient pixels are removed, resp. revealed over a blurred image); faithfulness correlation (Bhatt et al.). Each cell: mean, 95% bootstrap interval, and the p-value of a paired Wilcoxon signed-rank test against the first model. Also in <code>comparison.md</code>, <code>comparison.csv</code> and <code>comparison.json</code>.</p>\n", c.images.len()));
     }
     let html = page("robustlens report", &body);
     write_atomic(&opts.out.join("report.html"), html.as_bytes())?;

@@ -27,9 +27,12 @@ pub struct SanityStep {
     pub per_image_ssim: Vec<f64>,
 }
 
-/// A copy of `model` whose groups `groups` are re-initialised as a fresh model (seed `seed`):
-/// Kaiming-normal convolutions, BatchNorm weight 1, bias 0, running statistics reset.
+/// A copy of `model` whose groups `groups` are re-initialised as a fresh model:
+/// Kaiming-normal convolutions, BatchNorm weight 1, bias 0, running statistics reset. The
+/// seed is mixed so that the new weights never coincide with the initialisation a training
+/// run with the same seed started from.
 pub fn randomise_groups(model: &ResNet18, groups: &[u8], seed: u64) -> Result<ResNet18> {
+    let seed = seed ^ 0x5EED_5A17_C0DE_0001;
     let fresh = ResNet18::new_random(model.num_classes(), seed, model.device())?;
     let keep: HashMap<String, Tensor> = model
         .state_dict()?

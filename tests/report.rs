@@ -1,0 +1,205 @@
+//! `report` end to end: two tiny runs, the report's files and numbers, and the page itself
+//! loaded in headless Chromium (Debian's `chromium`): no script or load errors, no network
+//! requests, and every image decoded.
+
+mod common;
+use common::run_cli as run;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TINY: &[&str] = &[
+    "--image-size",
+    "32",
+    "--train-per-class",
+    "6",
+    "--val-per-class",
+    "2",
+    "--test-per-class",
+    "3",
+    "--batch-size",
+    "6",
+    "--head-batch-size",
+    "6",
+    "--head-epochs",
+    "1",
+    "--epochs",
+    "1",
+    "--seed",
+    "2",
+    "--weights",
+    "none",
+];
+
+fn chromium() -> PathBuf {
+    if let Some(p) = std::env::var_os("ROBUSTLENS_CHROMIUM") {
+        return PathBuf::from(p);
+    }
+    for c in ["chromium", "chromium-browser", "google-chrome"] {
+        if let Ok(o) = Command::new("which").arg(c).output() {
+            if o.status.success() {
+                return PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+            }
+        }
+    }
+    panic!("headless Chromium is needed for the report test: apt-get install chromium (or set ROBUSTLENS_CHROMIUM=/path/to/chrome)");
+}
+
+/// What the page reported about itself after loading.
+#[derive(Debug, serde::Deserialize)]
+struct PageCheck {
+    images: usize,
+    broken: Vec<String>,
+    errors: Vec<String>,
+    resources: Vec<String>,
+}
+
+/// Loads `html` in headless Chromium with a probe script added, returning what it saw.
+fn load_in_chromium(html: &Path) -> PageCheck {
+    let text = std::fs::read_to_string(html).unwrap();
+    let probe_head = "<script>window.__errs=[];addEventListener('error',function(e){__errs.push(String(e.message||(e.target&&(e.target.src||'').slice(0,60))||'error'))},true);</script>";
+    let probe_tail = r#"<pre id="__result"></pre><script>
+function __check(){var imgs=Array.from(document.images);var broken=imgs.filter(function(i){return !(i.complete&&i.naturalWidth>0)}).map(function(i){return i.alt||i.src.slice(0,40)});
+document.getElementById('__result').textContent=JSON.stringify({images:imgs.length,broken:broken,errors:__errs,resources:performance.getEntriesByType('resource').map(function(r){return r.name})});}
+if(document.readyState==='complete'){__check()}else{addEventListener('load',__check)}</script>"#;
+    let with_head = text.replacen("<head>", &format!("<head>{probe_head}"), 1);
+    assert_ne!(with_head, text, "the page has no <head>");
+    let probed = with_head.replacen("</body>", &format!("{probe_tail}</body>"), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("page.html");
+    std::fs::write(&page, probed).unwrap();
+    let profile = dir.path().join("profile");
+    let o = Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=10000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("chromium runs");
+    let dom = String::from_utf8_lossy(&o.stdout);
+    let start = dom.find("<pre id=\"__result\">").unwrap_or_else(|| {
+        panic!(
+            "no probe result; chromium said: {}",
+            String::from_utf8_lossy(&o.stderr)
+        )
+    }) + "<pre id=\"__result\">".len();
+    let end = dom[start..].find("</pre>").unwrap() + start;
+    let json = dom[start..end]
+        .replace("&quot;", "\"")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&");
+    serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"))
+}
+
+#[test]
+fn the_page_check_catches_a_broken_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.html");
+    std::fs::write(
+        &p,
+        "<!doctype html><html><head><title>t</title></head><body><img alt=\"bad\" src=\"data:image/png;base64,iVBORw0KGgoAAAA\"><img alt=\"missing\" src=\"nothere.png\"></body></html>",
+    )
+    .unwrap();
+    let c = load_in_chromium(&p);
+    assert_eq!(c.images, 2);
+    assert_eq!(c.broken.len(), 2, "{c:?}");
+    assert!(!c.errors.is_empty(), "{c:?}");
+}
+
+#[test]
+fn report_writes_every_figure_and_renders_in_chromium() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("standard"), dir.path().join("robust"));
+    let mut args = vec!["train-standard", "--out", a.to_str().unwrap()];
+    args.extend_from_slice(TINY);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let mut args = vec![
+        "train-robust",
+        "--out",
+        b.to_str().unwrap(),
+        "--eps",
+        "0.3",
+        "--attack-steps",
+        "2",
+    ];
+    args.extend_from_slice(TINY);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let out = dir.path().join("report");
+    let (code, stdout, err) = run(&[
+        "report",
+        "--run",
+        &format!("standard={}", a.display()),
+        "--run",
+        &format!("robust={}", b.display()),
+        "--out",
+        out.to_str().unwrap(),
+        "--robust-images",
+        "3",
+        "--method",
+        "gradient,gradcam",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("report.html"), "{stdout}");
+    for f in [
+        "report.html",
+        "summary.json",
+        "comparison.json",
+        "comparison.csv",
+        "comparison.md",
+        "figures/data_sample.png",
+        "figures/saliency_gradient.png",
+        "figures/saliency_gradcam.png",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let runs = s["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for r in runs {
+        let acc = r["test"]["accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc));
+        assert!(
+            r["robust"]["evaluation"]["accuracy"].as_f64().is_some(),
+            "{r}"
+        );
+        let rma = r["gradient_metrics"]["relevance_mass_accuracy"]["mean"]
+            .as_f64()
+            .unwrap();
+        assert!((0.0..=1.0).contains(&rma));
+    }
+    assert!(
+        runs[1]["gradient_metrics"]["gini"]["wilcoxon_vs_first"].is_object()
+            || runs[1]["gradient_metrics"]["gini"]["n"].as_u64().is_some()
+    );
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "the report must not reach the network"
+    );
+    let imgs = html.matches("<img").count();
+    assert!(imgs >= 3, "{imgs} images");
+    let c = load_in_chromium(&out.join("report.html"));
+    assert_eq!(c.images, imgs, "{c:?}");
+    assert!(c.broken.is_empty(), "broken images: {:?}", c.broken);
+    assert!(c.errors.is_empty(), "page errors: {:?}", c.errors);
+    assert!(
+        c.resources
+            .iter()
+            .all(|r| r.starts_with("data:") || r.starts_with("file:")),
+        "requests: {:?}",
+        c.resources
+    );
+}
