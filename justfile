@@ -119,8 +119,18 @@ demo:
 test:
     cargo test --locked
 
-# Speed: robustlens and, when PyTorch is installed, the same cells in PyTorch with the ratio
+# Speed: robustlens and, when PyTorch is installed, the same cells in PyTorch, then the ratios
 bench:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    mkdir -p models/bench
+    {{bin}} bench --json | tee models/bench/robustlens.jsonl
+    if python3 -c "import torch, torchvision" 2>/dev/null; then
+        python3 bench/torch_reference.py --json | tee models/bench/torch.jsonl
+        python3 bench/torch_reference.py --compare models/bench/robustlens.jsonl models/bench/torch.jsonl
+    else
+        echo "PyTorch not installed: pip install torch torchvision to measure the reference" >&2
+    fi
     {{bin}} data bench --image-size 224 --per-class 100
     {{bin}} data bench --image-size 64 --per-class 200
 

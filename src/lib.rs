@@ -19,12 +19,15 @@
 
 pub mod adversarial;
 pub mod attribution;
+pub mod bench;
 pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
 pub mod explain;
 pub mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod model;
 pub mod ops;
 pub mod pipeline;

@@ -50,6 +50,9 @@ enum Command {
     Compare(Box<CompareArgs>),
     /// Train one model per eps (0 = standard) into one folder (resumable), then compare them.
     SweepEps(Box<SweepArgs>),
+    /// Images per second of eval, train, input-grad, pgd7 and IG (compare with
+    /// bench/torch_reference.py).
+    Bench(BenchArgs),
     /// The cascading model-randomisation sanity check (Adebayo et al. 2018) for a run.
     Sanity(Box<SanityArgs>),
     /// PGD adversarial examples of images: PNG files and (with --raw-out) float32 NPY.
@@ -285,6 +288,32 @@ struct SweepArgs {
     train_attack_steps: usize,
     #[command(flatten)]
     compare: CompareOpts,
+}
+
+#[derive(Args, Clone)]
+struct BenchArgs {
+    /// Workloads, comma-separated: eval, train, input-grad, pgd7, ig.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "eval,train,input-grad,pgd7,ig"
+    )]
+    what: Vec<String>,
+    #[arg(long, value_delimiter = ',', default_value = "64,224")]
+    sizes: Vec<usize>,
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Timed iterations (the median counts).
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    /// Untimed iterations first.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// One JSON object per line: {"what", "size", "batch", "img_per_s"}.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Args, Clone)]
@@ -1587,6 +1616,50 @@ fn run() -> Result<()> {
         }
         Command::SweepEps(a) => sweep_eps(*a),
         Command::Sanity(a) => sanity_command(*a),
+        Command::Bench(a) => {
+            let device = parse_device(&a.device)?;
+            for w in &a.what {
+                if !robustlens::bench::WORKLOADS.contains(&w.as_str()) {
+                    bail!(
+                        "--what {w}: use {}",
+                        robustlens::bench::WORKLOADS.join(", ")
+                    );
+                }
+            }
+            for &s in &a.sizes {
+                check_image_size(s)?;
+            }
+            if a.batch_size == 0 || a.iters == 0 {
+                bail!("--batch-size and --iters must be at least 1");
+            }
+            if !a.json {
+                println!(
+                    "{:<12} {:>5} {:>6} {:>10}",
+                    "what", "size", "batch", "images/s"
+                );
+            }
+            for &size in &a.sizes {
+                for w in &a.what {
+                    let c = robustlens::bench::run_cell(
+                        w,
+                        size,
+                        a.batch_size,
+                        a.warmup,
+                        a.iters,
+                        &device,
+                    )?;
+                    if a.json {
+                        println!("{}", serde_json::to_string(&c)?);
+                    } else {
+                        println!(
+                            "{:<12} {:>5} {:>6} {:>10.2}",
+                            c.what, c.size, c.batch, c.img_per_s
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
         Command::Report(a) => {
             let runs = robustlens::eval::compare::name_runs(&a.runs);
             let opts = robustlens::pipeline::ReportOptions {

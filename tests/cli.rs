@@ -383,3 +383,33 @@ fn info_lists_tensors() {
     assert!(out.contains("11178051 parameters"), "{out}");
     assert!(out.contains("fits a ResNet-18 with 3 classes"), "{out}");
 }
+
+#[test]
+fn bench_prints_one_json_object_per_cell() {
+    let (code, out, err) = run(&[
+        "bench",
+        "--json",
+        "--sizes",
+        "32",
+        "--batch-size",
+        "2",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let cells: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let whats: Vec<&str> = cells.iter().map(|c| c["what"].as_str().unwrap()).collect();
+    assert_eq!(whats, ["eval", "train", "input-grad", "pgd7", "ig"]);
+    for c in &cells {
+        assert_eq!(c["size"], 32);
+        assert!(c["img_per_s"].as_f64().unwrap() > 0.0, "{c}");
+    }
+    let (code, _, err) = run(&["bench", "--what", "fly"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--what fly"), "{err}");
+}

@@ -810,7 +810,11 @@ impl Comparison {
         s.push_str(&format!("Means over images with a 95% bootstrap interval ({} resamples); p: paired two-sided Wilcoxon signed-rank test against the first model.", self.bootstrap_resamples));
         if let Some(a) = &self.attack {
             s.push_str(&format!(
-                " Robust accuracy: L2 PGD, {a} on the compared images."
+                " Robust accuracy: L2 PGD with eps {:.3}, {} steps of {:.4} (best of the path), on the {} compared images.",
+                a["eps"].as_f64().unwrap_or(f64::NAN),
+                a["steps"],
+                a["step_size"].as_f64().unwrap_or(f64::NAN),
+                a["images"]
             ));
         }
         s.push('\n');

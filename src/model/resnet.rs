@@ -112,7 +112,12 @@ struct Conv {
 
 impl Conv {
     fn forward(&self, x: &Tensor, track: bool) -> Result<Tensor> {
-        Ok(x.conv2d(&param(&self.weight, track), self.padding, self.stride, 1, 1)?)
+        Ok(crate::ops::conv2d(
+            x,
+            &param(&self.weight, track),
+            self.stride,
+            self.padding,
+        )?)
     }
 }
 
@@ -141,6 +146,25 @@ impl BatchNorm {
                      use a batch size of at least 2",
                     x.dims()
                 )));
+            }
+            if let Some((y, st)) = crate::ops::batchnorm::batch_norm_train(
+                x,
+                &param(&self.weight, track),
+                &param(&self.bias, track),
+                BN_EPS,
+            )? {
+                let dev = x.device();
+                let mean_d = Tensor::from_vec(st.mean, c, dev)?;
+                let var_unbiased =
+                    (Tensor::from_vec(st.var, c, dev)? * (count as f64 / (count - 1) as f64))?;
+                let rm = ((self.running_mean.as_tensor() * (1.0 - BN_MOMENTUM))?
+                    + (mean_d * BN_MOMENTUM)?)?;
+                let rv = ((self.running_var.as_tensor() * (1.0 - BN_MOMENTUM))?
+                    + (var_unbiased * BN_MOMENTUM)?)?;
+                self.running_mean.set(&rm)?;
+                self.running_var.set(&rv)?;
+                self.num_batches_tracked.fetch_add(1, Ordering::Relaxed);
+                return Ok(y);
             }
             let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?; // [1,C,1,1]
             let centered = x.broadcast_sub(&mean)?;
@@ -177,6 +201,10 @@ impl BatchNorm {
                 .reshape((1, c, 1, 1))?;
             let scale = rv.affine(1.0, BN_EPS)?.sqrt()?.recip()?.broadcast_mul(&w)?;
             let shift = b.broadcast_sub(&rm.broadcast_mul(&scale)?)?;
+            if !track {
+                // Constants per channel: one fused pass, input gradient only.
+                return Ok(crate::ops::batchnorm::channel_affine(x, &scale, &shift)?);
+            }
             Ok(x.broadcast_mul(&scale)?.broadcast_add(&shift)?)
         }
     }

@@ -26,14 +26,7 @@ struct AdamCpuStep {
 }
 
 fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let v = match s {
-        CpuStorage::F32(v) => v,
-        _ => candle_core::bail!("adam: only f32 parameters are supported"),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("adam: tensors must be contiguous"),
-    }
+    crate::ops::cpu_f32(s, l, "adam", "a parameter or moment")
 }
 
 impl CustomOp2 for AdamCpuStep {

@@ -1,0 +1,164 @@
+"""The cells of `robustlens bench` in PyTorch (torchvision resnet18, 3 classes), measured the
+same way: median images/s of timed iterations after warm-up, one JSON object per line
+({"what", "size", "batch", "img_per_s"}).
+
+    python bench/torch_reference.py --json > torch.jsonl
+    robustlens bench --json > ours.jsonl
+    python bench/torch_reference.py --compare ours.jsonl torch.jsonl   # the ratio table
+
+Needs torch and torchvision (pip install torch torchvision). Threads = CPU cores unless
+--threads is given.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+
+def cells(args):
+    import torch
+    import torchvision
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=3)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+    def fwd(x):
+        return model((x - mean) / std)
+
+    def timed(images, fn):
+        for _ in range(args.warmup):
+            fn()
+        secs = []
+        for _ in range(max(1, args.iters)):
+            t = time.perf_counter()
+            fn()
+            secs.append(time.perf_counter() - t)
+        return images / statistics.median(secs)
+
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=5e-4)
+    for size in args.sizes:
+        b = args.batch_size
+        x = torch.rand(b, 3, size, size)
+        y = torch.arange(b) % 3
+
+        def train_step(xb):
+            model.train()
+            opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(fwd(xb), y)
+            loss.backward()
+            opt.step()
+
+        def input_grad(xb):
+            model.eval()
+            xv = xb.clone().requires_grad_(True)
+            out = fwd(xv).gather(1, y.view(-1, 1)).sum()
+            (g,) = torch.autograd.grad(out, xv)
+            return g
+
+        def eval_fwd():
+            model.eval()
+            with torch.no_grad():
+                fwd(x)
+
+        def pgd7():
+            model.eval()
+            for p in model.parameters():
+                p.requires_grad_(False)
+            eps = 0.5 * size / 32
+            step = eps / 5
+            delta = torch.rand_like(x) - 0.5
+            delta = delta.renorm(p=2, dim=0, maxnorm=eps)
+            xa = (x + delta).clamp(0, 1)
+            for _ in range(7):
+                xv = xa.clone().requires_grad_(True)
+                loss = torch.nn.functional.cross_entropy(fwd(xv), y)
+                (g,) = torch.autograd.grad(loss, xv)
+                gn = g.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + 1e-10
+                xa = xa + step * g / gn
+                d = (xa - x).renorm(p=2, dim=0, maxnorm=eps)
+                xa = (x + d).clamp(0, 1).detach()
+            for p in model.parameters():
+                p.requires_grad_(True)
+            train_step(xa)
+
+        def ig():
+            model.eval()
+            for p in model.parameters():
+                p.requires_grad_(False)
+            x1 = x[:1]
+            alphas = (torch.arange(50, dtype=torch.float32) + 0.5) / 50
+            total = torch.zeros_like(x1)
+            for i in range(0, 50, b):
+                a = alphas[i:i + b].view(-1, 1, 1, 1)
+                xs = (a * x1).requires_grad_(True)
+                out = fwd(xs)[:, 0].sum()
+                (g,) = torch.autograd.grad(out, xs)
+                total += g.sum(0, keepdim=True)
+            for p in model.parameters():
+                p.requires_grad_(True)
+            return total * x1 / 50
+
+        work = {
+            "eval": (b, eval_fwd),
+            "train": (b, lambda: train_step(x)),
+            "input-grad": (b, lambda: input_grad(x)),
+            "pgd7": (b, pgd7),
+            "ig": (1, ig),
+        }
+        for what in args.what:
+            n, fn = work[what]
+            yield {"what": what, "size": size, "batch": n, "img_per_s": timed(n, fn)}
+
+
+def compare(ours_path, torch_path):
+    def load(p):
+        out = {}
+        with open(p) as f:
+            for line in f:
+                line = line.strip()
+                if line.startswith("{"):
+                    d = json.loads(line)
+                    out[(d["what"], d["size"])] = d["img_per_s"]
+        return out
+
+    ours, ref = load(ours_path), load(torch_path)
+    print("| cell | robustlens | PyTorch | ratio |")
+    print("|---|---|---|---|")
+    for key in ours:
+        if key in ref:
+            print(f"| {key[0]} @{key[1]} | {ours[key]:.2f} | {ref[key]:.2f} | {ours[key] / ref[key]:.2f} |")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--what", default="eval,train,input-grad,pgd7,ig")
+    p.add_argument("--sizes", default="64,224")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--compare", nargs=2, metavar=("OURS", "TORCH"))
+    args = p.parse_args()
+    if args.compare:
+        compare(*args.compare)
+        return
+    args.what = [w.strip() for w in args.what.split(",") if w.strip()]
+    args.sizes = [int(s) for s in args.sizes.split(",")]
+    if not args.json:
+        print(f"{'what':<12} {'size':>5} {'batch':>6} {'images/s':>10}")
+    for c in cells(args):
+        if args.json:
+            print(json.dumps(c))
+        else:
+            print(f"{c['what']:<12} {c['size']:>5} {c['batch']:>6} {c['img_per_s']:>10.2f}")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

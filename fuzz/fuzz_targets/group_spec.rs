@@ -1,0 +1,6 @@
+//! Fuzz target: robustlens::fuzzing::group_spec (any bytes give a value or a named error, never a
+//! panic). Run: cargo +nightly fuzz run group_spec -- -max_total_time=600
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| robustlens::fuzzing::group_spec(data));

@@ -1,0 +1,158 @@
+//! `robustlens bench`: images per second of the workloads that matter, measured the same way
+//! as `bench/torch_reference.py` does for PyTorch (median of timed iterations after warm-up),
+//! so the two can be run side by side and compared cell by cell.
+
+use crate::adversarial::{Norm, Pgd};
+use crate::attribution::{input_gradients, Attribution, Baseline, IgRule, IntegratedGradients};
+use crate::model::{GroupSet, Mode, ResNet18};
+use crate::rng::SeededRng;
+use crate::train::optim::{Adam, OptimKind};
+use crate::{Error, Result};
+use candle_core::{Device, Tensor};
+use std::time::Instant;
+
+/// One benchmark cell.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Cell {
+    pub what: String,
+    pub size: usize,
+    pub batch: usize,
+    pub img_per_s: f64,
+}
+
+/// The workloads: `eval` (forward, eval mode), `train` (forward, backward, Adam step),
+/// `input-grad` (gradient of the true-class logit with respect to the input, eval mode, no
+/// weight gradients: one PGD or saliency step), `pgd7` (a PGD-7 training step: 7 input
+/// gradients and one training step), `ig` (Integrated Gradients with 50 steps per image,
+/// internal batch = the batch size).
+pub const WORKLOADS: [&str; 5] = ["eval", "train", "input-grad", "pgd7", "ig"];
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v[v.len() / 2]
+}
+
+/// Runs `f` `warmup` times untimed, then `iters` times timed; images/s of the median run.
+fn time_it(
+    images: usize,
+    warmup: usize,
+    iters: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<f64> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut secs = Vec::new();
+    for _ in 0..iters.max(1) {
+        let t = Instant::now();
+        f()?;
+        secs.push(t.elapsed().as_secs_f64());
+    }
+    Ok(images as f64 / median(secs))
+}
+
+/// Measures one workload at one size.
+pub fn run_cell(
+    what: &str,
+    size: usize,
+    batch: usize,
+    warmup: usize,
+    iters: usize,
+    device: &Device,
+) -> Result<Cell> {
+    if batch == 0 {
+        return Err(Error::arg("--batch-size 0: must be at least 1"));
+    }
+    let model = ResNet18::new_random(3, 0, device)?;
+    let mut rng = SeededRng::new(1);
+    let x = Tensor::from_vec(
+        rng.uniform_vec(batch * 3 * size * size, 0.0, 1.0),
+        (batch, 3, size, size),
+        device,
+    )?;
+    let labels: Vec<usize> = (0..batch).map(|i| i % 3).collect();
+    let y = Tensor::new(
+        labels
+            .iter()
+            .map(|&l| l as u32)
+            .collect::<Vec<_>>()
+            .as_slice(),
+        device,
+    )?;
+    let train_step = |opt: &mut Adam, xb: &Tensor| -> Result<()> {
+        let logits = model.forward(xb, Mode::Train)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+        let grads = loss.backward()?;
+        opt.step(&grads)?;
+        Ok(())
+    };
+    let img_per_s = match what {
+        "eval" => time_it(batch, warmup, iters, || {
+            model.forward(&x, Mode::Eval)?.to_device(&Device::Cpu)?;
+            Ok(())
+        })?,
+        "train" => {
+            let mut opt = Adam::new(
+                OptimKind::Adam,
+                model.trainable_vars(GroupSet::all()),
+                1e-4,
+                5e-4,
+            )?;
+            time_it(batch, warmup, iters, || train_step(&mut opt, &x))?
+        }
+        "input-grad" => time_it(batch, warmup, iters, || {
+            input_gradients(&model, &x, &labels, batch)?.to_device(&Device::Cpu)?;
+            Ok(())
+        })?,
+        "pgd7" => {
+            let mut opt = Adam::new(
+                OptimKind::Adam,
+                model.trainable_vars(GroupSet::all()),
+                1e-4,
+                5e-4,
+            )?;
+            let eps = 0.5 * size as f32 / 32.0;
+            let pgd = Pgd {
+                norm: Norm::L2,
+                eps,
+                steps: 7,
+                step_size: eps / 5.0,
+                random_start: true,
+                use_best: false,
+                restarts: 0,
+            };
+            let mut r = SeededRng::new(2);
+            time_it(batch, warmup, iters, || {
+                let adv = pgd.attack(&model, &x, &labels, None, &mut r)?.images;
+                train_step(&mut opt, &adv)
+            })?
+        }
+        "ig" => {
+            let ig = IntegratedGradients {
+                steps: 50,
+                rule: IgRule::GaussLegendre,
+                baseline: Baseline::Black,
+                internal_batch_size: batch,
+                seed: 0,
+            };
+            let xi = x.narrow(0, 0, 1)?;
+            time_it(1, warmup, iters, || {
+                ig.attribute(&model, &xi, &labels[..1])?
+                    .to_device(&Device::Cpu)?;
+                Ok(())
+            })?
+        }
+        other => {
+            return Err(Error::arg(format!(
+                "bench: unknown workload `{other}`; use {}",
+                WORKLOADS.join(", ")
+            )))
+        }
+    };
+    Ok(Cell {
+        what: what.to_string(),
+        size,
+        batch: if what == "ig" { 1 } else { batch },
+        img_per_s,
+    })
+}
