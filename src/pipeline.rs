@@ -201,7 +201,7 @@ pub fn report(
         }));
     }
     body.push_str("<h2>Accuracy</h2>\n");
-    body.push_str(&format!("<table><tr><th>model</th><th>accuracy</th><th>balanced accuracy</th><th>robust accuracy (L2 PGD, {} steps, first {} test images)</th></tr>{}</table>\n", opts.robust_steps, attack_idx.len(), rows.join("")));
+    body.push_str(&format!("<table><tr><th>model</th><th>accuracy</th><th>balanced accuracy</th><th>robust accuracy (L2 PGD, {} steps, {} test images, classes interleaved)</th></tr>{}</table>\n", opts.robust_steps, attack_idx.len(), rows.join("")));
     body.push_str(&format!("<figure>{}<figcaption>Balanced accuracy on the test split (blue) and accuracy under an L2 PGD attack (red), as in the paper's Figure 13: robust training trades clean accuracy for robustness; fine-tuning the last groups of a robust model recovers part of it.</figcaption></figure>\n", bar_chart("balanced accuracy (blue) and robust accuracy (red)", &bars)));
 
     // 3. Training curves.

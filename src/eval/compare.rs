@@ -114,7 +114,8 @@ pub struct EvalImages {
     pub ds: Dataset,
     pub labels: Vec<usize>,
     pub cache: ImageCache,
-    /// Dataset indices of the chosen part, in split order.
+    /// Dataset indices of the chosen part, round-robin over classes (see
+    /// [`interleave_classes`]).
     pub indices: Vec<usize>,
     pub size: usize,
 }
@@ -147,7 +148,8 @@ impl EvalImages {
             Some(&crate::data::cache::default_cache_dir()),
             tc.skip_bad_images,
         )?;
-        let labels = ds.items.iter().map(|i| i.label).collect();
+        let labels: Vec<usize> = ds.items.iter().map(|i| i.label).collect();
+        let indices = interleave_classes(&indices, &labels);
         Ok(EvalImages {
             ds,
             labels,
@@ -161,6 +163,25 @@ impl EvalImages {
     pub fn batch(&self, idx: &[usize]) -> HostBatch {
         make_batch(&self.cache, &self.labels, idx, None, &vec![0; idx.len()])
     }
+}
+
+/// Reorders `indices` round-robin over their classes (each class keeping its order), so that
+/// the first N of a split that lists class after class are balanced rather than one class.
+pub fn interleave_classes(indices: &[usize], labels: &[usize]) -> Vec<usize> {
+    let k = indices.iter().map(|&i| labels[i] + 1).max().unwrap_or(0);
+    let mut per: Vec<std::collections::VecDeque<usize>> = vec![Default::default(); k];
+    for &i in indices {
+        per[labels[i]].push_back(i);
+    }
+    let mut out = Vec::with_capacity(indices.len());
+    while out.len() < indices.len() {
+        for q in per.iter_mut() {
+            if let Some(i) = q.pop_front() {
+                out.push(i);
+            }
+        }
+    }
+    out
 }
 
 /// A metric of `compare`.
@@ -286,7 +307,7 @@ pub struct CompareOptions {
     /// `None`: the first run's data and split.
     pub data: Option<String>,
     pub part: Part,
-    /// Images (the first `count` of the part; all when `None`).
+    /// Images (the first `count` of the part, classes interleaved; all when `None`).
     pub count: Option<usize>,
     /// Robust accuracy under L2 PGD with this eps (at the working size) on the compared
     /// images, when given.
@@ -745,6 +766,7 @@ fn fmt_p(p: Option<&Wilcoxon>) -> String {
     match p {
         None => String::new(),
         Some(w) if w.p_value < 1e-4 => " (p<1e-4)".into(),
+        Some(w) if w.p_value < 1e-3 => " (p<0.001)".into(),
         Some(w) => format!(" (p={:.3})", w.p_value),
     }
 }
@@ -902,5 +924,18 @@ impl Comparison {
         write_atomic(&out.join("comparison.csv"), self.csv().as_bytes())?;
         write_atomic(&out.join("comparison.md"), self.markdown().as_bytes())?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn interleaving_balances_the_first_images() {
+        let labels = [0, 0, 0, 1, 1, 2, 2, 2];
+        let idx: Vec<usize> = (0..8).collect();
+        assert_eq!(
+            super::interleave_classes(&idx, &labels),
+            vec![0, 3, 5, 1, 4, 6, 2, 7]
+        );
     }
 }
