@@ -56,6 +56,26 @@ fn train_mode_logits_gradient_and_running_stats_match_torchvision() {
         .unwrap();
     let e = rel_err(g.get(xv.as_tensor()).unwrap(), &fx["grad_train_64"]);
     assert!(e < TOL, "train-mode input gradient: rel err {e}");
+    // weight gradients of the same backward (the convolution and BatchNorm kernels)
+    for name in [
+        "conv1.weight",
+        "bn1.weight",
+        "layer1.0.conv1.weight",
+        "layer2.0.downsample.0.weight",
+        "layer3.1.bn2.weight",
+        "layer4.0.conv1.weight",
+        "layer4.1.bn2.bias",
+        "fc.weight",
+    ] {
+        let v = m.var(name).unwrap();
+        let ours = g
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        let want = &fx[&format!("wgrad_train_64.{name}")];
+        let ours = ours.narrow(0, 0, want.dim(0).unwrap()).unwrap();
+        let e = rel_err(&ours, want);
+        assert!(e < TOL, "train-mode gradient of {name}: rel err {e}");
+    }
     for name in ["bn1", "layer2.0.downsample.1", "layer4.1.bn2"] {
         for stat in ["running_mean", "running_var"] {
             let ours = m.var(&format!("{name}.{stat}")).unwrap();
