@@ -86,18 +86,21 @@ pub fn run_cell(
         opt.step(&grads)?;
         Ok(())
     };
+    let new_adam = || {
+        Adam::new(
+            OptimKind::Adam,
+            model.trainable_vars(GroupSet::all()),
+            1e-4,
+            5e-4,
+        )
+    };
     let img_per_s = match what {
         "eval" => time_it(batch, warmup, iters, || {
             model.forward(&x, Mode::Eval)?.to_device(&Device::Cpu)?;
             Ok(())
         })?,
         "train" => {
-            let mut opt = Adam::new(
-                OptimKind::Adam,
-                model.trainable_vars(GroupSet::all()),
-                1e-4,
-                5e-4,
-            )?;
+            let mut opt = new_adam()?;
             time_it(batch, warmup, iters, || train_step(&mut opt, &x))?
         }
         "input-grad" => time_it(batch, warmup, iters, || {
@@ -105,12 +108,7 @@ pub fn run_cell(
             Ok(())
         })?,
         "pgd7" => {
-            let mut opt = Adam::new(
-                OptimKind::Adam,
-                model.trainable_vars(GroupSet::all()),
-                1e-4,
-                5e-4,
-            )?;
+            let mut opt = new_adam()?;
             let eps = 0.5 * size as f32 / 32.0;
             let pgd = Pgd {
                 norm: Norm::L2,

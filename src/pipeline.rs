@@ -341,26 +341,7 @@ pub fn report(
             row.push_str("</tr>");
             mrows.push(row);
         }
-        let lesion_share = {
-            let hb = make_batch(
-                &cache,
-                &labels,
-                &test[..test.len().min(opts.metric_images)],
-                None,
-                &vec![0; test.len().min(opts.metric_images)],
-            );
-            let with: Vec<usize> = (0..hb.labels.len()).filter(|&i| hb.has_mask[i]).collect();
-            with.iter()
-                .map(|&i| {
-                    hb.masks[i * plane..(i + 1) * plane]
-                        .iter()
-                        .filter(|&&v| v > 127)
-                        .count() as f64
-                        / plane as f64
-                })
-                .sum::<f64>()
-                / with.len().max(1) as f64
-        };
+        let lesion_share = c.mean_lesion_area.unwrap_or(0.0);
         summary["mean_lesion_area"] = serde_json::json!(lesion_share);
         summary["comparison"] = serde_json::to_value(&c).map_err(|e| Error::arg(e.to_string()))?;
         body.push_str("<h2>Saliency metrics</h2>\n");

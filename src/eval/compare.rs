@@ -417,6 +417,8 @@ pub struct Comparison {
     pub split: String,
     pub images: Vec<String>,
     pub images_with_mask: usize,
+    /// Mean share of the image covered by the lesion, over the images with a mask.
+    pub mean_lesion_area: Option<f64>,
     pub seed: u64,
     pub bootstrap_resamples: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -484,6 +486,18 @@ pub fn compare(
             )));
         }
     }
+    let needs_curve = opts
+        .metrics
+        .iter()
+        .any(|k| matches!(k, Metric::Deletion | Metric::Insertion));
+    let with_mask: Vec<&Vec<bool>> = masks.iter().flatten().collect();
+    let mean_lesion_area = (!with_mask.is_empty()).then(|| {
+        with_mask
+            .iter()
+            .map(|m| m.iter().filter(|&&v| v).count() as f64 / plane as f64)
+            .sum::<f64>()
+            / with_mask.len() as f64
+    });
     // abs maps per (model, method), for brittleness
     let mut maps: Vec<Vec<Vec<Vec<f32>>>> = Vec::new();
     let mut results = Vec::new();
@@ -526,10 +540,6 @@ pub fn compare(
             for (i, mask) in masks.iter().enumerate() {
                 let v: Vec<f32> = a.get(i)?.flatten_all()?.to_vec1()?;
                 let abs = reduce_channels(&v, c, size, size, Reduce::AbsSum);
-                let needs_curve = opts
-                    .metrics
-                    .iter()
-                    .any(|k| matches!(k, Metric::Deletion | Metric::Insertion));
                 let curves = if needs_curve {
                     Some(deletion_insertion(
                         &m.model,
@@ -694,7 +704,8 @@ pub fn compare(
             .iter()
             .map(|&i| data.ds.items[i].image_id.clone())
             .collect(),
-        images_with_mask: masks.iter().filter(|m| m.is_some()).count(),
+        images_with_mask: with_mask.len(),
+        mean_lesion_area,
         seed: opts.seed,
         bootstrap_resamples: opts.bootstrap,
         attack: pgd.map(|p| serde_json::json!({"norm": "l2", "eps": p.eps, "steps": p.steps, "step_size": p.step_size, "images": chosen.len()})),

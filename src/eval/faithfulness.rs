@@ -230,7 +230,7 @@ pub fn faithfulness_correlation<C: Classifier + ?Sized>(
     map: &[f32],
     opts: &CorrelationOptions,
 ) -> Result<f64> {
-    let n = image_pixels(x)?.0.len();
+    let n = x.elem_count();
     let mut rng = SeededRng::new(opts.seed);
     let subsets: Vec<Vec<usize>> = (0..opts.runs)
         .map(|_| {

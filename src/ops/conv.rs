@@ -221,29 +221,28 @@ struct Conv2d {
     pad: usize,
 }
 
-impl Conv2d {
-    fn geometry(&self, x: &Shape, w: &Shape) -> Result<Geometry> {
-        let (n, c, h, wd) = x.dims4()?;
-        let (o, c2, k, k2) = w.dims4()?;
-        if c != c2 || k != k2 {
-            candle_core::bail!("conv2d: input {x:?} and square weight {w:?} do not fit");
-        }
-        if h + 2 * self.pad < k || wd + 2 * self.pad < k {
-            candle_core::bail!("conv2d: input {h}x{wd} is smaller than the {k}x{k} kernel");
-        }
-        Ok(Geometry {
-            n,
-            c,
-            h,
-            w: wd,
-            o,
-            k,
-            stride: self.stride,
-            pad: self.pad,
-            ho: conv_out(h, k, self.stride, self.pad),
-            wo: conv_out(wd, k, self.stride, self.pad),
-        })
+/// The shapes of a convolution of `x` with `w` (a square kernel), checked.
+fn geometry(x: &Shape, w: &Shape, stride: usize, pad: usize) -> Result<Geometry> {
+    let (n, c, h, wd) = x.dims4()?;
+    let (o, c2, k, k2) = w.dims4()?;
+    if c != c2 || k != k2 {
+        candle_core::bail!("conv2d: input {x:?} and square weight {w:?} do not fit");
     }
+    if h + 2 * pad < k || wd + 2 * pad < k {
+        candle_core::bail!("conv2d: input {h}x{wd} is smaller than the {k}x{k} kernel");
+    }
+    Ok(Geometry {
+        n,
+        c,
+        h,
+        w: wd,
+        o,
+        k,
+        stride,
+        pad,
+        ho: conv_out(h, k, stride, pad),
+        wo: conv_out(wd, k, stride, pad),
+    })
 }
 
 impl CustomOp2 for Conv2d {
@@ -258,7 +257,7 @@ impl CustomOp2 for Conv2d {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = self.geometry(l1.shape(), l2.shape())?;
+        let g = geometry(l1.shape(), l2.shape(), self.stride, self.pad)?;
         let x = f32_slice(s1, l1, "input")?;
         let w = f32_slice(s2, l2, "weight")?;
         let (ckk, hw) = (g.ckk(), g.hw_out());
@@ -348,11 +347,7 @@ impl CustomOp2 for ConvInputGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = Conv2d {
-            stride: self.stride,
-            pad: self.pad,
-        }
-        .geometry(&self.x_shape, l2.shape())?;
+        let g = geometry(&self.x_shape, l2.shape(), self.stride, self.pad)?;
         let gr = f32_slice(s1, l1, "gradient")?;
         let w = f32_slice(s2, l2, "weight")?;
         let (ckk, hw) = (g.ckk(), g.hw_out());
@@ -409,11 +404,7 @@ impl CustomOp2 for ConvWeightGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = Conv2d {
-            stride: self.stride,
-            pad: self.pad,
-        }
-        .geometry(l1.shape(), &self.w_shape)?;
+        let g = geometry(l1.shape(), &self.w_shape, self.stride, self.pad)?;
         let x = f32_slice(s1, l1, "input")?;
         let gr = f32_slice(s2, l2, "gradient")?;
         let (ckk, hw) = (g.ckk(), g.hw_out());
