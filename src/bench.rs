@@ -96,7 +96,9 @@ pub fn run_cell(
     };
     let img_per_s = match what {
         "eval" => time_it(batch, warmup, iters, || {
-            model.forward(&x, Mode::Eval)?.to_device(&Device::Cpu)?;
+            model
+                .forward(&x, Mode::InputGrad)?
+                .to_device(&Device::Cpu)?;
             Ok(())
         })?,
         "train" => {

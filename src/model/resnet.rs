@@ -31,7 +31,9 @@ pub enum Mode {
     /// BatchNorm uses running statistics; parameters are tracked for gradients.
     Eval,
     /// Eval mode with the parameters detached: a backward pass computes only gradients with
-    /// respect to the input (attacks, saliency), never weight gradients.
+    /// respect to the input (attacks, saliency), never weight gradients. Also the fastest
+    /// mode for plain inference: every BatchNorm folds into its convolution, with the
+    /// residual add and the ReLU.
     InputGrad,
 }
 
@@ -119,6 +121,33 @@ impl Conv {
             self.padding,
         )?)
     }
+
+    /// This convolution with `bn` folded into it (running statistics, constant parameters).
+    fn folded(&self, bn: &BatchNorm) -> Result<crate::ops::block::FoldedConv> {
+        let (scale, shift) = bn.folded()?;
+        Ok(crate::ops::block::FoldedConv {
+            weight: self.weight.as_tensor().detach(),
+            stride: self.stride,
+            padding: self.padding,
+            scale: std::sync::Arc::new(scale),
+            shift: std::sync::Arc::new(shift),
+        })
+    }
+}
+
+/// Values per channel of a training-mode BatchNorm over `x` `[N, C, H, W]` (N*H*W), at least
+/// two.
+fn batch_count(x: &Tensor) -> Result<usize> {
+    let (n, _, h, wd) = x.dims4()?;
+    let count = n * h * wd;
+    if count < 2 {
+        return Err(Error::arg(format!(
+            "BatchNorm in train mode needs more than one value per channel, got input {:?}; \
+             use a batch size of at least 2",
+            x.dims()
+        )));
+    }
+    Ok(count)
 }
 
 #[derive(Debug)]
@@ -133,39 +162,114 @@ struct BatchNorm {
 }
 
 impl BatchNorm {
+    /// Whether this layer normalises with its running statistics in `mode`.
+    fn uses_running_stats(&self, mode: Mode) -> bool {
+        !mode.train() || self.frozen_stats.load(Ordering::Relaxed)
+    }
+
+    /// The running-statistics BatchNorm as one affine map per channel, `x * scale + shift`
+    /// (`scale = weight / sqrt(running_var + eps)`, `shift = bias - running_mean * scale`),
+    /// computed in f64.
+    fn folded(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let get = |v: &Var| -> Result<Vec<f64>> {
+            Ok(v.as_tensor().to_dtype(DType::F64)?.to_vec1::<f64>()?)
+        };
+        let (w, b) = (get(&self.weight)?, get(&self.bias)?);
+        let (rm, rv) = (get(&self.running_mean)?, get(&self.running_var)?);
+        let scale: Vec<f64> = w
+            .iter()
+            .zip(&rv)
+            .map(|(w, v)| w / (v + BN_EPS).sqrt())
+            .collect();
+        let shift = b
+            .iter()
+            .zip(&rm)
+            .zip(&scale)
+            .map(|((b, m), s)| (b - m * s) as f32)
+            .collect();
+        Ok((scale.into_iter().map(|s| s as f32).collect(), shift))
+    }
+
     fn forward(&self, x: &Tensor, mode: Mode, track: bool) -> Result<Tensor> {
+        self.forward_act(x, mode, track, None, false)
+    }
+
+    /// `act(bn(x) + residual)`, `act` ReLU when `relu`: fused into the BatchNorm's pass in
+    /// training mode on the CPU, a separate fused add-and-ReLU otherwise.
+    fn forward_act(
+        &self,
+        x: &Tensor,
+        mode: Mode,
+        track: bool,
+        residual: Option<&Tensor>,
+        relu: bool,
+    ) -> Result<Tensor> {
+        if mode.train() && !self.frozen_stats.load(Ordering::Relaxed) {
+            if let Some(y) = self.forward_train_fused(x, track, residual, relu)? {
+                return Ok(y);
+            }
+        }
+        let y = self.forward_plain(x, mode, track)?;
+        Ok(match (residual, relu) {
+            (Some(r), true) => crate::ops::add_relu(&y, r)?,
+            (Some(r), false) => (y + r)?,
+            (None, true) => crate::ops::relu(&y)?,
+            (None, false) => y,
+        })
+    }
+
+    /// Training-mode BatchNorm (batch statistics, running statistics updated) with the
+    /// residual and ReLU in the same CPU kernel; `None` where that kernel does not apply.
+    fn forward_train_fused(
+        &self,
+        x: &Tensor,
+        track: bool,
+        residual: Option<&Tensor>,
+        relu: bool,
+    ) -> Result<Option<Tensor>> {
+        let c = self.weight.dim(0)?;
+        let count = batch_count(x)?;
+        let Some((y, st)) = crate::ops::batchnorm::batch_norm_train(
+            x,
+            &param(&self.weight, track),
+            &param(&self.bias, track),
+            BN_EPS,
+            residual,
+            relu,
+        )?
+        else {
+            return Ok(None);
+        };
+        let dev = x.device();
+        self.update_running(
+            Tensor::from_vec(st.mean, c, dev)?,
+            Tensor::from_vec(st.var, c, dev)?,
+            count,
+        )?;
+        Ok(Some(y))
+    }
+
+    /// Running statistics, as torch: momentum 0.1, unbiased variance from the batch's
+    /// biased variance `var` over `count` values.
+    fn update_running(&self, mean: Tensor, var: Tensor, count: usize) -> Result<()> {
+        let var_unbiased = (var * (count as f64 / (count - 1) as f64))?;
+        let rm = ((self.running_mean.as_tensor() * (1.0 - BN_MOMENTUM))? + (mean * BN_MOMENTUM)?)?;
+        let rv = ((self.running_var.as_tensor() * (1.0 - BN_MOMENTUM))?
+            + (var_unbiased * BN_MOMENTUM)?)?;
+        self.running_mean.set(&rm)?;
+        self.running_var.set(&rv)?;
+        self.num_batches_tracked.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// BatchNorm alone, from candle ops (training mode off the CPU) or as one affine map per
+    /// channel (running statistics).
+    fn forward_plain(&self, x: &Tensor, mode: Mode, track: bool) -> Result<Tensor> {
         let c = self.weight.dim(0)?;
         let w = param(&self.weight, track).reshape((1, c, 1, 1))?;
         let b = param(&self.bias, track).reshape((1, c, 1, 1))?;
         if mode.train() && !self.frozen_stats.load(Ordering::Relaxed) {
-            let (n, _, h, wd) = x.dims4()?;
-            let count = n * h * wd;
-            if count < 2 {
-                return Err(Error::arg(format!(
-                    "BatchNorm in train mode needs more than one value per channel, got input {:?}; \
-                     use a batch size of at least 2",
-                    x.dims()
-                )));
-            }
-            if let Some((y, st)) = crate::ops::batchnorm::batch_norm_train(
-                x,
-                &param(&self.weight, track),
-                &param(&self.bias, track),
-                BN_EPS,
-            )? {
-                let dev = x.device();
-                let mean_d = Tensor::from_vec(st.mean, c, dev)?;
-                let var_unbiased =
-                    (Tensor::from_vec(st.var, c, dev)? * (count as f64 / (count - 1) as f64))?;
-                let rm = ((self.running_mean.as_tensor() * (1.0 - BN_MOMENTUM))?
-                    + (mean_d * BN_MOMENTUM)?)?;
-                let rv = ((self.running_var.as_tensor() * (1.0 - BN_MOMENTUM))?
-                    + (var_unbiased * BN_MOMENTUM)?)?;
-                self.running_mean.set(&rm)?;
-                self.running_var.set(&rv)?;
-                self.num_batches_tracked.fetch_add(1, Ordering::Relaxed);
-                return Ok(y);
-            }
+            let count = batch_count(x)?;
             let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?; // [1,C,1,1]
             let centered = x.broadcast_sub(&mean)?;
             let var = centered
@@ -177,16 +281,11 @@ impl BatchNorm {
             let y = centered
                 .broadcast_mul(&inv.broadcast_mul(&w)?)?
                 .broadcast_add(&b)?;
-            // Running statistics, as torch: unbiased variance, momentum 0.1.
-            let mean_d = mean.detach().flatten_all()?;
-            let var_unbiased = (var.detach().flatten_all()? * (count as f64 / (count - 1) as f64))?;
-            let rm =
-                ((self.running_mean.as_tensor() * (1.0 - BN_MOMENTUM))? + (mean_d * BN_MOMENTUM)?)?;
-            let rv = ((self.running_var.as_tensor() * (1.0 - BN_MOMENTUM))?
-                + (var_unbiased * BN_MOMENTUM)?)?;
-            self.running_mean.set(&rm)?;
-            self.running_var.set(&rv)?;
-            self.num_batches_tracked.fetch_add(1, Ordering::Relaxed);
+            self.update_running(
+                mean.detach().flatten_all()?,
+                var.detach().flatten_all()?,
+                count,
+            )?;
             Ok(y)
         } else {
             let rm = self
@@ -221,18 +320,41 @@ struct BasicBlock {
 
 impl BasicBlock {
     fn forward(&self, x: &Tensor, mode: Mode, track: bool) -> Result<Tensor> {
+        let fold = !track
+            && self.bn1.uses_running_stats(mode)
+            && self.bn2.uses_running_stats(mode)
+            && self
+                .downsample
+                .as_ref()
+                .is_none_or(|(_, b)| b.uses_running_stats(mode));
+        if fold {
+            // Constant parameters and running statistics: every BatchNorm folds into its
+            // convolution's output pass, with the residual add and the ReLU.
+            let down = match &self.downsample {
+                Some((c, b)) => Some(c.folded(b)?),
+                None => None,
+            };
+            return Ok(crate::ops::block::basic_block_folded(
+                x,
+                &self.conv1.folded(&self.bn1)?,
+                &self.conv2.folded(&self.bn2)?,
+                down.as_ref(),
+            )?);
+        }
         let y = self
             .bn1
-            .forward(&self.conv1.forward(x, track)?, mode, track)?
-            .relu()?;
-        let y = self
-            .bn2
-            .forward(&self.conv2.forward(&y, track)?, mode, track)?;
+            .forward_act(&self.conv1.forward(x, track)?, mode, track, None, true)?;
         let shortcut = match &self.downsample {
             Some((c, b)) => b.forward(&c.forward(x, track)?, mode, track)?,
             None => x.clone(),
         };
-        Ok((y + shortcut)?.relu()?)
+        self.bn2.forward_act(
+            &self.conv2.forward(&y, track)?,
+            mode,
+            track,
+            Some(&shortcut),
+            true,
+        )
     }
 }
 
@@ -531,11 +653,14 @@ impl ResNet18 {
             Stage::Stem => {
                 let t = self.track(1, mode);
                 let x = self.normalize(x)?;
-                let x = self
-                    .bn1
-                    .forward(&self.conv1.forward(&x, t)?, mode, t)?
-                    .relu()?;
-                max_pool2d(&x, 3, 2, 1)?
+                if !t && self.bn1.uses_running_stats(mode) {
+                    crate::ops::block::stem_folded(&x, &self.conv1.folded(&self.bn1)?, (3, 2, 1))?
+                } else {
+                    let x =
+                        self.bn1
+                            .forward_act(&self.conv1.forward(&x, t)?, mode, t, None, true)?;
+                    max_pool2d(&x, 3, 2, 1)?
+                }
             }
             Stage::Layer1 | Stage::Layer2 | Stage::Layer3 | Stage::Layer4 => {
                 let li = stage as usize - Stage::Layer1 as usize;

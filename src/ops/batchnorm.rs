@@ -11,7 +11,7 @@
 //!
 //! Both are parallel over channels and fall back to candle ops off the CPU.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -111,48 +111,81 @@ pub struct BatchStats {
 
 struct BatchNormTrain {
     eps: f64,
+    relu: bool,
     stats: Arc<Mutex<Option<BatchStats>>>,
 }
 
-impl CustomOp3 for BatchNormTrain {
-    fn name(&self) -> &'static str {
-        "robustlens-batch-norm-train"
+/// The sum of `f(v)` over `xs` in f64, in four independent partial sums (so that the additions
+/// pipeline and vectorise instead of waiting on one another).
+#[inline]
+fn lanes_sum(xs: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    let mut acc = [0f64; 4];
+    let mut chunks = xs.chunks_exact(4);
+    for c in &mut chunks {
+        for l in 0..4 {
+            acc[l] += f(c[l]);
+        }
     }
+    let tail: f64 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    acc.iter().sum::<f64>() + tail
+}
 
-    fn cpu_fwd(
+/// Runs `f` on a CPU tensor's f32 values, read in place.
+fn with_values<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let (st, l) = t.storage_and_layout();
+    match &*st {
+        candle_core::Storage::Cpu(cs) => f(contiguous(cs, l, what)?),
+        _ => candle_core::bail!("batch norm: {what} must be on the CPU"),
+    }
+}
+
+impl BatchNormTrain {
+    fn forward(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
+        (s1, l1): (&CpuStorage, &Layout),
+        (s2, l2): (&CpuStorage, &Layout),
+        res: Option<(&CpuStorage, &Layout)>,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = l1.shape().dims4()?;
         let x = contiguous(s1, l1, "input")?;
-        let gamma = contiguous(s2, l2, "weight")?;
-        let beta = contiguous(s3, l3, "bias")?;
+        let gb = contiguous(s2, l2, "weight and bias")?;
+        if gb.len() != 2 * c {
+            candle_core::bail!(
+                "batch norm: {c} channels but {} weights and biases",
+                gb.len()
+            );
+        }
+        let (gamma, beta) = gb.split_at(c);
+        let r = match res {
+            Some((s, l)) => {
+                if l.shape() != l1.shape() {
+                    candle_core::bail!(
+                        "batch norm: residual {:?} does not match the input {:?}",
+                        l.shape(),
+                        l1.shape()
+                    );
+                }
+                Some(contiguous(s, l, "residual")?)
+            }
+            None => None,
+        };
         let hw = h * w;
         let m = (n * hw) as f64;
         // statistics per channel, in f64
         let stats: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let mut s = 0f64;
-                for i in 0..n {
-                    s += x[(i * c + ch) * hw..][..hw]
-                        .iter()
-                        .map(|&v| v as f64)
-                        .sum::<f64>();
-                }
+                let plane = |i: usize| &x[(i * c + ch) * hw..][..hw];
+                let s: f64 = (0..n).map(|i| lanes_sum(plane(i), |v| v as f64)).sum();
                 let mean = s / m;
-                let mut q = 0f64;
-                for i in 0..n {
-                    q += x[(i * c + ch) * hw..][..hw]
-                        .iter()
-                        .map(|&v| (v as f64 - mean) * (v as f64 - mean))
-                        .sum::<f64>();
-                }
+                let q: f64 = (0..n)
+                    .map(|i| {
+                        lanes_sum(plane(i), |v| {
+                            let d = v as f64 - mean;
+                            d * d
+                        })
+                    })
+                    .sum();
                 (mean, q / m)
             })
             .collect();
@@ -163,12 +196,28 @@ impl CustomOp3 for BatchNormTrain {
             .map(|ch| (beta[ch] as f64 - stats[ch].0 * scale[ch] as f64) as f32)
             .collect();
         let mut out = vec![0f32; x.len()];
-        per_plane(x, &mut out, c, hw, |ch, xs, o| {
-            let (a, b) = (scale[ch], shift[ch]);
-            for (o, x) in o.iter_mut().zip(xs) {
-                *o = x * a + b;
-            }
-        });
+        let relu = self.relu;
+        out.par_chunks_mut(hw)
+            .zip(x.par_chunks(hw))
+            .enumerate()
+            .for_each(|(p, (o, xs))| {
+                let (a, b) = (scale[p % c], shift[p % c]);
+                match r {
+                    Some(r) => {
+                        let rs = &r[p * hw..(p + 1) * hw];
+                        for ((o, x), r) in o.iter_mut().zip(xs).zip(rs) {
+                            let v = x * a + b + r;
+                            *o = if relu { v.max(0.0) } else { v };
+                        }
+                    }
+                    None => {
+                        for (o, x) in o.iter_mut().zip(xs) {
+                            let v = x * a + b;
+                            *o = if relu { v.max(0.0) } else { v };
+                        }
+                    }
+                }
+            });
         if let Ok(mut g) = self.stats.lock() {
             *g = Some(BatchStats {
                 mean: stats.iter().map(|s| s.0 as f32).collect(),
@@ -178,14 +227,18 @@ impl CustomOp3 for BatchNormTrain {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
-    fn bwd(
+    /// Gradients of the input, of `[gamma; beta]` (`[2, C]`) and of the residual, from the
+    /// output `y` and its gradient. With `gz` the gradient before the ReLU, per channel
+    /// `S1 = sum gz`, `S2 = sum gz (x - mean)`: dbeta = S1, dgamma = S2 inv,
+    /// dx = gamma inv gz - gamma inv^3 S2 / M (x - mean) - gamma inv S1 / M, dres = gz.
+    fn backward(
         &self,
         x: &Tensor,
-        gamma: &Tensor,
-        _beta: &Tensor,
-        _res: &Tensor,
+        gb: &Tensor,
+        y: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        want_res: bool,
+    ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
         let st = self
             .stats
             .lock()
@@ -197,82 +250,183 @@ impl CustomOp3 for BatchNormTrain {
         let (n, c, h, w) = x.dims4()?;
         let hw = h * w;
         let m = (n * hw) as f64;
-        let xs: Vec<f32> = x.contiguous()?.flatten_all()?.to_vec1()?;
-        let gs: Vec<f32> = grad.contiguous()?.flatten_all()?.to_vec1()?;
-        let gam: Vec<f32> = gamma.to_vec1()?;
+        let gamma: Vec<f32> = gb.get(0)?.to_vec1()?;
         let inv: Vec<f64> = st
             .var
             .iter()
             .map(|&v| 1.0 / (v as f64 + self.eps).sqrt())
             .collect();
-        // dbeta = sum g, dgamma = sum g * xhat
-        let sums: Vec<(f64, f64)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let (mut sb, mut sg) = (0f64, 0f64);
-                let mu = st.mean[ch] as f64;
-                for i in 0..n {
-                    let o = (i * c + ch) * hw;
-                    for (&xv, &gv) in xs[o..o + hw].iter().zip(&gs[o..o + hw]) {
-                        sb += gv as f64;
-                        sg += gv as f64 * (xv as f64 - mu) * inv[ch];
+        let grad = grad.contiguous()?;
+        let relu = self.relu;
+        let want_dx = x.track_op();
+        let (dx, gz, sums) = with_values(x, "input", |xs| {
+            with_values(&grad, "gradient", |gs| {
+                with_values(y, "output", |ys| {
+                    if xs.len() != gs.len() || ys.len() != gs.len() {
+                        candle_core::bail!("batch norm backward: shapes do not match");
                     }
-                }
-                (sb, sg)
+                    let g_at = |i: usize| -> f32 {
+                        if relu && ys[i] <= 0.0 {
+                            0.0
+                        } else {
+                            gs[i]
+                        }
+                    };
+                    // S1, S2 per channel, in f64 (four independent partial sums each)
+                    let sums: Vec<(f64, f64)> = (0..c)
+                        .into_par_iter()
+                        .map(|ch| {
+                            let mu = st.mean[ch];
+                            let (mut s1, mut s2) = ([0f64; 4], [0f64; 4]);
+                            for i in 0..n {
+                                let o = (i * c + ch) * hw;
+                                for j in (o..o + hw).step_by(4) {
+                                    for (l, j) in (j..(j + 4).min(o + hw)).enumerate() {
+                                        let g = g_at(j);
+                                        s1[l] += g as f64;
+                                        s2[l] += (g * (xs[j] - mu)) as f64;
+                                    }
+                                }
+                            }
+                            (s1.iter().sum(), s2.iter().sum())
+                        })
+                        .collect();
+                    let gz = want_res.then(|| {
+                        let mut gz = vec![0f32; gs.len()];
+                        gz.par_chunks_mut(1 << 14).enumerate().for_each(|(b, d)| {
+                            for (q, d) in d.iter_mut().enumerate() {
+                                *d = g_at((b << 14) + q);
+                            }
+                        });
+                        gz
+                    });
+                    let dx = want_dx.then(|| {
+                        let mut dx = vec![0f32; xs.len()];
+                        dx.par_chunks_mut(hw).enumerate().for_each(|(p, d)| {
+                            let ch = p % c;
+                            let (s1, s2) = sums[ch];
+                            let gi = gamma[ch] as f64 * inv[ch];
+                            let a = gi as f32;
+                            let b = (-gi * inv[ch] * inv[ch] * s2 / m) as f32;
+                            let c0 = (-gi * s1 / m) as f32;
+                            let mu = st.mean[ch];
+                            for (q, dv) in d.iter_mut().enumerate() {
+                                let j = p * hw + q;
+                                *dv = a * g_at(j) + b * (xs[j] - mu) + c0;
+                            }
+                        });
+                        dx
+                    });
+                    Ok((dx, gz, sums))
+                })
             })
+        })?;
+        let dev = x.device();
+        let mut dgb: Vec<f32> = sums
+            .iter()
+            .zip(&inv)
+            .map(|(s, i)| (s.1 * i) as f32)
             .collect();
-        let gx = if x.track_op() {
-            let mut dx = vec![0f32; xs.len()];
-            dx.par_chunks_mut(hw).enumerate().for_each(|(p, d)| {
-                let ch = p % c;
-                let mu = st.mean[ch] as f64;
-                let k = gam[ch] as f64 * inv[ch] / m;
-                let (db, dg) = sums[ch];
-                let o = p * hw;
-                for (j, dv) in d.iter_mut().enumerate() {
-                    let xhat = (xs[o + j] as f64 - mu) * inv[ch];
-                    *dv = (k * (m * gs[o + j] as f64 - db - xhat * dg)) as f32;
-                }
-            });
-            Some(Tensor::from_vec(dx, (n, c, h, w), x.device())?)
-        } else {
-            None
-        };
-        let dgamma = Tensor::from_vec(
-            sums.iter().map(|s| s.1 as f32).collect::<Vec<_>>(),
-            c,
-            x.device(),
-        )?;
-        let dbeta = Tensor::from_vec(
-            sums.iter().map(|s| s.0 as f32).collect::<Vec<_>>(),
-            c,
-            x.device(),
-        )?;
-        Ok((gx, Some(dgamma), Some(dbeta)))
+        dgb.extend(sums.iter().map(|s| s.0 as f32));
+        Ok((
+            dx.map(|d| Tensor::from_vec(d, (n, c, h, w), dev))
+                .transpose()?,
+            Tensor::from_vec(dgb, (2, c), dev)?,
+            gz.map(|g| Tensor::from_vec(g, (n, c, h, w), dev))
+                .transpose()?,
+        ))
     }
 }
 
-/// Training-mode BatchNorm of `x` `[N, C, H, W]` with `gamma`, `beta` `[C]` on the CPU:
-/// the output (differentiable in all three) and the batch statistics. `None` off the CPU or
-/// for other dtypes (the caller then uses candle ops).
+impl CustomOp2 for BatchNormTrain {
+    fn name(&self) -> &'static str {
+        "robustlens-batch-norm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.forward((s1, l1), (s2, l2), None)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gb: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dgb, _) = self.backward(x, gb, res, grad, false)?;
+        Ok((dx, Some(dgb)))
+    }
+}
+
+impl CustomOp3 for BatchNormTrain {
+    fn name(&self) -> &'static str {
+        "robustlens-batch-norm-train-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.forward((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gb: &Tensor,
+        r: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dgb, dr) = self.backward(x, gb, res, grad, r.track_op())?;
+        Ok((dx, Some(dgb), dr))
+    }
+}
+
+/// Training-mode BatchNorm of `x` `[N, C, H, W]` with `gamma`, `beta` `[C]` on the CPU,
+/// followed by `+ residual` and a ReLU when asked, in one pass each way: the output
+/// (differentiable in all its inputs) and the batch statistics. `None` off the CPU or for
+/// other dtypes (the caller then uses candle ops).
 pub fn batch_norm_train(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
     eps: f64,
+    residual: Option<&Tensor>,
+    relu: bool,
 ) -> Result<Option<(Tensor, BatchStats)>> {
-    if !(x.device().is_cpu() && x.dtype() == candle_core::DType::F32) {
+    let mut all = vec![x, gamma, beta];
+    all.extend(residual);
+    if !all
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32)
+    {
         return Ok(None);
     }
     let stats = Arc::new(Mutex::new(None));
-    let y = x.contiguous()?.apply_op3(
-        &gamma.contiguous()?,
-        &beta.contiguous()?,
-        BatchNormTrain {
-            eps,
-            stats: stats.clone(),
-        },
-    )?;
+    let op = BatchNormTrain {
+        eps,
+        relu,
+        stats: stats.clone(),
+    };
+    let gb = Tensor::stack(&[gamma, beta], 0)?;
+    let x = x.contiguous()?;
+    let y = match residual {
+        None => x.apply_op2(&gb, op)?,
+        Some(r) => x.apply_op3(&gb, &r.contiguous()?, op)?,
+    };
     let st = stats.lock().ok().and_then(|g| g.clone()).ok_or_else(|| {
         candle_core::Error::Msg("batch norm: statistics were not recorded".into())
     })?;
@@ -342,9 +496,16 @@ mod tests {
         let x = Var::from_tensor(&rand(&[3, 4, 5, 6], 1, -2.0, 3.0)).unwrap();
         let g = Var::from_tensor(&rand(&[4], 2, 0.5, 1.5)).unwrap();
         let b = Var::from_tensor(&rand(&[4], 3, -1.0, 1.0)).unwrap();
-        let (ours, st) = batch_norm_train(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5)
-            .unwrap()
-            .unwrap();
+        let (ours, st) = batch_norm_train(
+            x.as_tensor(),
+            g.as_tensor(),
+            b.as_tensor(),
+            1e-5,
+            None,
+            false,
+        )
+        .unwrap()
+        .unwrap();
         let theirs = reference(x.as_tensor(), g.as_tensor(), b.as_tensor());
         assert!(max_abs(&ours, &theirs) < 1e-5);
         let mean: Vec<f32> = x
@@ -381,6 +542,58 @@ mod tests {
                 g2.get(v.as_tensor()).unwrap(),
             );
             assert!(d < 1e-4, "{d}");
+        }
+    }
+
+    #[test]
+    fn train_mode_with_residual_and_relu_matches_candle_ops() {
+        // larger planes than above: the four-lane sums have tails (hw = 7*9 = 63)
+        let shape = [2, 3, 7, 9];
+        let x = Var::from_tensor(&rand(&shape, 11, -2.0, 3.0)).unwrap();
+        let g = Var::from_tensor(&rand(&[3], 12, 0.5, 1.5)).unwrap();
+        let b = Var::from_tensor(&rand(&[3], 13, -1.0, 1.0)).unwrap();
+        let r = Var::from_tensor(&rand(&shape, 14, -1.0, 1.0)).unwrap();
+        let probe = rand(&shape, 15, -1.0, 1.0);
+        for (res, relu) in [(true, true), (false, true), (true, false)] {
+            let rr = res.then_some(r.as_tensor());
+            let (ours, _) =
+                batch_norm_train(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5, rr, relu)
+                    .unwrap()
+                    .unwrap();
+            let mut theirs = reference(x.as_tensor(), g.as_tensor(), b.as_tensor());
+            if let Some(r) = rr {
+                theirs = (theirs + r).unwrap();
+            }
+            if relu {
+                theirs = theirs.relu().unwrap();
+            }
+            assert!(max_abs(&ours, &theirs) < 1e-5, "forward {res} {relu}");
+            let g1 = (ours * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g2 = (theirs * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for v in [&x, &g, &b, &r] {
+                match (g1.get(v.as_tensor()), g2.get(v.as_tensor())) {
+                    (Some(a), Some(c)) => {
+                        let d = max_abs(a, c);
+                        assert!(d < 1e-4, "backward {res} {relu}: {d}");
+                    }
+                    (None, None) => assert!(!res && std::ptr::eq(v, &r)),
+                    (a, c) => panic!(
+                        "gradient presence differs: {} vs {}",
+                        a.is_some(),
+                        c.is_some()
+                    ),
+                }
+            }
         }
     }
 

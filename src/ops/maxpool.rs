@@ -16,6 +16,107 @@ pub fn pooled_size(input: usize, kernel: usize, stride: usize, padding: usize) -
     (input + 2 * padding).saturating_sub(kernel) / stride + 1
 }
 
+/// The input rows (or columns) `lo..hi` inside the image under output position `o`'s window;
+/// never empty when `p <= k / 2` and `o` is a valid output position (both checked).
+#[inline]
+fn window(o: usize, s: usize, p: usize, k: usize, len: usize) -> (usize, usize) {
+    let start = o * s;
+    ((start).saturating_sub(p), (start + k - p).min(len))
+}
+
+/// Max pooling of `src` (`[n, c, h, w]`, contiguous): the output, the flat in-plane index of
+/// each output's winner, and the output size.
+pub(super) fn pool_forward(
+    src: &[f32],
+    (n, c, h, w): (usize, usize, usize, usize),
+    k: usize,
+    s: usize,
+    p: usize,
+) -> Result<(Vec<f32>, Vec<u32>, usize, usize)> {
+    if h + 2 * p < k || w + 2 * p < k {
+        candle_core::bail!("max_pool2d: input {h}x{w} is smaller than the {k}x{k} window");
+    }
+    if 2 * p > k {
+        candle_core::bail!(
+            "max_pool2d: padding {p} must be at most half the {k}x{k} window (as in PyTorch)"
+        );
+    }
+    let ho = pooled_size(h, k, s, p);
+    let wo = pooled_size(w, k, s, p);
+    let plane_in = h * w;
+    let plane_out = ho * wo;
+    let mut out = vec![0f32; n * c * plane_out];
+    debug_assert_eq!(src.len(), n * c * plane_in);
+    let mut idx = vec![0u32; n * c * plane_out];
+    out.par_chunks_mut(plane_out)
+        .zip(idx.par_chunks_mut(plane_out))
+        .enumerate()
+        .for_each(|(plane, (o, ix))| {
+            let x = &src[plane * plane_in..(plane + 1) * plane_in];
+            for (oy, (orow, irow)) in o
+                .chunks_exact_mut(wo)
+                .zip(ix.chunks_exact_mut(wo))
+                .enumerate()
+            {
+                let (ylo, yhi) = window(oy, s, p, k, h);
+                for (ox, (ov, iv)) in orow.iter_mut().zip(irow.iter_mut()).enumerate() {
+                    let (xlo, xhi) = window(ox, s, p, k, w);
+                    // the first maximum in scan order; the first NaN wins, as in PyTorch
+                    let mut bi = ylo * w + xlo;
+                    let mut best = x[bi];
+                    for yy in ylo..yhi {
+                        let row = &x[yy * w..yy * w + xhi];
+                        for (xx, &v) in row.iter().enumerate().skip(xlo) {
+                            if v > best || (v.is_nan() && !best.is_nan()) {
+                                best = v;
+                                bi = yy * w + xx;
+                            }
+                        }
+                    }
+                    *ov = best;
+                    *iv = bi as u32;
+                }
+            }
+        });
+    Ok((out, idx, ho, wo))
+}
+
+/// The input gradient of max pooling: each output gradient `g` routed to its winner
+/// (`argmax`), summed; only outputs whose value `out` is positive when `only_positive`
+/// is given (a ReLU before the pooling: its gradient is zero where the winner was not
+/// positive, and the winner is positive exactly when the pooled value is).
+pub(super) fn pool_backward(
+    g: &[f32],
+    argmax: &[u32],
+    plane_in: usize,
+    plane_out: usize,
+    only_positive: Option<&[f32]>,
+) -> Vec<f32> {
+    let planes = g.len() / plane_out.max(1);
+    let mut out = vec![0f32; planes * plane_in];
+    out.par_chunks_mut(plane_in)
+        .enumerate()
+        .for_each(|(plane, o)| {
+            let r = plane * plane_out..(plane + 1) * plane_out;
+            let (gi, ix) = (&g[r.clone()], &argmax[r.clone()]);
+            match only_positive {
+                None => {
+                    for (gv, &i) in gi.iter().zip(ix) {
+                        o[i as usize] += gv;
+                    }
+                }
+                Some(y) => {
+                    for ((gv, &i), yv) in gi.iter().zip(ix).zip(&y[r]) {
+                        if *yv > 0.0 {
+                            o[i as usize] += gv;
+                        }
+                    }
+                }
+            }
+        });
+    out
+}
+
 struct MaxPoolFwd {
     kernel: usize,
     stride: usize,
@@ -39,54 +140,8 @@ impl CustomOp1 for MaxPoolFwd {
             Some((a, b)) => &src[a..b],
             None => candle_core::bail!("max_pool2d: input must be contiguous"),
         };
-        let (k, s, p) = (self.kernel, self.stride, self.padding);
-        if h + 2 * p < k || w + 2 * p < k {
-            candle_core::bail!("max_pool2d: input {h}x{w} is smaller than the {k}x{k} window");
-        }
-        let ho = pooled_size(h, k, s, p);
-        let wo = pooled_size(w, k, s, p);
-        let plane_in = h * w;
-        let plane_out = ho * wo;
-        let mut out = vec![0f32; n * c * plane_out];
-        let mut idx = vec![0u32; n * c * plane_out];
-        out.par_chunks_mut(plane_out)
-            .zip(idx.par_chunks_mut(plane_out))
-            .enumerate()
-            .for_each(|(plane, (o, ix))| {
-                let x = &src[plane * plane_in..(plane + 1) * plane_in];
-                for oy in 0..ho {
-                    let y0 = (oy * s) as isize - p as isize;
-                    for ox in 0..wo {
-                        let x0 = (ox * s) as isize - p as isize;
-                        let mut best = f32::NEG_INFINITY;
-                        let mut best_i = u32::MAX;
-                        for dy in 0..k as isize {
-                            let yy = y0 + dy;
-                            if yy < 0 || yy >= h as isize {
-                                continue;
-                            }
-                            let row = yy as usize * w;
-                            for dx in 0..k as isize {
-                                let xx = x0 + dx;
-                                if xx < 0 || xx >= w as isize {
-                                    continue;
-                                }
-                                let v = x[row + xx as usize];
-                                // `>` keeps the first maximum; NaN propagates like PyTorch.
-                                if v > best || v.is_nan() || best_i == u32::MAX {
-                                    best = v;
-                                    best_i = (row + xx as usize) as u32;
-                                    if v.is_nan() {
-                                        break;
-                                    }
-                                }
-                            }
-                        }
-                        o[oy * wo + ox] = best;
-                        ix[oy * wo + ox] = best_i;
-                    }
-                }
-            });
+        let (out, idx, ho, wo) =
+            pool_forward(src, (n, c, h, w), self.kernel, self.stride, self.padding)?;
         if let Ok(mut guard) = self.argmax.lock() {
             *guard = Some(Arc::new(idx));
         }
@@ -133,18 +188,7 @@ impl CustomOp1 for MaxPoolBwd {
         if self.argmax.len() != n * c * plane_out {
             candle_core::bail!("max_pool2d backward: gradient shape does not match the forward");
         }
-        let mut out = vec![0f32; n * c * plane_in];
-        out.par_chunks_mut(plane_in)
-            .enumerate()
-            .for_each(|(plane, o)| {
-                let gi = &g[plane * plane_out..(plane + 1) * plane_out];
-                let ix = &self.argmax[plane * plane_out..(plane + 1) * plane_out];
-                for (gv, &i) in gi.iter().zip(ix) {
-                    if (i as usize) < plane_in {
-                        o[i as usize] += gv;
-                    }
-                }
-            });
+        let out = pool_backward(g, &self.argmax, plane_in, plane_out, None);
         Ok((CpuStorage::F32(out), Shape::from((n, c, self.h, self.w))))
     }
 }
@@ -220,7 +264,7 @@ pub fn max_pool2d_generic(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     fn input(n: usize, c: usize, h: usize, w: usize) -> Tensor {
         // Distinct values, so no ties and finite differences are exact.
@@ -239,6 +283,37 @@ mod tests {
         assert_eq!(a.dims(), &[2, 3, 5, 4]);
         let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
         assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn ties_pick_the_first_maximum_and_nan_wins() {
+        // one 3x3 window over a constant 3x3 plane (padding 1, stride 2: 2x2 outputs)
+        let x = Var::from_tensor(&Tensor::ones((1, 1, 3, 3), DType::F32, &Device::Cpu).unwrap())
+            .unwrap();
+        let y = max_pool2d(x.as_tensor(), 3, 2, 1).unwrap();
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let g: Vec<f32> = g
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        // windows start at (-1,-1), (-1,1), (1,-1), (1,1): first in-image maxima 0, 1, 3, 4
+        assert_eq!(g, [1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+        let mut v = vec![0f32; 9];
+        v[4] = f32::NAN;
+        v[8] = 5.0;
+        let x = Tensor::from_vec(v, (1, 1, 3, 3), &Device::Cpu).unwrap();
+        let y: Vec<f32> = max_pool2d(&x, 3, 2, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(y.iter().all(|v| v.is_nan()), "{y:?}");
+        let err = max_pool2d(&x, 2, 1, 2).unwrap_err().to_string();
+        assert!(err.contains("at most half"), "{err}");
     }
 
     #[test]

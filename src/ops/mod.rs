@@ -1,10 +1,13 @@
 //! Kernels that candle lacks or gets wrong, as candle custom ops with their own backward.
 
+pub mod act;
 pub mod batchnorm;
+pub mod block;
 pub mod conv;
 pub mod maxpool;
 
-pub use conv::conv2d;
+pub use act::{add_relu, relu};
+pub use conv::{conv2d, conv2d_fused};
 pub use maxpool::max_pool2d;
 
 /// The f32 values of a contiguous CPU tensor, for the custom ops; `op` and `what` name it in

@@ -1,0 +1,210 @@
+//! ReLU and residual-add-then-ReLU as custom ops whose backward is one pass.
+//!
+//! candle 0.11 differentiates `relu` as `grad * (x >= 0)` through four tensor ops (a zero
+//! tensor, a comparison, a cast and a product, each allocating); here the mask is read from
+//! the output (`y > 0`, as PyTorch's `threshold_backward`) in the same pass that applies it.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Elements per parallel task.
+const CHUNK: usize = 1 << 14;
+
+fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    super::cpu_f32(s, l, "relu", what)
+}
+
+fn on_cpu_f32(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32)
+}
+
+/// `grad` where `out > 0`, else 0 (no backward of its own).
+struct ReluGrad;
+
+impl CustomOp2 for ReluGrad {
+    fn name(&self) -> &'static str {
+        "robustlens-relu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = f32s(s1, l1, "gradient")?;
+        let y = f32s(s2, l2, "output")?;
+        if l1.shape() != l2.shape() {
+            candle_core::bail!(
+                "relu backward: gradient {:?} vs output {:?}",
+                l1.shape(),
+                l2.shape()
+            );
+        }
+        let mut d = vec![0f32; g.len()];
+        d.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
+            .for_each(|(d, (g, y))| {
+                for ((d, g), y) in d.iter_mut().zip(g).zip(y) {
+                    *d = if *y > 0.0 { *g } else { 0.0 };
+                }
+            });
+        Ok((CpuStorage::F32(d), l1.shape().clone()))
+    }
+}
+
+/// The gradient of a ReLU's input from its output `out` and the output gradient `grad`.
+pub fn relu_grad(grad: &Tensor, out: &Tensor) -> Result<Tensor> {
+    if on_cpu_f32(&[grad, out]) {
+        grad.contiguous()?
+            .apply_op2_no_bwd(&out.contiguous()?, &ReluGrad)
+    } else {
+        grad * out.gt(0.0)?.to_dtype(grad.dtype())?
+    }
+}
+
+struct Relu;
+
+impl CustomOp1 for Relu {
+    fn name(&self) -> &'static str {
+        "robustlens-relu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32s(s, l, "input")?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(y, x)| {
+                for (y, x) in y.iter_mut().zip(x) {
+                    *y = x.max(0.0);
+                }
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        if !arg.track_op() {
+            return Ok(None);
+        }
+        relu_grad(grad, res).map(Some)
+    }
+}
+
+/// `max(x, 0)`, differentiable, with a one-pass backward on the CPU.
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    if on_cpu_f32(&[x]) {
+        x.contiguous()?.apply_op1(Relu)
+    } else {
+        x.relu()
+    }
+}
+
+struct AddRelu;
+
+impl CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "robustlens-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let a = f32s(s1, l1, "left")?;
+        let b = f32s(s2, l2, "right")?;
+        if l1.shape() != l2.shape() {
+            candle_core::bail!(
+                "add_relu: shapes {:?} and {:?} differ",
+                l1.shape(),
+                l2.shape()
+            );
+        }
+        let mut y = vec![0f32; a.len()];
+        y.par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+            .for_each(|(y, (a, b))| {
+                for ((y, a), b) in y.iter_mut().zip(a).zip(b) {
+                    *y = (a + b).max(0.0);
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        if !a.track_op() && !b.track_op() {
+            return Ok((None, None));
+        }
+        let g = relu_grad(grad, res)?;
+        Ok((a.track_op().then(|| g.clone()), b.track_op().then_some(g)))
+    }
+}
+
+/// `max(a + b, 0)` (a residual connection), differentiable in both, one pass each way on
+/// the CPU.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if on_cpu_f32(&[a, b]) && a.shape() == b.shape() {
+        a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
+    } else {
+        (a + b)?.relu()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn rand(n: usize, seed: u64) -> Tensor {
+        let mut r = crate::rng::SeededRng::new(seed);
+        Tensor::from_vec(r.normal_vec(n, 1.0), (n / 6, 2, 3), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn relu_and_add_relu_match_candle_both_ways() {
+        let n = 6 * 7000; // several parallel chunks
+        let a = Var::from_tensor(&rand(n, 1)).unwrap();
+        let b = Var::from_tensor(&rand(n, 2)).unwrap();
+        let probe = rand(n, 3);
+        let run = |f: &dyn Fn(&Tensor, &Tensor) -> Tensor| {
+            let y = f(a.as_tensor(), b.as_tensor());
+            let g = (&y * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let get = |v: &Var| -> Vec<f32> {
+                g.get(v.as_tensor())
+                    .map(|t| t.flatten_all().unwrap().to_vec1().unwrap())
+                    .unwrap_or_default()
+            };
+            (
+                y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                get(&a),
+                get(&b),
+            )
+        };
+        let ours = run(&|a, b| add_relu(a, b).unwrap());
+        let theirs = run(&|a, b| (a + b).unwrap().relu().unwrap());
+        assert_eq!(ours, theirs);
+        let ours = run(&|a, b| (relu(a).unwrap() * b).unwrap());
+        let theirs = run(&|a, b| (a.relu().unwrap() * b).unwrap());
+        assert_eq!(ours, theirs);
+        // no gradient for an untracked input
+        let y = add_relu(a.as_tensor(), &b.as_tensor().detach()).unwrap();
+        let g = y.sum_all().unwrap().backward().unwrap();
+        assert!(g.get(a.as_tensor()).is_some() && g.get(b.as_tensor()).is_none());
+    }
+}

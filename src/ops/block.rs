@@ -1,0 +1,538 @@
+//! A whole eval-mode residual block (ResNet's BasicBlock with its BatchNorms folded) as one
+//! candle custom op, for the passes that run the model with constant parameters (inference,
+//! attacks, saliency).
+//!
+//! candle's autograd allocates a zero tensor and adds into it for every gradient of every
+//! node; as one node the block's backward is four convolution input gradients, two ReLU
+//! masks and one residual sum on plain buffers, with one gradient handed back to candle.
+
+use super::conv::{conv_forward, conv_input_grad, geometry, Epilogue, Geometry};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Storage, Tensor};
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+/// A convolution followed by a folded BatchNorm: `conv(x, weight) * scale[o] + shift[o]`,
+/// all constants.
+#[derive(Clone)]
+pub struct FoldedConv {
+    /// `[O, C, K, K]`, square kernel.
+    pub weight: Tensor,
+    pub stride: usize,
+    pub padding: usize,
+    pub scale: Arc<Vec<f32>>,
+    pub shift: Arc<Vec<f32>>,
+}
+
+impl FoldedConv {
+    fn epilogue(&self, relu: bool) -> Epilogue {
+        Epilogue {
+            scale: Some(self.scale.clone()),
+            shift: Some(self.shift.clone()),
+            relu,
+        }
+    }
+
+    /// Runs `f` on the weight's values (read in place, no copy).
+    fn with_weight<R>(&self, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+        let (st, l) = self.weight.storage_and_layout();
+        match &*st {
+            Storage::Cpu(cs) => f(super::cpu_f32(cs, l, "residual block", "weight")?),
+            _ => candle_core::bail!("residual block: weights must be on the CPU"),
+        }
+    }
+
+    fn geometry(&self, input: &Shape) -> Result<Geometry> {
+        geometry(input, self.weight.shape(), self.stride, self.padding)
+    }
+
+    /// Output shape for `input`.
+    fn out_shape(&self, input: &Shape) -> Result<Shape> {
+        Ok(self.geometry(input)?.out_shape())
+    }
+}
+
+/// `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`, shortcut `bn(conv(x))` or `x`.
+struct Block {
+    conv1: FoldedConv,
+    conv2: FoldedConv,
+    down: Option<FoldedConv>,
+    /// The inner activation `relu(bn1(conv1(x)))`, kept for the backward.
+    inner: Arc<Mutex<Option<Arc<Vec<f32>>>>>,
+}
+
+impl CustomOp1 for Block {
+    fn name(&self) -> &'static str {
+        "robustlens-basic-block"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = super::cpu_f32(s, l, "residual block", "input")?;
+        let g1 = self.conv1.geometry(l.shape())?;
+        let h_shape = self.conv1.out_shape(l.shape())?;
+        let g2 = self.conv2.geometry(&h_shape)?;
+        let out_shape = self.conv2.out_shape(&h_shape)?;
+        let h = self
+            .conv1
+            .with_weight(|w| Ok(conv_forward(x, w, &g1, &self.conv1.epilogue(true), None)))?;
+        let shortcut = match &self.down {
+            Some(d) => {
+                let gd = d.geometry(l.shape())?;
+                if d.out_shape(l.shape())? != out_shape {
+                    candle_core::bail!("residual block: shortcut shape does not match");
+                }
+                Some(d.with_weight(|w| Ok(conv_forward(x, w, &gd, &d.epilogue(false), None)))?)
+            }
+            None => {
+                if l.shape() != &out_shape {
+                    candle_core::bail!(
+                        "residual block: identity shortcut needs the output shape {out_shape:?}, \
+                         input is {:?}",
+                        l.shape()
+                    );
+                }
+                None
+            }
+        };
+        let res = shortcut.as_deref().unwrap_or(x);
+        let y = self.conv2.with_weight(|w| {
+            Ok(conv_forward(
+                &h,
+                w,
+                &g2,
+                &self.conv2.epilogue(true),
+                Some(res),
+            ))
+        })?;
+        if let Ok(mut guard) = self.inner.lock() {
+            *guard = Some(Arc::new(h));
+        }
+        Ok((CpuStorage::F32(y), out_shape))
+    }
+
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        if !arg.track_op() {
+            return Ok(None);
+        }
+        let inner = self
+            .inner
+            .lock()
+            .ok()
+            .and_then(|g| g.clone())
+            .ok_or_else(|| {
+                candle_core::Error::Msg("residual block: forward activations were not kept".into())
+            })?;
+        let op = BlockGrad {
+            block: Block {
+                conv1: self.conv1.clone(),
+                conv2: self.conv2.clone(),
+                down: self.down.clone(),
+                inner: self.inner.clone(),
+            },
+            inner,
+            x_shape: arg.shape().clone(),
+        };
+        Ok(Some(
+            grad.contiguous()?
+                .apply_op2_no_bwd(&res.contiguous()?, &op)?,
+        ))
+    }
+}
+
+/// The block's input gradient from its output gradient and its output.
+struct BlockGrad {
+    block: Block,
+    inner: Arc<Vec<f32>>,
+    x_shape: Shape,
+}
+
+/// `g` where `y > 0`, else 0, in place.
+fn mask_in_place(g: &mut [f32], y: &[f32]) {
+    g.par_chunks_mut(1 << 14)
+        .zip(y.par_chunks(1 << 14))
+        .for_each(|(g, y)| {
+            for (g, y) in g.iter_mut().zip(y) {
+                if *y <= 0.0 {
+                    *g = 0.0;
+                }
+            }
+        });
+}
+
+impl CustomOp2 for BlockGrad {
+    fn name(&self) -> &'static str {
+        "robustlens-basic-block-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let b = &self.block;
+        let grad = super::cpu_f32(s1, l1, "residual block backward", "gradient")?;
+        let y = super::cpu_f32(s2, l2, "residual block backward", "output")?;
+        let g1 = b.conv1.geometry(&self.x_shape)?;
+        let h_shape = b.conv1.out_shape(&self.x_shape)?;
+        let g2 = b.conv2.geometry(&h_shape)?;
+        if grad.len() != y.len() || self.inner.len() != h_shape.elem_count() {
+            candle_core::bail!("residual block backward: shapes do not match the forward");
+        }
+        let mut gz2 = grad.to_vec();
+        mask_in_place(&mut gz2, y);
+        let mut dh = b.conv2.with_weight(|w| {
+            Ok(conv_input_grad(
+                &gz2,
+                w,
+                &g2,
+                Some(b.conv2.scale.as_slice()),
+            ))
+        })?;
+        mask_in_place(&mut dh, &self.inner);
+        let mut dx = b
+            .conv1
+            .with_weight(|w| Ok(conv_input_grad(&dh, w, &g1, Some(b.conv1.scale.as_slice()))))?;
+        let short = match &b.down {
+            Some(d) => {
+                let gd = d.geometry(&self.x_shape)?;
+                d.with_weight(|w| Ok(conv_input_grad(&gz2, w, &gd, Some(d.scale.as_slice()))))?
+            }
+            None => gz2,
+        };
+        dx.par_chunks_mut(1 << 14)
+            .zip(short.par_chunks(1 << 14))
+            .for_each(|(d, s)| {
+                for (d, s) in d.iter_mut().zip(s) {
+                    *d += s;
+                }
+            });
+        Ok((CpuStorage::F32(dx), self.x_shape.clone()))
+    }
+}
+
+/// A BasicBlock with folded BatchNorms, differentiable in `x` only. On the CPU in f32 one
+/// custom op; elsewhere the same arithmetic from [`super::conv2d_fused`].
+pub fn basic_block_folded(
+    x: &Tensor,
+    conv1: &FoldedConv,
+    conv2: &FoldedConv,
+    down: Option<&FoldedConv>,
+) -> Result<Tensor> {
+    let mut ws = vec![&conv1.weight, &conv2.weight];
+    ws.extend(down.map(|d| &d.weight));
+    let cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
+    if cpu(x) && ws.iter().all(|w| cpu(w) && w.is_contiguous()) {
+        return x.contiguous()?.apply_op1(Block {
+            conv1: conv1.clone(),
+            conv2: conv2.clone(),
+            down: down.cloned(),
+            inner: Arc::new(Mutex::new(None)),
+        });
+    }
+    let bn = |c: &FoldedConv| (c.scale.to_vec(), c.shift.to_vec());
+    let (s1, b1) = bn(conv1);
+    let h = super::conv2d_fused(
+        x,
+        &conv1.weight.detach(),
+        conv1.stride,
+        conv1.padding,
+        Some((&s1, &b1)),
+        None,
+        true,
+    )?;
+    let shortcut = match down {
+        Some(d) => {
+            let (s, b) = bn(d);
+            super::conv2d_fused(
+                x,
+                &d.weight.detach(),
+                d.stride,
+                d.padding,
+                Some((&s, &b)),
+                None,
+                false,
+            )?
+        }
+        None => x.clone(),
+    };
+    let (s2, b2) = bn(conv2);
+    super::conv2d_fused(
+        &h,
+        &conv2.weight.detach(),
+        conv2.stride,
+        conv2.padding,
+        Some((&s2, &b2)),
+        Some(&shortcut),
+        true,
+    )
+}
+
+/// `max_pool(relu(bn(conv(x))))`: ResNet's stem with its BatchNorm folded.
+struct Stem {
+    conv: FoldedConv,
+    pool: (usize, usize, usize),
+    /// Per pooled output, the winner's index in its plane of the convolution output.
+    argmax: Arc<Mutex<Option<Arc<Vec<u32>>>>>,
+}
+
+impl CustomOp1 for Stem {
+    fn name(&self) -> &'static str {
+        "robustlens-stem"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = super::cpu_f32(s, l, "stem", "input")?;
+        let g = self.conv.geometry(l.shape())?;
+        let y = self
+            .conv
+            .with_weight(|w| Ok(conv_forward(x, w, &g, &self.conv.epilogue(true), None)))?;
+        let (n, o, ho, wo) = g.out_shape().dims4()?;
+        let (k, st, p) = self.pool;
+        let (out, idx, ph, pw) = super::maxpool::pool_forward(&y, (n, o, ho, wo), k, st, p)?;
+        if let Ok(mut guard) = self.argmax.lock() {
+            *guard = Some(Arc::new(idx));
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, o, ph, pw))))
+    }
+
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        if !arg.track_op() {
+            return Ok(None);
+        }
+        let argmax = self
+            .argmax
+            .lock()
+            .ok()
+            .and_then(|g| g.clone())
+            .ok_or_else(|| candle_core::Error::Msg("stem: argmax was not recorded".into()))?;
+        let op = StemGrad {
+            conv: self.conv.clone(),
+            argmax,
+            x_shape: arg.shape().clone(),
+        };
+        Ok(Some(
+            grad.contiguous()?
+                .apply_op2_no_bwd(&res.contiguous()?, &op)?,
+        ))
+    }
+}
+
+/// The stem's input gradient from the gradient and value of its pooled output.
+struct StemGrad {
+    conv: FoldedConv,
+    argmax: Arc<Vec<u32>>,
+    x_shape: Shape,
+}
+
+impl CustomOp2 for StemGrad {
+    fn name(&self) -> &'static str {
+        "robustlens-stem-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let grad = super::cpu_f32(s1, l1, "stem backward", "gradient")?;
+        let out = super::cpu_f32(s2, l2, "stem backward", "output")?;
+        let g = self.conv.geometry(&self.x_shape)?;
+        let (_, _, ph, pw) = l1.shape().dims4()?;
+        if grad.len() != out.len() || self.argmax.len() != grad.len() {
+            candle_core::bail!("stem backward: shapes do not match the forward");
+        }
+        // through the pooling and the ReLU in one pass, then the convolution
+        let dy = super::maxpool::pool_backward(grad, &self.argmax, g.hw_out(), ph * pw, Some(out));
+        let dx = self.conv.with_weight(|w| {
+            Ok(conv_input_grad(
+                &dy,
+                w,
+                &g,
+                Some(self.conv.scale.as_slice()),
+            ))
+        })?;
+        Ok((CpuStorage::F32(dx), self.x_shape.clone()))
+    }
+}
+
+/// ResNet's stem, `max_pool(relu(bn(conv(x))), kernel, stride, padding)` with the BatchNorm
+/// folded, differentiable in `x` only: on the CPU in f32 one custom op that never keeps the
+/// full-resolution activation; elsewhere candle ops.
+pub fn stem_folded(x: &Tensor, conv: &FoldedConv, pool: (usize, usize, usize)) -> Result<Tensor> {
+    let cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
+    if cpu(x) && cpu(&conv.weight) && conv.weight.is_contiguous() {
+        return x.contiguous()?.apply_op1(Stem {
+            conv: conv.clone(),
+            pool,
+            argmax: Arc::new(Mutex::new(None)),
+        });
+    }
+    let y = super::conv2d_fused(
+        x,
+        &conv.weight.detach(),
+        conv.stride,
+        conv.padding,
+        Some((&conv.scale, &conv.shift)),
+        None,
+        true,
+    )?;
+    super::max_pool2d(&y, pool.0, pool.1, pool.2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        let mut r = crate::rng::SeededRng::new(seed);
+        let n: usize = shape.iter().product();
+        Tensor::from_vec(r.normal_vec(n, 0.5), shape, &Device::Cpu).unwrap()
+    }
+
+    fn folded(o: usize, c: usize, k: usize, stride: usize, seed: u64) -> FoldedConv {
+        FoldedConv {
+            weight: rand(&[o, c, k, k], seed),
+            stride,
+            padding: k / 2,
+            scale: Arc::new((0..o).map(|i| 0.6 + 0.1 * i as f32).collect()),
+            shift: Arc::new((0..o).map(|i| 0.05 * i as f32 - 0.1).collect()),
+        }
+    }
+
+    /// The block from candle's own ops.
+    fn reference(x: &Tensor, c1: &FoldedConv, c2: &FoldedConv, d: Option<&FoldedConv>) -> Tensor {
+        let conv_bn = |x: &Tensor, f: &FoldedConv| {
+            let o = f.scale.len();
+            let s = Tensor::from_slice(&f.scale[..], (1, o, 1, 1), &Device::Cpu).unwrap();
+            let b = Tensor::from_slice(&f.shift[..], (1, o, 1, 1), &Device::Cpu).unwrap();
+            x.conv2d(&f.weight, f.padding, f.stride, 1, 1)
+                .unwrap()
+                .broadcast_mul(&s)
+                .unwrap()
+                .broadcast_add(&b)
+                .unwrap()
+        };
+        let h = conv_bn(x, c1).relu().unwrap();
+        let short = match d {
+            Some(d) => conv_bn(x, d),
+            None => x.clone(),
+        };
+        (conv_bn(&h, c2) + short).unwrap().relu().unwrap()
+    }
+
+    #[test]
+    fn block_matches_candle_ops_forward_and_input_gradient() {
+        // identity shortcut (stride 1) and downsampling shortcut (stride 2, 1x1 conv)
+        for (n, c, o, h, stride) in [(3, 4, 4, 8, 1), (2, 3, 6, 9, 2)] {
+            let x = Var::from_tensor(&rand(&[n, c, h, h], 1)).unwrap();
+            let c1 = folded(o, c, 3, stride, 2);
+            let c2 = folded(o, o, 3, 1, 3);
+            let d = (stride != 1 || c != o).then(|| folded(o, c, 1, stride, 4));
+            let ours = basic_block_folded(x.as_tensor(), &c1, &c2, d.as_ref()).unwrap();
+            let theirs = reference(x.as_tensor(), &c1, &c2, d.as_ref());
+            let diff = |a: &Tensor, b: &Tensor| {
+                (a - b)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            };
+            assert!(
+                diff(&ours, &theirs) < 1e-5,
+                "forward {n} {c} {o} {h} {stride}"
+            );
+            let probe = rand(ours.dims(), 5);
+            let g1 = (ours * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g2 = (theirs * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let (a, b) = (
+                g1.get(x.as_tensor()).unwrap(),
+                g2.get(x.as_tensor()).unwrap(),
+            );
+            assert!(diff(a, b) < 1e-5, "input gradient {n} {c} {o} {h} {stride}");
+            // constant weights: no gradient anywhere else
+            assert!(g1.get(&c1.weight).is_none());
+        }
+    }
+
+    #[test]
+    fn stem_matches_candle_ops_forward_and_input_gradient() {
+        // 7x7 stride 2 padding 3, then 3x3 stride 2 padding 1 pooling, as ResNet; odd size
+        let x = Var::from_tensor(&rand(&[2, 3, 19, 19], 7)).unwrap();
+        let conv = FoldedConv {
+            padding: 3,
+            ..folded(5, 3, 7, 2, 8)
+        };
+        let ours = stem_folded(x.as_tensor(), &conv, (3, 2, 1)).unwrap();
+        let o = conv.scale.len();
+        let s = Tensor::from_slice(&conv.scale[..], (1, o, 1, 1), &Device::Cpu).unwrap();
+        let b = Tensor::from_slice(&conv.shift[..], (1, o, 1, 1), &Device::Cpu).unwrap();
+        // candle's conv2d backward fails for this strided shape: our plain conv op instead
+        let y = crate::ops::conv2d(x.as_tensor(), &conv.weight, 2, 3)
+            .unwrap()
+            .broadcast_mul(&s)
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap()
+            .relu()
+            .unwrap();
+        let theirs = crate::ops::maxpool::max_pool2d_generic(&y, 3, 2, 1).unwrap();
+        assert_eq!(ours.dims(), &[2, 5, 5, 5]);
+        let diff = |a: &Tensor, b: &Tensor| {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert!(diff(&ours, &theirs) < 1e-5);
+        let probe = rand(ours.dims(), 9);
+        let g1 = (ours * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (theirs * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let d = diff(
+            g1.get(x.as_tensor()).unwrap(),
+            g2.get(x.as_tensor()).unwrap(),
+        );
+        assert!(d < 1e-5, "{d}");
+    }
+
+    #[test]
+    fn mismatched_identity_shortcut_is_an_error() {
+        let x = rand(&[1, 3, 6, 6], 1);
+        let c1 = folded(5, 3, 3, 1, 2);
+        let c2 = folded(5, 5, 3, 1, 3);
+        let err = basic_block_folded(&x, &c1, &c2, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("identity shortcut"), "{err}");
+    }
+}
