@@ -123,7 +123,7 @@ pub fn run_cell(
             };
             let mut r = SeededRng::new(2);
             time_it(batch, warmup, iters, || {
-                let adv = pgd.attack(&model, &x, &labels, None, &mut r)?.images;
+                let adv = pgd.attack_images(&model, &x, &labels, None, &mut r)?;
                 train_step(&mut opt, &adv)
             })?
         }

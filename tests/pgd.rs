@@ -250,3 +250,47 @@ fn attack_command_raw_out_equals_library() {
     let got = Tensor::from_vec(got, (1, 3, 32, 32), &Device::Cpu).unwrap();
     assert!(rel_err(&got, &want) < 1e-6);
 }
+
+#[test]
+fn attack_images_equals_attack_without_the_final_forward() {
+    let m = random_model(5);
+    let mut rng = SeededRng::new(9);
+    let x = Tensor::from_vec(
+        rng.uniform_vec(2 * 3 * 32 * 32, 0.0, 1.0),
+        (2, 3, 32, 32),
+        &Device::Cpu,
+    )
+    .unwrap();
+    for (use_best, restarts) in [(false, 1), (true, 1), (false, 2)] {
+        let attack = Pgd {
+            norm: Norm::L2,
+            eps: 0.5,
+            steps: 3,
+            step_size: 0.2,
+            random_start: true,
+            use_best,
+            restarts,
+        };
+        let full = attack
+            .attack(&m, &x, &[0, 2], None, &mut SeededRng::new(4))
+            .unwrap();
+        assert_eq!(full.losses.len(), 2);
+        let images = attack
+            .attack_images(&m, &x, &[0, 2], None, &mut SeededRng::new(4))
+            .unwrap();
+        let d = (&full.images - &images)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(d, 0.0, "use_best {use_best}, restarts {restarts}");
+    }
+    let err = pgd(Norm::L2, 0.5, 0.2, 3, false)
+        .attack_images(&m, &x, &[0], None, &mut SeededRng::new(0))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("1 labels for 2 images"), "{err}");
+}

@@ -156,6 +156,34 @@ impl Pgd {
         Ok(PgdResult { images, losses })
     }
 
+    /// The adversarial images only: the same images as [`Pgd::attack`] (same random draws),
+    /// without the extra forward pass that measures the returned images' losses when
+    /// neither `use_best` nor restarts need them (adversarial training).
+    pub fn attack_images(
+        &self,
+        model: &dyn Classifier,
+        x0: &Tensor,
+        labels: &[usize],
+        targets: Option<&[usize]>,
+        rng: &mut SeededRng,
+    ) -> Result<Tensor> {
+        if self.use_best || self.restarts > 1 {
+            return Ok(self.attack(model, x0, labels, targets, rng)?.images);
+        }
+        self.validate()?;
+        let goal = targets.unwrap_or(labels);
+        if goal.len() != x0.dim(0)? {
+            return Err(Error::arg(format!(
+                "PGD: {} labels for {} images",
+                goal.len(),
+                x0.dim(0)?
+            )));
+        }
+        Ok(self
+            .run_once_inner(model, x0, goal, targets.is_some(), rng, false)?
+            .0)
+    }
+
     fn run_once(
         &self,
         model: &dyn Classifier,
@@ -163,6 +191,20 @@ impl Pgd {
         goal: &[usize],
         targeted: bool,
         rng: &mut SeededRng,
+    ) -> Result<(Tensor, Vec<f32>)> {
+        self.run_once_inner(model, x0, goal, targeted, rng, true)
+    }
+
+    /// One run; the losses of the returned images are measured when `final_losses` (empty
+    /// otherwise, unless `use_best` has them).
+    fn run_once_inner(
+        &self,
+        model: &dyn Classifier,
+        x0: &Tensor,
+        goal: &[usize],
+        targeted: bool,
+        rng: &mut SeededRng,
+        final_losses: bool,
     ) -> Result<(Tensor, Vec<f32>)> {
         let x0 = x0.detach().contiguous()?;
         let n = x0.dim(0)?;
@@ -222,6 +264,9 @@ impl Pgd {
                 Norm::Linf => diff.clamp(-self.eps, self.eps)?,
             };
             x = (&x0 + diff)?.clamp(0f32, 1f32)?.detach();
+        }
+        if !final_losses && !self.use_best {
+            return Ok((x, Vec::new()));
         }
         let logits = model.logits_eval(&x)?.detach();
         let lv: Vec<f32> = cross_entropy_per_example(&logits, goal)?.to_vec1()?;

@@ -19,6 +19,19 @@ fn on_cpu_f32(ts: &[&Tensor]) -> bool {
         .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32)
 }
 
+/// `g` where `y > 0`, else 0, in one parallel pass.
+pub(super) fn masked(g: &[f32], y: &[f32]) -> Vec<f32> {
+    let mut d = vec![0f32; g.len()];
+    d.par_chunks_mut(CHUNK)
+        .zip(g.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
+        .for_each(|(d, (g, y))| {
+            for ((d, g), y) in d.iter_mut().zip(g).zip(y) {
+                *d = if *y > 0.0 { *g } else { 0.0 };
+            }
+        });
+    d
+}
+
 /// `grad` where `out > 0`, else 0 (no backward of its own).
 struct ReluGrad;
 
@@ -43,15 +56,7 @@ impl CustomOp2 for ReluGrad {
                 l2.shape()
             );
         }
-        let mut d = vec![0f32; g.len()];
-        d.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
-            .for_each(|(d, (g, y))| {
-                for ((d, g), y) in d.iter_mut().zip(g).zip(y) {
-                    *d = if *y > 0.0 { *g } else { 0.0 };
-                }
-            });
-        Ok((CpuStorage::F32(d), l1.shape().clone()))
+        Ok((CpuStorage::F32(masked(g, y)), l1.shape().clone()))
     }
 }
 

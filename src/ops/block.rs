@@ -179,8 +179,7 @@ impl CustomOp2 for BlockGrad {
         if grad.len() != y.len() || self.inner.len() != h_shape.elem_count() {
             candle_core::bail!("residual block backward: shapes do not match the forward");
         }
-        let mut gz2 = grad.to_vec();
-        mask_in_place(&mut gz2, y);
+        let gz2 = super::act::masked(grad, y);
         let mut dh = b.conv2.with_weight(|w| {
             Ok(conv_input_grad(
                 &gz2,

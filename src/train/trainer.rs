@@ -417,7 +417,7 @@ pub fn train(
                             .zip(&hb.labels)
                             .filter(|(p, l)| **p as usize == **l)
                             .count();
-                        p.attack(&model, &x, &hb.labels, None, &mut rng)?.images
+                        p.attack_images(&model, &x, &hb.labels, None, &mut rng)?
                     }
                     None => x,
                 };
