@@ -12,7 +12,9 @@
 //! let device = Device::Cpu;
 //! let model = ResNet18::new_random(3, 0, &device)?;
 //! let images = Tensor::zeros((2, 3, 64, 64), candle_core::DType::F32, &device)?; // in [0,1]
-//! let logits = model.forward(&images, Mode::Eval)?;
+//! // inference: eval mode with constant parameters (the fast path; `Mode::Eval` keeps
+//! // the parameters in autograd for eval-mode weight gradients)
+//! let logits = model.forward(&images, Mode::InputGrad)?;
 //! assert_eq!(logits.dims(), &[2, 3]);
 //! # Ok(()) }
 //! ```

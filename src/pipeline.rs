@@ -371,7 +371,7 @@ impl Default for DemoOptions {
     fn default() -> Self {
         DemoOptions {
             out: PathBuf::from("models/demo"),
-            image_size: 32,
+            image_size: 64,
             eps_at_224: vec![4.0],
             seed: 0,
             device: "cpu".into(),
