@@ -2,7 +2,7 @@
 
 mod common;
 use candle_core::{Device, Tensor};
-use common::{bin, fixture, formula_model, rel_err};
+use common::{bin, fixture, formula_model, max_abs_diff, rel_err};
 use robustlens::model::{save_checkpoint, Mode, ModelConfig};
 use std::path::Path;
 use std::process::Command;
@@ -131,15 +131,7 @@ fn checkpoint_round_trip_gives_identical_logits() {
     let (m2, cfg) = robustlens::model::load_checkpoint(dir.path(), &Device::Cpu).unwrap();
     assert_eq!(cfg.class_names, vec!["nv", "mel", "bkl"]);
     let after = m2.forward(&x, Mode::Eval).unwrap();
-    let d = (before - after)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert_eq!(d, 0.0);
+    assert_eq!(max_abs_diff(&before, &after), 0.0);
     let sd: std::collections::HashMap<_, _> = m2.state_dict().unwrap().into_iter().collect();
     assert_eq!(
         sd["layer3.1.bn2.num_batches_tracked"]

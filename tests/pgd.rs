@@ -3,7 +3,7 @@
 
 mod common;
 use candle_core::{Device, Tensor};
-use common::{fixture, formula_model, rel_err};
+use common::{fixture, formula_model, max_abs_diff, rel_err};
 use robustlens::adversarial::pgd::cross_entropy_per_example;
 use robustlens::adversarial::{Classifier, Norm, Pgd};
 use robustlens::model::ResNet18;
@@ -64,14 +64,7 @@ fn matches_robustness_semantics() {
                 &mut rng,
             )
             .unwrap();
-        let d = (&r.images - &f[name])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(&r.images, &f[name]);
         eprintln!("{name}: max abs diff {d:.2e}");
         assert!(d < 1e-4, "{name}: adversarial images differ by {d}");
     }
@@ -278,15 +271,11 @@ fn attack_images_equals_attack_without_the_final_forward() {
         let images = attack
             .attack_images(&m, &x, &[0, 2], None, &mut SeededRng::new(4))
             .unwrap();
-        let d = (&full.images - &images)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert_eq!(d, 0.0, "use_best {use_best}, restarts {restarts}");
+        assert_eq!(
+            max_abs_diff(&full.images, &images),
+            0.0,
+            "use_best {use_best}, restarts {restarts}"
+        );
     }
     let err = pgd(Norm::L2, 0.5, 0.2, 3, false)
         .attack_images(&m, &x, &[0], None, &mut SeededRng::new(0))

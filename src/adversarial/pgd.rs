@@ -114,6 +114,36 @@ impl Pgd {
         targets: Option<&[usize]>,
         rng: &mut SeededRng,
     ) -> Result<PgdResult> {
+        self.attack_with(model, x0, labels, targets, rng, true)
+    }
+
+    /// The adversarial images only: the same images as [`Pgd::attack`] (same random draws),
+    /// without the extra forward pass that measures the returned images' losses when
+    /// neither `use_best` nor restarts need them (adversarial training).
+    pub fn attack_images(
+        &self,
+        model: &dyn Classifier,
+        x0: &Tensor,
+        labels: &[usize],
+        targets: Option<&[usize]>,
+        rng: &mut SeededRng,
+    ) -> Result<Tensor> {
+        Ok(self
+            .attack_with(model, x0, labels, targets, rng, false)?
+            .images)
+    }
+
+    /// [`Pgd::attack`]; the returned losses are measured only when `final_losses` (empty
+    /// otherwise, unless `use_best` or restarts have them anyway).
+    fn attack_with(
+        &self,
+        model: &dyn Classifier,
+        x0: &Tensor,
+        labels: &[usize],
+        targets: Option<&[usize]>,
+        rng: &mut SeededRng,
+        final_losses: bool,
+    ) -> Result<PgdResult> {
         self.validate()?;
         let n = x0.dim(0)?;
         let goal = targets.unwrap_or(labels);
@@ -125,9 +155,11 @@ impl Pgd {
         }
         let targeted = targets.is_some();
         let runs = self.restarts.max(1);
+        // restarts keep, per image, the losses of the run they keep
+        let want_losses = final_losses || runs > 1;
         let mut kept: Option<(Tensor, Vec<f32>)> = None;
         for _ in 0..runs {
-            let (adv, losses) = self.run_once(model, x0, goal, targeted, rng)?;
+            let (adv, losses) = self.run_once(model, x0, goal, targeted, rng, want_losses)?;
             kept = Some(match kept {
                 None => (adv, losses),
                 Some((prev, mut prev_loss)) => {
@@ -156,48 +188,9 @@ impl Pgd {
         Ok(PgdResult { images, losses })
     }
 
-    /// The adversarial images only: the same images as [`Pgd::attack`] (same random draws),
-    /// without the extra forward pass that measures the returned images' losses when
-    /// neither `use_best` nor restarts need them (adversarial training).
-    pub fn attack_images(
-        &self,
-        model: &dyn Classifier,
-        x0: &Tensor,
-        labels: &[usize],
-        targets: Option<&[usize]>,
-        rng: &mut SeededRng,
-    ) -> Result<Tensor> {
-        if self.use_best || self.restarts > 1 {
-            return Ok(self.attack(model, x0, labels, targets, rng)?.images);
-        }
-        self.validate()?;
-        let goal = targets.unwrap_or(labels);
-        if goal.len() != x0.dim(0)? {
-            return Err(Error::arg(format!(
-                "PGD: {} labels for {} images",
-                goal.len(),
-                x0.dim(0)?
-            )));
-        }
-        Ok(self
-            .run_once_inner(model, x0, goal, targets.is_some(), rng, false)?
-            .0)
-    }
-
-    fn run_once(
-        &self,
-        model: &dyn Classifier,
-        x0: &Tensor,
-        goal: &[usize],
-        targeted: bool,
-        rng: &mut SeededRng,
-    ) -> Result<(Tensor, Vec<f32>)> {
-        self.run_once_inner(model, x0, goal, targeted, rng, true)
-    }
-
     /// One run; the losses of the returned images are measured when `final_losses` (empty
     /// otherwise, unless `use_best` has them).
-    fn run_once_inner(
+    fn run_once(
         &self,
         model: &dyn Classifier,
         x0: &Tensor,

@@ -4,6 +4,7 @@
 //! tensor, a comparison, a cast and a product, each allocating); here the mask is read from
 //! the output (`y > 0`, as PyTorch's `threshold_backward`) in the same pass that applies it.
 
+use super::on_cpu_f32;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -12,11 +13,6 @@ const CHUNK: usize = 1 << 14;
 
 fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     super::cpu_f32(s, l, "relu", what)
-}
-
-fn on_cpu_f32(ts: &[&Tensor]) -> bool {
-    ts.iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32)
 }
 
 /// `g` where `y > 0`, else 0, in one parallel pass.
@@ -169,11 +165,11 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use crate::ops::testing::normal;
+    use candle_core::Var;
 
     fn rand(n: usize, seed: u64) -> Tensor {
-        let mut r = crate::rng::SeededRng::new(seed);
-        Tensor::from_vec(r.normal_vec(n, 1.0), (n / 6, 2, 3), &Device::Cpu).unwrap()
+        normal(&[n / 6, 2, 3], seed, 1.0)
     }
 
     #[test]

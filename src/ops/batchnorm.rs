@@ -74,7 +74,7 @@ impl CustomOp1 for ChannelAffine {
 /// shift are constants).
 pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
     let c = x.dim(1)?;
-    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+    if super::on_cpu_f32(&[x]) {
         let scale: Vec<f32> = scale
             .flatten_all()?
             .to_dtype(candle_core::DType::F32)?
@@ -132,11 +132,7 @@ fn lanes_sum(xs: &[f32], f: impl Fn(f32) -> f64) -> f64 {
 
 /// Runs `f` on a CPU tensor's f32 values, read in place.
 fn with_values<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let (st, l) = t.storage_and_layout();
-    match &*st {
-        candle_core::Storage::Cpu(cs) => f(contiguous(cs, l, what)?),
-        _ => candle_core::bail!("batch norm: {what} must be on the CPU"),
-    }
+    super::with_cpu_f32(t, "batch norm", what, f)
 }
 
 impl BatchNormTrain {
@@ -239,14 +235,7 @@ impl BatchNormTrain {
         grad: &Tensor,
         want_res: bool,
     ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
-        let st = self
-            .stats
-            .lock()
-            .ok()
-            .and_then(|g| g.clone())
-            .ok_or_else(|| {
-                candle_core::Error::Msg("batch norm: statistics were not recorded".into())
-            })?;
+        let st = super::kept(&self.stats, "batch norm: statistics")?;
         let (n, c, h, w) = x.dims4()?;
         let hw = h * w;
         let m = (n * hw) as f64;
@@ -409,10 +398,7 @@ pub fn batch_norm_train(
 ) -> Result<Option<(Tensor, BatchStats)>> {
     let mut all = vec![x, gamma, beta];
     all.extend(residual);
-    if !all
-        .iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32)
-    {
+    if !super::on_cpu_f32(&all) {
         return Ok(None);
     }
     let stats = Arc::new(Mutex::new(None));
@@ -427,33 +413,15 @@ pub fn batch_norm_train(
         None => x.apply_op2(&gb, op)?,
         Some(r) => x.apply_op3(&gb, &r.contiguous()?, op)?,
     };
-    let st = stats.lock().ok().and_then(|g| g.clone()).ok_or_else(|| {
-        candle_core::Error::Msg("batch norm: statistics were not recorded".into())
-    })?;
+    let st = super::kept(&stats, "batch norm: statistics")?;
     Ok(Some((y, st)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::testing::{max_abs, uniform as rand};
     use candle_core::{Device, Var};
-
-    fn rand(shape: &[usize], seed: u64, lo: f32, hi: f32) -> Tensor {
-        let mut r = crate::rng::SeededRng::new(seed);
-        let n: usize = shape.iter().product();
-        Tensor::from_vec(r.uniform_vec(n, lo, hi), shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// Training-mode BatchNorm from candle ops, as the model computed it before.
     fn reference(x: &Tensor, g: &Tensor, b: &Tensor) -> Tensor {

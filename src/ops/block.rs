@@ -7,7 +7,7 @@
 //! masks and one residual sum on plain buffers, with one gradient handed back to candle.
 
 use super::conv::{conv_forward, conv_input_grad, geometry, Epilogue, Geometry};
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -32,13 +32,20 @@ impl FoldedConv {
         }
     }
 
-    /// Runs `f` on the weight's values (read in place, no copy).
-    fn with_weight<R>(&self, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-        let (st, l) = self.weight.storage_and_layout();
-        match &*st {
-            Storage::Cpu(cs) => f(super::cpu_f32(cs, l, "residual block", "weight")?),
-            _ => candle_core::bail!("residual block: weights must be on the CPU"),
-        }
+    /// `act(conv(x) * scale + shift + res)` in geometry `g` (weights read in place).
+    fn run(&self, x: &[f32], g: &Geometry, relu: bool, res: Option<&[f32]>) -> Result<Vec<f32>> {
+        let epi = self.epilogue(relu);
+        super::with_cpu_f32(&self.weight, "residual block", "weight", |w| {
+            Ok(conv_forward(x, w, g, &epi, res))
+        })
+    }
+
+    /// The input gradient from the gradient `gz` of `conv(x) * scale` (before shift and
+    /// activation) in geometry `g`.
+    fn input_grad(&self, gz: &[f32], g: &Geometry) -> Result<Vec<f32>> {
+        super::with_cpu_f32(&self.weight, "residual block", "weight", |w| {
+            Ok(conv_input_grad(gz, w, g, Some(self.scale.as_slice())))
+        })
     }
 
     fn geometry(&self, input: &Shape) -> Result<Geometry> {
@@ -57,7 +64,7 @@ struct Block {
     conv2: FoldedConv,
     down: Option<FoldedConv>,
     /// The inner activation `relu(bn1(conv1(x)))`, kept for the backward.
-    inner: Arc<Mutex<Option<Arc<Vec<f32>>>>>,
+    inner: Mutex<Option<Arc<Vec<f32>>>>,
 }
 
 impl CustomOp1 for Block {
@@ -71,16 +78,14 @@ impl CustomOp1 for Block {
         let h_shape = self.conv1.out_shape(l.shape())?;
         let g2 = self.conv2.geometry(&h_shape)?;
         let out_shape = self.conv2.out_shape(&h_shape)?;
-        let h = self
-            .conv1
-            .with_weight(|w| Ok(conv_forward(x, w, &g1, &self.conv1.epilogue(true), None)))?;
+        let h = self.conv1.run(x, &g1, true, None)?;
         let shortcut = match &self.down {
             Some(d) => {
                 let gd = d.geometry(l.shape())?;
                 if d.out_shape(l.shape())? != out_shape {
                     candle_core::bail!("residual block: shortcut shape does not match");
                 }
-                Some(d.with_weight(|w| Ok(conv_forward(x, w, &gd, &d.epilogue(false), None)))?)
+                Some(d.run(x, &gd, false, None)?)
             }
             None => {
                 if l.shape() != &out_shape {
@@ -94,15 +99,7 @@ impl CustomOp1 for Block {
             }
         };
         let res = shortcut.as_deref().unwrap_or(x);
-        let y = self.conv2.with_weight(|w| {
-            Ok(conv_forward(
-                &h,
-                w,
-                &g2,
-                &self.conv2.epilogue(true),
-                Some(res),
-            ))
-        })?;
+        let y = self.conv2.run(&h, &g2, true, Some(res))?;
         if let Ok(mut guard) = self.inner.lock() {
             *guard = Some(Arc::new(h));
         }
@@ -113,22 +110,11 @@ impl CustomOp1 for Block {
         if !arg.track_op() {
             return Ok(None);
         }
-        let inner = self
-            .inner
-            .lock()
-            .ok()
-            .and_then(|g| g.clone())
-            .ok_or_else(|| {
-                candle_core::Error::Msg("residual block: forward activations were not kept".into())
-            })?;
         let op = BlockGrad {
-            block: Block {
-                conv1: self.conv1.clone(),
-                conv2: self.conv2.clone(),
-                down: self.down.clone(),
-                inner: self.inner.clone(),
-            },
-            inner,
+            conv1: self.conv1.clone(),
+            conv2: self.conv2.clone(),
+            down: self.down.clone(),
+            inner: super::kept(&self.inner, "residual block: the inner activation")?,
             x_shape: arg.shape().clone(),
         };
         Ok(Some(
@@ -140,7 +126,10 @@ impl CustomOp1 for Block {
 
 /// The block's input gradient from its output gradient and its output.
 struct BlockGrad {
-    block: Block,
+    conv1: FoldedConv,
+    conv2: FoldedConv,
+    down: Option<FoldedConv>,
+    /// The forward's inner activation.
     inner: Arc<Vec<f32>>,
     x_shape: Shape,
 }
@@ -170,33 +159,20 @@ impl CustomOp2 for BlockGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let b = &self.block;
         let grad = super::cpu_f32(s1, l1, "residual block backward", "gradient")?;
         let y = super::cpu_f32(s2, l2, "residual block backward", "output")?;
-        let g1 = b.conv1.geometry(&self.x_shape)?;
-        let h_shape = b.conv1.out_shape(&self.x_shape)?;
-        let g2 = b.conv2.geometry(&h_shape)?;
+        let g1 = self.conv1.geometry(&self.x_shape)?;
+        let h_shape = self.conv1.out_shape(&self.x_shape)?;
+        let g2 = self.conv2.geometry(&h_shape)?;
         if grad.len() != y.len() || self.inner.len() != h_shape.elem_count() {
             candle_core::bail!("residual block backward: shapes do not match the forward");
         }
         let gz2 = super::act::masked(grad, y);
-        let mut dh = b.conv2.with_weight(|w| {
-            Ok(conv_input_grad(
-                &gz2,
-                w,
-                &g2,
-                Some(b.conv2.scale.as_slice()),
-            ))
-        })?;
+        let mut dh = self.conv2.input_grad(&gz2, &g2)?;
         mask_in_place(&mut dh, &self.inner);
-        let mut dx = b
-            .conv1
-            .with_weight(|w| Ok(conv_input_grad(&dh, w, &g1, Some(b.conv1.scale.as_slice()))))?;
-        let short = match &b.down {
-            Some(d) => {
-                let gd = d.geometry(&self.x_shape)?;
-                d.with_weight(|w| Ok(conv_input_grad(&gz2, w, &gd, Some(d.scale.as_slice()))))?
-            }
+        let mut dx = self.conv1.input_grad(&dh, &g1)?;
+        let short = match &self.down {
+            Some(d) => d.input_grad(&gz2, &d.geometry(&self.x_shape)?)?,
             None => gz2,
         };
         dx.par_chunks_mut(1 << 14)
@@ -220,13 +196,12 @@ pub fn basic_block_folded(
 ) -> Result<Tensor> {
     let mut ws = vec![&conv1.weight, &conv2.weight];
     ws.extend(down.map(|d| &d.weight));
-    let cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
-    if cpu(x) && ws.iter().all(|w| cpu(w) && w.is_contiguous()) {
+    if super::on_cpu_f32(&[x]) && super::on_cpu_f32(&ws) && ws.iter().all(|w| w.is_contiguous()) {
         return x.contiguous()?.apply_op1(Block {
             conv1: conv1.clone(),
             conv2: conv2.clone(),
             down: down.cloned(),
-            inner: Arc::new(Mutex::new(None)),
+            inner: Mutex::new(None),
         });
     }
     let bn = |c: &FoldedConv| (c.scale.to_vec(), c.shift.to_vec());
@@ -272,7 +247,7 @@ struct Stem {
     conv: FoldedConv,
     pool: (usize, usize, usize),
     /// Per pooled output, the winner's index in its plane of the convolution output.
-    argmax: Arc<Mutex<Option<Arc<Vec<u32>>>>>,
+    argmax: Mutex<Option<Arc<Vec<u32>>>>,
 }
 
 impl CustomOp1 for Stem {
@@ -283,9 +258,7 @@ impl CustomOp1 for Stem {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = super::cpu_f32(s, l, "stem", "input")?;
         let g = self.conv.geometry(l.shape())?;
-        let y = self
-            .conv
-            .with_weight(|w| Ok(conv_forward(x, w, &g, &self.conv.epilogue(true), None)))?;
+        let y = self.conv.run(x, &g, true, None)?;
         let (n, o, ho, wo) = g.out_shape().dims4()?;
         let (k, st, p) = self.pool;
         let (out, idx, ph, pw) = super::maxpool::pool_forward(&y, (n, o, ho, wo), k, st, p)?;
@@ -299,15 +272,9 @@ impl CustomOp1 for Stem {
         if !arg.track_op() {
             return Ok(None);
         }
-        let argmax = self
-            .argmax
-            .lock()
-            .ok()
-            .and_then(|g| g.clone())
-            .ok_or_else(|| candle_core::Error::Msg("stem: argmax was not recorded".into()))?;
         let op = StemGrad {
             conv: self.conv.clone(),
-            argmax,
+            argmax: super::kept(&self.argmax, "stem: argmax")?,
             x_shape: arg.shape().clone(),
         };
         Ok(Some(
@@ -345,14 +312,7 @@ impl CustomOp2 for StemGrad {
         }
         // through the pooling and the ReLU in one pass, then the convolution
         let dy = super::maxpool::pool_backward(grad, &self.argmax, g.hw_out(), ph * pw, Some(out));
-        let dx = self.conv.with_weight(|w| {
-            Ok(conv_input_grad(
-                &dy,
-                w,
-                &g,
-                Some(self.conv.scale.as_slice()),
-            ))
-        })?;
+        let dx = self.conv.input_grad(&dy, &g)?;
         Ok((CpuStorage::F32(dx), self.x_shape.clone()))
     }
 }
@@ -361,12 +321,11 @@ impl CustomOp2 for StemGrad {
 /// folded, differentiable in `x` only: on the CPU in f32 one custom op that never keeps the
 /// full-resolution activation; elsewhere candle ops.
 pub fn stem_folded(x: &Tensor, conv: &FoldedConv, pool: (usize, usize, usize)) -> Result<Tensor> {
-    let cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
-    if cpu(x) && cpu(&conv.weight) && conv.weight.is_contiguous() {
+    if super::on_cpu_f32(&[x, &conv.weight]) && conv.weight.is_contiguous() {
         return x.contiguous()?.apply_op1(Stem {
             conv: conv.clone(),
             pool,
-            argmax: Arc::new(Mutex::new(None)),
+            argmax: Mutex::new(None),
         });
     }
     let y = super::conv2d_fused(
@@ -384,12 +343,11 @@ pub fn stem_folded(x: &Tensor, conv: &FoldedConv, pool: (usize, usize, usize)) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::testing::{conv_bn_reference, max_abs, normal};
     use candle_core::{Device, Var};
 
     fn rand(shape: &[usize], seed: u64) -> Tensor {
-        let mut r = crate::rng::SeededRng::new(seed);
-        let n: usize = shape.iter().product();
-        Tensor::from_vec(r.normal_vec(n, 0.5), shape, &Device::Cpu).unwrap()
+        normal(shape, seed, 0.5)
     }
 
     fn folded(o: usize, c: usize, k: usize, stride: usize, seed: u64) -> FoldedConv {
@@ -405,15 +363,7 @@ mod tests {
     /// The block from candle's own ops.
     fn reference(x: &Tensor, c1: &FoldedConv, c2: &FoldedConv, d: Option<&FoldedConv>) -> Tensor {
         let conv_bn = |x: &Tensor, f: &FoldedConv| {
-            let o = f.scale.len();
-            let s = Tensor::from_slice(&f.scale[..], (1, o, 1, 1), &Device::Cpu).unwrap();
-            let b = Tensor::from_slice(&f.shift[..], (1, o, 1, 1), &Device::Cpu).unwrap();
-            x.conv2d(&f.weight, f.padding, f.stride, 1, 1)
-                .unwrap()
-                .broadcast_mul(&s)
-                .unwrap()
-                .broadcast_add(&b)
-                .unwrap()
+            conv_bn_reference(x, &f.weight, f.stride, f.padding, &f.scale, &f.shift)
         };
         let h = conv_bn(x, c1).relu().unwrap();
         let short = match d {
@@ -433,18 +383,8 @@ mod tests {
             let d = (stride != 1 || c != o).then(|| folded(o, c, 1, stride, 4));
             let ours = basic_block_folded(x.as_tensor(), &c1, &c2, d.as_ref()).unwrap();
             let theirs = reference(x.as_tensor(), &c1, &c2, d.as_ref());
-            let diff = |a: &Tensor, b: &Tensor| {
-                (a - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap()
-            };
             assert!(
-                diff(&ours, &theirs) < 1e-5,
+                max_abs(&ours, &theirs) < 1e-5,
                 "forward {n} {c} {o} {h} {stride}"
             );
             let probe = rand(ours.dims(), 5);
@@ -464,7 +404,10 @@ mod tests {
                 g1.get(x.as_tensor()).unwrap(),
                 g2.get(x.as_tensor()).unwrap(),
             );
-            assert!(diff(a, b) < 1e-5, "input gradient {n} {c} {o} {h} {stride}");
+            assert!(
+                max_abs(a, b) < 1e-5,
+                "input gradient {n} {c} {o} {h} {stride}"
+            );
             // constant weights: no gradient anywhere else
             assert!(g1.get(&c1.weight).is_none());
         }
@@ -493,17 +436,7 @@ mod tests {
             .unwrap();
         let theirs = crate::ops::maxpool::max_pool2d_generic(&y, 3, 2, 1).unwrap();
         assert_eq!(ours.dims(), &[2, 5, 5, 5]);
-        let diff = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        assert!(diff(&ours, &theirs) < 1e-5);
+        assert!(max_abs(&ours, &theirs) < 1e-5);
         let probe = rand(ours.dims(), 9);
         let g1 = (ours * &probe)
             .unwrap()
@@ -517,7 +450,7 @@ mod tests {
             .unwrap()
             .backward()
             .unwrap();
-        let d = diff(
+        let d = max_abs(
             g1.get(x.as_tensor()).unwrap(),
             g2.get(x.as_tensor()).unwrap(),
         );

@@ -792,11 +792,6 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Res
     conv2d_fused(x, weight, stride, padding, None, None, false)
 }
 
-fn on_cpu_f32(ts: &[&Tensor]) -> bool {
-    ts.iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32)
-}
-
 /// `act(conv2d(x, weight) * scale[o] + shift[o] + residual)`: a convolution followed by a
 /// folded eval-mode BatchNorm (`scale`, `shift`: constants, one per output channel), an
 /// optional residual (differentiable) and an optional ReLU, in one pass over the output and,
@@ -817,7 +812,7 @@ pub fn conv2d_fused(
     }
     let mut all = vec![x, weight];
     all.extend(residual);
-    if on_cpu_f32(&all) {
+    if super::on_cpu_f32(&all) {
         let op = Conv2d {
             stride,
             pad: padding,
@@ -853,31 +848,11 @@ pub fn conv2d_fused(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::testing::{conv_bn_reference, max_rel, normal};
     use candle_core::{Device, Var};
 
     fn rand(shape: &[usize], seed: u64) -> Tensor {
-        let mut r = crate::rng::SeededRng::new(seed);
-        let n: usize = shape.iter().product();
-        Tensor::from_vec(r.normal_vec(n, 1.0), shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let s = b
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        d / s.max(1e-6)
+        normal(shape, seed, 1.0)
     }
 
     #[test]
@@ -934,16 +909,7 @@ mod tests {
         r: Option<&Tensor>,
         relu: bool,
     ) -> Tensor {
-        let o = bn.0.len();
-        let sc = Tensor::from_slice(bn.0, (1, o, 1, 1), &Device::Cpu).unwrap();
-        let sh = Tensor::from_slice(bn.1, (1, o, 1, 1), &Device::Cpu).unwrap();
-        let mut y = x
-            .conv2d(w, p, s, 1, 1)
-            .unwrap()
-            .broadcast_mul(&sc)
-            .unwrap()
-            .broadcast_add(&sh)
-            .unwrap();
+        let mut y = conv_bn_reference(x, w, s, p, bn.0, bn.1);
         if let Some(r) = r {
             y = (y + r).unwrap();
         }

@@ -149,12 +149,7 @@ impl CustomOp1 for MaxPoolFwd {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let argmax = self
-            .argmax
-            .lock()
-            .ok()
-            .and_then(|g| g.clone())
-            .ok_or_else(|| candle_core::Error::Msg("max_pool2d: argmax was not recorded".into()))?;
+        let argmax = super::kept(&self.argmax, "max_pool2d: argmax")?;
         let (_, _, h, w) = arg.dims4()?;
         let op = MaxPoolBwd { argmax, h, w };
         let grad = grad_res.contiguous()?.apply_op1_no_bwd(&op)?;

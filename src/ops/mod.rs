@@ -5,10 +5,44 @@ pub mod batchnorm;
 pub mod block;
 pub mod conv;
 pub mod maxpool;
+#[cfg(test)]
+mod testing;
 
 pub use act::{add_relu, relu};
 pub use conv::{conv2d, conv2d_fused};
 pub use maxpool::max_pool2d;
+
+/// Whether every tensor is an f32 tensor on the CPU, where the custom ops run.
+pub(crate) fn on_cpu_f32(ts: &[&candle_core::Tensor]) -> bool {
+    ts.iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32)
+}
+
+/// Runs `f` on a CPU tensor's f32 values, read in place (no copy); `op` and `what` name it
+/// in errors.
+pub(crate) fn with_cpu_f32<R>(
+    t: &candle_core::Tensor,
+    op: &str,
+    what: &str,
+    f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let (st, l) = t.storage_and_layout();
+    match &*st {
+        candle_core::Storage::Cpu(cs) => f(cpu_f32(cs, l, op, what)?),
+        _ => candle_core::bail!("{op}: {what} must be on the CPU"),
+    }
+}
+
+/// What a custom op's forward kept for its backward (argmax, statistics, activations).
+pub(crate) fn kept<T: Clone>(
+    slot: &std::sync::Mutex<Option<T>>,
+    what: &str,
+) -> candle_core::Result<T> {
+    slot.lock()
+        .ok()
+        .and_then(|g| g.clone())
+        .ok_or_else(|| candle_core::Error::Msg(format!("{what} not recorded by the forward pass")))
+}
 
 /// The f32 values of a contiguous CPU tensor, for the custom ops; `op` and `what` name it in
 /// errors.

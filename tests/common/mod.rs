@@ -67,17 +67,22 @@ pub fn formula_model(num_classes: usize) -> ResNet18 {
     m
 }
 
-/// max |a - b| / max |b|.
-pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+/// max |a - b|.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    let d = (a - b)
+    (a - b)
         .unwrap()
         .abs()
         .unwrap()
         .max_all()
         .unwrap()
         .to_scalar::<f32>()
-        .unwrap();
+        .unwrap()
+}
+
+/// max |a - b| / max |b|.
+pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    let d = max_abs_diff(a, b);
     let m = b
         .abs()
         .unwrap()

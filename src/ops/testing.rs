@@ -1,0 +1,56 @@
+//! Helpers for the kernels' unit tests: seeded inputs, differences, candle-op references.
+
+use candle_core::{Device, Tensor};
+
+/// Normal values (standard deviation `std`) of `shape`, from `seed`.
+pub fn normal(shape: &[usize], seed: u64, std: f32) -> Tensor {
+    let mut r = crate::rng::SeededRng::new(seed);
+    let n: usize = shape.iter().product();
+    Tensor::from_vec(r.normal_vec(n, std), shape, &Device::Cpu).unwrap()
+}
+
+/// Uniform values in `[lo, hi)` of `shape`, from `seed`.
+pub fn uniform(shape: &[usize], seed: u64, lo: f32, hi: f32) -> Tensor {
+    let mut r = crate::rng::SeededRng::new(seed);
+    let n: usize = shape.iter().product();
+    Tensor::from_vec(r.uniform_vec(n, lo, hi), shape, &Device::Cpu).unwrap()
+}
+
+fn max_of_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// max |a - b|.
+pub fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+    max_of_abs(&(a - b).unwrap())
+}
+
+/// max |a - b| / max |b|.
+pub fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
+    max_abs(a, b) / max_of_abs(b).max(1e-6)
+}
+
+/// `conv2d(x, w) * scale[o] + shift[o]` from candle's own ops.
+pub fn conv_bn_reference(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    scale: &[f32],
+    shift: &[f32],
+) -> Tensor {
+    let o = scale.len();
+    let s = Tensor::from_slice(scale, (1, o, 1, 1), &Device::Cpu).unwrap();
+    let b = Tensor::from_slice(shift, (1, o, 1, 1), &Device::Cpu).unwrap();
+    x.conv2d(w, padding, stride, 1, 1)
+        .unwrap()
+        .broadcast_mul(&s)
+        .unwrap()
+        .broadcast_add(&b)
+        .unwrap()
+}
