@@ -79,17 +79,17 @@ fn integrated_gradients_match_captum() {
     );
     check(
         "ig baseline trap16",
-        &ig(16, IgRule::RiemannTrapezoid, base, 5)
+        &ig(16, IgRule::RiemannTrapezoid, base.clone(), 5)
             .attribute(&m, x, &T)
             .unwrap(),
         &f["ig_base_trap16"],
     );
     check(
-        "ig left 10",
-        &ig(10, IgRule::RiemannLeft, Baseline::Black, 8)
+        "ig baseline left 10",
+        &ig(10, IgRule::RiemannLeft, base, 8)
             .attribute(&m, x, &T)
             .unwrap(),
-        &f["ig_black_left10"],
+        &f["ig_base_left10"],
     );
     check(
         "ig middle 10",

@@ -15,6 +15,8 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, S
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
+use super::SendPtr;
+
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     super::cpu_f32(s, l, "batch norm", what)
 }
@@ -128,6 +130,75 @@ fn lanes_sum(xs: &[f32], f: impl Fn(f32) -> f64) -> f64 {
     }
     let tail: f64 = chunks.remainder().iter().map(|&v| f(v)).sum();
     acc.iter().sum::<f64>() + tail
+}
+
+/// The gradient that reaches the BatchNorm output: `g`, or 0 where the fused ReLU was off.
+#[inline(always)]
+fn gate<const RELU: bool>(g: f32, y: f32) -> f32 {
+    if RELU && y <= 0.0 {
+        0.0
+    } else {
+        g
+    }
+}
+
+/// `(sum gz, sum gz (x - mu))` over one plane, `gz = gate(g, y)`: eight f32 lanes over blocks
+/// of at most 512 values (so the loop vectorises), each block's total added in f64.
+#[inline]
+fn grad_sums<const RELU: bool>(g: &[f32], y: &[f32], x: &[f32], mu: f32) -> (f64, f64) {
+    let (mut t1, mut t2) = (0f64, 0f64);
+    let n = g.len().min(y.len()).min(x.len());
+    for b in (0..n).step_by(512) {
+        let e = (b + 512).min(n);
+        let (g, y, x) = (&g[b..e], &y[b..e], &x[b..e]);
+        let (mut a1, mut a2) = ([0f32; 8], [0f32; 8]);
+        let mut gc = g.chunks_exact(8);
+        let mut yc = y.chunks_exact(8);
+        let mut xc = x.chunks_exact(8);
+        for ((g, y), x) in (&mut gc).zip(&mut yc).zip(&mut xc) {
+            for l in 0..8 {
+                let v = gate::<RELU>(g[l], y[l]);
+                a1[l] += v;
+                a2[l] += v * (x[l] - mu);
+            }
+        }
+        for ((&g, &y), &x) in gc
+            .remainder()
+            .iter()
+            .zip(yc.remainder())
+            .zip(xc.remainder())
+        {
+            let v = gate::<RELU>(g, y);
+            a1[0] += v;
+            a2[0] += v * (x - mu);
+        }
+        t1 += a1.iter().map(|&v| v as f64).sum::<f64>();
+        t2 += a2.iter().map(|&v| v as f64).sum::<f64>();
+    }
+    (t1, t2)
+}
+
+/// One plane's input gradient `a gz + b (x - mu) + c0` (`[a, b, c0, mu]`) and/or the gated
+/// gradient `gz` itself (the residual's gradient).
+#[inline]
+fn plane_grads<const RELU: bool>(
+    g: &[f32],
+    y: &[f32],
+    x: &[f32],
+    [a, b, c0, mu]: [f32; 4],
+    dx: Option<&mut [f32]>,
+    gz: Option<&mut [f32]>,
+) {
+    if let Some(dx) = dx {
+        for (((d, &g), &y), &x) in dx.iter_mut().zip(g).zip(y).zip(x) {
+            *d = a * gate::<RELU>(g, y) + b * (x - mu) + c0;
+        }
+    }
+    if let Some(gz) = gz {
+        for ((d, &g), &y) in gz.iter_mut().zip(g).zip(y) {
+            *d = gate::<RELU>(g, y);
+        }
+    }
 }
 
 /// Runs `f` on a CPU tensor's f32 values, read in place.
@@ -254,57 +325,60 @@ impl BatchNormTrain {
                     if xs.len() != gs.len() || ys.len() != gs.len() {
                         candle_core::bail!("batch norm backward: shapes do not match");
                     }
-                    let g_at = |i: usize| -> f32 {
-                        if relu && ys[i] <= 0.0 {
-                            0.0
-                        } else {
-                            gs[i]
-                        }
+                    let plane = |v: &'_ [f32], i: usize, ch: usize| -> std::ops::Range<usize> {
+                        let o = (i * c + ch) * hw;
+                        debug_assert!(o + hw <= v.len());
+                        o..o + hw
                     };
-                    // S1, S2 per channel, in f64 (four independent partial sums each)
+                    // S1, S2 per channel
                     let sums: Vec<(f64, f64)> = (0..c)
                         .into_par_iter()
                         .map(|ch| {
                             let mu = st.mean[ch];
-                            let (mut s1, mut s2) = ([0f64; 4], [0f64; 4]);
-                            for i in 0..n {
-                                let o = (i * c + ch) * hw;
-                                for j in (o..o + hw).step_by(4) {
-                                    for (l, j) in (j..(j + 4).min(o + hw)).enumerate() {
-                                        let g = g_at(j);
-                                        s1[l] += g as f64;
-                                        s2[l] += (g * (xs[j] - mu)) as f64;
-                                    }
-                                }
-                            }
-                            (s1.iter().sum(), s2.iter().sum())
+                            (0..n).fold((0f64, 0f64), |(a, b), i| {
+                                let r = plane(xs, i, ch);
+                                let (s1, s2) = if relu {
+                                    grad_sums::<true>(&gs[r.clone()], &ys[r.clone()], &xs[r], mu)
+                                } else {
+                                    grad_sums::<false>(&gs[r.clone()], &ys[r.clone()], &xs[r], mu)
+                                };
+                                (a + s1, b + s2)
+                            })
                         })
                         .collect();
-                    let gz = want_res.then(|| {
-                        let mut gz = vec![0f32; gs.len()];
-                        gz.par_chunks_mut(1 << 14).enumerate().for_each(|(b, d)| {
-                            for (q, d) in d.iter_mut().enumerate() {
-                                *d = g_at((b << 14) + q);
-                            }
-                        });
-                        gz
-                    });
-                    let dx = want_dx.then(|| {
-                        let mut dx = vec![0f32; xs.len()];
-                        dx.par_chunks_mut(hw).enumerate().for_each(|(p, d)| {
-                            let ch = p % c;
+                    let mut dx = want_dx.then(|| vec![0f32; xs.len()]);
+                    let mut gz = want_res.then(|| vec![0f32; gs.len()]);
+                    let coef: Vec<[f32; 4]> = (0..c)
+                        .map(|ch| {
                             let (s1, s2) = sums[ch];
                             let gi = gamma[ch] as f64 * inv[ch];
-                            let a = gi as f32;
-                            let b = (-gi * inv[ch] * inv[ch] * s2 / m) as f32;
-                            let c0 = (-gi * s1 / m) as f32;
-                            let mu = st.mean[ch];
-                            for (q, dv) in d.iter_mut().enumerate() {
-                                let j = p * hw + q;
-                                *dv = a * g_at(j) + b * (xs[j] - mu) + c0;
-                            }
+                            [
+                                gi as f32,
+                                (-gi * inv[ch] * inv[ch] * s2 / m) as f32,
+                                (-gi * s1 / m) as f32,
+                                st.mean[ch],
+                            ]
+                        })
+                        .collect();
+                    let planes = n * c;
+                    let dxp = dx.as_mut().map(|d| SendPtr(d.as_mut_ptr()));
+                    let gzp = gz.as_mut().map(|d| SendPtr(d.as_mut_ptr()));
+                    (0..planes).into_par_iter().for_each(|p| {
+                        let r = p * hw..(p + 1) * hw;
+                        let (g, yv, xv) = (&gs[r.clone()], &ys[r.clone()], &xs[r]);
+                        // SAFETY: plane p of dx and gz (both gs.len() long) is written by
+                        // this iteration only.
+                        let dxs = dxp.map(|d| unsafe {
+                            std::slice::from_raw_parts_mut(d.get().add(p * hw), hw)
                         });
-                        dx
+                        let gzs = gzp.map(|d| unsafe {
+                            std::slice::from_raw_parts_mut(d.get().add(p * hw), hw)
+                        });
+                        if relu {
+                            plane_grads::<true>(g, yv, xv, coef[p % c], dxs, gzs);
+                        } else {
+                            plane_grads::<false>(g, yv, xv, coef[p % c], dxs, gzs);
+                        }
                     });
                     Ok((dx, gz, sums))
                 })

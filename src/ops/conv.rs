@@ -25,16 +25,16 @@ pub fn conv_out(input: usize, kernel: usize, stride: usize, padding: usize) -> u
 
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Geometry {
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    o: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-    ho: usize,
-    wo: usize,
+    pub(super) n: usize,
+    pub(super) c: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) o: usize,
+    pub(super) k: usize,
+    pub(super) stride: usize,
+    pub(super) pad: usize,
+    pub(super) ho: usize,
+    pub(super) wo: usize,
 }
 
 impl Geometry {
@@ -129,6 +129,28 @@ fn im2col_chunk(x: &[f32], g: &Geometry, i0: usize, m: usize, col: &mut [f32]) {
     if p == 0 {
         return fill(images, col);
     }
+    with_padded(images, (g.h, g.w), p, wp, hp * wp, |padded| {
+        fill(padded, col)
+    })
+}
+
+/// Runs `f` on `x`'s `h x w` planes copied into zero-padded planes of `plane` floats: rows
+/// `wp` wide (at least `w + p`), `p` zero rows above, each row's values from column `p`,
+/// zeros elsewhere. The buffer is this thread's, reused across calls (a re-entrant call
+/// gets a fresh one).
+pub(super) fn with_padded<R>(
+    x: &[f32],
+    (h, w): (usize, usize),
+    p: usize,
+    wp: usize,
+    plane: usize,
+    f: impl FnOnce(&[f32]) -> R,
+) -> R {
+    assert!(
+        wp >= w + p && plane >= (h + p) * wp,
+        "with_padded: planes too small"
+    );
+    let planes = x.len() / (h * w).max(1);
     PADDED.with(|cell| {
         let mut guard = cell.try_borrow_mut();
         let mut fresh = Vec::new();
@@ -136,24 +158,24 @@ fn im2col_chunk(x: &[f32], g: &Geometry, i0: usize, m: usize, col: &mut [f32]) {
             Ok(b) => b,
             Err(_) => &mut fresh,
         };
-        let need = m * g.c * hp * wp;
+        let need = planes * plane;
         if buf.len() < need {
             buf.resize(need, 0.0);
         }
         buf[..need]
-            .par_chunks_mut(hp * wp)
-            .zip(images.par_chunks(g.h * g.w))
+            .par_chunks_mut(plane)
+            .zip(x.par_chunks(h * w))
             .for_each(|(dst, src)| {
                 dst[..p * wp].fill(0.0);
-                dst[(p + g.h) * wp..].fill(0.0);
-                for (y, line) in src.chunks_exact(g.w).enumerate() {
+                dst[(p + h) * wp..].fill(0.0);
+                for (y, line) in src.chunks_exact(w).enumerate() {
                     let d = &mut dst[(p + y) * wp..(p + y + 1) * wp];
                     d[..p].fill(0.0);
-                    d[p + g.w..].fill(0.0);
-                    d[p..p + g.w].copy_from_slice(line);
+                    d[p + w..].fill(0.0);
+                    d[p..p + w].copy_from_slice(line);
                 }
             });
-        fill(&buf[..need], col);
+        f(&buf[..need])
     })
 }
 
@@ -255,13 +277,6 @@ fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) ->
 /// The longest sum one `gemm` call does (`gemm` never cuts sums of up to 512 terms).
 const K_SLICE: usize = 512;
 
-/// A raw pointer that may cross to rayon's threads (each task writes its own columns).
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: used only to hand disjoint column blocks of one output to parallel tasks.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
 /// dst (m x n, row-major) = a (m x k) * b (k x n), given as (slice, row stride, column
 /// stride); `accumulate` adds to dst.
 ///
@@ -307,7 +322,7 @@ fn matmul_blocks(
 ) {
     assert!(dst.len() >= m * n, "matmul: output buffer too small");
     let width = n.div_ceil(parts.max(1)).max(1);
-    let dst_ptr = SendPtr(dst.as_mut_ptr());
+    let dst_ptr = super::SendPtr(dst.as_mut_ptr());
     let slices = k.div_ceil(K_SLICE).max(1);
     let kw = k.div_ceil(slices).max(1);
     let block = |j0: usize| {
@@ -324,7 +339,7 @@ fn matmul_blocks(
                     m,
                     nb,
                     kn,
-                    d.0.add(j0),
+                    d.get().add(j0),
                     1,
                     n as isize,
                     accumulate || s > 0,
@@ -373,6 +388,28 @@ pub(super) struct Epilogue {
 }
 
 impl Epilogue {
+    /// [`Epilogue::apply`] in place: `dst` holds channel `o`'s products and gets the result.
+    #[inline]
+    pub(super) fn apply_in_place(&self, o: usize, res: Option<&[f32]>, dst: &mut [f32]) {
+        let a = self.scale.as_ref().map_or(1.0, |s| s[o]);
+        let b = self.shift.as_ref().map_or(0.0, |s| s[o]);
+        match (res, self.relu) {
+            (None, false) if self.scale.is_none() && self.shift.is_none() => {}
+            (None, false) => dst.iter_mut().for_each(|d| *d = *d * a + b),
+            (None, true) => dst.iter_mut().for_each(|d| *d = (*d * a + b).max(0.0)),
+            (Some(r), false) => {
+                for (d, r) in dst.iter_mut().zip(r) {
+                    *d = *d * a + b + r;
+                }
+            }
+            (Some(r), true) => {
+                for (d, r) in dst.iter_mut().zip(r) {
+                    *d = (*d * a + b + r).max(0.0);
+                }
+            }
+        }
+    }
+
     /// Writes `prod` (`[hw]` values of channel `o`) into `dst`, with `res` added.
     #[inline]
     fn apply(&self, o: usize, prod: &[f32], res: Option<&[f32]>, dst: &mut [f32]) {
@@ -437,8 +474,25 @@ pub(super) fn geometry(x: &Shape, w: &Shape, stride: usize, pad: usize) -> Resul
 }
 
 /// The convolution of `x` with `w` in geometry `g`, its output passed through `epi` (with
-/// `res` added): `[n, o, ho, wo]`.
+/// `res` added): `[n, o, ho, wo]`. 3x3 stride-1 layers run the direct kernel
+/// ([`super::direct`]) where the CPU has it, the rest im2col and `gemm`.
 pub(super) fn conv_forward(
+    x: &[f32],
+    w: &[f32],
+    g: &Geometry,
+    epi: &Epilogue,
+    res: Option<&[f32]>,
+) -> Vec<f32> {
+    if super::direct::usable(g) {
+        let mut out = vec![0f32; g.n * g.o * g.hw_out()];
+        super::direct::conv3x3(x, w, g, epi, res, &mut out);
+        return out;
+    }
+    conv_forward_im2col(x, w, g, epi, res)
+}
+
+/// [`conv_forward`] as im2col and one matrix product per chunk of images (every geometry).
+pub(super) fn conv_forward_im2col(
     x: &[f32],
     w: &[f32],
     g: &Geometry,

@@ -24,15 +24,32 @@ fn window(o: usize, s: usize, p: usize, k: usize, len: usize) -> (usize, usize) 
     ((start).saturating_sub(p), (start + k - p).min(len))
 }
 
-/// Max pooling of `src` (`[n, c, h, w]`, contiguous): the output, the flat in-plane index of
-/// each output's winner, and the output size.
+/// What [`pool_forward`] returns: the pooled values, the winners' in-plane indices (when
+/// asked for), and the output height and width.
+pub(super) type Pooled = (Vec<f32>, Option<Vec<u32>>, usize, usize);
+
+/// Whether `v` beats `best` in PyTorch's scan: strictly greater, or the first NaN.
+#[inline(always)]
+fn beats(v: f32, best: f32) -> bool {
+    v > best || (v.is_nan() && !best.is_nan())
+}
+
+/// Max pooling of `src` (`[n, c, h, w]`, contiguous): the output, with `argmax` the flat
+/// in-plane index of each output's winner (the first maximum in scan order; the first NaN),
+/// and the output size.
+///
+/// Separable: per output row, the window's rows are reduced column by column into one row
+/// (value and, for the argmax, the winning row; a loop the compiler vectorises), then each
+/// output reduces its window's columns of that row. Among equal values the winner is the one
+/// with the smaller row, then the smaller column: the first in scan order.
 pub(super) fn pool_forward(
     src: &[f32],
     (n, c, h, w): (usize, usize, usize, usize),
     k: usize,
     s: usize,
     p: usize,
-) -> Result<(Vec<f32>, Vec<u32>, usize, usize)> {
+    argmax: bool,
+) -> Result<Pooled> {
     if h + 2 * p < k || w + 2 * p < k {
         candle_core::bail!("max_pool2d: input {h}x{w} is smaller than the {k}x{k} window");
     }
@@ -45,39 +62,77 @@ pub(super) fn pool_forward(
     let wo = pooled_size(w, k, s, p);
     let plane_in = h * w;
     let plane_out = ho * wo;
-    let mut out = vec![0f32; n * c * plane_out];
     debug_assert_eq!(src.len(), n * c * plane_in);
-    let mut idx = vec![0u32; n * c * plane_out];
-    out.par_chunks_mut(plane_out)
-        .zip(idx.par_chunks_mut(plane_out))
-        .enumerate()
-        .for_each(|(plane, (o, ix))| {
-            let x = &src[plane * plane_in..(plane + 1) * plane_in];
-            for (oy, (orow, irow)) in o
-                .chunks_exact_mut(wo)
-                .zip(ix.chunks_exact_mut(wo))
-                .enumerate()
-            {
-                let (ylo, yhi) = window(oy, s, p, k, h);
-                for (ox, (ov, iv)) in orow.iter_mut().zip(irow.iter_mut()).enumerate() {
-                    let (xlo, xhi) = window(ox, s, p, k, w);
-                    // the first maximum in scan order; the first NaN wins, as in PyTorch
-                    let mut bi = ylo * w + xlo;
-                    let mut best = x[bi];
-                    for yy in ylo..yhi {
-                        let row = &x[yy * w..yy * w + xhi];
-                        for (xx, &v) in row.iter().enumerate().skip(xlo) {
-                            if v > best || (v.is_nan() && !best.is_nan()) {
-                                best = v;
-                                bi = yy * w + xx;
-                            }
-                        }
+    let mut out = vec![0f32; n * c * plane_out];
+    let mut idx = argmax.then(|| vec![0u32; n * c * plane_out]);
+    let cols: Vec<(usize, usize)> = (0..wo).map(|ox| window(ox, s, p, k, w)).collect();
+    let plane_fn = |plane: usize, o: &mut [f32], mut ix: Option<&mut [u32]>| {
+        let x = &src[plane * plane_in..(plane + 1) * plane_in];
+        let mut vmax = vec![0f32; w];
+        let mut vrow = vec![0u32; if ix.is_some() { w } else { 0 }];
+        for oy in 0..ho {
+            let (ylo, yhi) = window(oy, s, p, k, h);
+            vmax.copy_from_slice(&x[ylo * w..(ylo + 1) * w]);
+            if ix.is_some() {
+                vrow.fill(ylo as u32);
+                for yy in ylo + 1..yhi {
+                    let row = &x[yy * w..(yy + 1) * w];
+                    for ((m, r), &v) in vmax.iter_mut().zip(vrow.iter_mut()).zip(row) {
+                        let take = beats(v, *m);
+                        *m = if take { v } else { *m };
+                        *r = if take { yy as u32 } else { *r };
                     }
-                    *ov = best;
-                    *iv = bi as u32;
+                }
+            } else {
+                for yy in ylo + 1..yhi {
+                    let row = &x[yy * w..(yy + 1) * w];
+                    for (m, &v) in vmax.iter_mut().zip(row) {
+                        *m = if beats(v, *m) { v } else { *m };
+                    }
                 }
             }
-        });
+            let orow = &mut o[oy * wo..(oy + 1) * wo];
+            match ix.as_deref_mut() {
+                None => {
+                    for (ov, &(xlo, xhi)) in orow.iter_mut().zip(&cols) {
+                        let mut best = vmax[xlo];
+                        for &v in &vmax[xlo + 1..xhi] {
+                            best = if beats(v, best) { v } else { best };
+                        }
+                        *ov = best;
+                    }
+                }
+                Some(ix) => {
+                    let irow = &mut ix[oy * wo..(oy + 1) * wo];
+                    for ((ov, iv), &(xlo, xhi)) in orow.iter_mut().zip(irow).zip(&cols) {
+                        let (mut best, mut by, mut bx) = (vmax[xlo], vrow[xlo], xlo);
+                        for xx in xlo + 1..xhi {
+                            let (v, y) = (vmax[xx], vrow[xx]);
+                            // equal values (or both NaN): the smaller row is earlier in scan
+                            // order; the same row keeps the earlier column
+                            let tie = v == best || (v.is_nan() && best.is_nan());
+                            if beats(v, best) || (tie && y < by) {
+                                (best, by, bx) = (v, y, xx);
+                            }
+                        }
+                        *ov = best;
+                        *iv = by * w as u32 + bx as u32;
+                    }
+                }
+            }
+        }
+    };
+    match idx.as_mut() {
+        Some(idx) => out
+            .par_chunks_mut(plane_out)
+            .zip(idx.par_chunks_mut(plane_out))
+            .enumerate()
+            .for_each(|(plane, (o, ix))| plane_fn(plane, o, Some(ix))),
+        None => out
+            .par_chunks_mut(plane_out)
+            .enumerate()
+            .for_each(|(plane, o)| plane_fn(plane, o, None)),
+    }
     Ok((out, idx, ho, wo))
 }
 
@@ -121,6 +176,8 @@ struct MaxPoolFwd {
     kernel: usize,
     stride: usize,
     padding: usize,
+    /// Whether the input takes part in autograd (else no argmax is recorded).
+    need_grad: bool,
     /// Per output element, the flat index within its (n, c) plane of the winning input.
     argmax: Mutex<Option<Arc<Vec<u32>>>>,
 }
@@ -140,9 +197,15 @@ impl CustomOp1 for MaxPoolFwd {
             Some((a, b)) => &src[a..b],
             None => candle_core::bail!("max_pool2d: input must be contiguous"),
         };
-        let (out, idx, ho, wo) =
-            pool_forward(src, (n, c, h, w), self.kernel, self.stride, self.padding)?;
-        if let Ok(mut guard) = self.argmax.lock() {
+        let (out, idx, ho, wo) = pool_forward(
+            src,
+            (n, c, h, w),
+            self.kernel,
+            self.stride,
+            self.padding,
+            self.need_grad,
+        )?;
+        if let (Some(idx), Ok(mut guard)) = (idx, self.argmax.lock()) {
             *guard = Some(Arc::new(idx));
         }
         Ok((CpuStorage::F32(out), Shape::from((n, c, ho, wo))))
@@ -201,6 +264,7 @@ pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> R
             kernel,
             stride,
             padding,
+            need_grad: x.track_op(),
             argmax: Mutex::new(None),
         };
         x.contiguous()?.apply_op1(op)
@@ -309,6 +373,70 @@ mod tests {
         assert!(y.iter().all(|v| v.is_nan()), "{y:?}");
         let err = max_pool2d(&x, 2, 1, 2).unwrap_err().to_string();
         assert!(err.contains("at most half"), "{err}");
+    }
+
+    /// PyTorch's scan, written out: per output, the window in row-major order, the first
+    /// strictly greater value (or the first NaN) wins.
+    fn naive(x: &[f32], h: usize, w: usize, k: usize, s: usize, p: usize) -> (Vec<f32>, Vec<u32>) {
+        let (ho, wo) = (pooled_size(h, k, s, p), pooled_size(w, k, s, p));
+        let (mut out, mut idx) = (vec![], vec![]);
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let mut best: Option<(f32, usize)> = None;
+                for yy in (oy * s) as isize - p as isize..(oy * s + k) as isize - p as isize {
+                    for xx in (ox * s) as isize - p as isize..(ox * s + k) as isize - p as isize {
+                        if yy < 0 || xx < 0 || yy >= h as isize || xx >= w as isize {
+                            continue;
+                        }
+                        let i = yy as usize * w + xx as usize;
+                        match best {
+                            Some((b, _)) if !beats(x[i], b) => {}
+                            _ => best = Some((x[i], i)),
+                        }
+                    }
+                }
+                let (b, i) = best.unwrap();
+                out.push(b);
+                idx.push(i as u32);
+            }
+        }
+        (out, idx)
+    }
+
+    #[test]
+    fn separable_scan_matches_the_window_scan_with_ties_and_nans() {
+        // few distinct values (many ties), some NaNs, both signs of zero
+        let (h, w) = (11, 9);
+        let x: Vec<f32> = (0..h * w)
+            .map(|i| match (i * 7919) % 13 {
+                0 => f32::NAN,
+                1 => -0.0,
+                r => (r % 4) as f32 - 1.0,
+            })
+            .collect();
+        for (k, s, p) in [
+            (3, 2, 1),
+            (3, 1, 1),
+            (2, 2, 0),
+            (3, 3, 0),
+            (4, 2, 2),
+            (5, 2, 1),
+        ] {
+            let (out, idx, _, _) = pool_forward(&x, (1, 1, h, w), k, s, p, true).unwrap();
+            let (want, want_idx) = naive(&x, h, w, k, s, p);
+            assert_eq!(idx.unwrap(), want_idx, "argmax, k {k} s {s} p {p}");
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&out), bits(&want), "values, k {k} s {s} p {p}");
+            let (plain, none, _, _) = pool_forward(&x, (1, 1, h, w), k, s, p, false).unwrap();
+            assert!(none.is_none());
+            assert_eq!(
+                plain.iter().map(|v| v.is_nan()).collect::<Vec<_>>(),
+                want.iter().map(|v| v.is_nan()).collect::<Vec<_>>()
+            );
+            for (a, b) in plain.iter().zip(&want) {
+                assert!(a == b || (a.is_nan() && b.is_nan()), "k {k} s {s} p {p}");
+            }
+        }
     }
 
     #[test]

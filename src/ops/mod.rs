@@ -4,13 +4,29 @@ pub mod act;
 pub mod batchnorm;
 pub mod block;
 pub mod conv;
+mod direct;
 pub mod maxpool;
 #[cfg(test)]
 mod testing;
 
 pub use act::{add_relu, relu};
 pub use conv::{conv2d, conv2d_fused};
+pub use direct::set_direct_conv;
 pub use maxpool::max_pool2d;
+
+/// A raw pointer that may cross to rayon's threads, for kernels whose parallel tasks each
+/// write their own disjoint part of one output buffer.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: only used to hand disjoint parts of one buffer to parallel tasks.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    /// The pointer (a method, so closures capture the whole `SendPtr`, not its field).
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// Whether every tensor is an f32 tensor on the CPU, where the custom ops run.
 pub(crate) fn on_cpu_f32(ts: &[&candle_core::Tensor]) -> bool {
