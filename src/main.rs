@@ -1881,10 +1881,13 @@ fn sanity_command(a: SanityArgs) -> Result<()> {
 /// glibc returns every large buffer to the kernel on free and page-faults a fresh one on the
 /// next allocation; tensors of tens of MB are allocated and freed every step, so keep them in
 /// the heap instead (measured: system time of a training step falls from more than the user
-/// time to a few percent).
+/// time to a few percent). Buffers above 32 MB (the stem's activations at 224 px) would still
+/// be mapped fresh each time, so no buffer is: train step @224 9.8 → 10.3 images/s, page
+/// faults per run 473k → 254k (the first touches of the working set).
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_TOP_PAD, 64 << 20);

@@ -804,40 +804,53 @@ impl CustomOp2 for ConvWeightGrad {
         let g = geometry(l1.shape(), &self.w_shape, self.stride, self.pad)?;
         let x = f32_slice(s1, l1, "input")?;
         let gr = f32_slice(s2, l2, "gradient")?;
-        let (ckk, hw) = (g.ckk(), g.hw_out());
+        let hw = g.hw_out();
         if gr.len() != g.n * g.o * hw {
             candle_core::bail!("conv2d backward: gradient shape does not match the forward");
         }
-        let mut dw = vec![0f32; g.o * ckk];
-        let chunk = images_per_chunk(&g);
-        with_scratch(ckk * chunk * hw, g.o * chunk * hw, |col, gt| {
-            let mut i0 = 0;
-            while i0 < g.n {
-                let m = chunk.min(g.n - i0);
-                im2col_chunk(x, &g, i0, m, col);
-                gather_grad(
-                    gr,
-                    &g,
-                    i0,
-                    m,
-                    self.scale.as_deref().map(|v| v.as_slice()),
-                    gt,
-                );
-                // dW [o, ckk] += G [o, m*hw] x col^T [m*hw, ckk]
-                matmul(
-                    g.o,
-                    ckk,
-                    m * hw,
-                    &mut dw,
-                    i0 > 0,
-                    (gt, (m * hw) as isize, 1),
-                    (col, 1, (m * hw) as isize),
-                );
-                i0 += m;
-            }
-        });
+        let scale = self.scale.as_deref().map(|v| v.as_slice());
+        let dw = if super::direct::usable_for_weights(&g) {
+            super::direct::weight_grad3x3(x, gr, &g, scale)
+        } else {
+            weight_grad_im2col(x, gr, &g, scale)
+        };
         Ok((CpuStorage::F32(dw), self.w_shape.clone()))
     }
+}
+
+/// The weight gradient `[o, c, k, k]` of the convolution of `x` in geometry `g` from the
+/// output gradient `gr` (each channel `o` times `scale[o]` when given): one matrix product
+/// `G [o, m*hw] x col^T [m*hw, ckk]` per chunk of images (every geometry).
+pub(super) fn weight_grad_im2col(
+    x: &[f32],
+    gr: &[f32],
+    g: &Geometry,
+    scale: Option<&[f32]>,
+) -> Vec<f32> {
+    let g = *g;
+    let (ckk, hw) = (g.ckk(), g.hw_out());
+    let mut dw = vec![0f32; g.o * ckk];
+    let chunk = images_per_chunk(&g);
+    with_scratch(ckk * chunk * hw, g.o * chunk * hw, |col, gt| {
+        let mut i0 = 0;
+        while i0 < g.n {
+            let m = chunk.min(g.n - i0);
+            im2col_chunk(x, &g, i0, m, col);
+            gather_grad(gr, &g, i0, m, scale, gt);
+            // dW [o, ckk] += G [o, m*hw] x col^T [m*hw, ckk]
+            matmul(
+                g.o,
+                ckk,
+                m * hw,
+                &mut dw,
+                i0 > 0,
+                (gt, (m * hw) as isize, 1),
+                (col, 1, (m * hw) as isize),
+            );
+            i0 += m;
+        }
+    });
+    dw
 }
 
 /// A differentiable convolution of `x` `[N, C, H, W]` with a square `weight` `[O, C, K, K]`

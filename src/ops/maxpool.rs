@@ -109,11 +109,13 @@ pub(super) fn pool_forward(
                         for xx in xlo + 1..xhi {
                             let (v, y) = (vmax[xx], vrow[xx]);
                             // equal values (or both NaN): the smaller row is earlier in scan
-                            // order; the same row keeps the earlier column
+                            // order; the same row keeps the earlier column. Selects, not
+                            // branches (the winner's position is unpredictable).
                             let tie = v == best || (v.is_nan() && best.is_nan());
-                            if beats(v, best) || (tie && y < by) {
-                                (best, by, bx) = (v, y, xx);
-                            }
+                            let take = beats(v, best) | (tie & (y < by));
+                            best = if take { v } else { best };
+                            by = if take { y } else { by };
+                            bx = if take { xx } else { bx };
                         }
                         *ov = best;
                         *iv = by * w as u32 + bx as u32;
