@@ -39,9 +39,9 @@ fn beats(v: f32, best: f32) -> bool {
 /// and the output size.
 ///
 /// Separable: per output row, the window's rows are reduced column by column into one row
-/// (value and, for the argmax, the winning row; a loop the compiler vectorises), then each
-/// output reduces its window's columns of that row. Among equal values the winner is the one
-/// with the smaller row, then the smaller column: the first in scan order.
+/// (value and, for the argmax, the winner's in-plane index; a loop the compiler vectorises),
+/// then each output reduces its window's columns of that row. Among equal values the smaller
+/// index wins: the smaller row, then the smaller column, the first in scan order.
 pub(super) fn pool_forward(
     src: &[f32],
     (n, c, h, w): (usize, usize, usize, usize),
@@ -69,18 +69,25 @@ pub(super) fn pool_forward(
     let plane_fn = |plane: usize, o: &mut [f32], mut ix: Option<&mut [u32]>| {
         let x = &src[plane * plane_in..(plane + 1) * plane_in];
         let mut vmax = vec![0f32; w];
-        let mut vrow = vec![0u32; if ix.is_some() { w } else { 0 }];
+        // per column, the in-plane index of the window rows' winner: comparing indices orders
+        // by row, then column, which is scan order
+        let mut vidx = vec![0u32; if ix.is_some() { w } else { 0 }];
         for oy in 0..ho {
             let (ylo, yhi) = window(oy, s, p, k, h);
             vmax.copy_from_slice(&x[ylo * w..(ylo + 1) * w]);
             if ix.is_some() {
-                vrow.fill(ylo as u32);
+                for (xx, r) in vidx.iter_mut().enumerate() {
+                    *r = (ylo * w + xx) as u32;
+                }
                 for yy in ylo + 1..yhi {
                     let row = &x[yy * w..(yy + 1) * w];
-                    for ((m, r), &v) in vmax.iter_mut().zip(vrow.iter_mut()).zip(row) {
+                    let base = (yy * w) as u32;
+                    for (xx, ((m, r), &v)) in
+                        vmax.iter_mut().zip(vidx.iter_mut()).zip(row).enumerate()
+                    {
                         let take = beats(v, *m);
                         *m = if take { v } else { *m };
-                        *r = if take { yy as u32 } else { *r };
+                        *r = if take { base + xx as u32 } else { *r };
                     }
                 }
             } else {
@@ -105,20 +112,17 @@ pub(super) fn pool_forward(
                 Some(ix) => {
                     let irow = &mut ix[oy * wo..(oy + 1) * wo];
                     for ((ov, iv), &(xlo, xhi)) in orow.iter_mut().zip(irow).zip(&cols) {
-                        let (mut best, mut by, mut bx) = (vmax[xlo], vrow[xlo], xlo);
-                        for xx in xlo + 1..xhi {
-                            let (v, y) = (vmax[xx], vrow[xx]);
-                            // equal values (or both NaN): the smaller row is earlier in scan
-                            // order; the same row keeps the earlier column. Selects, not
-                            // branches (the winner's position is unpredictable).
+                        let (mut best, mut bi) = (vmax[xlo], vidx[xlo]);
+                        for (&v, &i) in vmax[xlo + 1..xhi].iter().zip(&vidx[xlo + 1..xhi]) {
+                            // equal values (or both NaN): the earlier in scan order wins.
+                            // Selects, not branches (the winner is unpredictable).
                             let tie = v == best || (v.is_nan() && best.is_nan());
-                            let take = beats(v, best) | (tie & (y < by));
+                            let take = beats(v, best) | (tie & (i < bi));
                             best = if take { v } else { best };
-                            by = if take { y } else { by };
-                            bx = if take { xx } else { bx };
+                            bi = if take { i } else { bi };
                         }
                         *ov = best;
-                        *iv = by * w as u32 + bx as u32;
+                        *iv = bi;
                     }
                 }
             }
