@@ -494,6 +494,7 @@ pub fn batch_norm_train(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::testing::probe_grads;
     use crate::ops::testing::{max_abs, uniform as rand};
     use candle_core::{Device, Var};
 
@@ -566,18 +567,8 @@ mod tests {
             assert!((a - b).abs() < 1e-5);
         }
         let probe = rand(&[3, 4, 5, 6], 4, -1.0, 1.0);
-        let g1 = (ours * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g2 = (theirs * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let g1 = probe_grads(ours, &probe);
+        let g2 = probe_grads(theirs, &probe);
         for v in [&x, &g, &b] {
             let d = max_abs(
                 g1.get(v.as_tensor()).unwrap(),
@@ -610,18 +601,8 @@ mod tests {
                 theirs = theirs.relu().unwrap();
             }
             assert!(max_abs(&ours, &theirs) < 1e-5, "forward {res} {relu}");
-            let g1 = (ours * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g2 = (theirs * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let g1 = probe_grads(ours, &probe);
+            let g2 = probe_grads(theirs, &probe);
             for v in [&x, &g, &b, &r] {
                 match (g1.get(v.as_tensor()), g2.get(v.as_tensor())) {
                     (Some(a), Some(c)) => {

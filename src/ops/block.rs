@@ -260,7 +260,18 @@ impl CustomOp1 for Stem {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = super::cpu_f32(s, l, "stem", "input")?;
         let g = self.conv.geometry(l.shape())?;
-        let y = self.conv.run(x, &g, true, None)?;
+        let y = match super::phase::plan(&g) {
+            Some((f, _)) => super::with_cpu_f32(&self.conv.weight, "stem", "weight", |w| {
+                Ok(super::phase::forward(
+                    x,
+                    w,
+                    &g,
+                    &f,
+                    &self.conv.epilogue(true),
+                ))
+            })?,
+            None => self.conv.run(x, &g, true, None)?,
+        };
         let (n, o, ho, wo) = g.out_shape().dims4()?;
         let (k, st, p) = self.pool;
         let (out, idx, ph, pw) =
@@ -315,7 +326,13 @@ impl CustomOp2 for StemGrad {
         }
         // through the pooling and the ReLU in one pass, then the convolution
         let dy = super::maxpool::pool_backward(grad, &self.argmax, g.hw_out(), ph * pw, Some(out));
-        let dx = self.conv.input_grad(&dy, &g)?;
+        let dx = match super::phase::plan(&g) {
+            Some((_, b)) => super::with_cpu_f32(&self.conv.weight, "stem", "weight", |w| {
+                let scale = Some(self.conv.scale.as_slice());
+                Ok(super::phase::input_grad(&dy, w, &g, &b, scale))
+            })?,
+            None => self.conv.input_grad(&dy, &g)?,
+        };
         Ok((CpuStorage::F32(dx), self.x_shape.clone()))
     }
 }
@@ -347,7 +364,8 @@ pub fn stem_folded(x: &Tensor, conv: &FoldedConv, pool: (usize, usize, usize)) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::testing::{conv_bn_reference, max_abs, max_rel, normal};
+    use crate::ops::testing::probe_grads;
+    use crate::ops::testing::{conv_bn_reference, max_rel, normal};
     use candle_core::{Device, Var};
 
     fn rand(shape: &[usize], seed: u64) -> Tensor {
@@ -401,18 +419,8 @@ mod tests {
                 max_rel(&ours, &theirs)
             );
             let probe = rand(ours.dims(), 5);
-            let g1 = (ours * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g2 = (theirs * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let g1 = probe_grads(ours, &probe);
+            let g2 = probe_grads(theirs, &probe);
             let (a, b) = (
                 g1.get(x.as_tensor()).unwrap(),
                 g2.get(x.as_tensor()).unwrap(),
@@ -429,46 +437,50 @@ mod tests {
 
     #[test]
     fn stem_matches_candle_ops_forward_and_input_gradient() {
-        // 7x7 stride 2 padding 3, then 3x3 stride 2 padding 1 pooling, as ResNet; odd size
-        let x = Var::from_tensor(&rand(&[2, 3, 19, 19], 7)).unwrap();
-        let conv = FoldedConv {
-            padding: 3,
-            ..folded(5, 3, 7, 2, 8)
-        };
-        let ours = stem_folded(x.as_tensor(), &conv, (3, 2, 1)).unwrap();
-        let o = conv.scale.len();
-        let s = Tensor::from_slice(&conv.scale[..], (1, o, 1, 1), &Device::Cpu).unwrap();
-        let b = Tensor::from_slice(&conv.shift[..], (1, o, 1, 1), &Device::Cpu).unwrap();
-        // candle's conv2d backward fails for this strided shape: our plain conv op instead
-        let y = crate::ops::conv2d(x.as_tensor(), &conv.weight, 2, 3)
-            .unwrap()
-            .broadcast_mul(&s)
-            .unwrap()
-            .broadcast_add(&b)
-            .unwrap()
-            .relu()
-            .unwrap();
-        let theirs = crate::ops::maxpool::max_pool2d_generic(&y, 3, 2, 1).unwrap();
-        assert_eq!(ours.dims(), &[2, 5, 5, 5]);
-        assert!(max_abs(&ours, &theirs) < 1e-5);
-        let probe = rand(ours.dims(), 9);
-        let g1 = (ours * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g2 = (theirs * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let d = max_abs(
-            g1.get(x.as_tensor()).unwrap(),
-            g2.get(x.as_tensor()).unwrap(),
-        );
-        assert!(d < 1e-5, "{d}");
+        // 7x7 stride 2 padding 3, then 3x3 stride 2 padding 1 pooling, as ResNet; odd sizes.
+        // 5 channels: im2col; 16 channels: the stride phases and the direct kernel (both ways)
+        for (o, h) in [(5, 19), (16, 19), (16, 24)] {
+            let x = Var::from_tensor(&rand(&[2, 3, h, h], 7)).unwrap();
+            let conv = FoldedConv {
+                padding: 3,
+                ..folded(o, 3, 7, 2, 8)
+            };
+            let g = conv.geometry(x.shape()).unwrap();
+            let phased = crate::ops::phase::plan(&g).is_some();
+            assert!(o == 16 || !phased, "{g:?}");
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("avx2") {
+                assert_eq!(phased, o == 16, "{g:?}");
+            }
+            let ours = stem_folded(x.as_tensor(), &conv, (3, 2, 1)).unwrap();
+            let s = Tensor::from_slice(&conv.scale[..], (1, o, 1, 1), &Device::Cpu).unwrap();
+            let b = Tensor::from_slice(&conv.shift[..], (1, o, 1, 1), &Device::Cpu).unwrap();
+            // candle's conv2d backward fails for this strided shape: our plain conv op instead
+            let y = crate::ops::conv2d(x.as_tensor(), &conv.weight, 2, 3)
+                .unwrap()
+                .broadcast_mul(&s)
+                .unwrap()
+                .broadcast_add(&b)
+                .unwrap()
+                .relu()
+                .unwrap();
+            let theirs = crate::ops::maxpool::max_pool2d_generic(&y, 3, 2, 1).unwrap();
+            let side = crate::ops::maxpool::pooled_size(g.ho, 3, 2, 1);
+            assert_eq!(ours.dims(), &[2, o, side, side]);
+            assert!(
+                max_rel(&ours, &theirs) < 1e-6,
+                "{}",
+                max_rel(&ours, &theirs)
+            );
+            let probe = rand(ours.dims(), 9);
+            let g1 = probe_grads(ours, &probe);
+            let g2 = probe_grads(theirs, &probe);
+            let d = max_rel(
+                g1.get(x.as_tensor()).unwrap(),
+                g2.get(x.as_tensor()).unwrap(),
+            );
+            assert!(d < 1e-6, "{o} {h}: {d}");
+        }
     }
 
     #[test]

@@ -485,7 +485,7 @@ pub(super) fn conv_forward(
 ) -> Vec<f32> {
     if super::direct::usable(g) {
         let mut out = vec![0f32; g.n * g.o * g.hw_out()];
-        super::direct::conv3x3(x, w, g, epi, res, &mut out);
+        super::direct::conv_direct(x, w, g, epi, res, &mut out);
         return out;
     }
     conv_forward_im2col(x, w, g, epi, res)
@@ -915,6 +915,7 @@ pub fn conv2d_fused(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::testing::probe_grads;
     use crate::ops::testing::{conv_bn_reference, max_rel, normal};
     use candle_core::{Device, Var};
 
@@ -946,18 +947,8 @@ mod tests {
                 "forward {n} {c} {h} {o} {k} {s} {p}"
             );
             let probe = rand(ours.dims(), 3);
-            let g1 = (ours * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g2 = (theirs * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let g1 = probe_grads(ours, &probe);
+            let g2 = probe_grads(theirs, &probe);
             for v in [&x, &w] {
                 let a = g1.get(v.as_tensor()).unwrap();
                 let b = g2.get(v.as_tensor()).unwrap();
@@ -1019,18 +1010,8 @@ mod tests {
                 let theirs = composed(x.as_tensor(), &wt, s, p, bn, rr, relu);
                 let case = format!("{n} {c} {h} {o} {k} {s} {p} res={res} relu={relu}");
                 assert!(max_rel(&ours, &theirs) < 1e-5, "forward {case}");
-                let g1 = (ours * &probe)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
-                let g2 = (theirs * &probe)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
+                let g1 = probe_grads(ours, &probe);
+                let g2 = probe_grads(theirs, &probe);
                 for (name, v) in [("x", &x), ("w", &w), ("residual", &r)] {
                     match (g1.get(v.as_tensor()), g2.get(v.as_tensor())) {
                         (Some(a), Some(b)) => {

@@ -36,11 +36,13 @@ const STRIP: usize = 16;
 /// often).
 const GROUP: usize = 18;
 
-/// Whether the direct kernel runs geometry `g` on this CPU.
+/// Whether the direct kernel runs geometry `g` on this CPU: 3x3 kernels (ResNet's layers) or
+/// 4x4 ones (its 7x7 stride-2 stem split into its four stride phases, [`super::phase`]),
+/// stride 1, padding below the kernel size.
 pub(super) fn usable(g: &Geometry) -> bool {
-    g.k == 3
+    (g.k == 3 || g.k == 4)
         && g.stride == 1
-        && g.pad <= 2
+        && g.pad < g.k
         && g.wo >= 7
         && (8..=256).contains(&g.c)
         && has_fma()
@@ -51,7 +53,7 @@ pub(super) fn usable(g: &Geometry) -> bool {
 /// and more the maps are 14 px or less, too short a sum per register tile; im2col and
 /// `gemm` were faster there: 158 against 114 GFLOP/s at 256 channels, 14 px).
 pub(super) fn usable_for_weights(g: &Geometry) -> bool {
-    usable(g) && g.c <= 128
+    usable(g) && g.k == 3 && g.c <= 128
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
@@ -73,9 +75,9 @@ fn has_fma() -> bool {
     false
 }
 
-/// Writes the convolution of `x` with `w` (geometry `g`, which [`usable`] accepted), passed
-/// through `epi` with `res` added, into `out` (`[n, o, ho, wo]`).
-pub(super) fn conv3x3(
+/// Writes the convolution of `x` with `w` (geometry `g`, which [`usable`] accepted),
+/// passed through `epi` with `res` added, into `out` (`[n, o, ho, wo]`).
+pub(super) fn conv_direct(
     x: &[f32],
     w: &[f32],
     g: &Geometry,
@@ -83,27 +85,26 @@ pub(super) fn conv3x3(
     res: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    assert!(
-        usable(g),
-        "direct 3x3 convolution: unsupported geometry {g:?}"
-    );
+    assert!(usable(g), "direct convolution: unsupported geometry {g:?}");
+    let k = g.k;
+    let kk = k * k;
     let (n, c, o) = (g.n, g.c, g.o);
     // rows of the padded plane are `w + p` wide: one row's right padding is the next row's
-    // left padding (both zero), so only `2 - p` discarded outputs per row
+    // left padding (both zero), so only `k - 1 - p` discarded outputs per row
     let (p, wp) = (g.pad, g.w + g.pad);
     let hp = g.h + 2 * p;
     let (ho, wo) = (g.ho, g.wo);
     let tiles = (ho * wp).div_ceil(TILE);
-    // the last tile reads up to 2 rows and 2 columns past its last output
-    let plane = (hp * wp).max(tiles * TILE + 2 * wp + 2);
+    // the last tile reads up to k - 1 rows and columns past its last output
+    let plane = (hp * wp).max(tiles * TILE + (k - 1) * (wp + 1));
     let blocks = o.div_ceil(OC);
-    // packed weights: [block][c][9][OC], zero for the channels past o
-    let mut wpk = vec![0f32; blocks * c * 9 * OC];
-    wpk.par_chunks_mut(c * 9 * OC)
+    // packed weights: [block][c][k * k][OC], zero for the channels past o
+    let mut wpk = vec![0f32; blocks * c * kk * OC];
+    wpk.par_chunks_mut(c * kk * OC)
         .enumerate()
         .for_each(|(b, dst)| {
             for j in 0..OC.min(o - b * OC) {
-                let src = &w[(b * OC + j) * c * 9..][..c * 9];
+                let src = &w[(b * OC + j) * c * kk..][..c * kk];
                 for (i, v) in src.iter().enumerate() {
                     dst[i * OC + j] = *v;
                 }
@@ -113,7 +114,7 @@ pub(super) fn conv3x3(
     let groups = blocks.div_ceil(group);
     assert!(
         out.len() >= n * o * ho * wo,
-        "direct 3x3 convolution: output too small"
+        "direct convolution: output too small"
     );
     let out_ptr = super::SendPtr(out.as_mut_ptr());
     with_padded(&x[..n * c * g.h * g.w], (g.h, g.w), p, wp, plane, |xp| {
@@ -132,21 +133,20 @@ pub(super) fn conv3x3(
             let mut acc = [[0f32; TILE]; OC];
             for strip in (0..tiles).step_by(STRIP) {
                 for b in b_range.clone() {
-                    let wb = &wpk[b * c * 9 * OC..(b + 1) * c * 9 * OC];
+                    let wb = &wpk[b * c * kk * OC..(b + 1) * c * kk * OC];
                     for t in strip..(strip + STRIP).min(tiles) {
                         let q0 = t * TILE;
                         // SAFETY: the kernel reads img[ci * plane + q0 + ky * wp + kx + l]
-                        // for ci < c, ky, kx < 3, l < TILE: below c * plane by the size of
-                        // `plane`; and wb[..c * 9 * OC]. AVX2 and FMA are present (`usable`).
+                        // for ci < c, ky, kx < k, l < TILE: below c * plane by the size of
+                        // `plane`; and wb[..c * k * k * OC]. AVX2 and FMA are present
+                        // (`usable`).
                         unsafe {
                             let args = (img.as_ptr().add(q0), wb.as_ptr(), c, plane, wp);
-                            match o - b * OC {
-                                1 => tile::<1>(args, &mut acc),
-                                2 => tile::<2>(args, &mut acc),
-                                3 => tile::<3>(args, &mut acc),
-                                4 => tile::<4>(args, &mut acc),
-                                5 => tile::<5>(args, &mut acc),
-                                _ => tile::<6>(args, &mut acc),
+                            let nc = o - b * OC;
+                            if k == 4 {
+                                run_tile::<4>(nc, args, &mut acc)
+                            } else {
+                                run_tile::<3>(nc, args, &mut acc)
                             }
                         }
                         for (j, row) in acc.iter().enumerate().take(o.saturating_sub(b * OC)) {
@@ -156,8 +156,8 @@ pub(super) fn conv3x3(
                     }
                 }
             }
-            for (k, plane_out) in dst.chunks_exact_mut(ho * wo).enumerate() {
-                let oc = o_range.start + k;
+            for (j, plane_out) in dst.chunks_exact_mut(ho * wo).enumerate() {
+                let oc = o_range.start + j;
                 let r = res.map(|r| &r[(i * o + oc) * ho * wo..][..ho * wo]);
                 epi.apply_in_place(oc, r, plane_out);
             }
@@ -315,16 +315,35 @@ fn scatter(acc: &[f32; TILE], q0: usize, wp: usize, wo: usize, ho: usize, plane:
     }
 }
 
+/// [`tile`] for the first `nc` (at most [`OC`]) channels of a block.
+///
+/// # Safety
+/// As [`tile`].
+unsafe fn run_tile<const K: usize>(
+    nc: usize,
+    args: (*const f32, *const f32, usize, usize, usize),
+    acc: &mut [[f32; TILE]; OC],
+) {
+    match nc {
+        1 => tile::<1, K>(args, acc),
+        2 => tile::<2, K>(args, acc),
+        3 => tile::<3, K>(args, acc),
+        4 => tile::<4, K>(args, acc),
+        5 => tile::<5, K>(args, acc),
+        _ => tile::<6, K>(args, acc),
+    }
+}
+
 /// One register tile: `acc[j][l] = sum over ci, ky, kx of x[ci * plane + ky * wp + kx + l] *
-/// w[((ci * 9) + ky * 3 + kx) * OC + j]` for `j < NC` (rows `NC..` of `acc` are left as
+/// w[((ci * K * K) + ky * K + kx) * OC + j]` for `j < NC` (rows `NC..` of `acc` are left as
 /// they are).
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA; `x` is readable for `(c - 1) * plane + 2 * wp + 2 + TILE`
-/// floats and `w` for `c * 9 * OC`.
+/// The CPU has AVX2 and FMA; `x` is readable for `(c - 1) * plane + (K - 1) * (wp + 1) +
+/// TILE` floats and `w` for `c * K * K * OC`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile<const NC: usize>(
+unsafe fn tile<const NC: usize, const K: usize>(
     (x, w, c, plane, wp): (*const f32, *const f32, usize, usize, usize),
     acc: &mut [[f32; TILE]; OC],
 ) {
@@ -333,14 +352,14 @@ unsafe fn tile<const NC: usize>(
     let mut a = [[z; 2]; NC];
     for ci in 0..c {
         let base = x.add(ci * plane);
-        let wc = w.add(ci * 9 * OC);
-        for ky in 0..3 {
+        let wc = w.add(ci * K * K * OC);
+        for ky in 0..K {
             let row = base.add(ky * wp);
-            for kx in 0..3 {
+            for kx in 0..K {
                 let px = row.add(kx);
                 let x0 = _mm256_loadu_ps(px);
                 let x1 = _mm256_loadu_ps(px.add(8));
-                let wt = wc.add((ky * 3 + kx) * OC);
+                let wt = wc.add((ky * K + kx) * OC);
                 for (j, aj) in a.iter_mut().enumerate() {
                     let b = _mm256_broadcast_ss(&*wt.add(j));
                     aj[0] = _mm256_fmadd_ps(x0, b, aj[0]);
@@ -356,7 +375,7 @@ unsafe fn tile<const NC: usize>(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile<const NC: usize>(
+unsafe fn tile<const NC: usize, const K: usize>(
     _: (*const f32, *const f32, usize, usize, usize),
     _: &mut [[f32; TILE]; OC],
 ) {
@@ -374,27 +393,30 @@ mod tests {
         crate::rng::SeededRng::new(seed).normal_vec(len, 1.0)
     }
 
-    /// The 3x3 stride-1 geometries of `shapes` (`(n, c, o, h, w)`) with padding 0 to 2 whose
-    /// outputs are at least 7 wide, each with a seed; `None` (and a note) on a CPU without
-    /// AVX2/FMA, where the direct kernel never runs.
-    fn geometries(shapes: &[(usize, usize, usize, usize, usize)]) -> Option<Vec<(Geometry, u64)>> {
+    /// The `k x k` stride-1 geometries of `shapes` (`(n, c, o, h, w)`) with padding 0 to
+    /// `k - 1` whose outputs are at least 7 wide, each with a seed; `None` (and a note) on a
+    /// CPU without AVX2/FMA, where the direct kernel never runs.
+    fn geometries(
+        shapes: &[(usize, usize, usize, usize, usize)],
+        k: usize,
+    ) -> Option<Vec<(Geometry, u64)>> {
         if !has_fma() {
             eprintln!("skipped: this CPU has no AVX2/FMA, the direct kernel never runs");
             return None;
         }
         let mut out = Vec::new();
         for &(n, c, o, h, w) in shapes {
-            for pad in 0..=2 {
+            for pad in 0..k {
                 let g = geometry(
                     &Shape::from((n, c, h, w)),
-                    &Shape::from((o, c, 3, 3)),
+                    &Shape::from((o, c, k, k)),
                     1,
                     pad,
                 )
                 .unwrap();
                 if g.wo >= 7 {
                     assert!(usable(&g), "{g:?} should run the direct kernel");
-                    out.push((g, (n * 1000 + c * 10 + o + pad) as u64));
+                    out.push((g, (n * 1000 + c * 10 + o + pad + k) as u64));
                 }
             }
         }
@@ -403,21 +425,28 @@ mod tests {
 
     #[test]
     fn matches_the_im2col_path_on_every_edge_case() {
-        let Some(cases) = geometries(&[
+        let shapes = [
             (1, 8, 1, 7, 7),
             (3, 13, 5, 9, 13),
             (2, 16, 7, 20, 17),
             (1, 64, 12, 8, 8),
             (2, 24, 64, 14, 15),
             (1, 256, 6, 7, 9),
-        ]) else {
+        ];
+        let (Some(k3), Some(k4)) = (geometries(&shapes, 3), geometries(&shapes, 4)) else {
             return;
         };
-        assert!(cases.len() >= 12, "only {} geometries", cases.len());
-        for (g, seed) in cases {
+        assert!(
+            k3.len() >= 12 && k4.len() >= 12,
+            "{} and {}",
+            k3.len(),
+            k4.len()
+        );
+        for (g, seed) in k3.into_iter().chain(k4) {
+            let kk = g.k * g.k;
             let (n, c, o) = (g.n, g.c, g.o);
             let x = values(n * c * g.h * g.w, seed);
-            let wt = values(o * c * 9, seed + 1);
+            let wt = values(o * c * kk, seed + 1);
             let res = values(n * o * g.ho * g.wo, seed + 2);
             let epis = [
                 Epilogue::default(),
@@ -431,7 +460,7 @@ mod tests {
                 let r = (e == 1).then_some(&res[..]);
                 let want = conv_forward_im2col(&x, &wt, &g, epi, r);
                 let mut got = vec![f32::NAN; want.len()];
-                conv3x3(&x, &wt, &g, epi, r, &mut got);
+                conv_direct(&x, &wt, &g, epi, r, &mut got);
                 let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
                 for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                     assert!(
@@ -445,12 +474,15 @@ mod tests {
 
     #[test]
     fn weight_gradient_matches_the_im2col_path() {
-        let Some(cases) = geometries(&[
-            (1, 8, 1, 7, 7),
-            (3, 13, 5, 9, 13),
-            (2, 16, 7, 20, 17),
-            (2, 64, 12, 8, 8),
-        ]) else {
+        let Some(cases) = geometries(
+            &[
+                (1, 8, 1, 7, 7),
+                (3, 13, 5, 9, 13),
+                (2, 16, 7, 20, 17),
+                (2, 64, 12, 8, 8),
+            ],
+            3,
+        ) else {
             return;
         };
         assert!(cases.len() >= 8, "only {} geometries", cases.len());

@@ -6,6 +6,7 @@ pub mod block;
 pub mod conv;
 mod direct;
 pub mod maxpool;
+mod phase;
 #[cfg(test)]
 mod testing;
 

@@ -54,3 +54,9 @@ pub fn conv_bn_reference(
         .broadcast_add(&b)
         .unwrap()
 }
+
+/// The gradients of `sum(y * probe)`: every input's gradient against one random direction
+/// of the output.
+pub fn probe_grads(y: Tensor, probe: &Tensor) -> candle_core::backprop::GradStore {
+    (y * probe).unwrap().sum_all().unwrap().backward().unwrap()
+}
