@@ -211,7 +211,7 @@ struct EvaluateArgs {
 struct DemoArgs {
     #[arg(long, default_value = "models/demo")]
     out: PathBuf,
-    /// Working resolution (64: about 4.5 minutes on two CPU cores; 32: under 2).
+    /// Working resolution (64: about 4 minutes on two CPU cores; 32: under 2).
     #[arg(long, default_value_t = 64)]
     image_size: usize,
     /// Robust models to train, as paper eps values at 224 px, comma-separated.
