@@ -325,18 +325,15 @@ impl BatchNormTrain {
                     if xs.len() != gs.len() || ys.len() != gs.len() {
                         candle_core::bail!("batch norm backward: shapes do not match");
                     }
-                    let plane = |v: &'_ [f32], i: usize, ch: usize| -> std::ops::Range<usize> {
-                        let o = (i * c + ch) * hw;
-                        debug_assert!(o + hw <= v.len());
-                        o..o + hw
-                    };
+                    // the values of channel ch in image i
+                    let plane = |i: usize, ch: usize| (i * c + ch) * hw..(i * c + ch + 1) * hw;
                     // S1, S2 per channel
                     let sums: Vec<(f64, f64)> = (0..c)
                         .into_par_iter()
                         .map(|ch| {
                             let mu = st.mean[ch];
                             (0..n).fold((0f64, 0f64), |(a, b), i| {
-                                let r = plane(xs, i, ch);
+                                let r = plane(i, ch);
                                 let (s1, s2) = if relu {
                                     grad_sums::<true>(&gs[r.clone()], &ys[r.clone()], &xs[r], mu)
                                 } else {
