@@ -1,16 +1,18 @@
-//! A direct 3x3 stride-1 convolution for x86-64 CPUs with AVX2 and FMA: no column matrix.
+//! A direct stride-1 convolution (3x3, and 4x4 for the stem's stride phases) for x86-64
+//! CPUs with AVX2 and FMA: no column matrix.
 //!
 //! Every image is copied once into a zero-padded buffer whose rows are `w + p` wide (one
 //! row's right padding is the next row's left padding). Output pixels are numbered along
-//! those rows (`q = y * (w + p) + x`; the last `2 - p` of each row are computed and
+//! those rows (`q = y * (w + p) + x`; the last `k - 1 - p` of each row are computed and
 //! discarded), so that for every tap `(ky, kx)` the inputs of 16 consecutive outputs are 16
 //! consecutive floats of the padded plane, at `q + ky * (w + p) + kx`. A register tile of 16
-//! outputs x 6 output channels (12 AVX registers) runs over all `c * 9` products with two
+//! outputs x 6 output channels (12 AVX registers) runs over all `c * k * k` products with two
 //! loads of inputs and six broadcast weights each, the ratio of loads to multiply-adds of
-//! `gemm`'s own micro-kernel, without the 9x larger column matrix that im2col writes and
-//! `gemm` packs again. Weights are packed per 6 output channels (`[c][9][6]`); a task is
-//! one image and a group of output channels, and runs every block of its group over a strip
-//! of tiles before the next strip.
+//! `gemm`'s own micro-kernel, without the k*k times larger column matrix that im2col writes
+//! and `gemm` packs again. Weights are packed per 6 output channels (`[c][k * k][6]`); a task
+//! is one image and a group of output channels, and runs every block of its group over a
+//! strip of tiles before the next strip. [`weight_grad3x3`] computes 3x3 weight gradients
+//! along the same padded rows.
 //!
 //! On ResNet-18's 3x3 layers (batch 16, 2 threads, this project's development VM) the im2col
 //! path reached 110 / 131 / 151 GFLOP/s at 56 / 28 / 14 px with 64 / 128 / 256 channels, this
