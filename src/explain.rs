@@ -20,7 +20,7 @@ pub struct NamedModel {
 /// What the job writes and how.
 pub struct ExplainJob<'a> {
     pub models: &'a [NamedModel],
-    /// Image names (file stems) and the batch `[N, 3, H, W]` in [0,1].
+    /// Image names (file stems) and the batch `[N, 3, H, W]` in `[0, 1]`.
     pub image_names: Vec<String>,
     pub images: Tensor,
     pub labels: Option<Vec<usize>>,

@@ -18,7 +18,7 @@ use crate::rng::SeededRng;
 use crate::{Error, Result};
 use candle_core::{Tensor, Var, D};
 
-/// Anything that maps [0,1] images to logits.
+/// Anything that maps `[0, 1]` images to logits.
 pub trait Classifier {
     /// Logits in eval mode, differentiable with respect to `x` only.
     fn logits_eval(&self, x: &Tensor) -> Result<Tensor>;
@@ -52,7 +52,7 @@ impl Norm {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Pgd {
     pub norm: Norm,
-    /// Radius of the ball in [0,1] pixel units.
+    /// Radius of the ball in `[0, 1]` pixel units.
     pub eps: f32,
     pub steps: usize,
     pub step_size: f32,
@@ -64,7 +64,7 @@ pub struct Pgd {
 
 /// The attack's output.
 pub struct PgdResult {
-    /// Adversarial images, `[N, 3, H, W]` in [0,1].
+    /// Adversarial images, `[N, 3, H, W]` in `[0, 1]`.
     pub images: Tensor,
     /// Per-example cross-entropy of the returned images (towards `labels`).
     pub losses: Vec<f32>,

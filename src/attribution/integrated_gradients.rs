@@ -127,7 +127,7 @@ pub enum Baseline {
     Black,
     /// All ones.
     White,
-    /// U[0,1] per pixel.
+    /// Uniform on `[0, 1]` per pixel.
     Uniform,
     /// clamp(x + N(0, sigma), 0, 1).
     Gaussian { sigma: f32 },

@@ -1,6 +1,6 @@
 //! Attribution (saliency) methods behind one trait, each in its own file, matching captum.
 //!
-//! Every method attributes a target class with respect to the [0,1] input and returns raw
+//! Every method attributes a target class with respect to the `[0, 1]` input and returns raw
 //! attributions `[N, 3, H, W]` (Grad-CAM: `[N, 1, H, W]` after upsampling). Display steps
 //! (channel reduction, percentile caps, colour maps) live in [`crate::report::display`] and
 //! never touch the model. The model runs in eval mode with its weights detached
@@ -89,7 +89,7 @@ impl Target {
 pub trait Attribution {
     /// A short name (`gradient`, `ig`, ...).
     fn name(&self) -> String;
-    /// Raw attributions for `x` (`[N, 3, H, W]` in [0,1]) towards `targets[i]` per image.
+    /// Raw attributions for `x` (`[N, 3, H, W]` in `[0, 1]`) towards `targets[i]` per image.
     fn attribute(&self, model: &ResNet18, x: &Tensor, targets: &[usize]) -> Result<Tensor>;
 }
 

@@ -1,7 +1,7 @@
 //! SmoothGrad as a wrapper over any method (captum `NoiseTunnel`): the wrapped method is
 //! averaged over noisy copies x + N(0, sigma^2), sigma = noise * (max(x) - min(x)) per image.
 //! `smoothgrad` averages attributions, `smoothgrad-sq` their squares, `vargrad` takes their
-//! variance (E[a^2] - E[a]^2). Samples of all images go through the model together.
+//! variance (`E[a^2] - E[a]^2`). Samples of all images go through the model together.
 
 use super::Attribution;
 use crate::model::ResNet18;

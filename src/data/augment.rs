@@ -54,7 +54,7 @@ fn floor_i(v: f32) -> isize {
 }
 
 /// Augments an `s`×`s` RGB image given as `u8` HWC bytes (the cache's layout), writing a
-/// `[3, s, s]` image in [0,1] to `out` and the transformed mask to `out_mask`. One pass does
+/// `[3, s, s]` image in `[0, 1]` to `out` and the transformed mask to `out_mask`. One pass does
 /// flips, rotation (bilinear, zero outside) and brightness; a second does contrast and
 /// saturation.
 pub fn augment_u8(

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 /// A batch on the CPU, ready to become tensors.
 pub struct HostBatch {
-    /// `[B, 3, S, S]` values in [0,1].
+    /// `[B, 3, S, S]` values in `[0, 1]`.
     pub pixels: Vec<f32>,
     pub labels: Vec<usize>,
     /// `[B, S, S]` masks (255 = lesion; zeros where an item has none).

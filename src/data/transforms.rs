@@ -157,7 +157,7 @@ pub fn resize_bilinear_aa(img: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
     RgbImage::from_raw(out_w, out_h, out).expect("buffer size matches")
 }
 
-/// `ToTensor`: HWC u8 → CHW f32 in [0,1].
+/// `ToTensor`: HWC u8 → CHW f32 in `[0, 1]`.
 pub fn to_tensor(img: &RgbImage, device: &Device) -> Result<Tensor> {
     let (w, h) = img.dimensions();
     let (w, h) = (w as usize, h as usize);
@@ -184,7 +184,7 @@ pub fn crop_resize(img: &RgbImage, size: usize) -> Result<RgbImage> {
     Ok(resize_bilinear_aa(&sq, size as u32, size as u32))
 }
 
-/// Loads `path` and returns the model input `[3, size, size]` in [0,1].
+/// Loads `path` and returns the model input `[3, size, size]` in `[0, 1]`.
 pub fn preprocess(path: &Path, size: usize, device: &Device) -> Result<Tensor> {
     let img = load_image(path)?;
     to_tensor(&crop_resize(&img, size)?, device)

@@ -1,6 +1,6 @@
 //! A trainable ResNet-18 in torchvision's exact layout and parameter names.
 //!
-//! Images enter in [0,1]; ImageNet mean/std normalisation happens inside the model, so attacks
+//! Images enter in `[0, 1]`; ImageNet mean/std normalisation happens inside the model, so attacks
 //! and saliency work in pixel space. Every stage is reachable ([`Stage`]), BatchNorm runs in
 //! train mode (batch statistics, running statistics updated as PyTorch does) or eval mode, and
 //! max pooling has an exact backward ([`crate::ops::max_pool2d`]).
@@ -49,7 +49,7 @@ impl Mode {
 /// A point in the network whose activation can be read or from which the forward can go on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Stage {
-    /// The [0,1] image.
+    /// The `[0, 1]` image.
     Input,
     /// After conv1, bn1, relu and max-pool (64 channels, 1/4 resolution).
     Stem,
@@ -699,7 +699,7 @@ impl ResNet18 {
         Ok(x)
     }
 
-    /// Logits for [0,1] images `[N, 3, H, W]`.
+    /// Logits for `[0, 1]` images `[N, 3, H, W]`.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         self.forward_range(x, Stage::Input, Stage::Logits, mode)
     }

@@ -1,8 +1,8 @@
 //! BatchNorm as two fused CPU kernels (one pass over the data each way instead of candle's
 //! chain of broadcast ops, each allocating a full-size tensor):
 //!
-//! - [`channel_affine`]: y = x * scale[c] + shift[c] with only the input gradient
-//!   (g * scale[c]), for eval mode with detached parameters (attacks, saliency, evaluation),
+//! - [`channel_affine`]: `y = x * scale[c] + shift[c]` with only the input gradient
+//!   (`g * scale[c]`), for eval mode with detached parameters (attacks, saliency, evaluation),
 //!   where BatchNorm folds into one affine map per channel.
 //! - [`batch_norm_train`]: training-mode BatchNorm over (N, H, W) per channel with the full
 //!   backward: dbeta = sum g, dgamma = sum g * xhat, dx = gamma * inv / M * (M g - dbeta -
@@ -72,7 +72,7 @@ impl CustomOp1 for ChannelAffine {
     }
 }
 
-/// y = x * scale[c] + shift[c] for `x` `[N, C, H, W]`; differentiable in `x` only (scale and
+/// `y = x * scale[c] + shift[c]` for `x` `[N, C, H, W]`; differentiable in `x` only (scale and
 /// shift are constants).
 pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
     let c = x.dim(1)?;

@@ -1,7 +1,7 @@
 //! Turning raw attributions into pictures. Arrays in, pixels out; the model is never seen.
 //!
 //! The paper's recipe: per pixel, the sum of absolute values over RGB; cap at the 99th
-//! percentile; rescale to [0,1]. captum's alternative cap divides by the value at which the
+//! percentile; rescale to `[0, 1]`. captum's alternative cap divides by the value at which the
 //! sorted |values| reach a percentage of their cumulative sum.
 
 use crate::{Error, Result};
@@ -56,7 +56,7 @@ impl Colormap {
         })
     }
 
-    /// Colour of value `v` (in [0,1], or [-1,1] for `Diverging`).
+    /// Colour of value `v` (in `[0, 1]`, or [-1,1] for `Diverging`).
     pub fn color(&self, v: f32) -> [u8; 3] {
         let v = if v.is_finite() { v } else { 0.0 };
         match self {
@@ -181,7 +181,7 @@ pub fn cumsum_threshold(values: &[f32], pct: f32) -> f32 {
     *s.last().expect("non-empty")
 }
 
-/// Caps and rescales a map: non-negative maps go to [0,1]; signed maps to [-1,1] (divided by
+/// Caps and rescales a map: non-negative maps go to `[0, 1]`; signed maps to [-1,1] (divided by
 /// the cap of |values| and clipped). A map that is all zero stays zero.
 pub fn normalize(map: &[f32], cap: Cap) -> Vec<f32> {
     let signed = map.iter().any(|&v| v < 0.0);
@@ -232,7 +232,7 @@ pub fn overlay(img: &RgbImage, a: &[f32], c: usize, opts: &DisplayOptions) -> Rg
     })
 }
 
-/// A `[3, H, W]` tensor in [0,1] as an image.
+/// A `[3, H, W]` tensor in `[0, 1]` as an image.
 pub fn tensor_to_image(t: &[f32], h: usize, w: usize) -> RgbImage {
     let plane = h * w;
     RgbImage::from_fn(w as u32, h as u32, |x, y| {

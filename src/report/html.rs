@@ -112,7 +112,7 @@ pub fn line_chart(title: &str, series: &[(String, Vec<(f64, f64)>)], ylabel: &st
     s
 }
 
-/// A horizontal bar chart (values in [0,1]) as inline SVG.
+/// A horizontal bar chart (values in `[0, 1]`) as inline SVG.
 pub fn bar_chart(title: &str, bars: &[(String, f64, Option<f64>)]) -> String {
     let row = 26.0;
     let (w, h) = (520.0, 40.0 + row * bars.len() as f64);

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdvConfig {
     pub norm: Norm,
-    /// Radius in [0,1] pixel units at the working resolution.
+    /// Radius in `[0, 1]` pixel units at the working resolution.
     pub eps: f32,
     pub steps: usize,
     pub step_size: f32,
