@@ -260,18 +260,7 @@ impl CustomOp1 for Stem {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = super::cpu_f32(s, l, "stem", "input")?;
         let g = self.conv.geometry(l.shape())?;
-        let y = match super::phase::plan(&g) {
-            Some((f, _)) => super::with_cpu_f32(&self.conv.weight, "stem", "weight", |w| {
-                Ok(super::phase::forward(
-                    x,
-                    w,
-                    &g,
-                    &f,
-                    &self.conv.epilogue(true),
-                ))
-            })?,
-            None => self.conv.run(x, &g, true, None)?,
-        };
+        let y = self.conv.run(x, &g, true, None)?;
         let (n, o, ho, wo) = g.out_shape().dims4()?;
         let (k, st, p) = self.pool;
         let (out, idx, ph, pw) =
@@ -326,13 +315,7 @@ impl CustomOp2 for StemGrad {
         }
         // through the pooling and the ReLU in one pass, then the convolution
         let dy = super::maxpool::pool_backward(grad, &self.argmax, g.hw_out(), ph * pw, Some(out));
-        let dx = match super::phase::plan(&g) {
-            Some((_, b)) => super::with_cpu_f32(&self.conv.weight, "stem", "weight", |w| {
-                let scale = Some(self.conv.scale.as_slice());
-                Ok(super::phase::input_grad(&dy, w, &g, &b, scale))
-            })?,
-            None => self.conv.input_grad(&dy, &g)?,
-        };
+        let dx = self.conv.input_grad(&dy, &g)?;
         Ok((CpuStorage::F32(dx), self.x_shape.clone()))
     }
 }

@@ -475,7 +475,8 @@ pub(super) fn geometry(x: &Shape, w: &Shape, stride: usize, pad: usize) -> Resul
 
 /// The convolution of `x` with `w` in geometry `g`, its output passed through `epi` (with
 /// `res` added): `[n, o, ho, wo]`. 3x3 stride-1 layers run the direct kernel
-/// ([`super::direct`]) where the CPU has it, the rest im2col and `gemm`.
+/// ([`super::direct`]) where the CPU has it, 7x7 stride-2 ones (the stem) the same kernel
+/// over their stride phases ([`super::phase`]), the rest im2col and `gemm`.
 pub(super) fn conv_forward(
     x: &[f32],
     w: &[f32],
@@ -487,6 +488,9 @@ pub(super) fn conv_forward(
         let mut out = vec![0f32; g.n * g.o * g.hw_out()];
         super::direct::conv_direct(x, w, g, epi, res, &mut out);
         return out;
+    }
+    if let Some((f, _)) = super::phase::plan(g) {
+        return super::phase::forward(x, w, g, &f, epi, res);
     }
     conv_forward_im2col(x, w, g, epi, res)
 }
@@ -717,6 +721,9 @@ pub(super) fn conv_input_grad(
     g: &Geometry,
     scale: Option<&[f32]>,
 ) -> Vec<f32> {
+    if let Some((_, b)) = super::phase::plan(g) {
+        return super::phase::input_grad(gr, w, g, &b, scale);
+    }
     let g = *g;
     let (ckk, hw) = (g.ckk(), g.hw_out());
     if g.stride == 1 && g.pad < g.k && 4 * g.o <= g.n * g.hw_out() {

@@ -1,5 +1,5 @@
 //! A stride-2 convolution as a stride-1 one over its four stride phases, so that ResNet's
-//! 7x7 stride-2 stem runs the direct kernel (a 4x4 kernel over 12 channels) instead of a
+//! 7x7 stride-2 stem (folded for inference and attacks, or training) runs the direct kernel (a 4x4 kernel over 12 channels) instead of a
 //! column matrix of 147 rows (118 MB for 16 images at 224 px, written, packed and, for the
 //! input gradient, scattered back).
 //!
@@ -18,10 +18,11 @@ use rayon::prelude::*;
 /// `[o, 4c, kh, kh]` kernel, no padding) and the input-gradient (`[n, o, ho, wo]` by a
 /// `[4c, o, kh, kh]` kernel, padding `kh - 1`) geometries, when the direct kernel runs both.
 pub(super) fn plan(g: &Geometry) -> Option<(Geometry, Geometry)> {
-    if g.stride != 2 {
+    let kh = g.k.div_ceil(2);
+    // the direct kernel has 3x3 and 4x4 tiles; only 7x7 and 8x8 kernels gain by the split
+    if g.stride != 2 || kh != 4 {
         return None;
     }
-    let kh = g.k.div_ceil(2);
     let (hp2, wp2) = ((g.h + 2 * g.pad).div_ceil(2), (g.w + 2 * g.pad).div_ceil(2));
     let fwd = geometry(
         &Shape::from((g.n, 4 * g.c, hp2, wp2)),
@@ -38,7 +39,7 @@ pub(super) fn plan(g: &Geometry) -> Option<(Geometry, Geometry)> {
     )
     .ok()?;
     let fits = (fwd.ho, fwd.wo) == (g.ho, g.wo) && (bwd.ho, bwd.wo) == (hp2, wp2);
-    (fits && fwd.k == 4 && usable(&fwd) && usable(&bwd)).then_some((fwd, bwd))
+    (fits && usable(&fwd) && usable(&bwd)).then_some((fwd, bwd))
 }
 
 /// `x` (`[n, c, h, w]`) as its four stride phases (`[n, 4c, hp2, wp2]`, channel
@@ -84,16 +85,17 @@ fn phase_kernel(w: &[f32], g: &Geometry, kh: usize) -> Vec<f32> {
 }
 
 /// The stride-2 convolution of `x` with `w` in geometry `g` through its phases (`plan(g)`
-/// gave `f`), passed through `epi`.
+/// gave `f`), passed through `epi` with `res` added.
 pub(super) fn forward(
     x: &[f32],
     w: &[f32],
     g: &Geometry,
     f: &Geometry,
     epi: &Epilogue,
+    res: Option<&[f32]>,
 ) -> Vec<f32> {
     let xs = split(x, g, f);
-    conv_forward(&xs, &phase_kernel(w, g, f.k), f, epi, None)
+    conv_forward(&xs, &phase_kernel(w, g, f.k), f, epi, res)
 }
 
 /// The input gradient (`[n, c, h, w]`) of the stride-2 convolution in geometry `g` from the
