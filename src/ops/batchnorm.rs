@@ -491,8 +491,7 @@ pub fn batch_norm_train(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::testing::probe_grads;
-    use crate::ops::testing::{max_abs, uniform as rand};
+    use crate::ops::testing::{max_abs, probe_grads, uniform as rand};
     use candle_core::{Device, Var};
 
     /// Training-mode BatchNorm from candle ops, as the model computed it before.

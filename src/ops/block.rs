@@ -347,8 +347,7 @@ pub fn stem_folded(x: &Tensor, conv: &FoldedConv, pool: (usize, usize, usize)) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::testing::probe_grads;
-    use crate::ops::testing::{conv_bn_reference, max_rel, normal};
+    use crate::ops::testing::{conv_bn_reference, max_rel, normal, probe_grads};
     use candle_core::{Device, Var};
 
     fn rand(shape: &[usize], seed: u64) -> Tensor {

@@ -922,8 +922,7 @@ pub fn conv2d_fused(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::testing::probe_grads;
-    use crate::ops::testing::{conv_bn_reference, max_rel, normal};
+    use crate::ops::testing::{conv_bn_reference, max_rel, normal, probe_grads};
     use candle_core::{Device, Var};
 
     fn rand(shape: &[usize], seed: u64) -> Tensor {
