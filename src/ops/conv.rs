@@ -474,9 +474,9 @@ pub(super) fn geometry(x: &Shape, w: &Shape, stride: usize, pad: usize) -> Resul
 }
 
 /// The convolution of `x` with `w` in geometry `g`, its output passed through `epi` (with
-/// `res` added): `[n, o, ho, wo]`. 3x3 stride-1 layers run the direct kernel
-/// ([`super::direct`]) where the CPU has it, 7x7 stride-2 ones (the stem) the same kernel
-/// over their stride phases ([`super::phase`]), the rest im2col and `gemm`.
+/// `res` added): `[n, o, ho, wo]`. The stride-1 3x3 layers up to 256 channels and the 7x7
+/// stride-2 stem run the direct kernel ([`super::direct`]) where the CPU has it, the rest im2col and
+/// `gemm`.
 pub(super) fn conv_forward(
     x: &[f32],
     w: &[f32],
@@ -484,15 +484,34 @@ pub(super) fn conv_forward(
     epi: &Epilogue,
     res: Option<&[f32]>,
 ) -> Vec<f32> {
+    conv_forward_each(x, w, g, epi, res, None)
+}
+
+/// A consumer of finished output planes: `(image * o + channel, plane)`.
+pub(super) type PlaneFn<'a> = dyn Fn(usize, &[f32]) + Sync + 'a;
+
+/// [`conv_forward`], each finished output plane also handed to `post` (from the direct
+/// kernel while the plane is still in the cache; after the whole output otherwise).
+pub(super) fn conv_forward_each(
+    x: &[f32],
+    w: &[f32],
+    g: &Geometry,
+    epi: &Epilogue,
+    res: Option<&[f32]>,
+    post: Option<&PlaneFn>,
+) -> Vec<f32> {
     if super::direct::usable(g) {
         let mut out = vec![0f32; g.n * g.o * g.hw_out()];
-        super::direct::conv_direct(x, w, g, epi, res, &mut out);
+        super::direct::conv_direct(x, w, g, epi, res, &mut out, post);
         return out;
     }
-    if let Some((f, _)) = super::phase::plan(g) {
-        return super::phase::forward(x, w, g, &f, epi, res);
+    let out = conv_forward_im2col(x, w, g, epi, res);
+    if let Some(post) = post {
+        out.par_chunks(g.hw_out())
+            .enumerate()
+            .for_each(|(i, plane)| post(i, plane));
     }
-    conv_forward_im2col(x, w, g, epi, res)
+    out
 }
 
 /// [`conv_forward`] as im2col and one matrix product per chunk of images (every geometry).
@@ -721,9 +740,6 @@ pub(super) fn conv_input_grad(
     g: &Geometry,
     scale: Option<&[f32]>,
 ) -> Vec<f32> {
-    if let Some((_, b)) = super::phase::plan(g) {
-        return super::phase::input_grad(gr, w, g, &b, scale);
-    }
     let g = *g;
     let (ckk, hw) = (g.ckk(), g.hw_out());
     if g.stride == 1 && g.pad < g.k && 4 * g.o <= g.n * g.hw_out() {

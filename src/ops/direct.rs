@@ -1,28 +1,38 @@
-//! A direct stride-1 convolution (3x3, and 4x4 for the stem's stride phases) for x86-64
-//! CPUs with AVX2 and FMA: no column matrix.
+//! A direct convolution for x86-64 CPUs with AVX2 and FMA: no column matrix. It runs
+//! ResNet's stride-1 3x3 layers up to 256 channels (forward, and input gradient as the
+//! convolution of the output gradient with the flipped kernel) and its 7x7 stride-2 stem.
 //!
-//! Every image is copied once into a zero-padded buffer whose rows are `w + p` wide (one
-//! row's right padding is the next row's left padding). Output pixels are numbered along
+//! Stride 1: every image is copied once into a zero-padded buffer whose rows are `w + p` wide
+//! (one row's right padding is the next row's left padding). Output pixels are numbered along
 //! those rows (`q = y * (w + p) + x`; the last `k - 1 - p` of each row are computed and
 //! discarded), so that for every tap `(ky, kx)` the inputs of 16 consecutive outputs are 16
-//! consecutive floats of the padded plane, at `q + ky * (w + p) + kx`. A register tile of 16
-//! outputs x 6 output channels (12 AVX registers) runs over all `c * k * k` products with two
-//! loads of inputs and six broadcast weights each, the ratio of loads to multiply-adds of
-//! `gemm`'s own micro-kernel, without the k*k times larger column matrix that im2col writes
-//! and `gemm` packs again. Weights are packed per 6 output channels (`[c][k * k][6]`); a task
-//! is one image and a group of output channels, and runs every block of its group over a
-//! strip of tiles before the next strip. [`weight_grad3x3`] computes 3x3 weight gradients
-//! along the same padded rows.
+//! consecutive floats of the padded plane, at `q + ky * (w + p) + kx`.
+//!
+//! Stride 2 (the stem): the padded input is split into its four stride phases
+//! (`xp[2u + a][2v + b]` for `a, b` in `{0, 1}`), planes of equal size side by side per
+//! channel; output `(y, x)` reads tap `(ky, kx)` from phase `(ky % 2, kx % 2)` at
+//! `(y + ky / 2, x + kx / 2)`, so once again 16 consecutive outputs read 16 consecutive
+//! floats, and all 49 taps are real ones (a phase kernel padded to 4x4 squares has 64).
+//!
+//! Either way the kernel sees a list of tap offsets: a register tile of 16 outputs x 6 output
+//! channels (12 AVX registers) runs over all `c * taps` products with two loads of inputs and
+//! six broadcast weights each, the ratio of loads to multiply-adds of `gemm`'s own
+//! micro-kernel, without the `k * k` times larger column matrix that im2col writes and `gemm`
+//! packs again. Weights are packed per 6 output channels (`[c][taps][6]`); a task is one image
+//! and a group of output channels, and runs every block of its group over a strip of tiles
+//! before the next strip. [`weight_grad3x3`] computes stride-1 3x3 weight gradients along the
+//! same padded rows.
 //!
 //! On ResNet-18's 3x3 layers (batch 16, 2 threads, this project's development VM) the im2col
 //! path reached 110 / 131 / 151 GFLOP/s at 56 / 28 / 14 px with 64 / 128 / 256 channels, this
 //! kernel 155 / 166 / 158 (PyTorch's oneDNN: 174 / 176 / 176); at 512 channels (7 px) the
 //! im2col path stays ahead (weights of one block no longer fit in L1), so it keeps that case.
+//! The stem at 224 px: 144 GFLOP/s against 60 for im2col.
 //!
-//! Each output is one chain of fused multiply-adds in a fixed order (channel, kernel row,
-//! kernel column), so results do not depend on the number of threads.
+//! Each output is one chain of fused multiply-adds in a fixed order (channel, then taps), so
+//! results do not depend on the number of threads.
 
-use super::conv::{with_padded, Epilogue, Geometry};
+use super::conv::{with_padded, Epilogue, Geometry, PlaneFn};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -37,32 +47,42 @@ const STRIP: usize = 16;
 /// best on ResNet-18's shapes among 4 to 18 blocks (fewer, smaller tasks read the inputs more
 /// often).
 const GROUP: usize = 18;
+/// Most (channel, tap) products per output that the kernel takes: 256 channels x 9 taps.
+/// Past it the packed weights of one block of output channels (`products * 6` floats) no
+/// longer stay in L1 and L2 between tiles, and im2col with `gemm` was faster (512 channels).
+const MAX_PRODUCTS: usize = 256 * 9;
 
-/// Whether the direct kernel runs geometry `g` on this CPU: 3x3 kernels (ResNet's layers) or
-/// 4x4 ones (its 7x7 stride-2 stem split into its four stride phases, [`super::phase`]),
-/// stride 1, padding below the kernel size.
+/// Whether the direct kernel runs the forward convolution in geometry `g` on this CPU: 3x3
+/// stride 1 (ResNet's layers) or 7x7 stride 2 (its stem), padding below the kernel size,
+/// outputs at least 7 wide, and 72 to [`MAX_PRODUCTS`] products per output.
+///
+/// Stride-2 3x3 layers stay on im2col: through the stride phases this kernel measured only
+/// level with it (118 / 131 / 110 against 113 / 132 / 146 GFLOP/s at 56 / 28 / 14 px); each
+/// tile reads seven row segments per channel instead of three. Input gradients of stride-2
+/// layers stay on im2col and col2im too: their phase kernels have 1 to 4 taps per channel
+/// (or, padded to a square, 44% zero taps), and measured 52-101 against 79-130 GFLOP/s.
 pub(super) fn usable(g: &Geometry) -> bool {
-    (g.k == 3 || g.k == 4)
-        && g.stride == 1
+    matches!((g.k, g.stride), (3, 1) | (7, 2))
         && g.pad < g.k
         && g.wo >= 7
-        && (8..=256).contains(&g.c)
+        && (72..=MAX_PRODUCTS).contains(&(g.c * g.k * g.k))
         && has_fma()
         && ENABLED.load(Ordering::Relaxed)
 }
 
-/// Whether [`weight_grad3x3`] runs geometry `g`: as [`usable`], up to 128 channels (with 256
-/// and more the maps are 14 px or less, too short a sum per register tile; im2col and
-/// `gemm` were faster there: 158 against 114 GFLOP/s at 256 channels, 14 px).
+/// Whether [`weight_grad3x3`] runs geometry `g`: 3x3, stride 1, as [`usable`], up to 128
+/// channels (with 256 and more the maps are 14 px or less, too short a sum per register
+/// tile; im2col and `gemm` were faster there: 158 against 114 GFLOP/s at 256 channels,
+/// 14 px).
 pub(super) fn usable_for_weights(g: &Geometry) -> bool {
-    usable(g) && g.k == 3 && g.c <= 128
+    usable(g) && g.k == 3 && g.stride == 1 && g.c <= 128
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
-/// Turns the direct 3x3 kernel on or off for the whole process (on by default); off, every
-/// convolution runs im2col and `gemm`. Both are correct; they sum in different orders, so
-/// results differ in the last bits (like `torch.backends.mkldnn.enabled` in PyTorch).
+/// Turns the direct convolution kernel on or off for the whole process (on by default); off,
+/// every convolution runs im2col and `gemm`. Both are correct; they sum in different orders,
+/// so results differ in the last bits (like `torch.backends.mkldnn.enabled` in PyTorch).
 pub fn set_direct_conv(enabled: bool) {
     ENABLED.store(enabled, Ordering::Relaxed);
 }
@@ -77,8 +97,27 @@ fn has_fma() -> bool {
     false
 }
 
+/// What the kernel reads: per image `c` channel blocks of `cs` floats; output `q` (numbered
+/// along rows `wrow` wide) reads tap `t` of a channel at `q + offs[t]` of its block.
+struct Taps<'a> {
+    x: &'a [f32],
+    c: usize,
+    cs: usize,
+    wrow: usize,
+    offs: &'a [usize],
+}
+
+/// The size of one plane (or phase plane) of `rows` rows `wrow` wide that `tiles` of outputs
+/// with taps reaching `reach` floats past their output read without leaving the buffer.
+fn plane_len(rows: usize, wrow: usize, outputs: usize, reach: usize) -> usize {
+    (rows * wrow).max(outputs.div_ceil(TILE) * TILE + reach)
+}
+
 /// Writes the convolution of `x` with `w` (geometry `g`, which [`usable`] accepted),
-/// passed through `epi` with `res` added, into `out` (`[n, o, ho, wo]`).
+/// passed through `epi` with `res` added, into `out` (`[n, o, ho, wo]`); `post`, when given,
+/// is called with each finished output plane (index `image * o + channel`) while it is still
+/// in the cache.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn conv_direct(
     x: &[f32],
     w: &[f32],
@@ -86,84 +125,179 @@ pub(super) fn conv_direct(
     epi: &Epilogue,
     res: Option<&[f32]>,
     out: &mut [f32],
+    post: Option<&PlaneFn>,
 ) {
     assert!(usable(g), "direct convolution: unsupported geometry {g:?}");
-    let k = g.k;
-    let kk = k * k;
-    let (n, c, o) = (g.n, g.c, g.o);
-    // rows of the padded plane are `w + p` wide: one row's right padding is the next row's
-    // left padding (both zero), so only `k - 1 - p` discarded outputs per row
-    let (p, wp) = (g.pad, g.w + g.pad);
-    let hp = g.h + 2 * p;
-    let (ho, wo) = (g.ho, g.wo);
-    let tiles = (ho * wp).div_ceil(TILE);
-    // the last tile reads up to k - 1 rows and columns past its last output
-    let plane = (hp * wp).max(tiles * TILE + (k - 1) * (wp + 1));
-    let blocks = o.div_ceil(OC);
-    // packed weights: [block][c][k * k][OC], zero for the channels past o
-    let mut wpk = vec![0f32; blocks * c * kk * OC];
-    wpk.par_chunks_mut(c * kk * OC)
-        .enumerate()
-        .for_each(|(b, dst)| {
-            for j in 0..OC.min(o - b * OC) {
-                let src = &w[(b * OC + j) * c * kk..][..c * kk];
-                for (i, v) in src.iter().enumerate() {
-                    dst[i * OC + j] = *v;
-                }
-            }
-        });
-    let group = GROUP.min(blocks);
-    let groups = blocks.div_ceil(group);
-    assert!(
-        out.len() >= n * o * ho * wo,
-        "direct convolution: output too small"
-    );
-    let out_ptr = super::SendPtr(out.as_mut_ptr());
-    with_padded(&x[..n * c * g.h * g.w], (g.h, g.w), p, wp, plane, |xp| {
-        (0..n * groups).into_par_iter().for_each(|task| {
-            let (i, gi) = (task / groups, task % groups);
-            let b_range = gi * group..((gi + 1) * group).min(blocks);
-            let img = &xp[i * c * plane..(i + 1) * c * plane];
-            let o_range = b_range.start * OC..(b_range.end * OC).min(o);
-            // SAFETY: task (i, gi) writes only the planes of image i, channels o_range.
-            let dst = unsafe {
-                std::slice::from_raw_parts_mut(
-                    out_ptr.get().add((i * o + o_range.start) * ho * wo),
-                    o_range.len() * ho * wo,
-                )
+    let (k, p) = (g.k, g.pad);
+    let x = &x[..g.n * g.c * g.h * g.w];
+    let wpk = pack(g.o, g.c, k * k, |o, c, t| w[(o * g.c + c) * k * k + t]);
+    if g.stride == 1 {
+        // rows of the padded plane are `w + p` wide: one row's right padding is the next
+        // row's left padding (both zero), so only `k - 1 - p` discarded outputs per row
+        let wp = g.w + p;
+        let plane = plane_len(g.h + 2 * p, wp, g.ho * wp, (k - 1) * (wp + 1));
+        let offs: Vec<usize> = (0..k * k).map(|t| (t / k) * wp + t % k).collect();
+        with_padded(x, (g.h, g.w), p, wp, plane, |xp| {
+            let taps = Taps {
+                x: xp,
+                c: g.c,
+                cs: plane,
+                wrow: wp,
+                offs: &offs,
             };
-            let mut acc = [[0f32; TILE]; OC];
-            for strip in (0..tiles).step_by(STRIP) {
-                for b in b_range.clone() {
-                    let wb = &wpk[b * c * kk * OC..(b + 1) * c * kk * OC];
-                    for t in strip..(strip + STRIP).min(tiles) {
-                        let q0 = t * TILE;
-                        // SAFETY: the kernel reads img[ci * plane + q0 + ky * wp + kx + l]
-                        // for ci < c, ky, kx < k, l < TILE: below c * plane by the size of
-                        // `plane`; and wb[..c * k * k * OC]. AVX2 and FMA are present
-                        // (`usable`).
-                        unsafe {
-                            let args = (img.as_ptr().add(q0), wb.as_ptr(), c, plane, wp);
-                            let nc = o - b * OC;
-                            if k == 4 {
-                                run_tile::<4>(nc, args, &mut acc)
-                            } else {
-                                run_tile::<3>(nc, args, &mut acc)
-                            }
-                        }
-                        for (j, row) in acc.iter().enumerate().take(o.saturating_sub(b * OC)) {
-                            let oc = b * OC + j - o_range.start;
-                            scatter(row, q0, wp, wo, ho, &mut dst[oc * ho * wo..][..ho * wo]);
+            run(&taps, &wpk, g.n, g.o, (g.ho, g.wo), (epi, res, post), out)
+        });
+    } else {
+        let (hp2, wp2) = ((g.h + 2 * p).div_ceil(2), (g.w + 2 * p).div_ceil(2));
+        let kh = k.div_ceil(2);
+        let plane = plane_len(hp2, wp2, g.ho * wp2, (kh - 1) * (wp2 + 1));
+        let offs: Vec<usize> = (0..k * k)
+            .map(|t| {
+                let (ky, kx) = (t / k, t % k);
+                (2 * (ky % 2) + kx % 2) * plane + (ky / 2) * wp2 + kx / 2
+            })
+            .collect();
+        let xs = split_phases(x, g, (hp2, wp2), plane);
+        let taps = Taps {
+            x: &xs,
+            c: g.c,
+            cs: 4 * plane,
+            wrow: wp2,
+            offs: &offs,
+        };
+        run(&taps, &wpk, g.n, g.o, (g.ho, g.wo), (epi, res, post), out);
+    }
+}
+
+/// `x` (`[n, c, h, w]`) zero-padded by `g.pad` and split into its four stride phases: per
+/// channel four planes of `plane` floats (phase `2a + b` holds `xp[2u + a][2v + b]` at
+/// `u * wp2 + v`), zeros past the image.
+fn split_phases(x: &[f32], g: &Geometry, (hp2, wp2): (usize, usize), plane: usize) -> Vec<f32> {
+    let (h, w, p) = (g.h, g.w, g.pad);
+    let mut out = vec![0f32; g.n * g.c * 4 * plane];
+    out.par_chunks_mut(4 * plane)
+        .zip(x.par_chunks(h * w))
+        .for_each(|(dst, src)| {
+            for (ph, dst) in dst.chunks_exact_mut(plane).enumerate() {
+                let (a, b) = (ph / 2, ph % 2);
+                for u in 0..hp2 {
+                    let Some(y) = (2 * u + a).checked_sub(p).filter(|&y| y < h) else {
+                        continue;
+                    };
+                    let line = &src[y * w..(y + 1) * w];
+                    // first column v whose 2v + b - p lands inside the row
+                    let v0 = (p + 1 - b) / 2;
+                    let row = &mut dst[u * wp2..(u + 1) * wp2];
+                    for (v, d) in row.iter_mut().enumerate().skip(v0) {
+                        match line.get(2 * v + b - p) {
+                            Some(val) => *d = *val,
+                            None => break,
                         }
                     }
                 }
             }
-            for (j, plane_out) in dst.chunks_exact_mut(ho * wo).enumerate() {
-                let oc = o_range.start + j;
-                let r = res.map(|r| &r[(i * o + oc) * ho * wo..][..ho * wo]);
-                epi.apply_in_place(oc, r, plane_out);
+        });
+    out
+}
+
+/// Weights packed for the kernel: `[block][c][taps][OC]` with `weight(o, c, t)`, zero for
+/// the channels past `o` in the last block.
+fn pack(
+    o: usize,
+    c: usize,
+    taps: usize,
+    weight: impl Fn(usize, usize, usize) -> f32 + Sync,
+) -> Vec<f32> {
+    let blocks = o.div_ceil(OC);
+    let mut wpk = vec![0f32; blocks * c * taps * OC];
+    wpk.par_chunks_mut(c * taps * OC)
+        .enumerate()
+        .for_each(|(b, dst)| {
+            for j in 0..OC.min(o - b * OC) {
+                for ci in 0..c {
+                    for t in 0..taps {
+                        dst[(ci * taps + t) * OC + j] = weight(b * OC + j, ci, t);
+                    }
+                }
             }
         });
+    wpk
+}
+
+/// The kernel's parallel loop: `out` (`[n, o, ho, wo]`) from the laid-out input `taps` and
+/// the packed weights `wpk`, through `epi` with `res` added, each plane then handed to
+/// `post` (see [`conv_direct`]).
+fn run(
+    taps: &Taps,
+    wpk: &[f32],
+    n: usize,
+    o: usize,
+    (ho, wo): (usize, usize),
+    (epi, res, post): (&Epilogue, Option<&[f32]>, Option<&PlaneFn>),
+    out: &mut [f32],
+) {
+    let (c, cs, wrow, nt) = (taps.c, taps.cs, taps.wrow, taps.offs.len());
+    assert!(wo <= wrow, "direct convolution: rows too short");
+    let tiles = (ho * wrow).div_ceil(TILE);
+    let reach = taps.offs.iter().max().copied().unwrap_or(0);
+    // the last tile of the last channel stays inside the input
+    assert!(
+        taps.x.len() >= n * c * cs && (c - 1) * cs + tiles * TILE + reach <= c * cs,
+        "direct convolution: input buffer too small"
+    );
+    let blocks = o.div_ceil(OC);
+    assert_eq!(
+        wpk.len(),
+        blocks * c * nt * OC,
+        "direct convolution: packed weights"
+    );
+    assert!(
+        out.len() >= n * o * ho * wo,
+        "direct convolution: output too small"
+    );
+    let group = GROUP.min(blocks);
+    let groups = blocks.div_ceil(group);
+    let out_ptr = super::SendPtr(out.as_mut_ptr());
+    (0..n * groups).into_par_iter().for_each(|task| {
+        let (i, gi) = (task / groups, task % groups);
+        let b_range = gi * group..((gi + 1) * group).min(blocks);
+        let img = &taps.x[i * c * cs..(i + 1) * c * cs];
+        let o_range = b_range.start * OC..(b_range.end * OC).min(o);
+        // SAFETY: task (i, gi) writes only the planes of image i, channels o_range.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(
+                out_ptr.get().add((i * o + o_range.start) * ho * wo),
+                o_range.len() * ho * wo,
+            )
+        };
+        let mut acc = [[0f32; TILE]; OC];
+        for strip in (0..tiles).step_by(STRIP) {
+            for b in b_range.clone() {
+                let wb = &wpk[b * c * nt * OC..(b + 1) * c * nt * OC];
+                for t in strip..(strip + STRIP).min(tiles) {
+                    let q0 = t * TILE;
+                    // SAFETY: the kernel reads img[ci * cs + q0 + offs[t] + l] for ci < c,
+                    // l < TILE: inside img (asserted above); and wb[..c * nt * OC]. AVX2 and
+                    // FMA are present (`usable`).
+                    unsafe {
+                        let args = (img.as_ptr().add(q0), wb.as_ptr(), c, cs, taps.offs);
+                        run_tile(o - b * OC, args, &mut acc)
+                    }
+                    for (j, row) in acc.iter().enumerate().take(o.saturating_sub(b * OC)) {
+                        let oc = b * OC + j - o_range.start;
+                        scatter(row, q0, wrow, wo, ho, &mut dst[oc * ho * wo..][..ho * wo]);
+                    }
+                }
+            }
+        }
+        for (j, plane_out) in dst.chunks_exact_mut(ho * wo).enumerate() {
+            let oc = o_range.start + j;
+            let r = res.map(|r| &r[(i * o + oc) * ho * wo..][..ho * wo]);
+            epi.apply_in_place(oc, r, plane_out);
+            if let Some(post) = post {
+                post(i * o + oc, plane_out);
+            }
+        }
     });
 }
 
@@ -317,56 +451,63 @@ fn scatter(acc: &[f32; TILE], q0: usize, wp: usize, wo: usize, ho: usize, plane:
     }
 }
 
-/// [`tile`] for the first `nc` (at most [`OC`]) channels of a block.
+/// [`tile`] for the first `nc` (at most [`OC`]) channels of a block; 9 taps (3x3 stride 1)
+/// unrolled.
 ///
 /// # Safety
 /// As [`tile`].
-unsafe fn run_tile<const K: usize>(
-    nc: usize,
-    args: (*const f32, *const f32, usize, usize, usize),
-    acc: &mut [[f32; TILE]; OC],
-) {
+unsafe fn run_tile(nc: usize, args: TileArgs, acc: &mut [[f32; TILE]; OC]) {
+    macro_rules! by_taps {
+        ($nc:literal) => {
+            if args.4.len() == 9 {
+                tile::<$nc, 9>(args, acc)
+            } else {
+                tile::<$nc, 0>(args, acc)
+            }
+        };
+    }
     match nc {
-        1 => tile::<1, K>(args, acc),
-        2 => tile::<2, K>(args, acc),
-        3 => tile::<3, K>(args, acc),
-        4 => tile::<4, K>(args, acc),
-        5 => tile::<5, K>(args, acc),
-        _ => tile::<6, K>(args, acc),
+        1 => by_taps!(1),
+        2 => by_taps!(2),
+        3 => by_taps!(3),
+        4 => by_taps!(4),
+        5 => by_taps!(5),
+        _ => by_taps!(6),
     }
 }
 
-/// One register tile: `acc[j][l] = sum over ci, ky, kx of x[ci * plane + ky * wp + kx + l] *
-/// w[((ci * K * K) + ky * K + kx) * OC + j]` for `j < NC` (rows `NC..` of `acc` are left as
-/// they are).
+/// A tile's input, packed weights, channels, channel stride and tap offsets.
+type TileArgs<'a> = (*const f32, *const f32, usize, usize, &'a [usize]);
+
+/// One register tile: `acc[j][l] = sum over ci, t of x[ci * cs + offs[t] + l] *
+/// w[(ci * taps + t) * OC + j]` for `j < NC` (rows `NC..` of `acc` are left as they are).
+/// `T` is the number of taps when known at compile time (unrolled), 0 otherwise.
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA; `x` is readable for `(c - 1) * plane + (K - 1) * (wp + 1) +
-/// TILE` floats and `w` for `c * K * K * OC`.
+/// The CPU has AVX2 and FMA; `T` is 0 or `offs.len()`; `x` is readable for
+/// `(c - 1) * cs + max(offs) + TILE` floats and `w` for `c * offs.len() * OC`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile<const NC: usize, const K: usize>(
-    (x, w, c, plane, wp): (*const f32, *const f32, usize, usize, usize),
+unsafe fn tile<const NC: usize, const T: usize>(
+    (x, w, c, cs, offs): TileArgs,
     acc: &mut [[f32; TILE]; OC],
 ) {
     use std::arch::x86_64::*;
+    let nt = if T == 0 { offs.len() } else { T };
     let z = _mm256_setzero_ps();
     let mut a = [[z; 2]; NC];
     for ci in 0..c {
-        let base = x.add(ci * plane);
-        let wc = w.add(ci * K * K * OC);
-        for ky in 0..K {
-            let row = base.add(ky * wp);
-            for kx in 0..K {
-                let px = row.add(kx);
-                let x0 = _mm256_loadu_ps(px);
-                let x1 = _mm256_loadu_ps(px.add(8));
-                let wt = wc.add((ky * K + kx) * OC);
-                for (j, aj) in a.iter_mut().enumerate() {
-                    let b = _mm256_broadcast_ss(&*wt.add(j));
-                    aj[0] = _mm256_fmadd_ps(x0, b, aj[0]);
-                    aj[1] = _mm256_fmadd_ps(x1, b, aj[1]);
-                }
+        let base = x.add(ci * cs);
+        let wc = w.add(ci * nt * OC);
+        for t in 0..nt {
+            let px = base.add(*offs.get_unchecked(t));
+            let x0 = _mm256_loadu_ps(px);
+            let x1 = _mm256_loadu_ps(px.add(8));
+            let wt = wc.add(t * OC);
+            for (j, aj) in a.iter_mut().enumerate() {
+                let b = _mm256_broadcast_ss(&*wt.add(j));
+                aj[0] = _mm256_fmadd_ps(x0, b, aj[0]);
+                aj[1] = _mm256_fmadd_ps(x1, b, aj[1]);
             }
         }
     }
@@ -377,10 +518,7 @@ unsafe fn tile<const NC: usize, const K: usize>(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile<const NC: usize, const K: usize>(
-    _: (*const f32, *const f32, usize, usize, usize),
-    _: &mut [[f32; TILE]; OC],
-) {
+unsafe fn tile<const NC: usize, const T: usize>(_: TileArgs, _: &mut [[f32; TILE]; OC]) {
     unreachable!("the direct convolution runs only on x86-64 with AVX2 and FMA")
 }
 
@@ -395,12 +533,13 @@ mod tests {
         crate::rng::SeededRng::new(seed).normal_vec(len, 1.0)
     }
 
-    /// The `k x k` stride-1 geometries of `shapes` (`(n, c, o, h, w)`) with padding 0 to
-    /// `k - 1` whose outputs are at least 7 wide, each with a seed; `None` (and a note) on a
-    /// CPU without AVX2/FMA, where the direct kernel never runs.
+    /// The `k x k` geometries of `shapes` (`(n, c, o, h, w)`) with stride `s` and padding 0
+    /// to `k - 1` whose outputs are at least 7 wide, each with a seed; `None` (and a note) on
+    /// a CPU without AVX2/FMA, where the direct kernel never runs.
     fn geometries(
         shapes: &[(usize, usize, usize, usize, usize)],
         k: usize,
+        s: usize,
     ) -> Option<Vec<(Geometry, u64)>> {
         if !has_fma() {
             eprintln!("skipped: this CPU has no AVX2/FMA, the direct kernel never runs");
@@ -412,13 +551,12 @@ mod tests {
                 let g = geometry(
                     &Shape::from((n, c, h, w)),
                     &Shape::from((o, c, k, k)),
-                    1,
+                    s,
                     pad,
                 )
                 .unwrap();
                 if g.wo >= 7 {
-                    assert!(usable(&g), "{g:?} should run the direct kernel");
-                    out.push((g, (n * 1000 + c * 10 + o + pad + k) as u64));
+                    out.push((g, (n * 1000 + c * 10 + o + pad + k + s) as u64));
                 }
             }
         }
@@ -435,16 +573,19 @@ mod tests {
             (2, 24, 64, 14, 15),
             (1, 256, 6, 7, 9),
         ];
-        let (Some(k3), Some(k4)) = (geometries(&shapes, 3), geometries(&shapes, 4)) else {
+        // the 3-channel stem, odd and even sizes, every padding
+        let stems = [(1, 3, 5, 20, 21), (2, 3, 16, 19, 24), (1, 3, 64, 15, 15)];
+        let (Some(k3), Some(k7s2)) = (geometries(&shapes, 3, 1), geometries(&stems, 7, 2)) else {
             return;
         };
         assert!(
-            k3.len() >= 12 && k4.len() >= 12,
+            k3.len() >= 12 && k7s2.len() >= 10,
             "{} and {}",
             k3.len(),
-            k4.len()
+            k7s2.len()
         );
-        for (g, seed) in k3.into_iter().chain(k4) {
+        for (g, seed) in k3.into_iter().chain(k7s2) {
+            assert!(usable(&g), "{g:?} should run the direct kernel");
             let kk = g.k * g.k;
             let (n, c, o) = (g.n, g.c, g.o);
             let x = values(n * c * g.h * g.w, seed);
@@ -462,7 +603,7 @@ mod tests {
                 let r = (e == 1).then_some(&res[..]);
                 let want = conv_forward_im2col(&x, &wt, &g, epi, r);
                 let mut got = vec![f32::NAN; want.len()];
-                conv_direct(&x, &wt, &g, epi, r, &mut got);
+                conv_direct(&x, &wt, &g, epi, r, &mut got, None);
                 let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
                 for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                     assert!(
@@ -484,6 +625,7 @@ mod tests {
                 (2, 64, 12, 8, 8),
             ],
             3,
+            1,
         ) else {
             return;
         };

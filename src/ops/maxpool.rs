@@ -31,7 +31,7 @@ pub(super) type Pooled = (Vec<f32>, Option<Vec<u32>>, usize, usize);
 /// Whether `v` beats `best` in PyTorch's scan: strictly greater, or the first NaN.
 #[inline(always)]
 fn beats(v: f32, best: f32) -> bool {
-    v > best || (v.is_nan() && !best.is_nan())
+    (v > best) | (v.is_nan() & !best.is_nan())
 }
 
 /// Max pooling of `src` (`[n, c, h, w]`, contiguous): the output, with `argmax` the flat
@@ -50,28 +50,120 @@ pub(super) fn pool_forward(
     p: usize,
     argmax: bool,
 ) -> Result<Pooled> {
-    if h + 2 * p < k || w + 2 * p < k {
-        candle_core::bail!("max_pool2d: input {h}x{w} is smaller than the {k}x{k} window");
-    }
-    if 2 * p > k {
-        candle_core::bail!(
-            "max_pool2d: padding {p} must be at most half the {k}x{k} window (as in PyTorch)"
-        );
-    }
-    let ho = pooled_size(h, k, s, p);
-    let wo = pooled_size(w, k, s, p);
-    let plane_in = h * w;
-    let plane_out = ho * wo;
+    let pool = PlanePool::new((h, w), k, s, p)?;
+    let (plane_in, plane_out) = (h * w, pool.ho * pool.wo);
     debug_assert_eq!(src.len(), n * c * plane_in);
     let mut out = vec![0f32; n * c * plane_out];
     let mut idx = argmax.then(|| vec![0u32; n * c * plane_out]);
-    let cols: Vec<(usize, usize)> = (0..wo).map(|ox| window(ox, s, p, k, w)).collect();
-    let plane_fn = |plane: usize, o: &mut [f32], mut ix: Option<&mut [u32]>| {
-        let x = &src[plane * plane_in..(plane + 1) * plane_in];
+    let x = |plane: usize| &src[plane * plane_in..(plane + 1) * plane_in];
+    match idx.as_mut() {
+        Some(idx) => out
+            .par_chunks_mut(plane_out)
+            .zip(idx.par_chunks_mut(plane_out))
+            .enumerate()
+            .for_each(|(plane, (o, ix))| pool.run(x(plane), o, Some(ix))),
+        None => out
+            .par_chunks_mut(plane_out)
+            .enumerate()
+            .for_each(|(plane, o)| pool.run(x(plane), o, None)),
+    }
+    Ok((out, idx, pool.ho, pool.wo))
+}
+
+/// Max pooling of one `h x w` plane ([`pool_forward`]'s per-plane step), so that a producer
+/// can pool each plane while it is still in the cache.
+pub(super) struct PlanePool {
+    h: usize,
+    w: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+    /// Output height and width.
+    pub(super) ho: usize,
+    pub(super) wo: usize,
+    /// Per output column, its window's input columns.
+    cols: Vec<(usize, usize)>,
+}
+
+impl PlanePool {
+    /// The pooling of `h x w` planes with a `k x k` window, stride `s`, padding `p` (as
+    /// PyTorch: at most half the window).
+    pub(super) fn new((h, w): (usize, usize), k: usize, s: usize, p: usize) -> Result<Self> {
+        if h + 2 * p < k || w + 2 * p < k {
+            candle_core::bail!("max_pool2d: input {h}x{w} is smaller than the {k}x{k} window");
+        }
+        if 2 * p > k {
+            candle_core::bail!(
+                "max_pool2d: padding {p} must be at most half the {k}x{k} window (as in PyTorch)"
+            );
+        }
+        if s == 0 {
+            candle_core::bail!("max_pool2d: stride must be at least 1");
+        }
+        let (ho, wo) = (pooled_size(h, k, s, p), pooled_size(w, k, s, p));
+        let cols = (0..wo).map(|ox| window(ox, s, p, k, w)).collect();
+        Ok(Self {
+            h,
+            w,
+            k,
+            s,
+            p,
+            ho,
+            wo,
+            cols,
+        })
+    }
+
+    /// Pools plane `x` (`h * w` values) into `o` (`ho * wo`), with the winners' in-plane
+    /// indices into `ix` when given.
+    pub(super) fn run(&self, x: &[f32], o: &mut [f32], ix: Option<&mut [u32]>) {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { self.run_avx2(x, o, ix) };
+        }
+        self.run_plain(x, o, ix)
+    }
+
+    /// [`Self::run`] compiled for AVX2 (8 lanes instead of SSE2's 4).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn run_avx2(&self, x: &[f32], o: &mut [f32], ix: Option<&mut [u32]>) {
+        self.run_plain(x, o, ix)
+    }
+
+    #[inline(always)]
+    fn run_plain(&self, x: &[f32], o: &mut [f32], mut ix: Option<&mut [u32]>) {
+        let Self {
+            h,
+            w,
+            k,
+            s,
+            p,
+            ho,
+            wo,
+            ..
+        } = *self;
         let mut vmax = vec![0f32; w];
         // per column, the in-plane index of the window rows' winner: comparing indices orders
         // by row, then column, which is scan order
         let mut vidx = vec![0u32; if ix.is_some() { w } else { 0 }];
+        // ResNet's 3x3 stride-2 window: the row's even and odd columns apart, so that output
+        // ox compares odd column ox - 1, even column ox and odd column ox as three slices
+        let halves = (k, s, p) == (3, 2, 1) && w >= 4;
+        let mut even = vec![0f32; if halves { w.div_ceil(2) } else { 0 }];
+        let mut odd = vec![0f32; if halves { w / 2 } else { 0 }];
+        let mut even_i = vec![
+            0u32;
+            if halves && ix.is_some() {
+                even.len()
+            } else {
+                0
+            }
+        ];
+        let mut odd_i = vec![0u32; if halves && ix.is_some() { odd.len() } else { 0 }];
+        // outputs 1..fast have all three columns inside the row
+        let fast = if halves { (w - 1) / 2 } else { 0 };
         for oy in 0..ho {
             let (ylo, yhi) = window(oy, s, p, k, h);
             vmax.copy_from_slice(&x[ylo * w..(ylo + 1) * w]);
@@ -79,8 +171,11 @@ pub(super) fn pool_forward(
                 for (xx, r) in vidx.iter_mut().enumerate() {
                     *r = (ylo * w + xx) as u32;
                 }
-                for yy in ylo + 1..yhi {
-                    let row = &x[yy * w..(yy + 1) * w];
+            }
+            // a later row wins a column only when strictly greater (or the first NaN)
+            for yy in ylo + 1..yhi {
+                let row = &x[yy * w..(yy + 1) * w];
+                if ix.is_some() {
                     let base = (yy * w) as u32;
                     for (xx, ((m, r), &v)) in
                         vmax.iter_mut().zip(vidx.iter_mut()).zip(row).enumerate()
@@ -89,57 +184,94 @@ pub(super) fn pool_forward(
                         *m = if take { v } else { *m };
                         *r = if take { base + xx as u32 } else { *r };
                     }
-                }
-            } else {
-                for yy in ylo + 1..yhi {
-                    let row = &x[yy * w..(yy + 1) * w];
+                } else {
                     for (m, &v) in vmax.iter_mut().zip(row) {
                         *m = if beats(v, *m) { v } else { *m };
                     }
                 }
             }
             let orow = &mut o[oy * wo..(oy + 1) * wo];
-            match ix.as_deref_mut() {
-                None => {
-                    for (ov, &(xlo, xhi)) in orow.iter_mut().zip(&cols) {
+            let mut irow = ix.as_deref_mut().map(|ix| &mut ix[oy * wo..(oy + 1) * wo]);
+            if halves {
+                split_halves(&vmax, &mut even, &mut odd);
+                if irow.is_some() {
+                    split_halves(&vidx, &mut even_i, &mut odd_i);
+                }
+                let (left, mid, right) = (&odd[..fast - 1], &even[1..fast], &odd[1..fast]);
+                match irow.as_deref_mut() {
+                    None => {
+                        for (((ov, &a), &b), &c) in
+                            orow[1..fast].iter_mut().zip(left).zip(mid).zip(right)
+                        {
+                            let best = if beats(b, a) { b } else { a };
+                            *ov = if beats(c, best) { c } else { best };
+                        }
+                    }
+                    Some(irow) => {
+                        let (li, mi, ri) = (&odd_i[..fast - 1], &even_i[1..fast], &odd_i[1..fast]);
+                        let outs = orow[1..fast].iter_mut().zip(irow[1..fast].iter_mut());
+                        for ((((ov, iv), (&a, &ai)), (&b, &bi)), (&c, &ci)) in outs
+                            .zip(left.iter().zip(li))
+                            .zip(mid.iter().zip(mi))
+                            .zip(right.iter().zip(ri))
+                        {
+                            let (best, besti) = pick(a, ai, b, bi);
+                            (*ov, *iv) = pick(best, besti, c, ci);
+                        }
+                    }
+                }
+            }
+            // every output without the fast path (the first and the last ones with it)
+            let rest = (0..wo).filter(|&ox| !(1..fast).contains(&ox));
+            for ox in rest {
+                let (xlo, xhi) = self.cols[ox];
+                match irow.as_deref_mut() {
+                    None => {
                         let mut best = vmax[xlo];
                         for &v in &vmax[xlo + 1..xhi] {
                             best = if beats(v, best) { v } else { best };
                         }
-                        *ov = best;
+                        orow[ox] = best;
                     }
-                }
-                Some(ix) => {
-                    let irow = &mut ix[oy * wo..(oy + 1) * wo];
-                    for ((ov, iv), &(xlo, xhi)) in orow.iter_mut().zip(irow).zip(&cols) {
+                    Some(irow) => {
                         let (mut best, mut bi) = (vmax[xlo], vidx[xlo]);
                         for (&v, &i) in vmax[xlo + 1..xhi].iter().zip(&vidx[xlo + 1..xhi]) {
-                            // equal values (or both NaN): the earlier in scan order wins.
-                            // Selects, not branches (the winner is unpredictable).
-                            let tie = v == best || (v.is_nan() && best.is_nan());
-                            let take = beats(v, best) | (tie & (i < bi));
-                            best = if take { v } else { best };
-                            bi = if take { i } else { bi };
+                            (best, bi) = pick(best, bi, v, i);
                         }
-                        *ov = best;
-                        *iv = bi;
+                        orow[ox] = best;
+                        irow[ox] = bi;
                     }
                 }
             }
         }
-    };
-    match idx.as_mut() {
-        Some(idx) => out
-            .par_chunks_mut(plane_out)
-            .zip(idx.par_chunks_mut(plane_out))
-            .enumerate()
-            .for_each(|(plane, (o, ix))| plane_fn(plane, o, Some(ix))),
-        None => out
-            .par_chunks_mut(plane_out)
-            .enumerate()
-            .for_each(|(plane, o)| plane_fn(plane, o, None)),
     }
-    Ok((out, idx, ho, wo))
+}
+
+/// The winner of `(best, bi)` and a later candidate `(v, i)` in scan order: `v` when it beats
+/// `best`, or equals it (both NaN included) with the smaller in-plane index (the earlier in
+/// scan order). Selects, not branches (the winner is unpredictable).
+#[inline(always)]
+fn pick(best: f32, bi: u32, v: f32, i: u32) -> (f32, u32) {
+    let tie = (v == best) | (v.is_nan() & best.is_nan());
+    let take = beats(v, best) | (tie & (i < bi));
+    (if take { v } else { best }, if take { i } else { bi })
+}
+
+/// `src`'s even-position values into `even`, odd-position ones into `odd`.
+#[inline(always)]
+fn split_halves<T: Copy>(src: &[T], even: &mut [T], odd: &mut [T]) {
+    let half = src.len() / 2;
+    for ((pair, e), o) in src
+        .chunks_exact(2)
+        .zip(&mut even[..half])
+        .zip(&mut odd[..half])
+    {
+        *e = pair[0];
+        *o = pair[1];
+    }
+    if src.len() % 2 == 1 {
+        even[half] = src[src.len() - 1];
+    }
 }
 
 /// The input gradient of max pooling: each output gradient `g` routed to its winner
@@ -412,7 +544,12 @@ mod tests {
     #[test]
     fn separable_scan_matches_the_window_scan_with_ties_and_nans() {
         // few distinct values (many ties), some NaNs, both signs of zero
-        let (h, w) = (11, 9);
+        for (h, w) in [(11, 9), (12, 10), (7, 4), (6, 17), (5, 3)] {
+            scan_matches(h, w);
+        }
+    }
+
+    fn scan_matches(h: usize, w: usize) {
         let x: Vec<f32> = (0..h * w)
             .map(|i| match (i * 7919) % 13 {
                 0 => f32::NAN,
@@ -430,9 +567,9 @@ mod tests {
         ] {
             let (out, idx, _, _) = pool_forward(&x, (1, 1, h, w), k, s, p, true).unwrap();
             let (want, want_idx) = naive(&x, h, w, k, s, p);
-            assert_eq!(idx.unwrap(), want_idx, "argmax, k {k} s {s} p {p}");
+            assert_eq!(idx.unwrap(), want_idx, "argmax, {h}x{w} k {k} s {s} p {p}");
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&out), bits(&want), "values, k {k} s {s} p {p}");
+            assert_eq!(bits(&out), bits(&want), "values, {h}x{w} k {k} s {s} p {p}");
             let (plain, none, _, _) = pool_forward(&x, (1, 1, h, w), k, s, p, false).unwrap();
             assert!(none.is_none());
             assert_eq!(

@@ -6,7 +6,6 @@ pub mod block;
 pub mod conv;
 mod direct;
 pub mod maxpool;
-mod phase;
 #[cfg(test)]
 mod testing;
 
@@ -17,14 +16,19 @@ pub use maxpool::max_pool2d;
 
 /// A raw pointer that may cross to rayon's threads, for kernels whose parallel tasks each
 /// write their own disjoint part of one output buffer.
-#[derive(Clone, Copy)]
-pub(crate) struct SendPtr(pub(crate) *mut f32);
+pub(crate) struct SendPtr<T = f32>(pub(crate) *mut T);
 // SAFETY: only used to hand disjoint parts of one buffer to parallel tasks.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+impl<T> Clone for SendPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SendPtr<T> {}
+impl<T> SendPtr<T> {
     /// The pointer (a method, so closures capture the whole `SendPtr`, not its field).
-    pub(crate) fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut T {
         self.0
     }
 }
