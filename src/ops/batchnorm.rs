@@ -365,12 +365,8 @@ impl BatchNormTrain {
                         let (g, yv, xv) = (&gs[r.clone()], &ys[r.clone()], &xs[r]);
                         // SAFETY: plane p of dx and gz (both gs.len() long) is written by
                         // this iteration only.
-                        let dxs = dxp.map(|d| unsafe {
-                            std::slice::from_raw_parts_mut(d.get().add(p * hw), hw)
-                        });
-                        let gzs = gzp.map(|d| unsafe {
-                            std::slice::from_raw_parts_mut(d.get().add(p * hw), hw)
-                        });
+                        let dxs = dxp.map(|d| unsafe { d.slice(p * hw, hw) });
+                        let gzs = gzp.map(|d| unsafe { d.slice(p * hw, hw) });
                         if relu {
                             plane_grads::<true>(g, yv, xv, coef[p % c], dxs, gzs);
                         } else {

@@ -288,8 +288,8 @@ impl CustomOp1 for Stem {
             // both buffers hold n * o planes and outlive the convolution.
             let (o, ix) = unsafe {
                 (
-                    std::slice::from_raw_parts_mut(out_ptr.get().add(i * plane), plane),
-                    idx_ptr.map(|q| std::slice::from_raw_parts_mut(q.get().add(i * plane), plane)),
+                    out_ptr.slice(i * plane, plane),
+                    idx_ptr.map(|q| q.slice(i * plane, plane)),
                 )
             };
             pool.run(y, o, ix)

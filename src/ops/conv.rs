@@ -388,7 +388,8 @@ pub(super) struct Epilogue {
 }
 
 impl Epilogue {
-    /// [`Epilogue::apply`] in place: `dst` holds channel `o`'s products and gets the result.
+    /// The epilogue in place: `dst` holds channel `o`'s products (`[hw]`) and gets
+    /// `relu?(dst * scale[o] + shift[o] + res)`.
     #[inline]
     pub(super) fn apply_in_place(&self, o: usize, res: Option<&[f32]>, dst: &mut [f32]) {
         let a = self.scale.as_ref().map_or(1.0, |s| s[o]);
@@ -405,38 +406,6 @@ impl Epilogue {
             (Some(r), true) => {
                 for (d, r) in dst.iter_mut().zip(r) {
                     *d = (*d * a + b + r).max(0.0);
-                }
-            }
-        }
-    }
-
-    /// Writes `prod` (`[hw]` values of channel `o`) into `dst`, with `res` added.
-    #[inline]
-    fn apply(&self, o: usize, prod: &[f32], res: Option<&[f32]>, dst: &mut [f32]) {
-        let a = self.scale.as_ref().map_or(1.0, |s| s[o]);
-        let b = self.shift.as_ref().map_or(0.0, |s| s[o]);
-        match (res, self.relu) {
-            (None, false) if self.scale.is_none() && self.shift.is_none() => {
-                dst.copy_from_slice(prod)
-            }
-            (None, false) => {
-                for (d, v) in dst.iter_mut().zip(prod) {
-                    *d = v * a + b;
-                }
-            }
-            (None, true) => {
-                for (d, v) in dst.iter_mut().zip(prod) {
-                    *d = (v * a + b).max(0.0);
-                }
-            }
-            (Some(r), false) => {
-                for ((d, v), r) in dst.iter_mut().zip(prod).zip(r) {
-                    *d = v * a + b + r;
-                }
-            }
-            (Some(r), true) => {
-                for ((d, v), r) in dst.iter_mut().zip(prod).zip(r) {
-                    *d = (v * a + b + r).max(0.0);
                 }
             }
         }
@@ -548,7 +517,8 @@ pub(super) fn conv_forward_im2col(
                 .for_each(|(q, dst)| {
                     let (j, o) = (q / g.o, q % g.o);
                     let r = res.map(|r| &r[(i0 * g.o + q) * hw..][..hw]);
-                    epi.apply(o, &prod[o * m * hw + j * hw..][..hw], r, dst);
+                    dst.copy_from_slice(&prod[o * m * hw + j * hw..][..hw]);
+                    epi.apply_in_place(o, r, dst);
                 });
             i0 += m;
         }

@@ -107,8 +107,8 @@ struct Taps<'a> {
     offs: &'a [usize],
 }
 
-/// The size of one plane (or phase plane) of `rows` rows `wrow` wide that `tiles` of outputs
-/// with taps reaching `reach` floats past their output read without leaving the buffer.
+/// The size of one plane (or phase plane): `rows` rows `wrow` wide, and at least what the
+/// tiles covering `outputs` positions read, with taps reaching `reach` floats past them.
 fn plane_len(rows: usize, wrow: usize, outputs: usize, reach: usize) -> usize {
     (rows * wrow).max(outputs.div_ceil(TILE) * TILE + reach)
 }
@@ -117,7 +117,6 @@ fn plane_len(rows: usize, wrow: usize, outputs: usize, reach: usize) -> usize {
 /// passed through `epi` with `res` added, into `out` (`[n, o, ho, wo]`); `post`, when given,
 /// is called with each finished output plane (index `image * o + channel`) while it is still
 /// in the cache.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn conv_direct(
     x: &[f32],
     w: &[f32],
@@ -130,7 +129,7 @@ pub(super) fn conv_direct(
     assert!(usable(g), "direct convolution: unsupported geometry {g:?}");
     let (k, p) = (g.k, g.pad);
     let x = &x[..g.n * g.c * g.h * g.w];
-    let wpk = pack(g.o, g.c, k * k, |o, c, t| w[(o * g.c + c) * k * k + t]);
+    let wpk = pack(w, g.o, g.c, k * k);
     if g.stride == 1 {
         // rows of the padded plane are `w + p` wide: one row's right padding is the next
         // row's left padding (both zero), so only `k - 1 - p` discarded outputs per row
@@ -200,24 +199,18 @@ fn split_phases(x: &[f32], g: &Geometry, (hp2, wp2): (usize, usize), plane: usiz
     out
 }
 
-/// Weights packed for the kernel: `[block][c][taps][OC]` with `weight(o, c, t)`, zero for
-/// the channels past `o` in the last block.
-fn pack(
-    o: usize,
-    c: usize,
-    taps: usize,
-    weight: impl Fn(usize, usize, usize) -> f32 + Sync,
-) -> Vec<f32> {
+/// `w` (`[o, c, taps]`) packed for the kernel: `[block][c][taps][OC]`, zero for the channels
+/// past `o` in the last block.
+fn pack(w: &[f32], o: usize, c: usize, taps: usize) -> Vec<f32> {
     let blocks = o.div_ceil(OC);
     let mut wpk = vec![0f32; blocks * c * taps * OC];
     wpk.par_chunks_mut(c * taps * OC)
         .enumerate()
         .for_each(|(b, dst)| {
             for j in 0..OC.min(o - b * OC) {
-                for ci in 0..c {
-                    for t in 0..taps {
-                        dst[(ci * taps + t) * OC + j] = weight(b * OC + j, ci, t);
-                    }
+                let src = &w[(b * OC + j) * c * taps..][..c * taps];
+                for (i, v) in src.iter().enumerate() {
+                    dst[i * OC + j] = *v;
                 }
             }
         });
@@ -264,12 +257,8 @@ fn run(
         let img = &taps.x[i * c * cs..(i + 1) * c * cs];
         let o_range = b_range.start * OC..(b_range.end * OC).min(o);
         // SAFETY: task (i, gi) writes only the planes of image i, channels o_range.
-        let dst = unsafe {
-            std::slice::from_raw_parts_mut(
-                out_ptr.get().add((i * o + o_range.start) * ho * wo),
-                o_range.len() * ho * wo,
-            )
-        };
+        let dst =
+            unsafe { out_ptr.slice((i * o + o_range.start) * ho * wo, o_range.len() * ho * wo) };
         let mut acc = [[0f32; TILE]; OC];
         for strip in (0..tiles).step_by(STRIP) {
             for b in b_range.clone() {

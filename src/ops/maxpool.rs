@@ -222,8 +222,8 @@ impl PlanePool {
                 }
             }
             // every output without the fast path (the first and the last ones with it)
-            let rest = (0..wo).filter(|&ox| !(1..fast).contains(&ox));
-            for ox in rest {
+            let done = 1..fast.max(1);
+            for ox in (0..done.start).chain(done.end..wo) {
                 let (xlo, xhi) = self.cols[ox];
                 match irow.as_deref_mut() {
                     None => {

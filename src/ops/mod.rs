@@ -31,6 +31,15 @@ impl<T> SendPtr<T> {
     pub(crate) fn get(self) -> *mut T {
         self.0
     }
+
+    /// The `len` elements from element `start`, as a mutable slice.
+    ///
+    /// # Safety
+    /// `start + len` lies inside the buffer, which outlives the slice, and no other live
+    /// reference covers those elements.
+    pub(crate) unsafe fn slice<'a>(self, start: usize, len: usize) -> &'a mut [T] {
+        std::slice::from_raw_parts_mut(self.0.add(start), len)
+    }
 }
 
 /// Whether every tensor is an f32 tensor on the CPU, where the custom ops run.
