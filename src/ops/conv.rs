@@ -469,6 +469,11 @@ pub(super) fn conv_forward_each(
     res: Option<&[f32]>,
     post: Option<&PlaneFn>,
 ) -> Vec<f32> {
+    if post.is_none() && super::winograd::usable(g) {
+        let mut out = vec![0f32; g.n * g.o * g.hw_out()];
+        super::winograd::conv_winograd(x, w, g, epi, res, &mut out);
+        return out;
+    }
     if super::direct::usable(g) {
         let mut out = vec![0f32; g.n * g.o * g.hw_out()];
         super::direct::conv_direct(x, w, g, epi, res, &mut out, post);
@@ -712,13 +717,29 @@ pub(super) fn conv_input_grad(
 ) -> Vec<f32> {
     let g = *g;
     let (ckk, hw) = (g.ckk(), g.hw_out());
-    if g.stride == 1 && g.pad < g.k && 4 * g.o <= g.n * g.hw_out() {
+    let flipped = Geometry {
+        n: g.n,
+        c: g.o,
+        h: g.ho,
+        w: g.wo,
+        o: g.c,
+        k: g.k,
+        stride: 1,
+        pad: g.k - 1 - g.pad.min(g.k - 1),
+        ho: g.h,
+        wo: g.w,
+    };
+    if g.stride == 1
+        && g.pad < g.k
+        && (4 * g.o <= g.n * g.hw_out() || super::winograd::usable(&flipped))
+    {
         // A stride-1 convolution's input gradient is the convolution of the output
         // gradient with the flipped, transposed kernel (padding k-1-p): one matrix product
         // summing over o*k*k (instead of one summing over o into a k*k times larger
         // column matrix, then scattered back). Not where the maps are small beside the
-        // weight, whose flipped copy would then cost more than the scatter it saves.
-        let (k, kk) = (g.k, g.k * g.k);
+        // weight, whose flipped copy would then cost more than the scatter it saves, unless
+        // the flipped convolution runs Winograd's kernel (layer 4 at 224 px: 7x7 maps).
+        let kk = g.k * g.k;
         let mut wt = vec![0f32; g.o * ckk];
         wt.par_chunks_mut(g.o * kk)
             .enumerate()
@@ -731,19 +752,7 @@ pub(super) fn conv_input_grad(
                     }
                 }
             });
-        let gt = Geometry {
-            n: g.n,
-            c: g.o,
-            h: g.ho,
-            w: g.wo,
-            o: g.c,
-            k,
-            stride: 1,
-            pad: k - 1 - g.pad,
-            ho: g.h,
-            wo: g.w,
-        };
-        return conv_forward(gr, &wt, &gt, &Epilogue::default(), None);
+        return conv_forward(gr, &wt, &flipped, &Epilogue::default(), None);
     }
     let mut dx = vec![0f32; g.n * g.plane_in()];
     let chunk = images_per_chunk(&g);
@@ -928,6 +937,8 @@ mod tests {
             (3, 5, 11, 7, 3, 2, 1),
             (5, 6, 9, 4, 1, 2, 0),
             (2, 3, 7, 2, 3, 1, 0),
+            // 3x3/1 pad 1 with 16+ channels: Winograd's kernel, forward and input gradient
+            (2, 16, 9, 20, 3, 1, 1),
         ] {
             let x = Var::from_tensor(&rand(&[n, c, h, h], 1)).unwrap();
             let w = Var::from_tensor(&rand(&[o, c, k, k], 2)).unwrap();
@@ -978,6 +989,8 @@ mod tests {
             (2, 5, 2, 16, 3, 1, 1),
             (3, 5, 11, 7, 3, 2, 1),
             (5, 6, 9, 4, 1, 2, 0),
+            // Winograd's kernel both ways, the epilogue on its tiles (odd size: partial tiles)
+            (2, 17, 9, 18, 3, 1, 1),
         ] {
             let x = Var::from_tensor(&rand(&[n, c, h, h], 21)).unwrap();
             let w = Var::from_tensor(&rand(&[o, c, k, k], 22)).unwrap();

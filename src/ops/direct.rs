@@ -88,12 +88,12 @@ pub fn set_direct_conv(enabled: bool) {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn has_fma() -> bool {
+pub(super) fn has_fma() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn has_fma() -> bool {
+pub(super) fn has_fma() -> bool {
     false
 }
 

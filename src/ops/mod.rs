@@ -8,11 +8,13 @@ mod direct;
 pub mod maxpool;
 #[cfg(test)]
 mod testing;
+mod winograd;
 
 pub use act::{add_relu, relu};
 pub use conv::{conv2d, conv2d_fused};
 pub use direct::set_direct_conv;
 pub use maxpool::max_pool2d;
+pub use winograd::set_winograd;
 
 /// A raw pointer that may cross to rayon's threads, for kernels whose parallel tasks each
 /// write their own disjoint part of one output buffer.

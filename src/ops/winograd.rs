@@ -1,0 +1,465 @@
+//! Winograd's minimal filtering F(2x2, 3x3) for stride-1 3x3 convolutions with padding 1
+//! (ResNet's 3x3 layers, forward, and their input gradients, which are such convolutions
+//! of the output gradient with the flipped kernel), on x86-64 CPUs with AVX2 and FMA.
+//!
+//! Each 2x2 block of outputs (a *tile*) is computed from the 4x4 block of inputs around it:
+//! `Y = Aᵀ [Σ_c (G g_c Gᵀ) ⊙ (Bᵀ d_c B)] A`, 16 multiplications per tile and channel pair
+//! instead of 36 (2.25 times fewer). The products are 16 independent matrix products (one per
+//! position `ξ` of the 4x4 transformed tile) of the transformed inputs `V[ξ]` (tiles x
+//! channels) with the transformed weights `U[ξ]` (channels x output channels).
+//!
+//! A task is one image and a band of tile rows (about 64 tiles). It transforms the band's
+//! inputs into `V[ξ][c][tile]` (in the cache: at most ~256 KB), then for every 6 output
+//! channels runs a register tile of 16 tiles x 6 output channels (12 AVX registers, the
+//! shape of [`super::direct`]'s) over the channels for each `ξ`, and transforms the 16 x 6
+//! sums back into 2x2 outputs with the epilogue applied. Every output is computed in a
+//! fixed order whatever the number of threads.
+//!
+//! Numerics: the transforms only add, subtract and halve, so the results differ from a
+//! direct sum by rounding (a few units in the last place of the inputs' scale), like any
+//! other summation order; [`set_winograd`] turns it off.
+
+use super::conv::{Epilogue, Geometry};
+use super::SendPtr;
+use rayon::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Tiles per register tile (two AVX registers).
+const TB: usize = 16;
+/// Output channels per register tile.
+const OC: usize = 6;
+/// Most floats of transformed inputs per task (`16 * c * tiles`): 64 K floats, 256 KB.
+const V_FLOATS: usize = 64 << 10;
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns Winograd's F(2x2, 3x3) convolution on or off for the whole process (on by
+/// default); off, ResNet's 3x3 layers run the direct kernel or im2col. Both are correct;
+/// they round differently (last bits).
+pub fn set_winograd(enabled: bool) {
+    ENABLED.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether geometry `g` runs here: 3x3, stride 1, padding 1, on a CPU with AVX2 and FMA,
+/// outputs at least 8 wide and at least 16 input channels.
+pub(super) fn usable(g: &Geometry) -> bool {
+    g.k == 3
+        && g.stride == 1
+        && g.pad == 1
+        && g.wo >= 7
+        && g.ho >= 2
+        && g.c >= 16
+        && ENABLED.load(Ordering::Relaxed)
+        && super::direct::has_fma()
+}
+
+/// The weights `[o, c, 3, 3]` transformed (`G g Gᵀ`) and packed as `U[ξ][ob][c][6]`
+/// (output channels past `o` zero).
+fn transform_weights(w: &[f32], o: usize, c: usize) -> Vec<f32> {
+    let nob = o.div_ceil(OC);
+    let mut u = vec![0f32; 16 * nob * c * OC];
+    let per_xi = nob * c * OC;
+    // one task per block of output channels: writes U[ξ][ob] for all ξ
+    let ptr = SendPtr(u.as_mut_ptr());
+    (0..nob).into_par_iter().for_each(|ob| {
+        for j in 0..OC.min(o - ob * OC) {
+            let oo = ob * OC + j;
+            for ci in 0..c {
+                let g = &w[(oo * c + ci) * 9..][..9];
+                // t = G g (4x3)
+                let mut t = [[0f32; 3]; 4];
+                for col in 0..3 {
+                    let (g0, g1, g2) = (g[col], g[3 + col], g[6 + col]);
+                    t[0][col] = g0;
+                    t[1][col] = 0.5 * (g0 + g1 + g2);
+                    t[2][col] = 0.5 * (g0 - g1 + g2);
+                    t[3][col] = g2;
+                }
+                for (r, tr) in t.iter().enumerate() {
+                    let v = [
+                        tr[0],
+                        0.5 * (tr[0] + tr[1] + tr[2]),
+                        0.5 * (tr[0] - tr[1] + tr[2]),
+                        tr[2],
+                    ];
+                    for (col, &val) in v.iter().enumerate() {
+                        let xi = r * 4 + col;
+                        // SAFETY: each task writes only its own ob's entries
+                        unsafe {
+                            *ptr.get().add(xi * per_xi + (ob * c + ci) * OC + j) = val;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    u
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Writes the convolution of `x` with `w` (geometry `g`, which [`usable`] accepted), passed
+/// through `epi` with `res` added, into `out` (`[n, o, ho, wo]`).
+pub(super) fn conv_winograd(
+    x: &[f32],
+    w: &[f32],
+    g: &Geometry,
+    epi: &Epilogue,
+    res: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    assert!(
+        usable(g),
+        "winograd convolution: unsupported geometry {g:?}"
+    );
+    let (th, tw) = (g.ho.div_ceil(2), g.wo.div_ceil(2));
+    let u = transform_weights(w, g.o, g.c);
+    // band height: the most tile rows whose transformed inputs fit V_FLOATS, at least one
+    let max_tiles = (V_FLOATS / (16 * g.c)).max(TB);
+    let br = (max_tiles / tw).clamp(1, th);
+    let bands = th.div_ceil(br);
+    let outp = SendPtr(out.as_mut_ptr());
+    assert!(out.len() >= g.n * g.o * g.hw_out());
+    (0..g.n * bands).into_par_iter().for_each(|task| {
+        let (img, band) = (task / bands, task % bands);
+        let ty0 = band * br;
+        let ty1 = (ty0 + br).min(th);
+        SCRATCH.with(|cell| {
+            let mut guard = cell.try_borrow_mut();
+            let mut fresh = Vec::new();
+            let buf: &mut Vec<f32> = match guard.as_mut() {
+                Ok(b) => b,
+                Err(_) => &mut fresh,
+            };
+            // SAFETY: AVX2/FMA checked by `usable`; bands of one image are disjoint rows
+            unsafe { run_band(x, &u, g, img, (ty0, ty1), epi, res, outp, buf) };
+        });
+    });
+}
+
+/// One task: image `img`, tile rows `ty0..ty1`. Compiled for AVX2 (the crate's baseline
+/// is SSE2), its element loops in small functions whose slices LLVM knows to be disjoint,
+/// so that they vectorise.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `outp` is `g`'s output, whose rows of this band no other task
+/// writes.
+#[allow(clippy::too_many_arguments)]
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
+unsafe fn run_band(
+    x: &[f32],
+    u: &[f32],
+    g: &Geometry,
+    img: usize,
+    (ty0, ty1): (usize, usize),
+    epi: &Epilogue,
+    res: Option<&[f32]>,
+    outp: SendPtr,
+    buf: &mut Vec<f32>,
+) {
+    let (c, h, w, o) = (g.c, g.h, g.w, g.o);
+    let (ho, wo) = (g.ho, g.wo);
+    let tw = wo.div_ceil(2);
+    let tiles = (ty1 - ty0) * tw;
+    let nb = tiles.div_ceil(TB) * TB;
+    let nob = o.div_ceil(OC);
+    // scratch: V [16][c][nb], M [6][16][nb], E/O [2][tw+1], R [rows][4][tw], Y [4][nb]
+    let rows = 2 * (ty1 - ty0) + 2;
+    // strides of V per ξ and of M per output channel: 16 floats (a cache line) past a
+    // multiple of the page, so that the 16 (6) streams written together do not all map to
+    // the same L1 cache set
+    let (vs, ms) = (c * nb + 16, 16 * nb + 16);
+    let (lv, lm, le, lr, ly) = (16 * vs, OC * ms, 2 * (tw + 1), rows * 4 * tw, 4 * nb);
+    let need = lv + lm + le + lr + ly;
+    if buf.len() < need {
+        buf.resize(need, 0.0);
+    }
+    let (v, rest) = buf.split_at_mut(lv);
+    let (m, rest) = rest.split_at_mut(lm);
+    let (eo, rest) = rest.split_at_mut(le);
+    let (rr, rest) = rest.split_at_mut(lr);
+    let yv = &mut rest[..ly];
+
+    // 1. inputs: V[ξ][ci][b] = (Bᵀ d B)[ξ] of tile b. Padded rows 2ty0 .. 2ty1 + 2 (input
+    // rows one above) are row-transformed once each (neighbouring tile rows share two).
+    let xi = &x[img * c * h * w..(img + 1) * c * h * w];
+    for ci in 0..c {
+        let plane = &xi[ci * h * w..(ci + 1) * h * w];
+        let (e, od) = eo.split_at_mut(tw + 1);
+        let od = &mut od[..tw + 1];
+        for r in 0..rows {
+            let rrow = &mut rr[r * 4 * tw..(r + 1) * 4 * tw];
+            let y = (2 * ty0 + r) as isize - 1;
+            if y < 0 || y >= h as isize {
+                rrow.fill(0.0);
+                continue;
+            }
+            deinterleave(&plane[y as usize * w..(y as usize + 1) * w], e, od);
+            // row transform: R[r][j][tx] from d = (E[tx], O[tx], E[tx+1], O[tx+1])
+            let (r0, rest) = rrow.split_at_mut(tw);
+            let (r1, rest) = rest.split_at_mut(tw);
+            let (r2, r3) = rest.split_at_mut(tw);
+            row_transform(
+                (&e[..tw], &e[1..tw + 1], &od[..tw], &od[1..tw + 1]),
+                r0,
+                r1,
+                r2,
+                r3,
+            );
+        }
+        for ty in ty0..ty1 {
+            let b0 = (ty - ty0) * tw;
+            let r0 = 2 * (ty - ty0);
+            // column transform: V[(i, j)] from R[r0 .. r0 + 4][j]
+            for j in 0..4 {
+                let row = |r: usize| &rr[((r0 + r) * 4 + j) * tw..((r0 + r) * 4 + j + 1) * tw];
+                let (a0, a1, a2, a3) = (row(0), row(1), row(2), row(3));
+                let at = |i: usize| (i * 4 + j) * vs + ci * nb + b0;
+                // the four destinations are nb floats apart at least (c >= 1): split them off
+                let (d0, rest) = v[at(0)..].split_at_mut(at(1) - at(0));
+                let (d1, rest) = rest.split_at_mut(at(2) - at(1));
+                let (d2, d3) = rest.split_at_mut(at(3) - at(2));
+                let (d0, d1, d2, d3) = (&mut d0[..tw], &mut d1[..tw], &mut d2[..tw], &mut d3[..tw]);
+                row_transform((a0, a2, a1, a3), d0, d1, d2, d3);
+            }
+        }
+        // lanes past the band's tiles: zeros (their sums are never stored)
+        for xi_ in 0..16 {
+            v[xi_ * vs + ci * nb + tiles..xi_ * vs + (ci + 1) * nb].fill(0.0);
+        }
+    }
+
+    // 2. per 6 output channels: M[j][ξ][b] = Σ_ci V[ξ][ci][b] U[ξ][ob][ci][j], then outputs
+    let per_xi = nob * c * OC;
+    for ob in 0..nob {
+        for xi_ in 0..16 {
+            let ub = &u[xi_ * per_xi + ob * c * OC..][..c * OC];
+            let vb = &v[xi_ * vs..xi_ * vs + c * nb];
+            for b in (0..nb).step_by(TB) {
+                // SAFETY: AVX2/FMA checked by `usable`; vb holds c rows of nb >= b + 16
+                // floats, ub c * 6, m 6 rows of 16 * nb floats from ξ * nb + b.
+                unsafe {
+                    gemm_tile(
+                        vb.as_ptr().add(b),
+                        nb,
+                        ub.as_ptr(),
+                        c,
+                        m.as_mut_ptr().add(xi_ * nb + b),
+                        ms,
+                    );
+                }
+            }
+        }
+        for j in 0..OC.min(o - ob * OC) {
+            let oo = ob * OC + j;
+            let mj = &m[j * ms..j * ms + 16 * nb];
+            let (y0, rest) = yv.split_at_mut(nb);
+            let (y1, rest) = rest.split_at_mut(nb);
+            let (y2, y3) = rest.split_at_mut(nb);
+            output_transform(mj, nb, tiles, [y0, y1, y2, y3]);
+            let pbase = (img * o + oo) * ho * wo;
+            let rp = res.map(|r| &r[pbase..pbase + ho * wo]);
+            for ty in ty0..ty1 {
+                let b0 = (ty - ty0) * tw;
+                for dy in 0..2 {
+                    let oy = 2 * ty + dy;
+                    if oy >= ho {
+                        break;
+                    }
+                    // SAFETY: row oy of plane (img, oo) belongs to this task's band only
+                    let dst = unsafe { outp.slice(pbase + oy * wo, wo) };
+                    let (ya, yb) = (
+                        &yv[2 * dy * nb + b0..][..tw],
+                        &yv[(2 * dy + 1) * nb + b0..][..tw],
+                    );
+                    let rrow = rp.map(|r| &r[oy * wo..(oy + 1) * wo]);
+                    interleave(ya, yb, dst);
+                    if wo % 2 == 1 {
+                        dst[wo - 1] = ya[tw - 1];
+                    }
+                    epi.apply_in_place(oo, rrow, dst);
+                }
+            }
+        }
+    }
+}
+
+/// `Bᵀ` applied along one axis: from `(d0, d2, d1, d3)` (this order, so that the column
+/// transform passes rows 0, 2, 1, 3), `r = (d0 - d2, d1 + d2, d2 - d1, d1 - d3)`.
+#[inline]
+fn row_transform(
+    (d0, d2, d1, d3): (&[f32], &[f32], &[f32], &[f32]),
+    r0: &mut [f32],
+    r1: &mut [f32],
+    r2: &mut [f32],
+    r3: &mut [f32],
+) {
+    let n = r0.len();
+    let (d0, d1, d2, d3) = (&d0[..n], &d1[..n], &d2[..n], &d3[..n]);
+    let (r1, r2, r3) = (&mut r1[..n], &mut r2[..n], &mut r3[..n]);
+    for t in 0..n {
+        r0[t] = d0[t] - d2[t];
+        r1[t] = d1[t] + d2[t];
+        r2[t] = d2[t] - d1[t];
+        r3[t] = d1[t] - d3[t];
+    }
+}
+
+/// `dst[2t] = a[t]`, `dst[2t + 1] = b[t]` for the pairs inside `dst`.
+#[inline]
+fn interleave(a: &[f32], b: &[f32], dst: &mut [f32]) {
+    for ((d, a), b) in dst.chunks_exact_mut(2).zip(a).zip(b) {
+        d[0] = *a;
+        d[1] = *b;
+    }
+}
+
+/// `e[m] = line[2m - 1]`, `od[m] = line[2m]`, zero outside the line (`e`, `od`: `tw + 1`
+/// with `2 * tw >= line.len()`).
+#[inline]
+fn deinterleave(line: &[f32], e: &mut [f32], od: &mut [f32]) {
+    let w = line.len();
+    e.fill(0.0);
+    od.fill(0.0);
+    for ((pair, o), e) in line
+        .chunks_exact(2)
+        .zip(od.iter_mut())
+        .zip(e[1..].iter_mut())
+    {
+        *o = pair[0];
+        *e = pair[1];
+    }
+    if w % 2 == 1 {
+        od[w / 2] = line[w - 1];
+    }
+}
+
+/// `Aᵀ M A` for every tile: `mj` holds `M[ξ][b]` (16 rows of `nb`), `y` gets the outputs
+/// `[y00, y01, y10, y11][b]` (4 rows of `nb`) for the first `tiles` tiles.
+#[inline]
+fn output_transform(mj: &[f32], nb: usize, tiles: usize, [y0, y1, y2, y3]: [&mut [f32]; 4]) {
+    let r = |xi: usize| &mj[xi * nb..xi * nb + tiles];
+    let (m0, m1, m2, m3) = (r(0), r(1), r(2), r(3));
+    let (m4, m5, m6, m7) = (r(4), r(5), r(6), r(7));
+    let (m8, m9, m10, m11) = (r(8), r(9), r(10), r(11));
+    let (m12, m13, m14, m15) = (r(12), r(13), r(14), r(15));
+    let (y0, y1, y2, y3) = (
+        &mut y0[..tiles],
+        &mut y1[..tiles],
+        &mut y2[..tiles],
+        &mut y3[..tiles],
+    );
+    for b in 0..tiles {
+        // rows: s0 = m_row0 + m_row1 + m_row2, s1 = m_row1 - m_row2 - m_row3 (per column)
+        let s00 = m0[b] + m4[b] + m8[b];
+        let s01 = m1[b] + m5[b] + m9[b];
+        let s02 = m2[b] + m6[b] + m10[b];
+        let s03 = m3[b] + m7[b] + m11[b];
+        let s10 = m4[b] - m8[b] - m12[b];
+        let s11 = m5[b] - m9[b] - m13[b];
+        let s12 = m6[b] - m10[b] - m14[b];
+        let s13 = m7[b] - m11[b] - m15[b];
+        y0[b] = s00 + s01 + s02;
+        y1[b] = s01 - s02 - s03;
+        y2[b] = s10 + s11 + s12;
+        y3[b] = s11 - s12 - s13;
+    }
+}
+
+/// `m[j * ms + 0..16] = Σ_ci v[ci * vs + 0..16] * u[ci * 6 + j]` for `j` in `0..6`.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `v` is readable for `(c - 1) * vs + 16` floats, `u` for
+/// `6 * c`, `m` writable for `5 * ms + 16`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemm_tile(v: *const f32, vs: usize, u: *const f32, c: usize, m: *mut f32, ms: usize) {
+    use std::arch::x86_64::*;
+    let z = _mm256_setzero_ps();
+    let mut a = [[z; 2]; OC];
+    for ci in 0..c {
+        let pv = v.add(ci * vs);
+        let x0 = _mm256_loadu_ps(pv);
+        let x1 = _mm256_loadu_ps(pv.add(8));
+        let pu = u.add(ci * OC);
+        for (j, aj) in a.iter_mut().enumerate() {
+            let b = _mm256_broadcast_ss(&*pu.add(j));
+            aj[0] = _mm256_fmadd_ps(x0, b, aj[0]);
+            aj[1] = _mm256_fmadd_ps(x1, b, aj[1]);
+        }
+    }
+    for (j, [r0, r1]) in a.into_iter().enumerate() {
+        _mm256_storeu_ps(m.add(j * ms), r0);
+        _mm256_storeu_ps(m.add(j * ms + 8), r1);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn gemm_tile(_: *const f32, _: usize, _: *const f32, _: usize, _: *mut f32, _: usize) {
+    unreachable!("the Winograd convolution runs only on x86-64 with AVX2 and FMA")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::conv::{conv_forward_im2col, geometry, Epilogue};
+    use super::*;
+    use candle_core::Shape;
+    use std::sync::Arc;
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        crate::rng::SeededRng::new(seed).normal_vec(len, 1.0)
+    }
+
+    #[test]
+    fn matches_the_im2col_path() {
+        if !super::super::direct::has_fma() {
+            eprintln!("skipped: this CPU has no AVX2/FMA, the Winograd kernel never runs");
+            return;
+        }
+        // (n, c, o, h, w): odd and even sizes, bands of one and several tile rows, output
+        // channels not a multiple of 6, channel counts past one band's budget
+        let shapes = [
+            (1, 16, 1, 8, 8),
+            (2, 16, 7, 9, 13),
+            (3, 24, 13, 17, 8),
+            (2, 64, 64, 56, 56),
+            (1, 300, 11, 14, 15),
+            (2, 32, 6, 2, 40),
+            (2, 40, 9, 7, 7),
+        ];
+        for (si, &(n, c, o, h, w)) in shapes.iter().enumerate() {
+            let g = geometry(&Shape::from((n, c, h, w)), &Shape::from((o, c, 3, 3)), 1, 1).unwrap();
+            assert!(usable(&g), "{g:?}");
+            let x = values(n * c * h * w, si as u64);
+            let wt = values(o * c * 9, 100 + si as u64);
+            let res = values(n * o * h * w, 200 + si as u64);
+            let scale = Arc::new(values(o, 300 + si as u64));
+            let shift = Arc::new(values(o, 400 + si as u64));
+            for (epi, r) in [
+                (Epilogue::default(), None),
+                (
+                    Epilogue {
+                        scale: Some(scale.clone()),
+                        shift: Some(shift.clone()),
+                        relu: true,
+                    },
+                    Some(&res[..]),
+                ),
+            ] {
+                let want = conv_forward_im2col(&x, &wt, &g, &epi, r);
+                let mut got = vec![f32::NAN; want.len()];
+                conv_winograd(&x, &wt, &g, &epi, r, &mut got);
+                // sums of c * 9 products of unit normals: scale sqrt(9c)
+                let tol = 2e-5 * (9.0 * c as f32).sqrt() * 4.0;
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - b).abs() <= tol,
+                        "{g:?} output {i}: winograd {a} vs im2col {b} (tol {tol})"
+                    );
+                }
+            }
+        }
+    }
+}
