@@ -1,6 +1,8 @@
 //! A direct convolution for x86-64 CPUs with AVX2 and FMA: no column matrix. It runs
-//! ResNet's stride-1 3x3 layers up to 256 channels (forward, and input gradient as the
-//! convolution of the output gradient with the flipped kernel) and its 7x7 stride-2 stem.
+//! stride-1 3x3 convolutions up to 256 channels that [`super::winograd`] does not take
+//! (forward, and input gradient as the convolution of the output gradient with the flipped
+//! kernel; ResNet's own 3x3 layers go to Winograd unless it is turned off), the weight
+//! gradients of ResNet's 3x3 layers, and its 7x7 stride-2 stem.
 //!
 //! Stride 1: every image is copied once into a zero-padded buffer whose rows are `w + p` wide
 //! (one row's right padding is the next row's left padding). Output pixels are numbered along
@@ -81,8 +83,9 @@ pub(super) fn usable_for_weights(g: &Geometry) -> bool {
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
 /// Turns the direct convolution kernel on or off for the whole process (on by default); off,
-/// every convolution runs im2col and `gemm`. Both are correct; they sum in different orders,
-/// so results differ in the last bits (like `torch.backends.mkldnn.enabled` in PyTorch).
+/// every convolution that [`super::set_winograd`] leaves runs im2col and `gemm` (turn both off
+/// for im2col everywhere). All are correct; they sum in different orders, so results differ
+/// in the last bits (like `torch.backends.mkldnn.enabled` in PyTorch).
 pub fn set_direct_conv(enabled: bool) {
     ENABLED.store(enabled, Ordering::Relaxed);
 }
