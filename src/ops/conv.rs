@@ -258,7 +258,11 @@ thread_local! {
 /// Runs `f` with two scratch buffers of at least `a` and `b` floats, reused across calls on
 /// this thread (no allocation, zeroing or page faults per convolution). Their contents are
 /// arbitrary: every user overwrites what it reads. A re-entrant call gets fresh buffers.
-fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+pub(super) fn with_scratch<R>(
+    a: usize,
+    b: usize,
+    f: impl FnOnce(&mut [f32], &mut [f32]) -> R,
+) -> R {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut bufs) => {
             let (x, y) = &mut *bufs;
@@ -717,7 +721,8 @@ pub(super) fn conv_input_grad(
 ) -> Vec<f32> {
     let g = *g;
     let (ckk, hw) = (g.ckk(), g.hw_out());
-    let flipped = Geometry {
+    // a stride-1 convolution's input gradient as a convolution (padding k-1-p)
+    let flipped = (g.stride == 1 && g.pad < g.k).then(|| Geometry {
         n: g.n,
         c: g.o,
         h: g.ho,
@@ -725,13 +730,12 @@ pub(super) fn conv_input_grad(
         o: g.c,
         k: g.k,
         stride: 1,
-        pad: g.k - 1 - g.pad.min(g.k - 1),
+        pad: g.k - 1 - g.pad,
         ho: g.h,
         wo: g.w,
-    };
-    if g.stride == 1
-        && g.pad < g.k
-        && (4 * g.o <= g.n * g.hw_out() || super::winograd::usable(&flipped))
+    });
+    if let Some(flipped) =
+        flipped.filter(|f| 4 * g.o <= g.n * g.hw_out() || super::winograd::usable(f))
     {
         // A stride-1 convolution's input gradient is the convolution of the output
         // gradient with the flipped, transposed kernel (padding k-1-p): one matrix product

@@ -517,13 +517,10 @@ unsafe fn tile<const NC: usize, const T: usize>(_: TileArgs, _: &mut [[f32; TILE
 #[cfg(test)]
 mod tests {
     use super::super::conv::{conv_forward_im2col, geometry, weight_grad_im2col, Epilogue};
+    use super::super::testing::values;
     use super::*;
     use candle_core::Shape;
     use std::sync::Arc;
-
-    fn values(len: usize, seed: u64) -> Vec<f32> {
-        crate::rng::SeededRng::new(seed).normal_vec(len, 1.0)
-    }
 
     /// The `k x k` geometries of `shapes` (`(n, c, o, h, w)`) with stride `s` and padding 0
     /// to `k - 1` whose outputs are at least 7 wide, each with a seed; `None` (and a note) on

@@ -9,6 +9,11 @@ pub fn normal(shape: &[usize], seed: u64, std: f32) -> Tensor {
     Tensor::from_vec(r.normal_vec(n, std), shape, &Device::Cpu).unwrap()
 }
 
+/// `len` standard normal values from `seed`, for the kernels that work on slices.
+pub fn values(len: usize, seed: u64) -> Vec<f32> {
+    crate::rng::SeededRng::new(seed).normal_vec(len, 1.0)
+}
+
 /// Uniform values in `[lo, hi)` of `shape`, from `seed`.
 pub fn uniform(shape: &[usize], seed: u64, lo: f32, hi: f32) -> Tensor {
     let mut r = crate::rng::SeededRng::new(seed);

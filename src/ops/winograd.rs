@@ -27,7 +27,7 @@
 //! direct sum by rounding (a few units in the last place of the inputs' scale), like any
 //! other summation order; [`set_winograd`] turns it off.
 
-use super::conv::{Epilogue, Geometry};
+use super::conv::{with_scratch, Epilogue, Geometry};
 use super::SendPtr;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,51 +61,57 @@ pub(super) fn usable(g: &Geometry) -> bool {
         && super::direct::has_fma()
 }
 
-/// The weights `[o, c, 3, 3]` transformed (`G g Gᵀ`) and packed as `U[ξ][ob][c][6]`
-/// (output channels past `o` zero).
+/// The weights `[o, c, 3, 3]` transformed (`G g Gᵀ`) and packed as `U[ob][ξ][c][6]`
+/// (output channels past `o` zero): one block of 6 output channels per parallel task.
 fn transform_weights(w: &[f32], o: usize, c: usize) -> Vec<f32> {
     let nob = o.div_ceil(OC);
-    let mut u = vec![0f32; 16 * nob * c * OC];
-    let per_xi = nob * c * OC;
-    // one task per block of output channels: writes U[ξ][ob] for all ξ
-    let ptr = SendPtr(u.as_mut_ptr());
-    (0..nob).into_par_iter().for_each(|ob| {
-        for j in 0..OC.min(o - ob * OC) {
-            let oo = ob * OC + j;
-            for ci in 0..c {
-                let g = &w[(oo * c + ci) * 9..][..9];
-                // t = G g (4x3)
-                let mut t = [[0f32; 3]; 4];
-                for col in 0..3 {
-                    let (g0, g1, g2) = (g[col], g[3 + col], g[6 + col]);
-                    t[0][col] = g0;
-                    t[1][col] = 0.5 * (g0 + g1 + g2);
-                    t[2][col] = 0.5 * (g0 - g1 + g2);
-                    t[3][col] = g2;
-                }
-                for (r, tr) in t.iter().enumerate() {
-                    let v = [
-                        tr[0],
-                        0.5 * (tr[0] + tr[1] + tr[2]),
-                        0.5 * (tr[0] - tr[1] + tr[2]),
-                        tr[2],
-                    ];
-                    for (col, &val) in v.iter().enumerate() {
-                        let xi = r * 4 + col;
-                        // SAFETY: each task writes only its own ob's entries
-                        unsafe {
-                            *ptr.get().add(xi * per_xi + (ob * c + ci) * OC + j) = val;
+    let mut u = vec![0f32; nob * 16 * c * OC];
+    u.par_chunks_mut(16 * c * OC)
+        .enumerate()
+        .for_each(|(ob, dst)| {
+            for j in 0..OC.min(o - ob * OC) {
+                for ci in 0..c {
+                    let g = &w[((ob * OC + j) * c + ci) * 9..][..9];
+                    // t = G g (4x3)
+                    let mut t = [[0f32; 3]; 4];
+                    for col in 0..3 {
+                        let (g0, g1, g2) = (g[col], g[3 + col], g[6 + col]);
+                        t[0][col] = g0;
+                        t[1][col] = 0.5 * (g0 + g1 + g2);
+                        t[2][col] = 0.5 * (g0 - g1 + g2);
+                        t[3][col] = g2;
+                    }
+                    for (r, tr) in t.iter().enumerate() {
+                        let v = [
+                            tr[0],
+                            0.5 * (tr[0] + tr[1] + tr[2]),
+                            0.5 * (tr[0] - tr[1] + tr[2]),
+                            tr[2],
+                        ];
+                        for (col, &val) in v.iter().enumerate() {
+                            dst[((r * 4 + col) * c + ci) * OC + j] = val;
                         }
                     }
                 }
             }
-        }
-    });
+        });
     u
 }
 
-thread_local! {
-    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+/// The scratch of a band of `band_rows` tile rows `tw` tiles wide with `c` channels: tiles
+/// rounded up to register tiles (`nb`), the strides of V per ξ and of M per output channel,
+/// and the lengths of V `[16][c][nb]`, M `[6][16][nb]`, E/O `[2][tw+1]`, R `[rows][4][tw]`
+/// and Y `[4][nb]`. The strides are 16 floats (a cache line) past a multiple of the page, so
+/// that the 16 (6) streams written together do not all map to the same L1 cache set.
+fn band_scratch(c: usize, tw: usize, band_rows: usize) -> (usize, (usize, usize), [usize; 5]) {
+    let nb = (band_rows * tw).div_ceil(TB) * TB;
+    let rows = 2 * band_rows + 2;
+    let (vs, ms) = (c * nb + 16, 16 * nb + 16);
+    (
+        nb,
+        (vs, ms),
+        [16 * vs, OC * ms, 2 * (tw + 1), rows * 4 * tw, 4 * nb],
+    )
 }
 
 /// Writes the convolution of `x` with `w` (geometry `g`, which [`usable`] accepted), passed
@@ -128,19 +134,14 @@ pub(super) fn conv_winograd(
     let max_tiles = (V_FLOATS / (16 * g.c)).max(TB);
     let br = (max_tiles / tw).clamp(1, th);
     let bands = th.div_ceil(br);
+    let need: usize = band_scratch(g.c, tw, br).2.iter().sum();
     let outp = SendPtr(out.as_mut_ptr());
     assert!(out.len() >= g.n * g.o * g.hw_out());
     (0..g.n * bands).into_par_iter().for_each(|task| {
         let (img, band) = (task / bands, task % bands);
         let ty0 = band * br;
         let ty1 = (ty0 + br).min(th);
-        SCRATCH.with(|cell| {
-            let mut guard = cell.try_borrow_mut();
-            let mut fresh = Vec::new();
-            let buf: &mut Vec<f32> = match guard.as_mut() {
-                Ok(b) => b,
-                Err(_) => &mut fresh,
-            };
+        with_scratch(need, 0, |buf, _| {
             // SAFETY: AVX2/FMA checked by `usable`; bands of one image are disjoint rows
             unsafe { run_band(x, &u, g, img, (ty0, ty1), epi, res, outp, buf) };
         });
@@ -165,25 +166,15 @@ unsafe fn run_band(
     epi: &Epilogue,
     res: Option<&[f32]>,
     outp: SendPtr,
-    buf: &mut Vec<f32>,
+    buf: &mut [f32],
 ) {
     let (c, h, w, o) = (g.c, g.h, g.w, g.o);
     let (ho, wo) = (g.ho, g.wo);
     let tw = wo.div_ceil(2);
     let tiles = (ty1 - ty0) * tw;
-    let nb = tiles.div_ceil(TB) * TB;
     let nob = o.div_ceil(OC);
-    // scratch: V [16][c][nb], M [6][16][nb], E/O [2][tw+1], R [rows][4][tw], Y [4][nb]
     let rows = 2 * (ty1 - ty0) + 2;
-    // strides of V per ξ and of M per output channel: 16 floats (a cache line) past a
-    // multiple of the page, so that the 16 (6) streams written together do not all map to
-    // the same L1 cache set
-    let (vs, ms) = (c * nb + 16, 16 * nb + 16);
-    let (lv, lm, le, lr, ly) = (16 * vs, OC * ms, 2 * (tw + 1), rows * 4 * tw, 4 * nb);
-    let need = lv + lm + le + lr + ly;
-    if buf.len() < need {
-        buf.resize(need, 0.0);
-    }
+    let (nb, (vs, ms), [lv, lm, le, lr, ly]) = band_scratch(c, tw, ty1 - ty0);
     let (v, rest) = buf.split_at_mut(lv);
     let (m, rest) = rest.split_at_mut(lm);
     let (eo, rest) = rest.split_at_mut(le);
@@ -240,10 +231,9 @@ unsafe fn run_band(
     }
 
     // 2. per 6 output channels: M[j][ξ][b] = Σ_ci V[ξ][ci][b] U[ξ][ob][ci][j], then outputs
-    let per_xi = nob * c * OC;
     for ob in 0..nob {
         for xi_ in 0..16 {
-            let ub = &u[xi_ * per_xi + ob * c * OC..][..c * OC];
+            let ub = &u[(ob * 16 + xi_) * c * OC..][..c * OC];
             let vb = &v[xi_ * vs..xi_ * vs + c * nb];
             for b in (0..nb).step_by(TB) {
                 // SAFETY: AVX2/FMA checked by `usable`; vb holds c rows of nb >= b + 16
@@ -412,13 +402,10 @@ unsafe fn gemm_tile(_: *const f32, _: usize, _: *const f32, _: usize, _: *mut f3
 #[cfg(test)]
 mod tests {
     use super::super::conv::{conv_forward_im2col, geometry, Epilogue};
+    use super::super::testing::values;
     use super::*;
     use candle_core::Shape;
     use std::sync::Arc;
-
-    fn values(len: usize, seed: u64) -> Vec<f32> {
-        crate::rng::SeededRng::new(seed).normal_vec(len, 1.0)
-    }
 
     #[test]
     fn matches_the_im2col_path() {
