@@ -15,7 +15,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     };
     let file_name = path
         .file_name()
-        .ok_or_else(|| Error::arg(format!("{} is not a file path", path.display())))?
+        .ok_or_else(|| Error::conflict(format!("{} is not a file path", path.display())))?
         .to_string_lossy()
         .to_string();
     let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
@@ -101,27 +101,69 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     })
 }
 
+/// Checks, creating nothing, that an output folder could be made and written: the path is
+/// not a file, and its nearest existing ancestor is a writable folder.
+pub fn check_output_dir(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::config(
+            "out",
+            dir.display(),
+            "is a file, not a folder; choose another path",
+        ));
+    }
+    let mut probe_dir = dir;
+    while !probe_dir.exists() {
+        match probe_dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => probe_dir = p,
+            _ => {
+                probe_dir = Path::new(".");
+                break;
+            }
+        }
+    }
+    if !probe_dir.is_dir() {
+        return Err(Error::config(
+            "out",
+            dir.display(),
+            format!("{} is a file, not a folder", probe_dir.display()),
+        ));
+    }
+    let probe = probe_dir.join(format!(".robustlens-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| {
+        Error::config(
+            "out",
+            dir.display(),
+            format!("{} is not writable ({e})", probe_dir.display()),
+        )
+    })?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 /// Creates an output folder (and parents), with a clear error when the path is a file or
 /// cannot be written.
 pub fn ensure_output_dir(dir: &Path) -> Result<()> {
     if dir.exists() && !dir.is_dir() {
-        return Err(Error::arg(format!(
-            "--out {}: is a file, not a folder; choose another path",
-            dir.display()
-        )));
+        return Err(Error::config(
+            "out",
+            dir.display(),
+            "is a file, not a folder; choose another path",
+        ));
     }
     std::fs::create_dir_all(dir).map_err(|e| {
-        Error::arg(format!(
-            "--out {}: cannot create the folder ({e})",
-            dir.display()
-        ))
+        Error::config(
+            "out",
+            dir.display(),
+            format!("cannot create the folder ({e})"),
+        )
     })?;
     let probe = dir.join(format!(".robustlens-write-test-{}", std::process::id()));
     std::fs::write(&probe, b"").map_err(|e| {
-        Error::arg(format!(
-            "--out {}: folder is not writable ({e})",
-            dir.display()
-        ))
+        Error::config(
+            "out",
+            dir.display(),
+            format!("folder is not writable ({e})"),
+        )
     })?;
     let _ = std::fs::remove_file(&probe);
     Ok(())

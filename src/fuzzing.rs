@@ -53,7 +53,7 @@ pub fn split_csv(data: &[u8]) {
 
 /// A run's `config.json` (what `--config` reads), parsed and validated.
 pub fn config_json(data: &[u8]) {
-    if let Ok(cfg) = serde_json::from_slice::<crate::train::trainer::RunConfig>(data) {
+    if let Ok(cfg) = serde_json::from_slice::<crate::run::RunConfig>(data) {
         let _ = cfg.train.validate();
     }
     if let Ok(tc) = serde_json::from_slice::<crate::train::TrainConfig>(data) {

@@ -21,21 +21,22 @@
 
 pub mod adversarial;
 pub mod attribution;
-pub mod bench;
+pub mod commands;
+pub mod config;
 pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
-pub mod explain;
 pub mod fsutil;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod interrupt;
 pub mod model;
 pub mod ops;
-pub mod pipeline;
 pub mod progress;
 pub mod report;
 pub mod rng;
+pub mod run;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -86,7 +86,7 @@ fn stays_in_ball_and_box_and_use_best_never_lowers_loss() {
         )
         .unwrap();
         let labels = [0usize, 1, 2];
-        let clean: Vec<f32> = cross_entropy_per_example(&m.logits_eval(&x).unwrap(), &labels)
+        let clean: Vec<f32> = cross_entropy_per_example(&m.logits(&x).unwrap(), &labels)
             .unwrap()
             .to_vec1()
             .unwrap();
@@ -126,11 +126,10 @@ fn stays_in_ball_and_box_and_use_best_never_lowers_loss() {
                     "{norm:?}: distance {v} > eps {eps}"
                 );
             }
-            let adv: Vec<f32> =
-                cross_entropy_per_example(&m.logits_eval(&r.images).unwrap(), &labels)
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
+            let adv: Vec<f32> = cross_entropy_per_example(&m.logits(&r.images).unwrap(), &labels)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             if attack.restarts <= 1 {
                 for i in 0..3 {
                     assert!(
@@ -156,28 +155,28 @@ fn bad_settings_are_named() {
                 eps: 0.0,
                 ..Pgd::paper_train(1.0)
             },
-            "--eps 0",
+            "eps 0",
         ),
         (
             Pgd {
                 eps: f32::NAN,
                 ..Pgd::paper_train(1.0)
             },
-            "--eps NaN",
+            "eps NaN",
         ),
         (
             Pgd {
                 steps: 0,
                 ..Pgd::paper_train(1.0)
             },
-            "--steps 0",
+            "steps 0",
         ),
         (
             Pgd {
                 step_size: -1.0,
                 ..Pgd::paper_train(1.0)
             },
-            "--step-size -1",
+            "step-size -1",
         ),
     ] {
         let e = p

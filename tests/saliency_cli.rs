@@ -5,7 +5,7 @@ mod common;
 use candle_core::{Device, Tensor};
 use common::{bin, formula_model};
 use robustlens::attribution::{Attribution, GradCam, Gradient, Occlusion};
-use robustlens::model::{save_checkpoint, ModelConfig, Stage};
+use robustlens::model::{save_checkpoint, ModelConfig};
 use std::process::Command;
 
 #[test]
@@ -84,7 +84,7 @@ fn raw_out_matches_library_and_pictures_are_written() {
         (
             "gradcam",
             GradCam {
-                layer: Stage::Layer4,
+                layer: Some("layer4".into()),
             }
             .attribute(&m, &x, &t)
             .unwrap(),

@@ -97,7 +97,7 @@ fn head_phase_changes_only_fc_and_run_folder_is_complete() {
     // The saved config reproduces the run.
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
-    assert_eq!(cfg["train"]["train_per_class"], 6);
+    assert_eq!(cfg["train"]["data"]["train_per_class"], 6);
     assert_eq!(cfg["class_names"][1], "melanoma");
 
     // saliency on the run's own test split, with true labels as targets.

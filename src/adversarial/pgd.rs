@@ -13,28 +13,22 @@
 //!
 //! The model runs in eval mode with its weights detached: only input gradients are computed.
 
-use crate::model::{Mode, ResNet18};
+pub use crate::model::Classifier;
 use crate::rng::SeededRng;
 use crate::{Error, Result};
 use candle_core::{Tensor, Var, D};
 
-/// Anything that maps `[0, 1]` images to logits.
-pub trait Classifier {
-    /// Logits in eval mode, differentiable with respect to `x` only.
-    fn logits_eval(&self, x: &Tensor) -> Result<Tensor>;
-}
-
-impl Classifier for ResNet18 {
-    fn logits_eval(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward(x, Mode::InputGrad)
-    }
-}
-
 /// The threat model's norm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Norm {
+    /// The L2 ball (the paper's).
+    #[value(alias = "2")]
     L2,
+    /// The L-infinity ball.
+    #[value(alias = "inf", alias = "l-inf")]
     Linf,
 }
 
@@ -43,7 +37,7 @@ impl Norm {
         match s.trim().to_ascii_lowercase().as_str() {
             "l2" | "2" => Ok(Norm::L2),
             "linf" | "inf" | "l-inf" => Ok(Norm::Linf),
-            other => Err(Error::arg(format!("--norm {other}: use l2 or linf"))),
+            other => Err(Error::attack_setting("norm", other, "use l2 or linf")),
         }
     }
 }
@@ -73,12 +67,33 @@ pub struct PgdResult {
 impl Pgd {
     /// The paper's training attack: L2, 7 steps, step eps/5, random start.
     pub fn paper_train(eps: f32) -> Pgd {
+        Pgd::training(eps, 7)
+    }
+
+    /// The training attack preset (robustness's `train` settings): L2, `steps` steps of
+    /// eps/5, random start, use_best, no restarts. Every command that trains robust models
+    /// (train-robust, sweep-eps, demo) takes its attack from here.
+    pub fn training(eps: f32, steps: usize) -> Pgd {
         Pgd {
             norm: Norm::L2,
             eps,
-            steps: 7,
+            steps,
             step_size: eps / 5.0,
             random_start: true,
+            use_best: true,
+            restarts: 0,
+        }
+    }
+
+    /// The evaluation attack preset (robust accuracy in evaluate, compare and the report):
+    /// L2, `steps` steps of 2.5 eps / steps, no random start, use_best, no restarts.
+    pub fn evaluation(eps: f32, steps: usize) -> Pgd {
+        Pgd {
+            norm: Norm::L2,
+            eps,
+            steps,
+            step_size: 2.5 * eps / steps.max(1) as f32,
+            random_start: false,
             use_best: true,
             restarts: 0,
         }
@@ -87,19 +102,25 @@ impl Pgd {
     /// Checks the settings, naming the bad value.
     pub fn validate(&self) -> Result<()> {
         if !(self.eps.is_finite() && self.eps > 0.0) {
-            return Err(Error::arg(format!(
-                "--eps {}: must be a number > 0",
-                self.eps
-            )));
+            return Err(Error::attack_setting(
+                "eps",
+                self.eps,
+                "must be a number > 0",
+            ));
         }
         if self.steps == 0 {
-            return Err(Error::arg("--steps 0: PGD needs at least one step"));
+            return Err(Error::attack_setting(
+                "steps",
+                0,
+                "PGD needs at least one step",
+            ));
         }
         if !(self.step_size.is_finite() && self.step_size > 0.0) {
-            return Err(Error::arg(format!(
-                "--step-size {}: must be a number > 0",
-                self.step_size
-            )));
+            return Err(Error::attack_setting(
+                "step-size",
+                self.step_size,
+                "must be a number > 0",
+            ));
         }
         Ok(())
     }
@@ -148,7 +169,7 @@ impl Pgd {
         let n = x0.dim(0)?;
         let goal = targets.unwrap_or(labels);
         if goal.len() != n {
-            return Err(Error::arg(format!(
+            return Err(Error::attack(format!(
                 "PGD: {} labels for {n} images",
                 goal.len()
             )));
@@ -164,7 +185,7 @@ impl Pgd {
                 None => (adv, losses),
                 Some((prev, mut prev_loss)) => {
                     // Replace where this run succeeds.
-                    let logits = model.logits_eval(&adv)?.detach();
+                    let logits = model.logits(&adv)?.detach();
                     let pred: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
                     let replace: Vec<bool> = (0..n)
                         .map(|i| {
@@ -226,12 +247,12 @@ impl Pgd {
         let mut best: Option<(Tensor, Vec<f32>)> = None;
         for _ in 0..self.steps {
             let xv = Var::from_tensor(&x)?;
-            let logits = model.logits_eval(xv.as_tensor())?;
+            let logits = model.logits(xv.as_tensor())?;
             let losses = cross_entropy_per_example(&logits, goal)?;
             let g = (losses.sum_all()? * sign as f64)?.backward()?;
             let grad = g
                 .get(xv.as_tensor())
-                .ok_or_else(|| Error::arg("internal: no input gradient in PGD"))?
+                .ok_or_else(|| Error::internal("no input gradient in PGD"))?
                 .clone();
             let lv: Vec<f32> = losses.detach().to_vec1()?;
             if self.use_best {
@@ -261,7 +282,7 @@ impl Pgd {
         if !final_losses && !self.use_best {
             return Ok((x, Vec::new()));
         }
-        let logits = model.logits_eval(&x)?.detach();
+        let logits = model.logits(&x)?.detach();
         let lv: Vec<f32> = cross_entropy_per_example(&logits, goal)?.to_vec1()?;
         if self.use_best {
             let (bx, bl) = replace_best(best, &x, &lv, sign)?;

@@ -1,41 +1,46 @@
 //! Grad-CAM (captum `LayerGradCam` + `LayerAttribution.interpolate(..., "bilinear")`):
-//! weights alpha_c = mean over space of d logit / d A_c at a stage (layer4 by default),
+//! weights alpha_c = mean over space of d logit / d A_c at a layer (the model's default:
+//! layer4 of a ResNet), reached through [`LayeredClassifier`],
 //! map = ReLU(sum_c alpha_c A_c), upsampled to the input size like
 //! `F.interpolate(mode="bilinear", align_corners=False)`.
 
 use super::{select_targets, Attribution};
-use crate::model::{Mode, ResNet18, Stage};
+use crate::model::{Classifier, LayeredClassifier};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor, Var};
 
-/// Grad-CAM on a stage.
-#[derive(Debug, Clone)]
+/// Grad-CAM on a layer.
+#[derive(Debug, Clone, Default)]
 pub struct GradCam {
-    pub layer: Stage,
+    /// The layer's name (`layer4`); `None`: the model's default Grad-CAM layer.
+    pub layer: Option<String>,
 }
 
 impl GradCam {
     /// The map at the stage's resolution, `[N, 1, h, w]`, before upsampling.
-    pub fn layer_map(&self, model: &ResNet18, x: &Tensor, targets: &[usize]) -> Result<Tensor> {
-        if !matches!(
-            self.layer,
-            Stage::Stem | Stage::Layer1 | Stage::Layer2 | Stage::Layer3 | Stage::Layer4
-        ) {
-            return Err(Error::arg(format!(
-                "Grad-CAM layer {:?}: use stem or layer1..layer4",
-                self.layer
-            )));
-        }
-        let acts = model
-            .forward_range(x, Stage::Input, self.layer, Mode::InputGrad)?
-            .detach();
+    pub fn layer_map(
+        &self,
+        model: &dyn Classifier,
+        x: &Tensor,
+        targets: &[usize],
+    ) -> Result<Tensor> {
+        let net: &dyn LayeredClassifier = model.layers().ok_or_else(|| {
+            Error::model(format!(
+                "Grad-CAM needs a model with named layers; {} has none",
+                model.arch()
+            ))
+        })?;
+        let layer = self
+            .layer
+            .clone()
+            .unwrap_or_else(|| net.default_cam_layer());
+        let acts = net.forward_to(x, &layer)?.detach();
         let av = Var::from_tensor(&acts)?;
-        let logits =
-            model.forward_range(av.as_tensor(), self.layer, Stage::Logits, Mode::InputGrad)?;
+        let logits = net.forward_from(av.as_tensor(), &layer)?;
         let g = select_targets(&logits, targets)?.sum_all()?.backward()?;
         let grad = g
             .get(av.as_tensor())
-            .ok_or_else(|| Error::arg("internal: no layer gradient"))?;
+            .ok_or_else(|| Error::internal(format!("no gradient at layer {layer}")))?;
         let alpha = grad.mean_keepdim(3)?.mean_keepdim(2)?; // [N,C,1,1]
         let cam = alpha.broadcast_mul(&acts)?.sum_keepdim(1)?.relu()?;
         Ok(cam)
@@ -46,7 +51,7 @@ impl Attribution for GradCam {
     fn name(&self) -> String {
         "gradcam".into()
     }
-    fn attribute(&self, model: &ResNet18, x: &Tensor, targets: &[usize]) -> Result<Tensor> {
+    fn attribute(&self, model: &dyn Classifier, x: &Tensor, targets: &[usize]) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let cam = self.layer_map(model, x, targets)?;
         upsample_bilinear(&cam, h, w)

@@ -2,7 +2,7 @@
 //! Taking the absolute value is a display choice ([`crate::report::display`]).
 
 use super::{input_gradients, Attribution};
-use crate::model::ResNet18;
+use crate::model::Classifier;
 use crate::Result;
 use candle_core::Tensor;
 
@@ -17,7 +17,7 @@ impl Attribution for Gradient {
     fn name(&self) -> String {
         "gradient".into()
     }
-    fn attribute(&self, model: &ResNet18, x: &Tensor, targets: &[usize]) -> Result<Tensor> {
+    fn attribute(&self, model: &dyn Classifier, x: &Tensor, targets: &[usize]) -> Result<Tensor> {
         input_gradients(model, x, targets, self.batch)
     }
 }

@@ -1,7 +1,7 @@
 //! Input x Gradient (captum `InputXGradient`): x * d logit_target / d x.
 
 use super::{input_gradients, Attribution};
-use crate::model::ResNet18;
+use crate::model::Classifier;
 use crate::Result;
 use candle_core::Tensor;
 
@@ -15,7 +15,7 @@ impl Attribution for InputXGradient {
     fn name(&self) -> String {
         "input-x-gradient".into()
     }
-    fn attribute(&self, model: &ResNet18, x: &Tensor, targets: &[usize]) -> Result<Tensor> {
+    fn attribute(&self, model: &dyn Classifier, x: &Tensor, targets: &[usize]) -> Result<Tensor> {
         Ok((input_gradients(model, x, targets, self.batch)? * x)?)
     }
 }

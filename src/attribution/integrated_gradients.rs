@@ -7,15 +7,17 @@
 //! [`IntegratedGradients::attribute_with_delta`].
 
 use super::{input_gradients, target_logits, Attribution};
-use crate::model::ResNet18;
+use crate::model::Classifier;
 use crate::rng::SeededRng;
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 use std::path::PathBuf;
 
 /// The integration rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum IgRule {
+    /// Gauss-Legendre nodes and weights (captum's default).
+    #[value(name = "gausslegendre", alias = "gauss-legendre")]
     GaussLegendre,
     RiemannLeft,
     RiemannRight,
@@ -32,9 +34,11 @@ impl IgRule {
             "riemann-middle" => IgRule::RiemannMiddle,
             "riemann-trapezoid" => IgRule::RiemannTrapezoid,
             other => {
-                return Err(Error::arg(format!(
-                    "--ig-rule {other}: use gausslegendre, riemann-left, riemann-right, riemann-middle or riemann-trapezoid"
-                )))
+                return Err(Error::config(
+                    "ig-rule",
+                    other,
+                    "use gausslegendre, riemann-left, riemann-right, riemann-middle or riemann-trapezoid",
+                ))
             }
         })
     }
@@ -42,9 +46,11 @@ impl IgRule {
     /// (step sizes, alphas) exactly as captum's `approximation_parameters`.
     pub fn nodes(&self, n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
         if n == 0 || (n < 2 && *self != IgRule::GaussLegendre) {
-            return Err(Error::arg(format!(
-                "--steps {n}: Integrated Gradients needs at least 2 steps"
-            )));
+            return Err(Error::config(
+                "steps",
+                n,
+                "Integrated Gradients needs at least 2 steps",
+            ));
         }
         // torch.linspace in float32, as captum uses it.
         let linspace = |a: f64, b: f64| -> Vec<f64> {
@@ -150,21 +156,21 @@ impl Baseline {
             "blur" => Baseline::Blur,
             _ => {
                 if let Some(sig) = t.strip_prefix("gaussian:") {
-                    let sigma: f32 = sig.parse().map_err(|_| {
-                        Error::arg(format!("--baseline {t}: sigma must be a number"))
-                    })?;
+                    let sigma: f32 = sig
+                        .parse()
+                        .map_err(|_| Error::config("baseline", t, "sigma must be a number"))?;
                     if !(sigma.is_finite() && sigma > 0.0) {
-                        return Err(Error::arg(format!(
-                            "--baseline {t}: sigma must be positive"
-                        )));
+                        return Err(Error::config("baseline", t, "sigma must be positive"));
                     }
                     Baseline::Gaussian { sigma }
                 } else if std::path::Path::new(t).exists() {
                     Baseline::File(PathBuf::from(t))
                 } else {
-                    return Err(Error::arg(format!(
-                        "--baseline {t}: use black, white, uniform, gaussian[:SIGMA], blur or an image file (not found: {t})"
-                    )));
+                    return Err(Error::config(
+                        "baseline",
+                        t,
+                        format!("use black, white, uniform, gaussian[:SIGMA], blur or an image file (not found: {t})"),
+                    ));
                 }
             }
         })
@@ -190,10 +196,11 @@ impl Baseline {
             Baseline::File(p) => {
                 let b = crate::data::preprocess(p, h, dev)?;
                 if b.dims() != [c, h, w] {
-                    return Err(Error::arg(format!(
-                        "--baseline {}: image is not square after pre-processing",
-                        p.display()
-                    )));
+                    return Err(Error::config(
+                        "baseline",
+                        p.display(),
+                        "image is not square after pre-processing",
+                    ));
                 }
                 b.unsqueeze(0)?.broadcast_as((n, c, h, w))?.contiguous()?
             }
@@ -205,7 +212,7 @@ impl Baseline {
                 };
                 t.broadcast_as((n, c, h, w))
                     .map_err(|_| {
-                        Error::arg(format!(
+                        Error::conflict(format!(
                             "baseline shape {:?} does not fit inputs {:?}",
                             t.dims(),
                             x.dims()
@@ -285,7 +292,7 @@ impl IntegratedGradients {
     /// Attributions and the per-image convergence delta sum(attr) - (f(x) - f(x')).
     pub fn attribute_with_delta(
         &self,
-        model: &ResNet18,
+        model: &dyn Classifier,
         x: &Tensor,
         targets: &[usize],
     ) -> Result<(Tensor, Vec<f32>)> {
@@ -329,7 +336,7 @@ impl Attribution for IntegratedGradients {
     fn name(&self) -> String {
         "ig".into()
     }
-    fn attribute(&self, model: &ResNet18, x: &Tensor, targets: &[usize]) -> Result<Tensor> {
+    fn attribute(&self, model: &dyn Classifier, x: &Tensor, targets: &[usize]) -> Result<Tensor> {
         let (attr, delta) = self.attribute_with_delta(model, x, targets)?;
         let worst = delta.iter().fold(0f32, |a, d| a.max(d.abs()));
         tracing::info!(

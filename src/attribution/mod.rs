@@ -3,9 +3,11 @@
 //! Every method attributes a target class with respect to the `[0, 1]` input and returns raw
 //! attributions `[N, 3, H, W]` (Grad-CAM: `[N, 1, H, W]` after upsampling). Display steps
 //! (channel reduction, percentile caps, colour maps) live in [`crate::report::display`] and
-//! never touch the model. The model runs in eval mode with its weights detached
-//! ([`Mode::InputGrad`]): no weight gradient is ever computed, and the many forward passes of
-//! IG steps, SmoothGrad samples and occlusion windows go through the model in batches.
+//! never touch the model. Every method sees the model only through the
+//! [`Classifier`] trait (logits and input gradients in eval mode, weights constant; Grad-CAM
+//! also through [`crate::model::LayeredClassifier`]), so any architecture that implements it
+//! can be explained. The many forward passes of IG steps, SmoothGrad samples and occlusion
+//! windows go through the model in batches.
 
 pub mod gradcam;
 pub mod gradient;
@@ -21,9 +23,10 @@ pub use integrated_gradients::{Baseline, IgRule, IntegratedGradients};
 pub use occlusion::Occlusion;
 pub use smoothgrad::{NoiseTunnel, SmoothKind};
 
-use crate::model::{Mode, ResNet18};
+pub use crate::model::classifier::select_targets;
+pub use crate::model::Classifier;
 use crate::{Error, Result};
-use candle_core::{Tensor, Var, D};
+use candle_core::{Tensor, D};
 
 /// Which class to explain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,9 +46,11 @@ impl Target {
             "label" | "true" => Ok(Target::Label),
             "predicted" | "pred" => Ok(Target::Predicted),
             other => other.parse::<usize>().map(Target::Class).map_err(|_| {
-                Error::arg(format!(
-                    "--target {s}: use label, predicted or a class index such as 1"
-                ))
+                Error::config(
+                    "target",
+                    s,
+                    "use label, predicted or a class index such as 1",
+                )
             }),
         }
     }
@@ -53,7 +58,7 @@ impl Target {
     /// The class index per image.
     pub fn resolve(
         &self,
-        model: &ResNet18,
+        model: &dyn Classifier,
         x: &Tensor,
         labels: Option<&[usize]>,
     ) -> Result<Vec<usize>> {
@@ -62,24 +67,30 @@ impl Target {
         let t = match self {
             Target::Class(c) => {
                 if *c >= k {
-                    return Err(Error::arg(format!(
-                        "--target {c}: the model has {k} classes (0..{})",
-                        k - 1
-                    )));
+                    return Err(Error::config(
+                        "target",
+                        c,
+                        format!("the model has {k} classes (0..{})", k - 1),
+                    ));
                 }
                 vec![*c; n]
             }
             Target::Label => labels
                 .ok_or_else(|| {
-                    Error::arg(
-                        "--target label needs labelled images (use --data, or --target predicted)",
+                    Error::config(
+                        "target",
+                        "label",
+                        "needs labelled images (explain images of a data set, or use the target `predicted`)",
                     )
                 })?
                 .to_vec(),
             Target::Predicted => predict_classes(model, x, 32)?,
         };
         if t.len() != n {
-            return Err(Error::arg(format!("{} targets for {n} images", t.len())));
+            return Err(Error::internal(format!(
+                "{} targets for {n} images",
+                t.len()
+            )));
         }
         Ok(t)
     }
@@ -90,17 +101,17 @@ pub trait Attribution {
     /// A short name (`gradient`, `ig`, ...).
     fn name(&self) -> String;
     /// Raw attributions for `x` (`[N, 3, H, W]` in `[0, 1]`) towards `targets[i]` per image.
-    fn attribute(&self, model: &ResNet18, x: &Tensor, targets: &[usize]) -> Result<Tensor>;
+    fn attribute(&self, model: &dyn Classifier, x: &Tensor, targets: &[usize]) -> Result<Tensor>;
 }
 
 /// Argmax classes, computed in batches.
-pub fn predict_classes(model: &ResNet18, x: &Tensor, batch: usize) -> Result<Vec<usize>> {
+pub fn predict_classes(model: &dyn Classifier, x: &Tensor, batch: usize) -> Result<Vec<usize>> {
     let n = x.dim(0)?;
     let mut out = Vec::with_capacity(n);
     let mut i = 0;
     while i < n {
         let m = batch.max(1).min(n - i);
-        let logits = model.forward(&x.narrow(0, i, m)?, Mode::InputGrad)?;
+        let logits = model.logits(&x.narrow(0, i, m)?)?;
         let am: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
         out.extend(am.into_iter().map(|v| v as usize));
         i += m;
@@ -108,16 +119,9 @@ pub fn predict_classes(model: &ResNet18, x: &Tensor, batch: usize) -> Result<Vec
     Ok(out)
 }
 
-/// The target logit per row: `logits[i, targets[i]]`, shape `[N]`.
-pub fn select_targets(logits: &Tensor, targets: &[usize]) -> Result<Tensor> {
-    let idx: Vec<u32> = targets.iter().map(|&t| t as u32).collect();
-    let idx = Tensor::new(idx.as_slice(), logits.device())?.unsqueeze(1)?;
-    Ok(logits.gather(&idx, 1)?.squeeze(1)?)
-}
-
 /// Target logits for many inputs, in batches of `batch`, no gradients: `[M]`.
 pub fn target_logits(
-    model: &ResNet18,
+    model: &dyn Classifier,
     x: &Tensor,
     targets: &[usize],
     batch: usize,
@@ -127,7 +131,7 @@ pub fn target_logits(
     let mut i = 0;
     while i < n {
         let m = batch.max(1).min(n - i);
-        let logits = model.forward(&x.narrow(0, i, m)?, Mode::InputGrad)?;
+        let logits = model.logits(&x.narrow(0, i, m)?)?;
         out.extend(select_targets(&logits, &targets[i..i + m])?.to_vec1::<f32>()?);
         i += m;
     }
@@ -137,14 +141,14 @@ pub fn target_logits(
 /// Gradients of `logits[i, targets[i]]` with respect to each input row (rows are independent
 /// in eval mode), computed in batches of `batch` with no weight gradients: `[M, 3, H, W]`.
 pub fn input_gradients(
-    model: &ResNet18,
+    model: &dyn Classifier,
     x: &Tensor,
     targets: &[usize],
     batch: usize,
 ) -> Result<Tensor> {
     let n = x.dim(0)?;
     if targets.len() != n {
-        return Err(Error::arg(format!(
+        return Err(Error::internal(format!(
             "{} targets for {n} inputs",
             targets.len()
         )));
@@ -153,15 +157,7 @@ pub fn input_gradients(
     let mut i = 0;
     while i < n {
         let m = batch.max(1).min(n - i);
-        let xv = Var::from_tensor(&x.narrow(0, i, m)?.contiguous()?)?;
-        let logits = model.forward(xv.as_tensor(), Mode::InputGrad)?;
-        let sel = select_targets(&logits, &targets[i..i + m])?.sum_all()?;
-        let grads = sel.backward()?;
-        let g = grads
-            .get(xv.as_tensor())
-            .ok_or_else(|| Error::arg("internal: no input gradient"))?
-            .clone();
-        parts.push(g);
+        parts.push(model.input_gradient(&x.narrow(0, i, m)?, &targets[i..i + m])?);
         i += m;
     }
     Ok(Tensor::cat(&parts, 0)?)
@@ -181,7 +177,11 @@ pub fn by_name(name: &str, opts: &MethodOptions) -> Result<Box<dyn Attribution>>
         }),
         "smoothgrad" => {
             if matches!(opts.smooth_base.as_str(), "smoothgrad") {
-                return Err(Error::arg("--smooth-base smoothgrad: SmoothGrad cannot wrap itself"));
+                return Err(Error::config(
+                    "smooth-base",
+                    "smoothgrad",
+                    "SmoothGrad cannot wrap itself",
+                ));
             }
             let base = by_name(&opts.smooth_base, opts)?;
             Box::new(NoiseTunnel {
@@ -198,11 +198,15 @@ pub fn by_name(name: &str, opts: &MethodOptions) -> Result<Box<dyn Attribution>>
             baseline: opts.occlusion_baseline,
             perturbations_per_eval: opts.perturbations_per_eval,
         }),
-        "gradcam" | "grad-cam" => Box::new(GradCam { layer: opts.layer }),
+        "gradcam" | "grad-cam" => Box::new(GradCam {
+            layer: opts.layer.clone(),
+        }),
         other => {
-            return Err(Error::arg(format!(
-                "unknown method `{other}`: use gradient, input-x-gradient, ig, smoothgrad, occlusion or gradcam"
-            )))
+            return Err(Error::config(
+                "method",
+                other,
+                format!("unknown method `{other}`; use gradient, input-x-gradient, ig, smoothgrad, occlusion or gradcam"),
+            ))
         }
     })
 }
@@ -222,7 +226,8 @@ pub struct MethodOptions {
     pub stride: usize,
     pub occlusion_baseline: f32,
     pub perturbations_per_eval: usize,
-    pub layer: crate::model::Stage,
+    /// Grad-CAM's layer (`None`: the model's default, layer4 of a ResNet).
+    pub layer: Option<String>,
     pub seed: u64,
 }
 
@@ -241,7 +246,7 @@ impl Default for MethodOptions {
             stride: 25,
             occlusion_baseline: 0.0,
             perturbations_per_eval: 16,
-            layer: crate::model::Stage::Layer4,
+            layer: None,
             seed: 0,
         }
     }

@@ -5,7 +5,7 @@
 //! the border and every pixel is covered. Windows are evaluated in batches.
 
 use super::{target_logits, Attribution};
-use crate::model::ResNet18;
+use crate::model::Classifier;
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 
@@ -31,18 +31,25 @@ impl Attribution for Occlusion {
         "occlusion".into()
     }
 
-    fn attribute(&self, model: &ResNet18, x: &Tensor, targets: &[usize]) -> Result<Tensor> {
+    fn attribute(&self, model: &dyn Classifier, x: &Tensor, targets: &[usize]) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
         if self.window == 0 || self.stride == 0 {
-            return Err(Error::arg(
-                "occlusion: --window and --stride must be positive",
+            return Err(Error::config(
+                "window",
+                format!("{} (stride {})", self.window, self.stride),
+                "occlusion's window and stride must be positive",
             ));
         }
         if self.window > h || self.window > w {
-            return Err(Error::arg(format!(
-                "occlusion: --window {} is larger than the {h}x{w} image; use a window <= {}",
-                self.window,
-                h.min(w)
+            return Err(Error::Config(crate::error::ConfigError::Invalid(
+                crate::error::Setting::sentence(
+                    "window",
+                    self.window,
+                    format!(
+                        "is larger than the {h}x{w} image; use an occlusion window <= {}",
+                        h.min(w)
+                    ),
+                ),
             )));
         }
         let ys = window_starts(h, self.window, self.stride);

@@ -4,16 +4,22 @@
 //! variance (`E[a^2] - E[a]^2`). Samples of all images go through the model together.
 
 use super::Attribution;
-use crate::model::ResNet18;
+use crate::model::Classifier;
 use crate::rng::SeededRng;
 use crate::{Error, Result};
 use candle_core::Tensor;
 
 /// The aggregation of the noisy samples.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SmoothKind {
+    /// Mean of the noisy attributions.
+    #[value(name = "smoothgrad")]
     SmoothGrad,
+    /// Mean of their squares.
+    #[value(name = "smoothgrad-sq")]
     SmoothGradSq,
+    /// Their variance.
+    #[value(name = "vargrad")]
     VarGrad,
 }
 
@@ -25,9 +31,11 @@ impl SmoothKind {
                 "smoothgrad-sq" => SmoothKind::SmoothGradSq,
                 "vargrad" => SmoothKind::VarGrad,
                 other => {
-                    return Err(Error::arg(format!(
-                        "--smooth {other}: use smoothgrad, smoothgrad-sq or vargrad"
-                    )))
+                    return Err(Error::config(
+                        "smooth",
+                        other,
+                        "use smoothgrad, smoothgrad-sq or vargrad",
+                    ))
                 }
             },
         )
@@ -58,17 +66,16 @@ impl Attribution for NoiseTunnel {
         }
     }
 
-    fn attribute(&self, model: &ResNet18, x: &Tensor, targets: &[usize]) -> Result<Tensor> {
+    fn attribute(&self, model: &dyn Classifier, x: &Tensor, targets: &[usize]) -> Result<Tensor> {
         if self.samples == 0 {
-            return Err(Error::arg(
-                "--samples 0: SmoothGrad needs at least one sample",
+            return Err(Error::config(
+                "samples",
+                0,
+                "SmoothGrad needs at least one sample",
             ));
         }
         if !(self.noise.is_finite() && self.noise >= 0.0) {
-            return Err(Error::arg(format!(
-                "--noise {}: must be a number >= 0",
-                self.noise
-            )));
+            return Err(Error::config("noise", self.noise, "must be a number >= 0"));
         }
         let (n, c, h, w) = x.dims4()?;
         let mut rng = SeededRng::new(self.seed ^ 0x5eed_5300);

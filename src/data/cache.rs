@@ -138,7 +138,7 @@ impl ImageCache {
                     c.bad.push(i);
                 }
                 Err(e) => {
-                    return Err(Error::arg(format!(
+                    return Err(Error::data(format!(
                         "{e} (use --skip-bad-images to skip unreadable images)"
                     )))
                 }

@@ -15,7 +15,7 @@ impl Csv {
     /// Index of a column, or an error that lists the columns found.
     pub fn column(&self, name: &str, path: &Path) -> Result<usize> {
         self.header.iter().position(|h| h == name).ok_or_else(|| {
-            Error::arg(format!(
+            Error::data(format!(
                 "{}: missing column `{name}` (found: {}); HAM10000_metadata.csv has lesion_id,image_id,dx,...",
                 path.display(),
                 self.header.join(",")
@@ -70,7 +70,7 @@ pub fn parse_csv(text: &str, path: &Path) -> Result<Csv> {
         }
     }
     if in_quotes {
-        return Err(Error::arg(format!(
+        return Err(Error::data(format!(
             "{}: line {row_line}: a quoted field is never closed",
             path.display()
         )));
@@ -83,7 +83,7 @@ pub fn parse_csv(text: &str, path: &Path) -> Result<Csv> {
     let header = it
         .next()
         .ok_or_else(|| {
-            Error::arg(format!(
+            Error::data(format!(
                 "{}: the file is empty (expected a header line)",
                 path.display()
             ))
@@ -112,7 +112,7 @@ pub fn parse_csv_bytes(bytes: Vec<u8>, path: &Path) -> Result<Csv> {
         Err(e) => {
             let upto = &e.as_bytes()[..e.utf8_error().valid_up_to()];
             let line = upto.iter().filter(|&&b| b == b'\n').count() + 1;
-            return Err(Error::arg(format!(
+            return Err(Error::data(format!(
                 "{}: line {line}: not valid UTF-8 text; save the file as UTF-8",
                 path.display()
             )));

@@ -68,39 +68,6 @@ impl Default for DataOptions {
 }
 
 impl Dataset {
-    /// Opens `spec`: `synthetic` or a folder (HAM10000 when it holds `HAM10000_metadata.csv`,
-    /// ImageFolder otherwise).
-    pub fn open(spec: &str, opts: &DataOptions) -> Result<Dataset> {
-        let s = spec.trim();
-        if s.is_empty() || s.eq_ignore_ascii_case("synthetic") {
-            return Ok(crate::data::synthetic::dataset(
-                &SyntheticConfig::default(),
-                opts.synthetic_per_class,
-                opts.seed,
-            ));
-        }
-        let path = Path::new(s);
-        if !path.exists() {
-            return Err(Error::arg(format!(
-                "--data {s}: folder not found; give `synthetic`, a HAM10000 folder (with HAM10000_metadata.csv) or an ImageFolder (PATH/<class>/*.jpg)"
-            )));
-        }
-        if !path.is_dir() {
-            return Err(Error::arg(format!(
-                "--data {s}: is a file; give the folder that holds it"
-            )));
-        }
-        if path.join("HAM10000_metadata.csv").exists() || path.join("HAM10000_metadata").exists() {
-            crate::data::ham10000::open(path, opts)
-        } else if crate::data::ham10000::looks_like_ham(path) {
-            Err(Error::arg(format!(
-                "--data {s}: looks like HAM10000 (HAM10000 image folders or ISIC_*.jpg) but HAM10000_metadata.csv is missing; put the metadata file from the download in {s}"
-            )))
-        } else {
-            crate::data::imagefolder::open(path, opts)
-        }
-    }
-
     pub fn num_classes(&self) -> usize {
         self.class_names.len()
     }
@@ -124,7 +91,7 @@ impl Dataset {
                 };
                 Ok((out, mask))
             }
-            _ => Err(Error::arg(
+            _ => Err(Error::data(
                 "internal: synthetic item outside the synthetic set",
             )),
         }

@@ -79,18 +79,23 @@ pub fn open(root: &Path, opts: &DataOptions) -> Result<Dataset> {
     };
     for c in &classes {
         if !DX_CODES.contains(&c.as_str()) {
-            return Err(Error::arg(format!(
-                "--classes: unknown HAM10000 class `{c}`; the dx codes are {}",
-                DX_CODES.join(", ")
-            )));
+            return Err(Error::data_setting(
+                "classes",
+                c,
+                format!(
+                    "unknown HAM10000 class `{c}`; the dx codes are {}",
+                    DX_CODES.join(", ")
+                ),
+            ));
         }
     }
     let mut seen = HashSet::new();
     if classes.iter().any(|c| !seen.insert(c.clone())) {
-        return Err(Error::arg(format!(
-            "--classes {}: a class is listed twice",
-            classes.join(",")
-        )));
+        return Err(Error::data_setting(
+            "classes",
+            classes.join(","),
+            "a class is listed twice",
+        ));
     }
     let images = index_images(root)?;
     let mask_dir = root.join("HAM10000_segmentations_lesion_tschandl");
@@ -101,7 +106,7 @@ pub fn open(root: &Path, opts: &DataOptions) -> Result<Dataset> {
     for (line, row) in &csv.rows {
         let get = |c: usize, name: &str| -> Result<String> {
             row.get(c).map(|s| s.trim().to_string()).ok_or_else(|| {
-                Error::arg(format!(
+                Error::data(format!(
                     "{}: line {line}: the row has {} fields, no `{name}`",
                     csv_path.display(),
                     row.len()
@@ -112,20 +117,20 @@ pub fn open(root: &Path, opts: &DataOptions) -> Result<Dataset> {
         let lesion_id = get(c_lesion, "lesion_id")?;
         let dx = get(c_dx, "dx")?;
         if image_id.is_empty() || lesion_id.is_empty() {
-            return Err(Error::arg(format!(
+            return Err(Error::data(format!(
                 "{}: line {line}: empty image_id or lesion_id",
                 csv_path.display()
             )));
         }
         if !DX_CODES.contains(&dx.as_str()) {
-            return Err(Error::arg(format!(
+            return Err(Error::data(format!(
                 "{}: line {line}: unknown dx code `{dx}` for {image_id}; expected one of {}",
                 csv_path.display(),
                 DX_CODES.join(", ")
             )));
         }
         if let Some(prev) = ids.insert(image_id.clone(), *line) {
-            return Err(Error::arg(format!(
+            return Err(Error::data(format!(
                 "{}: line {line}: image_id {image_id} appears twice (first on line {prev})",
                 csv_path.display()
             )));
@@ -150,7 +155,7 @@ pub fn open(root: &Path, opts: &DataOptions) -> Result<Dataset> {
                 warnings.push(msg);
                 continue;
             }
-            return Err(Error::arg(format!(
+            return Err(Error::data(format!(
                 "{msg} (use --skip-bad-images to skip missing images)"
             )));
         };
@@ -164,7 +169,7 @@ pub fn open(root: &Path, opts: &DataOptions) -> Result<Dataset> {
         });
     }
     if items.is_empty() {
-        return Err(Error::arg(format!(
+        return Err(Error::data(format!(
             "{}: no images of the classes {} were found",
             root.display(),
             classes.join(", ")

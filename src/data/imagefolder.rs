@@ -16,19 +16,24 @@ pub fn open(root: &Path, opts: &DataOptions) -> Result<Dataset> {
         .collect();
     classes.sort();
     if classes.is_empty() {
-        return Err(Error::arg(format!(
-            "--data {}: no class folders; an ImageFolder is PATH/<class>/*.jpg, a HAM10000 folder holds HAM10000_metadata.csv",
-            root.display()
-        )));
+        return Err(Error::data_setting(
+            "data",
+            root.display(),
+            "no class folders; an ImageFolder is PATH/<class>/*.jpg, a HAM10000 folder holds HAM10000_metadata.csv",
+        ));
     }
     if !opts.classes.is_empty() {
         for c in &opts.classes {
             if !classes.contains(c) {
-                return Err(Error::arg(format!(
-                    "--classes: no folder `{c}` in {} (found: {})",
-                    root.display(),
-                    classes.join(", ")
-                )));
+                return Err(Error::data_setting(
+                    "classes",
+                    c,
+                    format!(
+                        "no such folder in {} (found: {})",
+                        root.display(),
+                        classes.join(", ")
+                    ),
+                ));
             }
         }
         classes = opts.classes.clone();
@@ -70,10 +75,11 @@ pub fn open(root: &Path, opts: &DataOptions) -> Result<Dataset> {
         }
     }
     if items.is_empty() {
-        return Err(Error::arg(format!(
-            "--data {}: the class folders hold no .jpg or .png images",
-            root.display()
-        )));
+        return Err(Error::data_setting(
+            "data",
+            root.display(),
+            "the class folders hold no .jpg or .png images",
+        ));
     }
     Ok(Dataset {
         kind: DataKind::ImageFolder(root.to_path_buf()),

@@ -8,6 +8,7 @@ pub mod dataset;
 pub mod ham10000;
 pub mod imagefolder;
 pub mod loader;
+pub mod open;
 pub mod split;
 pub mod synthetic;
 pub mod transforms;

@@ -13,9 +13,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 /// Which part of the split an image is in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum Part {
     Train,
+    #[value(alias = "valid", alias = "validation")]
     Val,
     Test,
 }
@@ -33,7 +34,7 @@ impl Part {
             "train" => Ok(Part::Train),
             "val" | "valid" | "validation" => Ok(Part::Val),
             "test" => Ok(Part::Test),
-            other => Err(Error::arg(format!(
+            other => Err(Error::data(format!(
                 "split `{other}`: use train, val or test"
             ))),
         }
@@ -71,12 +72,16 @@ pub struct Split {
 /// Makes a split of `ds`.
 pub fn make_split(ds: &Dataset, spec: &SplitSpec) -> Result<Split> {
     if spec.train_per_class == 0 && spec.test_per_class == 0 && spec.val_per_class == 0 {
-        return Err(Error::arg(
-            "split: ask for some images (--train-per-class, --test-per-class, --val-per-class)",
+        return Err(Error::data(
+            "split: ask for some images (train-per-class, test-per-class, val-per-class)",
         ));
     }
     if spec.folds == 0 {
-        return Err(Error::arg("--folds 0: use 1 for no folds, or K >= 2"));
+        return Err(Error::data_setting(
+            "folds",
+            0,
+            "use 1 for no folds, or K >= 2",
+        ));
     }
     // lesion -> (label, item indices); a lesion with two labels is an error.
     let mut lesions: BTreeMap<&str, (usize, Vec<usize>)> = BTreeMap::new();
@@ -85,7 +90,7 @@ pub fn make_split(ds: &Dataset, spec: &SplitSpec) -> Result<Split> {
             .entry(it.lesion_id.as_str())
             .or_insert((it.label, Vec::new()));
         if e.0 != it.label {
-            return Err(Error::arg(format!(
+            return Err(Error::data(format!(
                 "lesion {} has images of classes {} and {}; a lesion must have one class",
                 it.lesion_id, ds.class_names[e.0], ds.class_names[it.label]
             )));
@@ -102,7 +107,7 @@ pub fn make_split(ds: &Dataset, spec: &SplitSpec) -> Result<Split> {
         let n_images: usize = groups.iter().map(|g| g.1.len()).sum();
         let need = spec.train_per_class + spec.test_per_class + spec.val_per_class;
         if n_images < need {
-            return Err(Error::arg(format!(
+            return Err(Error::data(format!(
                 "class {class} has {} lesions ({n_images} images); {} train + {} test + {} val needs {need} images: ask for fewer per class",
                 groups.len(),
                 spec.train_per_class,
@@ -147,7 +152,7 @@ pub fn make_split(ds: &Dataset, spec: &SplitSpec) -> Result<Split> {
                 }
             }
             if !reach[*quota] {
-                return Err(Error::arg(format!(
+                return Err(Error::data(format!(
                     "class {class}: cannot make exactly {quota} {} images from whole lesions ({} lesions, {n_images} images); ask for a different count",
                     part.as_str(),
                     groups.len()
@@ -232,7 +237,7 @@ impl Split {
             .iter()
             .map(|c| {
                 csv.header.iter().position(|h| h == c).ok_or_else(|| {
-                    Error::arg(format!("{}: missing column `{c}`; a split file has image_id,lesion_id,label,split,fold", path.display()))
+                    Error::data(format!("{}: missing column `{c}`; a split file has image_id,lesion_id,label,split,fold", path.display()))
                 })
             })
             .collect::<Result<_>>()?;
@@ -248,39 +253,39 @@ impl Split {
             let f = |k: usize| r.get(cols[k]).map(|s| s.trim()).unwrap_or("");
             let id = f(0);
             let Some(&i) = by_id.get(id) else {
-                return Err(Error::arg(format!(
+                return Err(Error::data(format!(
                     "{}: line {line}: image {id} is not in the data set",
                     path.display()
                 )));
             };
             if let Some(prev) = seen.insert(id.to_string(), *line) {
-                return Err(Error::arg(format!(
+                return Err(Error::data(format!(
                     "{}: line {line}: image {id} listed twice (first on line {prev})",
                     path.display()
                 )));
             }
             let label: usize = f(2).parse().map_err(|_| {
-                Error::arg(format!(
+                Error::data(format!(
                     "{}: line {line}: label `{}` is not a number",
                     path.display(),
                     f(2)
                 ))
             })?;
             if label != ds.items[i].label {
-                return Err(Error::arg(format!(
-                    "{}: line {line}: image {id} has label {label} but the data set says {} ({}); was the split made with other --classes?",
+                return Err(Error::data(format!(
+                    "{}: line {line}: image {id} has label {label} but the data set says {} ({}); was the split made with other classes?",
                     path.display(),
                     ds.items[i].label,
                     ds.class_names[ds.items[i].label]
                 )));
             }
             let part = Part::parse(f(3))
-                .map_err(|e| Error::arg(format!("{}: line {line}: {e}", path.display())))?;
+                .map_err(|e| Error::data(format!("{}: line {line}: {e}", path.display())))?;
             let fold = if f(4).is_empty() {
                 None
             } else {
                 Some(f(4).parse::<usize>().map_err(|_| {
-                    Error::arg(format!(
+                    Error::data(format!(
                         "{}: line {line}: fold `{}` is not a number",
                         path.display(),
                         f(4)

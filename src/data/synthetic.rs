@@ -12,7 +12,6 @@
 //! lighting. About one lesion in eight borrows its shape or its colouring from another class,
 //! so a classifier cannot be perfect and differences between models show.
 
-use crate::data::dataset::{DataKind, Dataset, Item, ItemSource};
 use crate::rng::SeededRng;
 use image::{GrayImage, Luma, Rgb, RgbImage};
 use std::f32::consts::PI;
@@ -34,35 +33,6 @@ impl Default for SyntheticConfig {
             seed: 0,
             confusion: 0.12,
         }
-    }
-}
-
-/// The synthetic data set with `per_class` images per class (image ids `syn-<class>-<k>`;
-/// each image is its own lesion).
-pub fn dataset(cfg: &SyntheticConfig, per_class: usize, seed: u64) -> Dataset {
-    let cfg = SyntheticConfig {
-        seed,
-        ..cfg.clone()
-    };
-    let mut items = Vec::with_capacity(3 * per_class);
-    for k in 0..per_class {
-        for (label, name) in CLASS_NAMES.iter().enumerate() {
-            let idx = (k * 3 + label) as u64;
-            let id = format!("syn-{name}-{k:05}");
-            items.push(Item {
-                image_id: id.clone(),
-                lesion_id: id,
-                label,
-                source: ItemSource::Synthetic(idx),
-                mask: None,
-            });
-        }
-    }
-    Dataset {
-        kind: DataKind::Synthetic(cfg),
-        class_names: CLASS_NAMES.iter().map(|s| s.to_string()).collect(),
-        items,
-        warnings: Vec::new(),
     }
 }
 
@@ -431,7 +401,7 @@ mod tests {
 
     #[test]
     fn balanced_items() {
-        let d = dataset(&SyntheticConfig::default(), 10, 1);
+        let d = crate::data::open::synthetic(&SyntheticConfig::default(), 10, 1);
         assert_eq!(d.items.len(), 30);
         for c in 0..3 {
             assert_eq!(d.items.iter().filter(|i| i.label == c).count(), 10);

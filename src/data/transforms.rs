@@ -176,8 +176,10 @@ pub fn to_tensor(img: &RgbImage, device: &Device) -> Result<Tensor> {
 /// Centre crop to the shorter side and resize to `size`×`size` (Pillow bilinear).
 pub fn crop_resize(img: &RgbImage, size: usize) -> Result<RgbImage> {
     if size == 0 {
-        return Err(Error::arg(
-            "--image-size 0: the image size must be positive (e.g. 224)",
+        return Err(Error::data_setting(
+            "image-size",
+            0,
+            "the image size must be positive (e.g. 224)",
         ));
     }
     let sq = center_crop_square(img);

@@ -4,7 +4,7 @@
 use crate::adversarial::Pgd;
 use crate::data::cache::ImageCache;
 use crate::data::loader::make_batch;
-use crate::model::{Mode, ResNet18};
+use crate::model::Classifier;
 use crate::rng::SeededRng;
 use crate::Result;
 use candle_core::{Device, D};
@@ -137,7 +137,7 @@ impl Evaluation {
 /// Evaluates `model` on cache items `indices` (eval mode, batches of `batch`), optionally also
 /// on PGD versions of the images.
 pub fn evaluate_model(
-    model: &ResNet18,
+    model: &dyn Classifier,
     cache: &ImageCache,
     labels: &[usize],
     indices: &[usize],
@@ -162,7 +162,7 @@ pub fn evaluate_model(
     for (bi, chunk) in indices.chunks(batch.max(1)).enumerate() {
         let b = make_batch(cache, labels, chunk, None, &vec![0; chunk.len()]);
         let x = b.images(device)?;
-        let logits = model.forward(&x, Mode::InputGrad)?.detach();
+        let logits = model.logits(&x)?.detach();
         let l = crate::adversarial::pgd::cross_entropy_per_example(&logits, &b.labels)?;
         loss += l
             .sum_all()?
@@ -174,7 +174,7 @@ pub fn evaluate_model(
         if let Some((pgd, seed)) = attack {
             let mut rng = SeededRng::new(seed ^ (bi as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
             let adv = pgd.attack(model, &x, &b.labels, None, &mut rng)?;
-            let logits = model.forward(&adv.images, Mode::InputGrad)?.detach();
+            let logits = model.logits(&adv.images)?.detach();
             let l = crate::adversarial::pgd::cross_entropy_per_example(&logits, &b.labels)?;
             adv_loss += l
                 .sum_all()?

@@ -11,178 +11,18 @@ use super::saliency::{
 };
 use super::sanity::map_similarity;
 use super::stats::{bootstrap_ci, wilcoxon, Wilcoxon};
-use crate::adversarial::{Norm, Pgd};
+use crate::adversarial::Pgd;
 use crate::attribution::{by_name, MethodOptions};
-use crate::data::cache::ImageCache;
-use crate::data::loader::{make_batch, HostBatch};
+use crate::config::Recipe;
 use crate::data::split::Part;
-use crate::data::Dataset;
 use crate::eval::classification::evaluate_model;
 use crate::fsutil::{ensure_output_dir, write_atomic, write_json_atomic};
-use crate::model::{load_checkpoint, ResNet18};
 use crate::report::display::{reduce_channels, Reduce};
-use crate::train::trainer::RunConfig;
+use crate::run::{EvalImages, RunModel};
 use crate::{Error, Result};
 use candle_core::Device;
 use serde::Serialize;
-use std::path::{Path, PathBuf};
-
-/// A trained run, loaded.
-pub struct RunModel {
-    pub name: String,
-    pub dir: PathBuf,
-    pub model: ResNet18,
-    pub cfg: RunConfig,
-}
-
-impl RunModel {
-    /// The L2 eps the run was trained with at its working size (0 for a standard run).
-    pub fn train_eps(&self) -> f32 {
-        self.cfg
-            .train
-            .adversarial
-            .as_ref()
-            .map(|a| a.eps)
-            .unwrap_or(0.0)
-    }
-}
-
-/// Loads run folders (`name`, `dir`), checking that each is one and that they share an image
-/// size.
-pub fn load_runs(runs: &[(String, PathBuf)], device: &Device) -> Result<Vec<RunModel>> {
-    if runs.is_empty() {
-        return Err(Error::arg("give at least one --run DIR"));
-    }
-    let mut out: Vec<RunModel> = Vec::new();
-    for (name, dir) in runs {
-        let cfg: RunConfig = crate::fsutil::read_json(&dir.join("config.json")).map_err(|e| {
-            Error::arg(format!(
-                "--run {}: not a run folder (no readable config.json: {e})",
-                dir.display()
-            ))
-        })?;
-        let (model, _) = load_checkpoint(dir, device)?;
-        if let Some(first) = out.first() {
-            if first.cfg.model.image_size != cfg.model.image_size {
-                return Err(Error::arg(format!(
-                    "--run {}: trained at {} px, but {} at {} px; compare runs of one image size",
-                    dir.display(),
-                    cfg.model.image_size,
-                    first.dir.display(),
-                    first.cfg.model.image_size
-                )));
-            }
-        }
-        out.push(RunModel {
-            name: name.clone(),
-            dir: dir.clone(),
-            model,
-            cfg,
-        });
-    }
-    Ok(out)
-}
-
-/// Names runs `NAME=DIR` or by their folder name, made unique.
-pub fn name_runs(specs: &[String]) -> Vec<(String, PathBuf)> {
-    let mut out: Vec<(String, PathBuf)> = Vec::new();
-    for s in specs {
-        let (name, dir) = match s.split_once('=') {
-            Some((n, d)) if !n.is_empty() && !n.contains('/') => (n.to_string(), PathBuf::from(d)),
-            _ => {
-                let p = PathBuf::from(s);
-                let n = p
-                    .file_name()
-                    .map(|f| f.to_string_lossy().to_string())
-                    .unwrap_or_else(|| s.clone());
-                (n, p)
-            }
-        };
-        let mut unique = name.clone();
-        let mut k = 2;
-        while out.iter().any(|(n, _)| *n == unique) {
-            unique = format!("{name}-{k}");
-            k += 1;
-        }
-        out.push((unique, dir));
-    }
-    out
-}
-
-/// Images to evaluate on: a data set, its cache at the runs' size, and a part of its split.
-pub struct EvalImages {
-    pub ds: Dataset,
-    pub labels: Vec<usize>,
-    pub cache: ImageCache,
-    /// Dataset indices of the chosen part, round-robin over classes (see
-    /// [`interleave_classes`]).
-    pub indices: Vec<usize>,
-    pub size: usize,
-}
-
-impl EvalImages {
-    /// The first run's data and split (`data = None` or `"run"`), or other data (`SPEC`: a
-    /// split is made for it with the run's counts and seed).
-    pub fn open(first: &RunModel, data: Option<&str>, part: Part) -> Result<Self> {
-        let mut tc = first.cfg.train.clone();
-        match data {
-            None | Some("run") => tc.split = Some(first.dir.join("split.csv")),
-            Some(spec) if spec == tc.data => tc.split = Some(first.dir.join("split.csv")),
-            Some(spec) => {
-                tc.data = spec.to_string();
-                tc.split = None;
-            }
-        }
-        let (ds, split) = crate::train::trainer::open_data(&tc)?;
-        let size = first.cfg.model.image_size;
-        let indices = split.indices(&ds, part, None);
-        if indices.is_empty() {
-            return Err(Error::arg(format!(
-                "--split {}: no images in that part of the split",
-                part.as_str()
-            )));
-        }
-        let cache = ImageCache::build(
-            &ds,
-            size,
-            Some(&crate::data::cache::default_cache_dir()),
-            tc.skip_bad_images,
-        )?;
-        let labels: Vec<usize> = ds.items.iter().map(|i| i.label).collect();
-        let indices = interleave_classes(&indices, &labels);
-        Ok(EvalImages {
-            ds,
-            labels,
-            cache,
-            indices,
-            size,
-        })
-    }
-
-    /// The images at `idx` (dataset indices), unaugmented.
-    pub fn batch(&self, idx: &[usize]) -> HostBatch {
-        make_batch(&self.cache, &self.labels, idx, None, &vec![0; idx.len()])
-    }
-}
-
-/// Reorders `indices` round-robin over their classes (each class keeping its order), so that
-/// the first N of a split that lists class after class are balanced rather than one class.
-pub fn interleave_classes(indices: &[usize], labels: &[usize]) -> Vec<usize> {
-    let k = indices.iter().map(|&i| labels[i] + 1).max().unwrap_or(0);
-    let mut per: Vec<std::collections::VecDeque<usize>> = vec![Default::default(); k];
-    for &i in indices {
-        per[labels[i]].push_back(i);
-    }
-    let mut out = Vec::with_capacity(indices.len());
-    while out.len() < indices.len() {
-        for q in per.iter_mut() {
-            if let Some(i) = q.pop_front() {
-                out.push(i);
-            }
-        }
-    }
-    out
-}
+use std::path::Path;
 
 /// A metric of `compare`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -283,9 +123,11 @@ impl Metric {
                 "insertion" | "insertion_auc" => Metric::Insertion,
                 "faithfulness" | "faithfulness_correlation" => Metric::FaithfulnessCorrelation,
                 other => {
-                    return Err(Error::arg(format!(
-                        "--metrics: unknown metric `{other}`; use rma, rra, pointing, auc, gini, entropy, deletion, insertion, faithfulness or all"
-                    )))
+                    return Err(Error::config(
+                        "metrics",
+                        other,
+                        format!("unknown metric `{other}`; use rma, rra, pointing, auc, gini, entropy, deletion, insertion, faithfulness or all"),
+                    ))
                 }
             };
             if !out.contains(&m) {
@@ -293,7 +135,7 @@ impl Metric {
             }
         }
         if out.is_empty() {
-            return Err(Error::arg("--metrics: name at least one metric"));
+            return Err(Error::config("metrics", "", "name at least one metric"));
         }
         Ok(out)
     }
@@ -436,17 +278,21 @@ pub fn compare(
     progress: &dyn Fn(&str),
 ) -> Result<Comparison> {
     if models.is_empty() {
-        return Err(Error::arg("compare: give at least one --run DIR"));
+        return Err(Error::config(
+            "run",
+            "",
+            "compare needs at least one run folder",
+        ));
     }
     if opts.methods.is_empty() {
-        return Err(Error::arg("--method: name at least one method"));
+        return Err(Error::config("method", "", "name at least one method"));
     }
     let data = EvalImages::open(&models[0], opts.data.as_deref(), opts.part)?;
     let size = data.size;
     let mut chosen = data.indices.clone();
     if let Some(c) = opts.count {
         if c == 0 {
-            return Err(Error::arg("--count 0: compare at least one image"));
+            return Err(Error::config("count", 0, "compare at least one image"));
         }
         chosen.truncate(c);
     }
@@ -470,20 +316,12 @@ pub fn compare(
         .unwrap_or_else(|| method_options_for(size, opts.seed));
     let curve = CurveOptions::for_size(size);
     let corr = CorrelationOptions::for_size(size, opts.seed);
-    let pgd = opts.attack_eps.map(|eps| Pgd {
-        norm: Norm::L2,
-        eps,
-        steps: opts.attack_steps,
-        step_size: 2.5 * eps / opts.attack_steps.max(1) as f32,
-        random_start: false,
-        use_best: true,
-        restarts: 0,
-    });
+    let pgd = opts
+        .attack_eps
+        .map(|eps| Pgd::evaluation(eps, opts.attack_steps));
     if let Some(e) = opts.attack_eps {
         if !(e.is_finite() && e > 0.0) {
-            return Err(Error::arg(format!(
-                "--attack-eps {e}: must be a number > 0"
-            )));
+            return Err(Error::config("attack-eps", e, "must be a number > 0"));
         }
     }
     let needs_curve = opts
@@ -645,8 +483,8 @@ pub fn compare(
         .iter()
         .map(|m| {
             matches!(
-                m.cfg.train.command.as_str(),
-                "train-standard" | "train-robust"
+                m.cfg.train.recipe,
+                Recipe::TrainStandard | Recipe::TrainRobust
             )
         })
         .collect();
@@ -945,7 +783,7 @@ mod tests {
         let labels = [0, 0, 0, 1, 1, 2, 2, 2];
         let idx: Vec<usize> = (0..8).collect();
         assert_eq!(
-            super::interleave_classes(&idx, &labels),
+            crate::run::interleave_classes(&idx, &labels),
             vec![0, 3, 5, 1, 4, 6, 2, 7]
         );
     }

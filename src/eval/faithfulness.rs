@@ -5,8 +5,8 @@
 //! takes one image `[3, H, W]` (or `[1, 3, H, W]`) in [0, 1], a target class and a per-pixel
 //! map `[H*W]`, and runs the model in eval mode in batches without gradients.
 
-use crate::adversarial::Classifier;
 use crate::attribution::integrated_gradients::gaussian_blur;
+use crate::model::Classifier;
 use crate::rng::SeededRng;
 use crate::{Error, Result};
 use candle_core::{Device, Tensor, D};
@@ -71,7 +71,7 @@ fn image_pixels(x: &Tensor) -> Result<(Vec<f32>, usize, usize)> {
     };
     let (c, h, w) = x.dims3()?;
     if c != 3 {
-        return Err(Error::arg(format!(
+        return Err(Error::data(format!(
             "faithfulness metric: expected 3 channels, got {c}"
         )));
     }
@@ -107,10 +107,10 @@ fn scores<C: Classifier + ?Sized>(
     while i < n {
         let m = batch.max(1).min(n - i);
         let x = Tensor::from_slice(&images[i * per..(i + m) * per], (m, 3, h, w), device)?;
-        let logits = model.logits_eval(&x)?;
+        let logits = model.logits(&x)?;
         let k = logits.dim(1)?;
         if target >= k {
-            return Err(Error::arg(format!(
+            return Err(Error::data(format!(
                 "faithfulness metric: target class {target}, but the model has {k} classes"
             )));
         }
@@ -141,13 +141,13 @@ pub fn deletion_insertion<C: Classifier + ?Sized>(
     let (px, h, w) = image_pixels(x)?;
     let hw = h * w;
     if map.len() != hw {
-        return Err(Error::arg(format!(
+        return Err(Error::data(format!(
             "deletion/insertion: the map has {} values for a {h}x{w} image",
             map.len()
         )));
     }
     if opts.steps == 0 {
-        return Err(Error::arg("deletion/insertion: steps must be at least 1"));
+        return Err(Error::data("deletion/insertion: steps must be at least 1"));
     }
     let blurred: Vec<f32> = gaussian_blur(
         &Tensor::from_slice(&px, (1, 3, h, w), &Device::Cpu)?,
@@ -268,7 +268,7 @@ pub fn faithfulness_correlation_with<C: Classifier + ?Sized>(
         }
     };
     if map.len() != n && map.len() != hw {
-        return Err(Error::arg(format!(
+        return Err(Error::data(format!(
             "faithfulness correlation: the map has {} values for a 3x{h}x{w} image",
             map.len()
         )));
@@ -282,7 +282,7 @@ pub fn faithfulness_correlation_with<C: Classifier + ?Sized>(
         let mut sum = 0.0;
         for &i in s {
             if i >= n {
-                return Err(Error::arg(format!(
+                return Err(Error::data(format!(
                     "faithfulness correlation: feature {i} outside the image"
                 )));
             }
@@ -304,9 +304,18 @@ mod tests {
     /// Two classes; logit 1 = sum of the red channel, logit 0 = 0.
     struct RedSum;
     impl Classifier for RedSum {
-        fn logits_eval(&self, x: &Tensor) -> Result<Tensor> {
+        fn logits(&self, x: &Tensor) -> Result<Tensor> {
             let r = x.narrow(1, 0, 1)?.flatten_from(1)?.sum_keepdim(1)?;
             Ok(Tensor::cat(&[&r.zeros_like()?, &r], 1)?)
+        }
+        fn num_classes(&self) -> usize {
+            2
+        }
+        fn device(&self) -> &Device {
+            &Device::Cpu
+        }
+        fn arch(&self) -> &str {
+            "red-sum"
         }
     }
 

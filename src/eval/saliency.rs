@@ -76,7 +76,7 @@ pub fn pointing_game(map: &[f32], mask: &[bool]) -> Result<f64> {
         .filter(|v| v.is_finite())
         .fold(f32::NEG_INFINITY, f32::max);
     if !max.is_finite() {
-        return Err(Error::arg("pointing game: the map has no finite value"));
+        return Err(Error::data("pointing game: the map has no finite value"));
     }
     let hit = map.iter().zip(mask).any(|(&a, &m)| m && a == max);
     Ok(if hit { 1.0 } else { 0.0 })
@@ -93,7 +93,7 @@ pub fn roc_auc(map: &[f32], mask: &[bool]) -> Result<f64> {
     let pos = mask.iter().filter(|&&m| m).count();
     let neg = mask.len() - pos;
     if neg == 0 {
-        return Err(Error::arg(
+        return Err(Error::data(
             "saliency metric: the mask covers the whole image, so ROC-AUC is undefined",
         ));
     }
@@ -108,35 +108,7 @@ pub fn roc_auc(map: &[f32], mask: &[bool]) -> Result<f64> {
     Ok(u / (pos as f64 * neg as f64))
 }
 
-/// Ranks 1..n of the values, tied values sharing their mean rank (NaN ranks lowest).
-pub fn mid_ranks(v: &[f32]) -> Vec<f64> {
-    mid_ranks_f64(&v.iter().map(|&x| x as f64).collect::<Vec<_>>())
-}
-
-/// [`mid_ranks`] of `f64` values.
-pub fn mid_ranks_f64(v: &[f64]) -> Vec<f64> {
-    let mut order: Vec<usize> = (0..v.len()).collect();
-    let key = |x: f64| if x.is_nan() { f64::NEG_INFINITY } else { x };
-    order.sort_by(|&i, &j| {
-        key(v[i])
-            .partial_cmp(&key(v[j]))
-            .unwrap_or(std::cmp::Ordering::Equal)
-    });
-    let mut ranks = vec![0.0; v.len()];
-    let mut i = 0;
-    while i < order.len() {
-        let mut j = i;
-        while j + 1 < order.len() && key(v[order[j + 1]]) == key(v[order[i]]) {
-            j += 1;
-        }
-        let r = (i + j) as f64 / 2.0 + 1.0;
-        for &o in &order[i..=j] {
-            ranks[o] = r;
-        }
-        i = j + 1;
-    }
-    ranks
-}
+pub use super::stats::{mid_ranks, mid_ranks_f64};
 
 /// Entropy complexity (Bhatt et al. 2020; Quantus `Complexity`): the Shannon entropy (natural
 /// logarithm, as `scipy.stats.entropy`) of the distribution p_i = |a_i| / sum_j |a_j|,
@@ -156,14 +128,14 @@ pub fn entropy(map: &[f32]) -> f64 {
 
 fn check(map: &[f32], mask: &[bool]) -> Result<()> {
     if map.len() != mask.len() {
-        return Err(Error::arg(format!(
+        return Err(Error::data(format!(
             "saliency metric: map has {} values, mask {}",
             map.len(),
             mask.len()
         )));
     }
     if !mask.iter().any(|&m| m) {
-        return Err(Error::arg("saliency metric: the mask is empty"));
+        return Err(Error::data("saliency metric: the mask is empty"));
     }
     Ok(())
 }

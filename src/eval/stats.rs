@@ -1,8 +1,6 @@
 //! Statistics for comparing saliency maps and models: Pearson and Spearman correlation, SSIM,
 //! the paired Wilcoxon signed-rank test and percentile-bootstrap intervals.
 
-use super::saliency::{mid_ranks, mid_ranks_f64};
-
 /// Pearson correlation of two equally long samples; NaN when either is constant or the
 /// lengths differ.
 pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
@@ -208,6 +206,36 @@ pub fn bootstrap_ci(values: &[f64], resamples: usize, seed: u64) -> (f64, f64, f
     means.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     let q = |p: f64| means[((p * (means.len() - 1) as f64).round() as usize).min(means.len() - 1)];
     (mean, q(0.025), q(0.975))
+}
+
+/// Ranks 1..n of the values, tied values sharing their mean rank (NaN ranks lowest).
+pub fn mid_ranks(v: &[f32]) -> Vec<f64> {
+    mid_ranks_f64(&v.iter().map(|&x| x as f64).collect::<Vec<_>>())
+}
+
+/// [`mid_ranks`] of `f64` values.
+pub fn mid_ranks_f64(v: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..v.len()).collect();
+    let key = |x: f64| if x.is_nan() { f64::NEG_INFINITY } else { x };
+    order.sort_by(|&i, &j| {
+        key(v[i])
+            .partial_cmp(&key(v[j]))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    let mut ranks = vec![0.0; v.len()];
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && key(v[order[j + 1]]) == key(v[order[i]]) {
+            j += 1;
+        }
+        let r = (i + j) as f64 / 2.0 + 1.0;
+        for &o in &order[i..=j] {
+            ranks[o] = r;
+        }
+        i = j + 1;
+    }
+    ranks
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ pub fn model_to_bytes(model: &ResNet18) -> Result<Vec<u8>> {
     let mut meta = std::collections::HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     safetensors::serialize(sd.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
-        .map_err(|e| Error::arg(format!("internal: cannot serialise checkpoint: {e}")))
+        .map_err(|e| Error::model(format!("internal: cannot serialise checkpoint: {e}")))
 }
 
 /// Writes `model` to `path` (a `.safetensors` file) atomically.

@@ -59,7 +59,7 @@ impl GroupSet {
             "all" => return Ok(Self::all()),
             "none" => return Ok(Self::none()),
             "" => {
-                return Err(Error::arg(
+                return Err(Error::model(
                     "groups: empty specification (use e.g. 3-5, 5, all or none)",
                 ))
             }
@@ -74,7 +74,7 @@ impl GroupSet {
                 check(a, spec)?;
                 check(b, spec)?;
                 if a > b {
-                    return Err(Error::arg(format!(
+                    return Err(Error::model(format!(
                         "groups {spec}: the range runs backwards; write {b}-{a}"
                     )));
                 }
@@ -93,7 +93,7 @@ impl GroupSet {
 
 fn num(text: &str, spec: &str) -> Result<u8> {
     text.trim().parse::<u8>().map_err(|_| {
-        Error::arg(format!(
+        Error::model(format!(
             "groups {spec}: `{}` is not a group number; groups are 1..5 (1 = conv1+bn1+layer1, \
              2 = layer2, 3 = layer3, 4 = layer4, 5 = fc), e.g. 3-5, 5, all or none",
             text.trim()
@@ -103,7 +103,7 @@ fn num(text: &str, spec: &str) -> Result<u8> {
 
 fn check(g: u8, spec: &str) -> Result<()> {
     if !(1..=NUM_GROUPS).contains(&g) {
-        return Err(Error::arg(format!("groups {spec}: groups are 1..5")));
+        return Err(Error::model(format!("groups {spec}: groups are 1..5")));
     }
     Ok(())
 }

@@ -76,7 +76,7 @@ impl Stage {
             "pooled" => Stage::Pooled,
             "logits" => Stage::Logits,
             other => {
-                return Err(Error::arg(format!(
+                return Err(Error::model(format!(
                     "unknown layer `{other}`: use stem, layer1, layer2, layer3 or layer4"
                 )))
             }
@@ -141,7 +141,7 @@ fn batch_count(x: &Tensor) -> Result<usize> {
     let (n, _, h, wd) = x.dims4()?;
     let count = n * h * wd;
     if count < 2 {
-        return Err(Error::arg(format!(
+        return Err(Error::model(format!(
             "BatchNorm in train mode needs more than one value per channel, got input {:?}; \
              use a batch size of at least 2",
             x.dims()
@@ -398,7 +398,7 @@ impl Builder<'_> {
         self.varmap
             .data()
             .lock()
-            .map_err(|_| Error::arg("internal: variable map poisoned"))?
+            .map_err(|_| Error::model("internal: variable map poisoned"))?
             .insert(name.to_string(), v.clone());
         self.names.push((name.to_string(), kind));
         Ok(v)
@@ -479,7 +479,7 @@ impl ResNet18 {
     /// from `seed`.
     pub fn new_random(num_classes: usize, seed: u64, device: &Device) -> Result<Self> {
         if num_classes == 0 {
-            return Err(Error::arg("num_classes must be at least 1"));
+            return Err(Error::model("num_classes must be at least 1"));
         }
         let varmap = VarMap::new();
         let mut b = Builder {
@@ -602,7 +602,7 @@ impl ResNet18 {
     /// Replaces the head with a fresh Kaiming-normal (fan_out, relu) layer with zero bias.
     pub fn reset_head(&mut self, num_classes: usize, seed: u64) -> Result<()> {
         if num_classes == 0 {
-            return Err(Error::arg("num_classes must be at least 1"));
+            return Err(Error::model("num_classes must be at least 1"));
         }
         let (w, b) = new_head(num_classes, 512, seed, &self.device)?;
         self.fc_weight = Var::from_tensor(&w)?;
@@ -611,7 +611,7 @@ impl ResNet18 {
             .varmap
             .data()
             .lock()
-            .map_err(|_| Error::arg("internal: variable map poisoned"))?;
+            .map_err(|_| Error::model("internal: variable map poisoned"))?;
         data.insert("fc.weight".into(), self.fc_weight.clone());
         data.insert("fc.bias".into(), self.fc_bias.clone());
         Ok(())
@@ -619,13 +619,13 @@ impl ResNet18 {
 
     fn normalize(&self, x: &Tensor) -> Result<Tensor> {
         let (_, c, _, _) = x.dims4().map_err(|_| {
-            Error::arg(format!(
+            Error::model(format!(
                 "model input must be [N, 3, H, W] images, got shape {:?}",
                 x.dims()
             ))
         })?;
         if c != 3 {
-            return Err(Error::arg(format!(
+            return Err(Error::model(format!(
                 "model input must have 3 channels, got shape {:?}",
                 x.dims()
             )));
@@ -685,7 +685,7 @@ impl ResNet18 {
     /// `forward_range(x, Stage::Input, Stage::Logits, mode)` is the whole model.
     pub fn forward_range(&self, x: &Tensor, from: Stage, to: Stage, mode: Mode) -> Result<Tensor> {
         if to < from {
-            return Err(Error::arg(format!(
+            return Err(Error::model(format!(
                 "cannot run the model backwards from {from:?} to {to:?}"
             )));
         }
@@ -730,7 +730,7 @@ impl ResNet18 {
         for (name, _) in &self.names {
             let v = self
                 .var(name)
-                .ok_or_else(|| Error::arg(format!("internal: missing {name}")))?;
+                .ok_or_else(|| Error::model(format!("internal: missing {name}")))?;
             out.push((name.clone(), v.as_tensor().detach().copy()?));
             if let Some(prefix) = name.strip_suffix(".running_var") {
                 let n = bns.get(prefix).copied().unwrap_or(0);
@@ -757,7 +757,7 @@ impl ResNet18 {
                 .ok_or_else(|| Error::weights(origin, format!("tensor `{name}` is missing")))?;
             let v = self
                 .var(name)
-                .ok_or_else(|| Error::arg(format!("internal: missing {name}")))?;
+                .ok_or_else(|| Error::model(format!("internal: missing {name}")))?;
             if t.dims() != v.dims() {
                 return Err(Error::weights(
                     origin,

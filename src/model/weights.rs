@@ -27,8 +27,10 @@ impl WeightsSource {
     pub fn parse(spec: &str) -> Result<Self> {
         let s = spec.trim();
         if s.is_empty() {
-            return Err(Error::arg(
-                "--weights: empty value; give a file, hf:owner/repo or none",
+            return Err(Error::model_setting(
+                "weights",
+                "",
+                "empty value; give a file, hf:owner/repo or none",
             ));
         }
         if s.eq_ignore_ascii_case("none") || s.eq_ignore_ascii_case("random") {
@@ -37,9 +39,11 @@ impl WeightsSource {
         if let Some(rest) = s.strip_prefix("hf:") {
             let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
             if parts.len() < 2 {
-                return Err(Error::arg(format!(
-                    "--weights {s}: a hub reference is hf:owner/repo, e.g. hf:timm/resnet18.tv_in1k"
-                )));
+                return Err(Error::model_setting(
+                    "weights",
+                    s,
+                    "a hub reference is hf:owner/repo, e.g. hf:timm/resnet18.tv_in1k",
+                ));
             }
             let repo = format!("{}/{}", parts[0], parts[1]);
             let file = if parts.len() > 2 {
@@ -50,6 +54,20 @@ impl WeightsSource {
             return Ok(WeightsSource::Hub { repo, file });
         }
         Ok(WeightsSource::File(PathBuf::from(s)))
+    }
+}
+
+impl std::fmt::Display for WeightsSource {
+    /// The text `parse` reads back: `none`, the path, or `hf:owner/repo[/file]`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WeightsSource::Random => write!(f, "none"),
+            WeightsSource::File(p) => write!(f, "{}", p.display()),
+            WeightsSource::Hub { repo, file } if file == "model.safetensors" => {
+                write!(f, "hf:{repo}")
+            }
+            WeightsSource::Hub { repo, file } => write!(f, "hf:{repo}/{file}"),
+        }
     }
 }
 
@@ -271,7 +289,7 @@ pub fn load_weights(
         (None, None) => {
             return Err(Error::weights(
                 path,
-                "has no `fc.weight`, so the number of classes is unknown; pass --num-classes K to add a new head",
+                "has no `fc.weight`, so the number of classes is unknown; set num-classes K to add a new head",
             ))
         }
     };
@@ -352,55 +370,6 @@ pub fn load_weights(
     }
     model.load_tensors(&tensors, path)?;
     Ok((model, report))
-}
-
-/// Loads a model from anything `--weights`/`--run` accepts: a run folder, a weights file
-/// (`.safetensors` or `.pth`), `hf:owner/repo[/file]`, or `none` (random init, needs
-/// `num_classes`). Returns the model and its class names.
-pub fn load_model_spec(
-    spec: &str,
-    num_classes: Option<usize>,
-    seed: u64,
-    device: &Device,
-) -> Result<(ResNet18, Vec<String>)> {
-    let p = Path::new(spec);
-    if p.is_dir() {
-        let (m, cfg) = crate::model::checkpoint::load_checkpoint(p, device)?;
-        return Ok((m, cfg.class_names));
-    }
-    let src = WeightsSource::parse(spec)?;
-    match resolve_weights(&src, &default_cache_dir())? {
-        None => {
-            let k =
-                num_classes.ok_or_else(|| Error::arg("--weights none needs --num-classes K"))?;
-            let m = ResNet18::new_random(k, seed, device)?;
-            let names = (0..k).map(|i| format!("class{i}")).collect();
-            Ok((m, names))
-        }
-        Some(path) => {
-            let cfg_path = path.parent().map(|d| d.join("config.json"));
-            let (m, report) = load_weights(&path, num_classes, seed, device)?;
-            if let Some(k) = report.head_replaced_from {
-                tracing::info!(
-                    "{}: head with {k} classes replaced by a new {}-class head",
-                    path.display(),
-                    m.num_classes()
-                );
-            }
-            let mut names: Vec<String> =
-                (0..m.num_classes()).map(|i| format!("class{i}")).collect();
-            if let Some(cp) = cfg_path
-                .filter(|c| c.exists() && path.extension().is_some_and(|e| e == "safetensors"))
-            {
-                if let Ok(cfg) = crate::fsutil::read_json::<crate::model::ModelConfig>(&cp) {
-                    if cfg.class_names.len() == m.num_classes() {
-                        names = cfg.class_names;
-                    }
-                }
-            }
-            Ok((m, names))
-        }
-    }
 }
 
 #[cfg(test)]

@@ -18,39 +18,11 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 use std::sync::Arc;
 
+pub(super) use super::layout::{with_padded, with_scratch, Epilogue, Geometry, PlaneFn};
+
 /// Output size of a convolution.
 pub fn conv_out(input: usize, kernel: usize, stride: usize, padding: usize) -> usize {
     (input + 2 * padding).saturating_sub(kernel) / stride + 1
-}
-
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Geometry {
-    pub(super) n: usize,
-    pub(super) c: usize,
-    pub(super) h: usize,
-    pub(super) w: usize,
-    pub(super) o: usize,
-    pub(super) k: usize,
-    pub(super) stride: usize,
-    pub(super) pad: usize,
-    pub(super) ho: usize,
-    pub(super) wo: usize,
-}
-
-impl Geometry {
-    /// `[n, o, ho, wo]`.
-    pub(super) fn out_shape(&self) -> Shape {
-        Shape::from((self.n, self.o, self.ho, self.wo))
-    }
-    fn ckk(&self) -> usize {
-        self.c * self.k * self.k
-    }
-    pub(super) fn hw_out(&self) -> usize {
-        self.ho * self.wo
-    }
-    fn plane_in(&self) -> usize {
-        self.c * self.h * self.w
-    }
 }
 
 /// Images per matrix product: as many as keep the column buffer under 16 M floats (64 MB).
@@ -70,10 +42,6 @@ fn valid_cols(wo: usize, w: usize, s: usize, p: usize, kx: usize) -> (usize, usi
         0
     };
     (lo.min(hi), hi)
-}
-
-thread_local! {
-    static PADDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Copies `dst.len()` floats from the start of `src`, eight at a time (the rows of a column
@@ -131,51 +99,6 @@ fn im2col_chunk(x: &[f32], g: &Geometry, i0: usize, m: usize, col: &mut [f32]) {
     }
     with_padded(images, (g.h, g.w), p, wp, hp * wp, |padded| {
         fill(padded, col)
-    })
-}
-
-/// Runs `f` on `x`'s `h x w` planes copied into zero-padded planes of `plane` floats: rows
-/// `wp` wide (at least `w + p`), `p` zero rows above, each row's values from column `p`,
-/// zeros elsewhere. The buffer is this thread's, reused across calls (a re-entrant call
-/// gets a fresh one).
-pub(super) fn with_padded<R>(
-    x: &[f32],
-    (h, w): (usize, usize),
-    p: usize,
-    wp: usize,
-    plane: usize,
-    f: impl FnOnce(&[f32]) -> R,
-) -> R {
-    assert!(
-        wp >= w + p && plane >= (h + p) * wp,
-        "with_padded: planes too small"
-    );
-    let planes = x.len() / (h * w).max(1);
-    PADDED.with(|cell| {
-        let mut guard = cell.try_borrow_mut();
-        let mut fresh = Vec::new();
-        let buf: &mut Vec<f32> = match guard.as_mut() {
-            Ok(b) => b,
-            Err(_) => &mut fresh,
-        };
-        let need = planes * plane;
-        if buf.len() < need {
-            buf.resize(need, 0.0);
-        }
-        buf[..need]
-            .par_chunks_mut(plane)
-            .zip(x.par_chunks(h * w))
-            .for_each(|(dst, src)| {
-                dst[..p * wp].fill(0.0);
-                dst[(p + h) * wp..].fill(0.0);
-                for (y, line) in src.chunks_exact(w).enumerate() {
-                    let d = &mut dst[(p + y) * wp..(p + y + 1) * wp];
-                    d[..p].fill(0.0);
-                    d[p + w..].fill(0.0);
-                    d[p..p + w].copy_from_slice(line);
-                }
-            });
-        f(&buf[..need])
     })
 }
 
@@ -248,34 +171,6 @@ fn col2im_strided(col: &[f32], g: &Geometry, j: usize, m: usize, dx: &mut [f32])
             }
         }
     }
-}
-
-thread_local! {
-    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
-        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
-}
-
-/// Runs `f` with two scratch buffers of at least `a` and `b` floats, reused across calls on
-/// this thread (no allocation, zeroing or page faults per convolution). Their contents are
-/// arbitrary: every user overwrites what it reads. A re-entrant call gets fresh buffers.
-pub(super) fn with_scratch<R>(
-    a: usize,
-    b: usize,
-    f: impl FnOnce(&mut [f32], &mut [f32]) -> R,
-) -> R {
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut bufs) => {
-            let (x, y) = &mut *bufs;
-            if x.len() < a {
-                x.resize(a, 0.0);
-            }
-            if y.len() < b {
-                y.resize(b, 0.0);
-            }
-            f(&mut x[..a], &mut y[..b])
-        }
-        Err(_) => f(&mut vec![0f32; a], &mut vec![0f32; b]),
-    })
 }
 
 /// The longest sum one `gemm` call does (`gemm` never cuts sums of up to 512 terms).
@@ -380,42 +275,6 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]>
     super::cpu_f32(s, l, "conv2d", what)
 }
 
-/// What a fused convolution does to each output value `v` of channel `o` before writing it:
-/// `act(v * scale[o] + shift[o] + residual)`. The scale and shift are constants (a folded
-/// eval-mode BatchNorm); the residual is a tensor of the output's shape that takes part in
-/// autograd; `act` is ReLU or the identity.
-#[derive(Clone, Default)]
-pub(super) struct Epilogue {
-    pub(super) scale: Option<Arc<Vec<f32>>>,
-    pub(super) shift: Option<Arc<Vec<f32>>>,
-    pub(super) relu: bool,
-}
-
-impl Epilogue {
-    /// The epilogue in place: `dst` holds channel `o`'s products (`[hw]`) and gets
-    /// `relu?(dst * scale[o] + shift[o] + res)`.
-    #[inline]
-    pub(super) fn apply_in_place(&self, o: usize, res: Option<&[f32]>, dst: &mut [f32]) {
-        let a = self.scale.as_ref().map_or(1.0, |s| s[o]);
-        let b = self.shift.as_ref().map_or(0.0, |s| s[o]);
-        match (res, self.relu) {
-            (None, false) if self.scale.is_none() && self.shift.is_none() => {}
-            (None, false) => dst.iter_mut().for_each(|d| *d = *d * a + b),
-            (None, true) => dst.iter_mut().for_each(|d| *d = (*d * a + b).max(0.0)),
-            (Some(r), false) => {
-                for (d, r) in dst.iter_mut().zip(r) {
-                    *d = *d * a + b + r;
-                }
-            }
-            (Some(r), true) => {
-                for (d, r) in dst.iter_mut().zip(r) {
-                    *d = (*d * a + b + r).max(0.0);
-                }
-            }
-        }
-    }
-}
-
 struct Conv2d {
     stride: usize,
     pad: usize,
@@ -459,9 +318,6 @@ pub(super) fn conv_forward(
 ) -> Vec<f32> {
     conv_forward_each(x, w, g, epi, res, None)
 }
-
-/// A consumer of finished output planes: `(image * o + channel, plane)`.
-pub(super) type PlaneFn<'a> = dyn Fn(usize, &[f32]) + Sync + 'a;
 
 /// [`conv_forward`], each finished output plane also handed to `post` (from the direct
 /// kernel while the plane is still in the cache; after the whole output otherwise).

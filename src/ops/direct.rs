@@ -34,7 +34,7 @@
 //! Each output is one chain of fused multiply-adds in a fixed order (channel, then taps), so
 //! results do not depend on the number of threads.
 
-use super::conv::{with_padded, Epilogue, Geometry, PlaneFn};
+use super::layout::{has_fma, with_padded, Epilogue, Geometry, PlaneFn};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -88,16 +88,6 @@ static ENABLED: AtomicBool = AtomicBool::new(true);
 /// in the last bits (like `torch.backends.mkldnn.enabled` in PyTorch).
 pub fn set_direct_conv(enabled: bool) {
     ENABLED.store(enabled, Ordering::Relaxed);
-}
-
-#[cfg(target_arch = "x86_64")]
-pub(super) fn has_fma() -> bool {
-    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-pub(super) fn has_fma() -> bool {
-    false
 }
 
 /// What the kernel reads: per image `c` channel blocks of `cs` floats; output `q` (numbered

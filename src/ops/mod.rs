@@ -5,6 +5,7 @@ pub mod batchnorm;
 pub mod block;
 pub mod conv;
 mod direct;
+mod layout;
 pub mod maxpool;
 #[cfg(test)]
 mod testing;

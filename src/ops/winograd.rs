@@ -27,7 +27,7 @@
 //! direct sum by rounding (a few units in the last place of the inputs' scale), like any
 //! other summation order; [`set_winograd`] turns it off.
 
-use super::conv::{with_scratch, Epilogue, Geometry};
+use super::layout::{has_fma, with_scratch, Epilogue, Geometry};
 use super::SendPtr;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,7 +58,7 @@ pub(super) fn usable(g: &Geometry) -> bool {
         && g.ho >= 2
         && g.c >= 16
         && ENABLED.load(Ordering::Relaxed)
-        && super::direct::has_fma()
+        && has_fma()
 }
 
 /// The weights `[o, c, 3, 3]` transformed (`G g Gᵀ`) and packed as `U[ob][ξ][c][6]`
@@ -409,7 +409,7 @@ mod tests {
 
     #[test]
     fn matches_the_im2col_path() {
-        if !super::super::direct::has_fma() {
+        if !super::has_fma() {
             eprintln!("skipped: this CPU has no AVX2/FMA, the Winograd kernel never runs");
             return;
         }

@@ -8,11 +8,13 @@ use crate::{Error, Result};
 use image::{Rgb, RgbImage};
 
 /// How the channels of an attribution are combined per pixel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Reduce {
     /// sum_c |a_c| (the paper).
+    #[value(alias = "abs")]
     AbsSum,
     /// sum_c a_c (signed, as captum's display before taking signs).
+    #[value(alias = "signed")]
     Sum,
 }
 
@@ -27,6 +29,34 @@ pub enum Cap {
     CumSum(f32),
     /// Scale by the maximum |value|.
     Max,
+}
+
+impl Cap {
+    /// Parses `p99` (a percentile), `cumsum98` (captum's cumulative-sum cap) or `max`.
+    pub fn parse(s: &str) -> Result<Cap> {
+        let t = s.trim().to_ascii_lowercase();
+        let bad = || Error::config("cap", s, "use p99, cumsum98 or max");
+        let num = |x: &str| -> Result<f32> {
+            let v: f32 = x.parse().map_err(|_| bad())?;
+            if !(v > 0.0 && v <= 100.0) {
+                return Err(Error::config(
+                    "cap",
+                    s,
+                    "the percentage must be in (0, 100]",
+                ));
+            }
+            Ok(v)
+        };
+        Ok(if t == "max" {
+            Cap::Max
+        } else if let Some(v) = t.strip_prefix("cumsum") {
+            Cap::CumSum(num(v)?)
+        } else if let Some(v) = t.strip_prefix('p') {
+            Cap::Percentile(num(v)?)
+        } else {
+            return Err(bad());
+        })
+    }
 }
 
 /// A colour map.
@@ -49,9 +79,11 @@ impl Colormap {
             "viridis" => Colormap::Viridis,
             "diverging" | "bwr" => Colormap::Diverging,
             other => {
-                return Err(Error::arg(format!(
-                    "--cmap {other}: use gray, red, green, viridis or diverging"
-                )))
+                return Err(Error::config(
+                    "cmap",
+                    other,
+                    "use gray, red, green, viridis or diverging",
+                ))
             }
         })
     }

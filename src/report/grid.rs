@@ -22,10 +22,12 @@ impl Grid {
         let rows = self.cells.len();
         let cols = self.cells.first().map(|r| r.len()).unwrap_or(0);
         if rows == 0 || cols == 0 {
-            return Err(Error::arg("grid: no cells"));
+            return Err(Error::internal("grid: no cells"));
         }
         if self.cells.iter().any(|r| r.len() != cols) {
-            return Err(Error::arg("grid: rows have different numbers of cells"));
+            return Err(Error::internal(
+                "grid: rows have different numbers of cells",
+            ));
         }
         let (tw0, th0) = self.cells[0][0].dimensions();
         let k = min_tile.div_ceil(tw0.max(1)).max(1);
@@ -84,7 +86,7 @@ impl Grid {
             }
             for (c, cell) in row.iter().enumerate() {
                 if cell.dimensions() != (tw0, th0) {
-                    return Err(Error::arg(format!(
+                    return Err(Error::internal(format!(
                         "grid: cell ({r}, {c}) is {:?}, expected {:?}",
                         cell.dimensions(),
                         (tw0, th0)

@@ -8,7 +8,7 @@ use std::path::Path;
 pub fn npy_bytes(data: &[f32], shape: &[usize]) -> Result<Vec<u8>> {
     let n: usize = shape.iter().product();
     if n != data.len() {
-        return Err(Error::arg(format!(
+        return Err(Error::data(format!(
             "npy: shape {shape:?} holds {n} values, got {}",
             data.len()
         )));

@@ -9,7 +9,7 @@ use std::path::Path;
 pub fn png_bytes(img: &RgbImage) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut buf), image::ImageFormat::Png)
-        .map_err(|e| Error::arg(format!("PNG encoding failed: {e}")))?;
+        .map_err(|e| Error::internal(format!("PNG encoding failed: {e}")))?;
     Ok(buf)
 }
 

@@ -3,15 +3,15 @@
 //! on this one; report mean ± std accuracy per cell and name the best; optionally train the
 //! final model on all training data with the best cell.
 
+use crate::config::TrainConfig;
 use crate::data::split::Part;
 use crate::fsutil::{write_atomic, write_json_atomic};
-use crate::train::trainer::{open_data_with_folds, train, Stop};
-use crate::train::TrainConfig;
+use crate::interrupt::Interrupt;
+use crate::run::open_data_with_folds;
+use crate::train::trainer::{train, Stop};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 /// One grid cell's result.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,7 +38,7 @@ fn best_val_acc(dir: &Path) -> Result<f64> {
     let mut best: Option<(f64, f64)> = None;
     for l in text.lines() {
         let v: serde_json::Value =
-            serde_json::from_str(l).map_err(|e| Error::arg(format!("metrics.jsonl: {e}")))?;
+            serde_json::from_str(l).map_err(|e| Error::training(format!("metrics.jsonl: {e}")))?;
         if let (Some(loss), Some(acc)) = (v["val_loss"].as_f64(), v["val_acc"].as_f64()) {
             if best.is_none_or(|b| loss < b.0) {
                 best = Some((loss, acc));
@@ -46,7 +46,7 @@ fn best_val_acc(dir: &Path) -> Result<f64> {
         }
     }
     best.map(|b| b.1)
-        .ok_or_else(|| Error::arg(format!("{}: no validation epochs", dir.display())))
+        .ok_or_else(|| Error::training(format!("{}: no validation epochs", dir.display())))
 }
 
 /// Runs the grid. `cfg` gives everything but lr and batch size.
@@ -57,31 +57,53 @@ pub fn cross_validate(
     folds: usize,
     out: &Path,
     final_train: bool,
-    interrupt: Arc<AtomicBool>,
+    interrupt: &Interrupt,
 ) -> Result<CvResult> {
     if folds < 2 {
-        return Err(Error::arg(format!(
-            "--folds {folds}: cross-validation needs at least 2 folds"
-        )));
-    }
-    if lrs.is_empty() || batch_sizes.is_empty() {
-        return Err(Error::arg(
-            "cv: give at least one --lrs value and one --batch-sizes value",
+        return Err(Error::config(
+            "folds",
+            folds,
+            "cross-validation needs at least 2 folds",
         ));
     }
-    crate::fsutil::ensure_output_dir(out)?;
+    if lrs.is_empty() || batch_sizes.is_empty() {
+        return Err(Error::conflict(
+            "cross-validation needs at least one learning rate (lrs) and one batch size (batch-sizes)",
+        ));
+    }
+    for &lr in lrs {
+        TrainConfig {
+            main: crate::config::PhaseConfig {
+                lr,
+                ..cfg.main.clone()
+            },
+            ..cfg.clone()
+        }
+        .validate()?;
+    }
+    for &batch_size in batch_sizes {
+        TrainConfig {
+            main: crate::config::PhaseConfig {
+                batch_size,
+                ..cfg.main.clone()
+            },
+            ..cfg.clone()
+        }
+        .validate()?;
+    }
     let mut base = cfg.clone();
-    base.val_per_class = 0;
+    base.data.val_per_class = 0;
     let (_, split) = open_data_with_folds(&base, folds)?;
     if split
         .rows
         .iter()
         .any(|r| r.part == Part::Train && r.fold.is_none())
     {
-        return Err(Error::arg(
+        return Err(Error::data(
             "cv: the split's training rows need a fold (make it with `data split --folds K`)",
         ));
     }
+    crate::fsutil::ensure_output_dir(out)?;
     split.write(&out.join("split.csv"))?;
     let mut cells = Vec::new();
     for &lr in lrs {
@@ -98,20 +120,15 @@ pub fn cross_validate(
                 crate::fsutil::ensure_output_dir(&dir)?;
                 let split_path = dir.join("cv-split.csv");
                 fs.write(&split_path)?;
-                let c = TrainConfig {
-                    lr,
-                    batch_size: bs,
-                    split: Some(split_path),
-                    ..base.clone()
-                };
+                let mut c = base.clone();
+                c.main.lr = lr;
+                c.main.batch_size = bs;
+                c.data.split = Some(split_path);
                 let resume =
                     dir.join("resume.safetensors").exists() && !dir.join("summary.json").exists();
                 if !dir.join("summary.json").exists() {
-                    if let Stop::Interrupted = train(&c, &dir, resume, interrupt.clone())? {
-                        return Err(Error::arg(format!(
-                            "interrupted; run cv again with the same --out {} to continue",
-                            out.display()
-                        )));
+                    if let Stop::Interrupted = train(&c, &dir, resume, interrupt)? {
+                        return Err(Error::Interrupted { resume: None });
                     }
                 }
                 let acc = best_val_acc(&dir)?;
@@ -151,18 +168,14 @@ pub fn cross_validate(
     write_atomic(&out.join("cv.md"), table(&result).as_bytes())?;
     if final_train {
         let dir = out.join("final");
-        let c = TrainConfig {
-            lr: result.cells[best].lr,
-            batch_size: result.cells[best].batch_size,
-            split: Some(out.join("split.csv")),
-            ..base.clone()
-        };
+        let mut c = base.clone();
+        c.main.lr = result.cells[best].lr;
+        c.main.batch_size = result.cells[best].batch_size;
+        c.data.split = Some(out.join("split.csv"));
         if let Stop::Interrupted =
             train(&c, &dir, dir.join("resume.safetensors").exists(), interrupt)?
         {
-            return Err(Error::arg(
-                "interrupted during the final training; run cv again to continue",
-            ));
+            return Err(Error::Interrupted { resume: None });
         }
         result.final_run = Some(dir);
     }

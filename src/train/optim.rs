@@ -87,15 +87,7 @@ impl CustomOp2 for AdamCpuStep {
 /// First and second moments of one parameter, shared with the fused CPU step.
 type Moments = (Arc<Mutex<Vec<f32>>>, Arc<Mutex<Vec<f32>>>);
 
-/// Which variant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OptimKind {
-    /// L2 weight decay added to the gradient (`torch.optim.Adam`), as the paper.
-    Adam,
-    /// Decoupled weight decay (`torch.optim.AdamW`).
-    AdamW,
-}
+pub use crate::config::OptimKind;
 
 /// Adam with named parameters.
 pub struct Adam {
@@ -121,7 +113,7 @@ impl Adam {
         weight_decay: f64,
     ) -> Result<Adam> {
         if !(lr.is_finite() && lr > 0.0) {
-            return Err(Error::arg(format!("learning rate {lr}: must be > 0")));
+            return Err(Error::training(format!("learning rate {lr}: must be > 0")));
         }
         let m = params
             .iter()
@@ -255,12 +247,12 @@ impl Adam {
         for (i, (n, p)) in self.params.iter().enumerate() {
             for (prefix, slot) in [("m", &mut self.m[i]), ("v", &mut self.v[i])] {
                 let t = tensors.get(&format!("{prefix}.{n}")).ok_or_else(|| {
-                    Error::arg(format!(
+                    Error::training(format!(
                         "optimizer state has no `{prefix}.{n}`; was it saved by another command?"
                     ))
                 })?;
                 if t.dims() != p.dims() {
-                    return Err(Error::arg(format!(
+                    return Err(Error::training(format!(
                         "optimizer state `{prefix}.{n}` has shape {:?}, expected {:?}",
                         t.dims(),
                         p.dims()

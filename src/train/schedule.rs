@@ -2,61 +2,9 @@
 //! milestone), `plateau:P:F` (x F when the monitored loss has not improved for P epochs, as
 //! ReduceLROnPlateau with its default threshold 1e-4 relative), or `none`.
 
-use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-/// A schedule.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Schedule {
-    None,
-    Step { epoch: usize, factor: f64 },
-    Plateau { patience: usize, factor: f64 },
-}
-
-impl Schedule {
-    pub fn parse(s: &str) -> Result<Schedule> {
-        let t = s.trim().to_ascii_lowercase();
-        if t == "none" || t.is_empty() {
-            return Ok(Schedule::None);
-        }
-        let parts: Vec<&str> = t.split(':').collect();
-        let bad = || {
-            Error::arg(format!("--schedule {s}: use step:EPOCH:FACTOR (e.g. step:15:0.1), plateau:PATIENCE:FACTOR (e.g. plateau:5:0.1) or none"))
-        };
-        if parts.len() != 3 {
-            return Err(bad());
-        }
-        let n: usize = parts[1].parse().map_err(|_| bad())?;
-        let f: f64 = parts[2].parse().map_err(|_| bad())?;
-        if !(f > 0.0 && f <= 1.0) {
-            return Err(Error::arg(format!(
-                "--schedule {s}: the factor must be in (0, 1]"
-            )));
-        }
-        match parts[0] {
-            "step" => Ok(Schedule::Step {
-                epoch: n,
-                factor: f,
-            }),
-            "plateau" => Ok(Schedule::Plateau {
-                patience: n,
-                factor: f,
-            }),
-            _ => Err(bad()),
-        }
-    }
-}
-
-impl std::fmt::Display for Schedule {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Schedule::None => write!(f, "none"),
-            Schedule::Step { epoch, factor } => write!(f, "step:{epoch}:{factor}"),
-            Schedule::Plateau { patience, factor } => write!(f, "plateau:{patience}:{factor}"),
-        }
-    }
-}
+pub use crate::config::Schedule;
 
 /// The schedule's running state (saved with the run, so a resume continues it).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

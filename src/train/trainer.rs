@@ -9,51 +9,31 @@
 //!   after every epoch and when Ctrl-C stops a run; `--resume` continues from it and, on the
 //!   CPU, ends with the same weights as an uninterrupted run.
 
+use crate::config::{Init, Recipe, TrainConfig};
 use crate::data::cache::ImageCache;
 use crate::data::loader::{batches, LoaderConfig};
-use crate::data::split::{make_split, Part, Split, SplitSpec};
-use crate::data::{DataOptions, Dataset};
+use crate::data::split::Part;
 use crate::eval::classification::{evaluate_model, Evaluation};
 use crate::fsutil::{write_atomic, write_json_atomic};
+use crate::interrupt::Interrupt;
 use crate::model::checkpoint::{model_to_bytes, save_weights};
-use crate::model::{load_model_spec, GroupSet, Mode, ModelConfig, ResNet18};
+use crate::model::{load_model_source, GroupSet, Mode, ModelConfig, ResNet18};
 use crate::rng::SeededRng;
-use crate::train::config::TrainConfig;
+use crate::run::{open_data, RunConfig};
 use crate::train::optim::Adam;
-use crate::train::schedule::{Schedule, ScheduleState};
+use crate::train::schedule::ScheduleState;
 use crate::{Error, Result};
 use candle_core::{Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-/// `config.json` of a run: the model description plus the training configuration.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunConfig {
-    #[serde(flatten)]
-    pub model: ModelConfig,
-    pub train: TrainConfig,
-}
-
-/// One phase of training.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Phase {
-    pub name: String,
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub lr: f64,
-    pub groups: String,
-    pub schedule: Schedule,
-    pub early_stop: Option<usize>,
-}
 
 /// Where a run stands; saved in `resume.safetensors`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrainState {
-    pub command: String,
+    pub command: Recipe,
     pub phase: usize,
     /// Completed epochs of the current phase.
     pub epoch: usize,
@@ -81,7 +61,7 @@ pub struct EpochSums {
 /// What a finished run reports.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
-    pub command: String,
+    pub command: Recipe,
     pub test: Option<Evaluation>,
     pub best_checkpoint: String,
     pub best_reason: String,
@@ -96,77 +76,7 @@ pub enum Stop {
     Interrupted,
 }
 
-fn phases(cfg: &TrainConfig) -> Result<Vec<Phase>> {
-    let sched = Schedule::parse(&cfg.schedule)?;
-    let mut v = Vec::new();
-    if cfg.command != "finetune" && cfg.head_epochs > 0 {
-        v.push(Phase {
-            name: "head".into(),
-            epochs: cfg.head_epochs,
-            batch_size: cfg.head_batch_size,
-            lr: cfg.head_lr,
-            groups: "5".into(),
-            schedule: Schedule::None,
-            early_stop: None,
-        });
-    }
-    v.push(Phase {
-        name: if cfg.command == "finetune" {
-            "finetune".into()
-        } else {
-            "full".into()
-        },
-        epochs: cfg.epochs,
-        batch_size: cfg.batch_size,
-        lr: cfg.lr,
-        groups: cfg.groups.clone(),
-        schedule: sched,
-        early_stop: cfg.early_stop,
-    });
-    Ok(v)
-}
-
-/// Opens the data and split of a configuration (writing nothing).
-pub fn open_data(cfg: &TrainConfig) -> Result<(Dataset, Split)> {
-    open_data_with_folds(cfg, 1)
-}
-
-/// [`open_data`] with the training part divided into `folds` lesion-grouped folds when the
-/// split is made here (a split file keeps its own folds).
-pub fn open_data_with_folds(cfg: &TrainConfig, folds: usize) -> Result<(Dataset, Split)> {
-    let per_class = cfg.train_per_class + cfg.val_per_class + cfg.test_per_class;
-    let opts = DataOptions {
-        classes: cfg.classes.clone(),
-        skip_bad_images: cfg.skip_bad_images,
-        synthetic_per_class: per_class.max(1),
-        seed: cfg.seed,
-    };
-    let ds = Dataset::open(&cfg.data, &opts)?;
-    let split = match &cfg.split {
-        Some(p) => Split::read(p, &ds)?,
-        None => make_split(
-            &ds,
-            &SplitSpec {
-                train_per_class: cfg.train_per_class,
-                test_per_class: cfg.test_per_class,
-                val_per_class: cfg.val_per_class,
-                folds,
-                seed: cfg.seed,
-            },
-        )?,
-    };
-    Ok((ds, split))
-}
-
-/// Per-pixel RMS of an L2 radius at a resolution: eps / sqrt(3 H W).
-pub fn eps_rms(eps: f32, size: usize) -> f64 {
-    eps as f64 / ((3 * size * size) as f64).sqrt()
-}
-
-/// Converts a paper eps at 224 px to the same RMS at `size`.
-pub fn eps_from_224(eps224: f32, size: usize) -> f32 {
-    eps224 * size as f32 / 224.0
-}
+pub use crate::config::{eps_from_224, eps_rms};
 
 fn append_metrics(dir: &Path, line: &serde_json::Value) -> Result<()> {
     let p = dir.join("metrics.jsonl");
@@ -197,10 +107,10 @@ fn save_resume(dir: &Path, model: &ResNet18, opt: &Adam, state: &TrainState) -> 
     let mut meta = HashMap::new();
     meta.insert(
         "robustlens_state".to_string(),
-        serde_json::to_string(state).map_err(|e| Error::arg(e.to_string()))?,
+        serde_json::to_string(state).map_err(|e| Error::training(e.to_string()))?,
     );
     let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
-        .map_err(|e| Error::arg(format!("serialising resume checkpoint: {e}")))?;
+        .map_err(|e| Error::training(format!("serialising resume checkpoint: {e}")))?;
     write_atomic(&dir.join("resume.safetensors"), &bytes)
 }
 
@@ -210,10 +120,11 @@ type ResumeParts = (HashMap<String, Tensor>, HashMap<String, Tensor>, TrainState
 fn load_resume(dir: &Path, device: &Device) -> Result<ResumeParts> {
     let p = dir.join("resume.safetensors");
     let bytes = std::fs::read(&p).map_err(|e| {
-        Error::arg(format!(
-            "--resume {}: no resume checkpoint ({e}); is it a run folder of a training command?",
-            dir.display()
-        ))
+        Error::config(
+            "resume",
+            dir.display(),
+            format!("no resume checkpoint ({e}); is it a run folder of a training command?"),
+        )
     })?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| Error::weights(&p, format!("not a valid checkpoint: {e}")))?;
@@ -241,17 +152,11 @@ fn load_resume(dir: &Path, device: &Device) -> Result<ResumeParts> {
 }
 
 /// Trains according to `cfg` into `dir`; with `resume` continues the run saved there.
-pub fn train(
-    cfg: &TrainConfig,
-    dir: &Path,
-    resume: bool,
-    interrupt: Arc<AtomicBool>,
-) -> Result<Stop> {
+pub fn train(cfg: &TrainConfig, dir: &Path, resume: bool, interrupt: &Interrupt) -> Result<Stop> {
     cfg.validate()?;
-    let device = crate::device::parse_device(&cfg.device)?;
+    let device = cfg.device.open()?;
     let t_start = std::time::Instant::now();
-    crate::fsutil::ensure_output_dir(dir)?;
-    crate::fsutil::remove_stale_temp_files(dir);
+    // Everything is checked (data, split, starting model) before the folder is created.
     let (ds, split) = open_data(cfg)?;
     let class_names = ds.class_names.clone();
     let labels: Vec<usize> = ds.items.iter().map(|i| i.label).collect();
@@ -259,26 +164,39 @@ pub fn train(
     let val_idx = split.indices(&ds, Part::Val, None);
     let test_idx = split.indices(&ds, Part::Test, None);
     if train_idx.len() < 2 {
-        return Err(Error::arg("the split has fewer than 2 training images"));
+        return Err(Error::training(
+            "the split has fewer than 2 training images",
+        ));
     }
     // The model.
-    let model = if let Some(from) = &cfg.from {
+    let model = if let Init::From(from) = &cfg.init {
         if !from.join("model.safetensors").exists() {
-            return Err(Error::arg(format!("--from {}: no model.safetensors there; give a run folder of train-standard or train-robust", from.display())));
+            return Err(Error::config(
+                "from",
+                from.display(),
+                "no model.safetensors there; give a run folder of train-standard or train-robust",
+            ));
         }
         let (m, mc) = crate::model::load_checkpoint(from, &device)?;
         if mc.num_classes != class_names.len() {
-            return Err(Error::arg(format!(
-                "--from {}: the model has {} classes, the data {}",
+            return Err(Error::config(
+                "from",
                 from.display(),
-                mc.num_classes,
-                class_names.len()
-            )));
+                format!(
+                    "the model has {} classes, the data {}",
+                    mc.num_classes,
+                    class_names.len()
+                ),
+            ));
         }
         m
+    } else if let Init::Weights(w) = &cfg.init {
+        load_model_source(w, Some(class_names.len()), cfg.seed, &device)?.0
     } else {
-        load_model_spec(&cfg.weights, Some(class_names.len()), cfg.seed, &device)?.0
+        unreachable!("Init has two variants")
     };
+    crate::fsutil::ensure_output_dir(dir)?;
+    crate::fsutil::remove_stale_temp_files(dir);
     let model_cfg = ModelConfig {
         num_classes: class_names.len(),
         class_names: class_names.clone(),
@@ -289,13 +207,13 @@ pub fn train(
         model: model_cfg.clone(),
         train: cfg.clone(),
     };
-    let phases = phases(cfg)?;
+    let phases = cfg.phases();
     let mut state = TrainState {
-        command: cfg.command.clone(),
+        command: cfg.recipe,
         phase: 0,
         epoch: 0,
         step: 0,
-        schedule: ScheduleState::new(phases[0].lr),
+        schedule: ScheduleState::new(phases[0].1.lr),
         optimizer_step: 0,
         best_val_loss: f64::MAX,
         best: None,
@@ -306,13 +224,12 @@ pub fn train(
     let mut resume_optim: Option<HashMap<String, Tensor>> = None;
     if resume {
         let (mt, ot, st) = load_resume(dir, &device)?;
-        if st.command != cfg.command {
-            return Err(Error::arg(format!(
-                "--resume {}: the run was made by `{}`, not `{}`",
+        if st.command != cfg.recipe {
+            return Err(Error::config(
+                "resume",
                 dir.display(),
-                st.command,
-                cfg.command
-            )));
+                format!("the run was made by `{}`, not `{}`", st.command, cfg.recipe),
+            ));
         }
         model.load_tensors(&mt, &dir.join("resume.safetensors"))?;
         state = st;
@@ -323,10 +240,7 @@ pub fn train(
         tracing::info!(
             "resuming {} at phase {} epoch {} step {}",
             dir.display(),
-            phases
-                .get(state.phase)
-                .map(|p| p.name.as_str())
-                .unwrap_or("-"),
+            phases.get(state.phase).map(|p| p.0).unwrap_or("-"),
             state.epoch + 1,
             state.step
         );
@@ -339,7 +253,7 @@ pub fn train(
         &ds,
         cfg.image_size,
         Some(&crate::data::cache::default_cache_dir()),
-        cfg.skip_bad_images,
+        cfg.data.skip_bad_images,
     )?);
     let bad: std::collections::HashSet<usize> = cache.bad.iter().copied().collect();
     let keep =
@@ -359,16 +273,15 @@ pub fn train(
         );
     }
     while state.phase < phases.len() && !state.finished {
-        let ph = phases[state.phase].clone();
-        let groups = GroupSet::parse(&ph.groups)?;
+        let (name, ph, groups) = phases[state.phase].clone();
         // The head phase trains fc alone: the frozen backbone's BatchNorm statistics stay too.
-        model.freeze_bn_stats(groups, cfg.freeze_bn_stats || ph.name == "head");
+        model.freeze_bn_stats(groups, cfg.freeze_bn_stats || name == "head");
         model.set_trainable_groups(groups);
         let mut opt = Adam::new(
-            cfg.optimizer,
+            cfg.optim.kind,
             model.trainable_vars(groups),
             state.schedule.lr,
-            cfg.weight_decay,
+            cfg.optim.weight_decay,
         )?;
         if let Some(ot) = resume_optim.take() {
             if state.optimizer_step > 0 {
@@ -382,7 +295,7 @@ pub fn train(
             let lcfg = LoaderConfig {
                 batch_size: ph.batch_size,
                 shuffle: true,
-                augment: cfg.augment.then(Default::default),
+                augment: cfg.data.augment.then(Default::default),
                 seed: cfg.seed ^ ((state.phase as u64 + 1) << 32),
                 epoch: epoch as u64,
                 min_batch: 2,
@@ -392,7 +305,7 @@ pub fn train(
                 train_idx.len() / ph.batch_size + usize::from(train_idx.len() % ph.batch_size >= 2);
             let pb = crate::progress::bar(
                 n_batches as u64,
-                format!("{} {}/{}", ph.name, epoch + 1, ph.epochs),
+                format!("{name} {}/{}", epoch + 1, ph.epochs),
             );
             pb.set_position(state.step as u64);
             let t0 = std::time::Instant::now();
@@ -425,13 +338,14 @@ pub fn train(
                 let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
                 let lv = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
                 if !lv.is_finite() {
-                    return Err(Error::arg(format!(
-                        "training stopped: the loss became {lv} in phase {} epoch {} step {}; the last good checkpoint is kept in {} (try a lower --lr)",
-                        ph.name,
-                        epoch + 1,
-                        step + 1,
-                        dir.display()
-                    )));
+                    return Err(crate::error::TrainingError::LossNotFinite {
+                        value: lv,
+                        phase: name.to_string(),
+                        epoch: epoch + 1,
+                        step: step + 1,
+                        dir: dir.to_path_buf(),
+                    }
+                    .into());
                 }
                 let grads = loss.backward()?;
                 opt.step(&grads)?;
@@ -446,24 +360,19 @@ pub fn train(
                 state.step += 1;
                 pb.inc(1);
                 pb.set_message(format!(
-                    "{} {}/{} loss {:.3} acc {:.1}%",
-                    ph.name,
+                    "{name} {}/{} loss {:.3} acc {:.1}%",
                     epoch + 1,
                     ph.epochs,
                     sums.loss / sums.images as f64,
                     100.0 * sums.correct as f64 / sums.images as f64
                 ));
-                if interrupt.load(Ordering::SeqCst) {
+                if interrupt.is_set() {
                     sums.seconds += t0.elapsed().as_secs_f64();
                     state.partial = sums;
                     state.optimizer_step = opt.step;
                     save_resume(dir, &model, &opt, &state)?;
                     pb.finish_and_clear();
-                    eprintln!(
-                        "interrupted: checkpoint written to {}; continue with --resume {}",
-                        dir.display(),
-                        dir.display()
-                    );
+                    tracing::info!("interrupted: checkpoint written to {}", dir.display());
                     return Ok(Stop::Interrupted);
                 }
             }
@@ -498,7 +407,7 @@ pub fn train(
             let train_loss = sums.loss / sums.images.max(1) as f64;
             let train_acc = sums.correct as f64 / sums.images.max(1) as f64;
             let mut line = serde_json::json!({
-                "phase": ph.name, "epoch": epoch + 1, "lr": lr_used,
+                "phase": name, "epoch": epoch + 1, "lr": lr_used,
                 "train_loss": train_loss, "train_acc": train_acc,
                 "images_per_s": sums.images as f64 / sums.seconds.max(1e-9), "seconds": sums.seconds,
             });
@@ -522,7 +431,7 @@ pub fn train(
                     state.bad_epochs = 0;
                 }
                 write_atomic(&dir.join("model.safetensors"), &model_to_bytes(&model)?)?;
-                state.best = Some(format!("{} epoch {}", ph.name, epoch + 1));
+                state.best = Some(format!("{name} epoch {}", epoch + 1));
             } else {
                 state.bad_epochs += 1;
             }
@@ -541,7 +450,7 @@ pub fn train(
         state.bad_epochs = 0;
         state.optimizer_step = 0;
         if let Some(next) = phases.get(state.phase) {
-            state.schedule = ScheduleState::new(next.lr);
+            state.schedule = ScheduleState::new(next.1.lr);
         } else {
             state.finished = true;
         }
@@ -565,7 +474,7 @@ pub fn train(
         )?)
     };
     let summary = Summary {
-        command: cfg.command.clone(),
+        command: cfg.recipe,
         test,
         best_checkpoint: state.best.clone().unwrap_or_default(),
         best_reason: if val_idx.is_empty() {

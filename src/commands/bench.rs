@@ -61,7 +61,7 @@ pub fn run_cell(
     device: &Device,
 ) -> Result<Cell> {
     if batch == 0 {
-        return Err(Error::arg("--batch-size 0: must be at least 1"));
+        return Err(Error::config("batch-size", 0, "must be at least 1"));
     }
     let model = ResNet18::new_random(3, 0, device)?;
     let mut rng = SeededRng::new(1);
@@ -143,10 +143,11 @@ pub fn run_cell(
             })?
         }
         other => {
-            return Err(Error::arg(format!(
-                "bench: unknown workload `{other}`; use {}",
-                WORKLOADS.join(", ")
-            )))
+            return Err(Error::config(
+                "what",
+                other,
+                format!("unknown workload; use {}", WORKLOADS.join(", ")),
+            ))
         }
     };
     Ok(Cell {
@@ -155,4 +156,83 @@ pub fn run_cell(
         batch: if what == "ig" { 1 } else { batch },
         img_per_s,
     })
+}
+
+/// A benchmark workload (see [`WORKLOADS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// Forward, eval mode.
+    Eval,
+    /// Forward, backward and an Adam step.
+    Train,
+    /// The input gradient of the true-class logit (one PGD or saliency step).
+    InputGrad,
+    /// A PGD-7 training step: 7 input gradients and one training step.
+    Pgd7,
+    /// Integrated Gradients, 50 steps per image.
+    Ig,
+}
+
+impl Workload {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Workload::Eval => "eval",
+            Workload::Train => "train",
+            Workload::InputGrad => "input-grad",
+            Workload::Pgd7 => "pgd7",
+            Workload::Ig => "ig",
+        }
+    }
+}
+
+/// Options of `bench`.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub what: Vec<Workload>,
+    pub sizes: Vec<usize>,
+    pub batch_size: usize,
+    pub iters: usize,
+    pub warmup: usize,
+    /// One JSON object per line instead of a table.
+    pub json: bool,
+    pub device: crate::device::DeviceSpec,
+}
+
+/// Measures every workload at every size and prints a table (or JSON lines).
+pub fn run(o: &BenchOptions) -> Result<Vec<Cell>> {
+    for &s in &o.sizes {
+        super::check_image_size(s)?;
+    }
+    if o.batch_size == 0 {
+        return Err(Error::config("batch-size", 0, "must be at least 1"));
+    }
+    if o.iters == 0 {
+        return Err(Error::config("iters", 0, "must be at least 1"));
+    }
+    let device = o.device.open()?;
+    if !o.json {
+        println!(
+            "{:<12} {:>5} {:>6} {:>10}",
+            "what", "size", "batch", "images/s"
+        );
+    }
+    let mut cells = Vec::new();
+    for &size in &o.sizes {
+        for w in &o.what {
+            let c = run_cell(w.as_str(), size, o.batch_size, o.warmup, o.iters, &device)?;
+            if o.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&c).map_err(|e| Error::internal(e.to_string()))?
+                );
+            } else {
+                println!(
+                    "{:<12} {:>5} {:>6} {:>10.2}",
+                    c.what, c.size, c.batch, c.img_per_s
+                );
+            }
+            cells.push(c);
+        }
+    }
+    Ok(cells)
 }

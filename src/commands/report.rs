@@ -1,30 +1,24 @@
-//! The whole pipeline: `demo` (train standard, robust and fine-tuned models on the synthetic
-//! set, then report) and `report` (evaluate any runs, explain test images with every method,
-//! measure the maps against lesion masks, and write `report.html`, PNG figures and
-//! `summary.json`).
+//! `report`: evaluate any runs, explain test images with every method, measure the maps
+//! against lesion masks, and write `report.html`, PNG figures and `summary.json`.
 
-use crate::adversarial::{Norm, Pgd};
+use crate::adversarial::Pgd;
 use crate::attribution::by_name;
 use crate::data::loader::make_batch;
 use crate::data::split::Part;
 use crate::eval::classification::evaluate_model;
-use crate::eval::compare::{
-    compare, load_runs, method_options_for, CompareOptions, EvalImages, Metric,
-};
+use crate::eval::compare::{compare, method_options_for, CompareOptions, Metric};
 use crate::fsutil::{ensure_output_dir, write_atomic, write_json_atomic};
 
+use crate::config::eps_from_224;
 use crate::report::display::{heatmap, tensor_to_image, DisplayOptions};
 use crate::report::grid::Grid;
 use crate::report::html::{bar_chart, esc, figure, line_chart, page};
 use crate::report::png::save_png;
-use crate::train::trainer::eps_from_224;
-use crate::train::{train, AdvConfig, Stop, TrainConfig};
+use crate::run::{load_runs, EvalImages};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 use image::{Rgb, RgbImage};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 /// Options of `report`.
 #[derive(Debug, Clone)]
@@ -76,18 +70,23 @@ fn metrics_series(dir: &Path, key: &str) -> Vec<(f64, f64)> {
 }
 
 /// Evaluates and explains `runs` and writes the report into `opts.out`.
-pub fn report(
+pub fn run(
     runs: &[(String, PathBuf)],
     opts: &ReportOptions,
     device: &Device,
 ) -> Result<serde_json::Value> {
     if runs.is_empty() {
-        return Err(Error::arg("report: give at least one --run DIR"));
+        return Err(Error::config(
+            "run",
+            "",
+            "a report needs at least one run folder",
+        ));
     }
+    crate::fsutil::check_output_dir(&opts.out)?;
+    let models = load_runs(runs, device)?;
     ensure_output_dir(&opts.out)?;
     let figdir = opts.out.join("figures");
     ensure_output_dir(&figdir)?;
-    let models = load_runs(runs, device)?;
     // The first run's data and test split are the common ground.
     let EvalImages {
         ds,
@@ -157,15 +156,7 @@ pub fn report(
         let robust = if attack_idx.is_empty() {
             None
         } else {
-            let pgd = Pgd {
-                norm: Norm::L2,
-                eps,
-                steps: opts.robust_steps,
-                step_size: 2.5 * eps / opts.robust_steps as f32,
-                random_start: false,
-                use_best: true,
-                restarts: 0,
-            };
+            let pgd = Pgd::evaluation(eps, opts.robust_steps);
             evaluate_model(
                 &m.model,
                 &cache,
@@ -195,7 +186,7 @@ pub fn report(
                 .unwrap_or_else(|| "-".into())
         ));
         summary["runs"].as_array_mut().expect("array").push(serde_json::json!({
-            "name": m.name, "dir": m.dir.display().to_string(), "command": m.cfg.train.command,
+            "name": m.name, "dir": m.dir.display().to_string(), "command": m.cfg.train.recipe,
             "train_eps": m.cfg.train.adversarial.as_ref().map(|a| a.eps),
             "test": clean, "robust": robust.as_ref().map(|(r, e)| serde_json::json!({"eps": e, "steps": opts.robust_steps, "images": attack_idx.len(), "evaluation": r})),
         }));
@@ -343,7 +334,8 @@ pub fn report(
         }
         let lesion_share = c.mean_lesion_area.unwrap_or(0.0);
         summary["mean_lesion_area"] = serde_json::json!(lesion_share);
-        summary["comparison"] = serde_json::to_value(&c).map_err(|e| Error::arg(e.to_string()))?;
+        summary["comparison"] =
+            serde_json::to_value(&c).map_err(|e| Error::conflict(e.to_string()))?;
         body.push_str("<h2>Saliency metrics</h2>\n");
         body.push_str(&format!("<table>{head}{}</table>\n", mrows.join("")));
         body.push_str(&format!("<p>Gradient maps of {} test images (true class). Against the lesion mask: RMA, the share of attribution inside the lesion (a map blind to the lesion scores about the lesion's share of the image, here {lesion_share:.3}); RRA, the share of the |lesion| most salient pixels inside it; pointing, whether the most salient pixel is inside; ROC-AUC of the map as a lesion detector. Without a mask: Gini (0 uniform, 1 one pixel) and entropy (lower is more concentrated); deletion and insertion areas (RISE: the class probability as the most salient pixels are removed, resp. revealed over a blurred image); faithfulness correlation (Bhatt et al.). Each cell: mean, 95% bootstrap interval, and the p-value of a paired Wilcoxon signed-rank test against the first model. Also in <code>comparison.md</code>, <code>comparison.csv</code> and <code>comparison.json</code>.</p>\n", c.images.len()));
@@ -352,122 +344,4 @@ pub fn report(
     write_atomic(&opts.out.join("report.html"), html.as_bytes())?;
     write_json_atomic(&opts.out.join("summary.json"), &summary)?;
     Ok(summary)
-}
-
-/// Options of `demo`.
-#[derive(Debug, Clone)]
-pub struct DemoOptions {
-    pub out: PathBuf,
-    pub image_size: usize,
-    /// Robust models to train, as paper eps values at 224 px (scaled to the working size).
-    pub eps_at_224: Vec<f32>,
-    pub seed: u64,
-    pub device: String,
-    /// Epochs of the whole-network phase of the robust models.
-    pub robust_epochs: usize,
-}
-
-impl Default for DemoOptions {
-    fn default() -> Self {
-        DemoOptions {
-            out: PathBuf::from("models/demo"),
-            image_size: 64,
-            eps_at_224: vec![4.0],
-            seed: 0,
-            device: "cpu".into(),
-            robust_epochs: 6,
-        }
-    }
-}
-
-/// Trains the demo's models (reusing finished runs in `out`) and writes the report.
-pub fn demo(opts: &DemoOptions, interrupt: Arc<AtomicBool>) -> Result<serde_json::Value> {
-    ensure_output_dir(&opts.out)?;
-    let device = crate::device::parse_device(&opts.device)?;
-    let mut base = TrainConfig {
-        device: opts.device.clone(),
-        seed: opts.seed,
-        ..Default::default()
-    };
-    base.apply_preset("quick")?;
-    base.image_size = opts.image_size;
-    let run = |name: &str, cfg: &TrainConfig| -> Result<PathBuf> {
-        let dir = opts.out.join(name);
-        if dir.join("summary.json").exists() {
-            eprintln!(
-                "demo: {name} already trained in {} (delete it to retrain)",
-                dir.display()
-            );
-            return Ok(dir);
-        }
-        let resume = dir.join("resume.safetensors").exists();
-        eprintln!("demo: training {name} -> {}", dir.display());
-        match train(cfg, &dir, resume, interrupt.clone())? {
-            Stop::Finished(s) => {
-                if let Some(t) = &s.test {
-                    eprintln!(
-                        "demo: {name}: test accuracy {:.1}% ({:.0} s)",
-                        100.0 * t.accuracy,
-                        s.seconds
-                    );
-                }
-                Ok(dir)
-            }
-            Stop::Interrupted => Err(Error::arg(format!(
-                "interrupted; run the demo again to continue from {}",
-                dir.display()
-            ))),
-        }
-    };
-    let mut runs = Vec::new();
-    let std_dir = run(
-        "standard",
-        &TrainConfig {
-            command: "train-standard".into(),
-            ..base.clone()
-        },
-    )?;
-    runs.push(("standard".to_string(), std_dir.clone()));
-    let mut first_robust = None;
-    for &e in &opts.eps_at_224 {
-        let eps = eps_from_224(e, opts.image_size);
-        let mut cfg = TrainConfig {
-            command: "train-robust".into(),
-            epochs: opts.robust_epochs,
-            schedule: format!("step:{}:0.1", opts.robust_epochs.saturating_sub(1).max(1)),
-            ..base.clone()
-        };
-        cfg.adversarial = Some(AdvConfig {
-            norm: Norm::L2,
-            eps,
-            steps: 7,
-            step_size: eps / 5.0,
-            random_start: true,
-        });
-        let name = format!("robust-eps{e}");
-        let dir = run(&name, &cfg)?;
-        if first_robust.is_none() {
-            first_robust = Some(dir.clone());
-        }
-        runs.push((name, dir));
-    }
-    if let Some(rdir) = first_robust {
-        let mut cfg = base.clone();
-        cfg.command = "finetune".into();
-        cfg.apply_finetune_defaults();
-        cfg.epochs = 2;
-        cfg.lr = 1e-4;
-        cfg.groups = "3-5".into();
-        cfg.from = Some(rdir.clone());
-        cfg.split = Some(rdir.join("split.csv"));
-        let dir = run("robust-finetuned-3-5", &cfg)?;
-        runs.push(("robust+ft 3-5".to_string(), dir));
-    }
-    eprintln!("demo: evaluating and explaining {} models", runs.len());
-    let ropts = ReportOptions {
-        out: opts.out.clone(),
-        seed: opts.seed,
-        ..Default::default()
-    };
-    report(&runs, &ropts, &device)
 }

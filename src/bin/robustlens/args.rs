@@ -1,0 +1,1018 @@
+//! The command line: clap definitions, and their conversion into the library's typed options.
+//! Nothing here does any work.
+
+use clap::builder::{PossibleValue, TypedValueParser};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use robustlens::adversarial::{Norm, Pgd};
+use robustlens::attribution::{Baseline, IgRule, MethodOptions, SmoothKind, Target};
+use robustlens::commands::bench::{BenchOptions, Workload};
+use robustlens::commands::compare::CompareSettings;
+use robustlens::commands::train::{FinetuneOptions, RobustOptions, TrainOptions};
+use robustlens::config::{OptimKind, Overrides, Preset, Recipe, Schedule};
+use robustlens::data::split::Part;
+use robustlens::device::DeviceSpec;
+use robustlens::model::{GroupSet, WeightsSource};
+use robustlens::report::{Cap, Colormap, DisplayOptions, Reduce};
+use std::ffi::OsStr;
+use std::marker::PhantomData;
+use std::path::PathBuf;
+
+/// A value parser for a fixed set of words: lists them in `--help`, and on a bad value says
+/// `--FLAG VALUE: use a, b or c`.
+#[derive(Clone)]
+pub struct Words<E>(PhantomData<E>);
+
+pub fn words<E>() -> Words<E> {
+    Words(PhantomData)
+}
+
+fn flag_of(arg: Option<&clap::Arg>) -> String {
+    arg.and_then(|a| a.get_long())
+        .map(|l| format!("--{l}"))
+        .unwrap_or_else(|| "value".into())
+}
+
+impl<E: ValueEnum + Clone + Send + Sync + 'static> TypedValueParser for Words<E> {
+    type Value = E;
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<E, clap::Error> {
+        let s = value.to_string_lossy();
+        E::from_str(s.trim(), true).map_err(|_| {
+            let names: Vec<String> = E::value_variants()
+                .iter()
+                .filter_map(|v| v.to_possible_value())
+                .map(|p| p.get_name().to_string())
+                .collect();
+            let flag = flag_of(arg);
+            let mut cmd = cmd.clone();
+            cmd.error(
+                clap::error::ErrorKind::InvalidValue,
+                format!(
+                    "{flag} {s}: unknown {} `{s}`; use {}",
+                    flag.trim_start_matches('-'),
+                    names.join(", ")
+                ),
+            )
+        })
+    }
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(
+            E::value_variants()
+                .iter()
+                .filter_map(|v| v.to_possible_value()),
+        ))
+    }
+}
+
+/// A value parser from a library `parse` function; its error is shown with the flag.
+#[derive(Clone)]
+pub struct Parsed<T>(fn(&str) -> robustlens::Result<T>);
+
+impl<T: Clone + Send + Sync + 'static> TypedValueParser for Parsed<T> {
+    type Value = T;
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<T, clap::Error> {
+        let s = value.to_string_lossy();
+        (self.0)(&s).map_err(|e| {
+            let msg = match e.setting() {
+                Some(set) => set.render("--"),
+                None => format!("{} {s}: {e}", flag_of(arg)),
+            };
+            cmd.clone().error(clap::error::ErrorKind::InvalidValue, msg)
+        })
+    }
+}
+
+fn device_parser() -> Parsed<DeviceSpec> {
+    Parsed(DeviceSpec::parse)
+}
+fn groups_parser() -> Parsed<GroupSet> {
+    Parsed(GroupSet::parse)
+}
+fn schedule_parser() -> Parsed<Schedule> {
+    Parsed(Schedule::parse)
+}
+fn weights_parser() -> Parsed<WeightsSource> {
+    Parsed(WeightsSource::parse)
+}
+fn target_parser() -> Parsed<Target> {
+    Parsed(Target::parse)
+}
+fn baseline_parser() -> Parsed<Baseline> {
+    Parsed(Baseline::parse)
+}
+fn cap_parser() -> Parsed<Cap> {
+    Parsed(Cap::parse)
+}
+
+#[derive(Parser)]
+#[command(
+    name = "robustlens",
+    version,
+    about = "Train image classifiers whose explanations can be trusted",
+    long_about = "Train image classifiers whose explanations can be trusted: ResNet-18 transfer learning, \
+PGD adversarial training, six saliency methods that match captum, saliency metrics with statistics, \
+and an HTML report.\n\nStart with `robustlens demo` (about 4 minutes on two CPU cores); \
+`robustlens COMMAND --help` explains each command."
+)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Classify images with a model: centre crop, resize to --image-size, scale to [0,1].
+    Predict(PredictArgs),
+    /// List the tensors of a weights file, their shapes and the parameter count.
+    Info(InfoArgs),
+    /// Saliency maps (gradient, input-x-gradient, ig, smoothgrad, occlusion, gradcam) as PNG
+    /// heat maps, overlays, one grid, and raw NPY.
+    Saliency(Box<SaliencyArgs>),
+    /// Two-phase transfer learning (head, then everything), the paper's standard training.
+    TrainStandard(Box<TrainArgs>),
+    /// train-standard with every training batch replaced by its PGD (L2) version.
+    TrainRobust(Box<RobustArgs>),
+    /// Fine-tune chosen layer groups of a trained (robust) model, the rest frozen.
+    Finetune(Box<FinetuneArgs>),
+    /// k-fold cross-validation over learning rates x batch sizes; mean ± std per cell, the
+    /// best cell named, optionally the final training with it.
+    Cv(Box<CvArgs>),
+    /// Accuracy, balanced accuracy, per-class precision/recall, confusion matrix (and robust
+    /// accuracy with --attack pgd) of a run on its test split.
+    Evaluate(Box<EvaluateArgs>),
+    /// The whole pipeline on the built-in synthetic set: standard, robust and fine-tuned
+    /// models, evaluation, saliency maps and metrics, report.html.
+    Demo(DemoArgs),
+    /// An HTML report (accuracy, robust accuracy, saliency grids, metrics) for any runs.
+    Report(ReportArgs),
+    /// Compare models by their saliency maps: metrics with 95% bootstrap intervals, paired
+    /// Wilcoxon tests against the first run, seed brittleness and best eps per image.
+    Compare(Box<CompareArgs>),
+    /// Train one model per eps (0 = standard) into one folder (resumable), then compare them.
+    SweepEps(Box<SweepArgs>),
+    /// Images per second of eval, train, input-grad, pgd7 and IG (compare with
+    /// bench/torch_reference.py).
+    Bench(BenchArgs),
+    /// The cascading model-randomisation sanity check (Adebayo et al. 2018) for a run.
+    Sanity(Box<SanityArgs>),
+    /// PGD adversarial examples of images: PNG files and (with --raw-out) float32 NPY.
+    Attack(Box<AttackArgs>),
+    /// Data sets: write the synthetic set, make lesion-grouped splits, inspect, benchmark.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Print a shell completion script (e.g. `robustlens completions bash > ~/.local/share/bash-completion/completions/robustlens`).
+    Completions {
+        /// The shell.
+        #[arg(value_parser = words::<clap_complete::Shell>())]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Args, Clone, Default)]
+pub struct TrainArgs {
+    /// A config file (a run's config.json reproduces it); it overrides the preset, flags
+    /// override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Named settings [default: quick with the synthetic set, otherwise paper].
+    #[arg(long, value_parser = words::<Preset>())]
+    pub preset: Option<Preset>,
+    /// Run folder [default: models/<command>-<unix time>].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the interrupted run in this folder (its own config is used).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// `synthetic` (built in), a HAM10000 folder or an ImageFolder (PATH/<class>/*.jpg).
+    #[arg(long, env = "ROBUSTLENS_DATA")]
+    pub data: Option<String>,
+    /// Classes to use, comma-separated [default: all; HAM10000: nv,mel,bkl].
+    #[arg(long, value_delimiter = ',')]
+    pub classes: Option<Vec<String>>,
+    /// Skip unreadable images (reported) instead of stopping.
+    #[arg(long)]
+    pub skip_bad_images: bool,
+    /// A split CSV (image_id,lesion_id,label,split,fold) [default: made from the counts].
+    #[arg(long)]
+    pub split: Option<PathBuf>,
+    /// Working resolution, N x N pixels [default: 32 (quick), 224 (paper)].
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    /// Training images per class [default: 100 (quick), 800 (paper)].
+    #[arg(long)]
+    pub train_per_class: Option<usize>,
+    /// Validation images per class [default: 20 (quick), 0 (paper)].
+    #[arg(long)]
+    pub val_per_class: Option<usize>,
+    /// Test images per class [default: 50 (quick), 299 (paper)].
+    #[arg(long)]
+    pub test_per_class: Option<usize>,
+    /// Seed of the split, initialisation, shuffling, augmentation and attacks [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// ImageNet start: hf:owner/repo[/file], a .safetensors or .pth file, or none
+    /// [default: none (quick), hf:timm/resnet18.tv_in1k (paper)].
+    #[arg(long, value_parser = weights_parser())]
+    pub weights: Option<WeightsSource>,
+    /// auto, cpu, cuda[:N] or metal[:N] (GPUs need a build with --features cuda/metal)
+    /// [default: cpu].
+    #[arg(long, value_parser = device_parser())]
+    pub device: Option<DeviceSpec>,
+    /// Epochs of the head-only phase (0 skips it) [default: 1 (quick), 10 (paper)].
+    #[arg(long)]
+    pub head_epochs: Option<usize>,
+    /// Batch size of the head phase [default: 32].
+    #[arg(long)]
+    pub head_batch_size: Option<usize>,
+    /// Learning rate of the head phase [default: 1e-3].
+    #[arg(long)]
+    pub head_lr: Option<f64>,
+    /// Epochs of the whole-network phase [default: 6 (quick), 25 (paper); finetune: 3
+    /// (quick), 50 (paper)].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Batch size of the whole-network phase [default: 16].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Learning rate of the whole-network phase [default: 1e-3 (quick), 3e-4 (paper);
+    /// finetune: 1e-4 (quick), 1e-5 (paper)].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// step:EPOCH:FACTOR, plateau:PATIENCE:FACTOR or none [default: step:4:0.1 (quick),
+    /// step:15:0.1 (paper), plateau:5:0.1 (finetune)].
+    #[arg(long, value_parser = schedule_parser())]
+    pub schedule: Option<Schedule>,
+    /// Stop when validation loss has not improved for this many epochs [default: off;
+    /// finetune: 10].
+    #[arg(long)]
+    pub early_stop: Option<usize>,
+    /// adam (L2 decay, the paper) or adamw (decoupled decay) [default: adam].
+    #[arg(long, value_parser = words::<OptimKind>())]
+    pub optimizer: Option<OptimKind>,
+    /// Weight decay [default: 5e-4].
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Turn training augmentation off.
+    #[arg(long)]
+    pub no_augment: bool,
+}
+
+impl TrainArgs {
+    pub fn options(&self, recipe: Recipe) -> TrainOptions {
+        TrainOptions {
+            recipe,
+            config: self.config.clone(),
+            preset: self.preset,
+            out: self.out.clone(),
+            resume: self.resume.clone(),
+            overrides: Overrides {
+                data: self.data.clone(),
+                classes: self.classes.clone(),
+                skip_bad_images: self.skip_bad_images,
+                split: self.split.clone(),
+                image_size: self.image_size,
+                train_per_class: self.train_per_class,
+                val_per_class: self.val_per_class,
+                test_per_class: self.test_per_class,
+                seed: self.seed,
+                weights: self.weights.clone(),
+                device: self.device,
+                head_epochs: self.head_epochs,
+                head_batch_size: self.head_batch_size,
+                head_lr: self.head_lr,
+                epochs: self.epochs,
+                batch_size: self.batch_size,
+                lr: self.lr,
+                schedule: self.schedule,
+                early_stop: self.early_stop,
+                optimizer: self.optimizer,
+                weight_decay: self.weight_decay,
+                no_augment: self.no_augment,
+                groups: None,
+                freeze_bn_stats: false,
+            },
+            robust: None,
+            finetune: None,
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct RobustArgs {
+    #[command(flatten)]
+    pub train: TrainArgs,
+    /// L2 radius in [0,1] pixel units at the working resolution.
+    #[arg(long)]
+    pub eps: Option<f32>,
+    /// A paper eps at 224 px, converted to the working size by equal per-pixel RMS.
+    #[arg(long, conflicts_with = "eps")]
+    pub eps_at_224: Option<f32>,
+    /// The threat model's norm.
+    #[arg(long, default_value = "l2", value_parser = words::<Norm>())]
+    pub norm: Norm,
+    /// PGD steps of the training attack.
+    #[arg(long, default_value_t = 7)]
+    pub attack_steps: usize,
+    /// PGD step size [default: eps/5].
+    #[arg(long)]
+    pub attack_step_size: Option<f32>,
+    /// Start at the clean image instead of a random point in the ball.
+    #[arg(long)]
+    pub no_random_start: bool,
+}
+
+impl RobustArgs {
+    pub fn options(&self) -> TrainOptions {
+        let mut o = self.train.options(Recipe::TrainRobust);
+        o.robust = Some(RobustOptions {
+            eps: self.eps,
+            eps_at_224: self.eps_at_224,
+            norm: self.norm,
+            steps: self.attack_steps,
+            step_size: self.attack_step_size,
+            random_start: !self.no_random_start,
+        });
+        o
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct CvArgs {
+    #[command(flatten)]
+    pub train: TrainArgs,
+    /// Learning rates of the grid, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1e-3,3e-4,1e-4")]
+    pub lrs: Vec<f64>,
+    /// Batch sizes of the grid, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "8,16,32")]
+    pub batch_sizes: Vec<usize>,
+    /// Folds of the training part.
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+    /// Then train on all training data with the best cell (into OUT/final).
+    #[arg(long = "final")]
+    pub final_train: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct FinetuneArgs {
+    #[command(flatten)]
+    pub train: TrainArgs,
+    /// The run to start from (normally a robust one); its data, split and size are kept.
+    #[arg(long)]
+    pub from: Option<PathBuf>,
+    /// Layer groups to train (1 = conv1+bn1+layer1, 2..4 = layer2..4, 5 = fc), e.g. 3-5,
+    /// 5, 1,3, all.
+    #[arg(long, default_value = "3-5", value_parser = groups_parser())]
+    pub groups: GroupSet,
+    /// Also freeze BatchNorm running statistics of frozen groups.
+    #[arg(long)]
+    pub freeze_bn_stats: bool,
+}
+
+impl FinetuneArgs {
+    pub fn options(&self) -> TrainOptions {
+        let mut o = self.train.options(Recipe::Finetune);
+        o.finetune = Some(FinetuneOptions {
+            from: self.from.clone(),
+            groups: self.groups,
+            freeze_bn_stats: self.freeze_bn_stats,
+        });
+        o
+    }
+}
+
+/// Attacks `evaluate` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AttackKind {
+    /// PGD (robust accuracy).
+    Pgd,
+}
+
+#[derive(Args, Clone)]
+pub struct EvaluateArgs {
+    /// The run folder.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Other data [default: the run's own data and split].
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Which part of the split.
+    #[arg(long, default_value = "test", value_parser = words::<Part>())]
+    pub split: Part,
+    /// Also robust accuracy under this attack.
+    #[arg(long, value_parser = words::<AttackKind>())]
+    pub attack: Option<AttackKind>,
+    /// L2 radius of the attack at the working size.
+    #[arg(long, default_value_t = 3.0)]
+    pub eps: f32,
+    /// PGD steps.
+    #[arg(long, default_value_t = 30)]
+    pub steps: usize,
+    /// PGD step size [default: 2.5 * eps / steps].
+    #[arg(long)]
+    pub step_size: Option<f32>,
+    /// The threat model's norm.
+    #[arg(long, default_value = "l2", value_parser = words::<Norm>())]
+    pub norm: Norm,
+    #[command(flatten)]
+    pub device: DeviceArg,
+}
+
+impl EvaluateArgs {
+    pub fn pgd(&self) -> Option<Pgd> {
+        self.attack.map(|_| {
+            let mut p = Pgd::evaluation(self.eps, self.steps);
+            p.norm = self.norm;
+            if let Some(s) = self.step_size {
+                p.step_size = s;
+            }
+            p
+        })
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct DemoArgs {
+    /// Folder for the runs and report.html (finished runs in it are kept).
+    #[arg(long, default_value = "models/demo")]
+    pub out: PathBuf,
+    /// Working resolution (64: about 4 minutes on two CPU cores; 32: under 2).
+    #[arg(long, default_value_t = 64)]
+    pub image_size: usize,
+    /// Robust models to train, as paper eps values at 224 px, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "4")]
+    pub eps_at_224: Vec<f32>,
+    /// Whole-network epochs of each robust model (the quick preset's 6).
+    #[arg(long, default_value_t = 6)]
+    pub robust_epochs: usize,
+    /// Seed of every run.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub device: DeviceArg,
+}
+
+#[derive(Args, Clone)]
+pub struct CompareOpts {
+    /// Comma-separated saliency methods: gradient, input-x-gradient, ig, smoothgrad,
+    /// occlusion, gradcam.
+    #[arg(long, default_value = "gradient")]
+    pub method: String,
+    /// Comma-separated metrics (rma, rra, pointing, auc, gini, entropy, deletion, insertion,
+    /// faithfulness) or all.
+    #[arg(long, default_value = "all")]
+    pub metrics: String,
+    /// Images compared (the first N of the part, classes interleaved).
+    #[arg(long, default_value_t = 50)]
+    pub count: usize,
+    /// Also robust accuracy: L2 PGD with this eps at the working size, on the compared images.
+    #[arg(long)]
+    pub attack_eps: Option<f32>,
+    /// PGD steps of that attack (step size 2.5 * eps / steps).
+    #[arg(long, default_value_t = 10)]
+    pub attack_steps: usize,
+    /// The metric that picks each image's best eps (one of --metrics' names).
+    #[arg(long, default_value = "rma")]
+    pub best_by: String,
+    /// Bootstrap resamples of the 95% intervals.
+    #[arg(long, default_value_t = 1000)]
+    pub bootstrap: usize,
+}
+
+impl CompareOpts {
+    pub fn settings(&self) -> CompareSettings {
+        CompareSettings {
+            methods: robustlens::commands::list(&self.method),
+            metrics: self.metrics.clone(),
+            count: self.count,
+            attack_eps: self.attack_eps,
+            attack_steps: self.attack_steps,
+            best_by: self.best_by.clone(),
+            bootstrap: self.bootstrap,
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct CompareArgs {
+    /// Run folders (repeatable; the first is the reference of the tests); NAME=DIR names one.
+    #[arg(long = "run", required = true)]
+    pub runs: Vec<String>,
+    /// Where comparison.json, comparison.csv and comparison.md go.
+    #[arg(long, default_value = "models/compare")]
+    pub out: PathBuf,
+    /// `run` (the first run's data and split), `synthetic`, a HAM10000 folder or an ImageFolder.
+    #[arg(long, default_value = "run")]
+    pub data: String,
+    /// Which part of the split.
+    #[arg(long, default_value = "test", value_parser = words::<Part>())]
+    pub split: Part,
+    /// Seeds the bootstrap, SmoothGrad noise and faithfulness subsets.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub device: DeviceArg,
+    #[command(flatten)]
+    pub opts: CompareOpts,
+}
+
+#[derive(Args, Clone)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    pub train: TrainArgs,
+    /// L2 radii at the working size, comma-separated (0 = a standard model).
+    #[arg(long, value_delimiter = ',')]
+    pub eps: Option<Vec<f32>>,
+    /// Paper eps values at 224 px, converted to the working size.
+    #[arg(long, value_delimiter = ',', conflicts_with = "eps")]
+    pub eps_at_224: Option<Vec<f32>>,
+    /// PGD steps of the training attack (step size eps/5, random start).
+    #[arg(long, default_value_t = 7)]
+    pub train_attack_steps: usize,
+    #[command(flatten)]
+    pub compare: CompareOpts,
+}
+
+#[derive(Args, Clone)]
+pub struct BenchArgs {
+    /// Workloads, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "eval,train,input-grad,pgd7,ig",
+        value_parser = words::<Workload>()
+    )]
+    pub what: Vec<Workload>,
+    /// Image sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "64,224")]
+    pub sizes: Vec<usize>,
+    /// Images per batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Timed iterations (the median counts).
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    /// Untimed iterations first.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// One JSON object per line: {"what", "size", "batch", "img_per_s"}.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub device: DeviceArg,
+}
+
+impl BenchArgs {
+    pub fn options(&self) -> BenchOptions {
+        BenchOptions {
+            what: self.what.clone(),
+            sizes: self.sizes.clone(),
+            batch_size: self.batch_size,
+            iters: self.iters,
+            warmup: self.warmup,
+            json: self.json,
+            device: self.device.device,
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct SanityArgs {
+    /// The run folder.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// The saliency method checked.
+    #[arg(long, default_value = "gradient")]
+    pub method: String,
+    /// Which part of the split.
+    #[arg(long, default_value = "test", value_parser = words::<Part>())]
+    pub split: Part,
+    /// Images checked.
+    #[arg(long, default_value_t = 8)]
+    pub count: usize,
+    /// Seed of the randomised weights and the method's noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Also write the result as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: DeviceArg,
+}
+
+#[derive(Args, Clone)]
+pub struct ReportArgs {
+    /// Run folders (repeatable); NAME=DIR names a column.
+    #[arg(long = "run", required = true)]
+    pub runs: Vec<String>,
+    /// Folder for report.html, figures/ and summary.json.
+    #[arg(long, default_value = "models/report")]
+    pub out: PathBuf,
+    /// Test images attacked for robust accuracy (0 = none).
+    #[arg(long, default_value_t = 60)]
+    pub robust_images: usize,
+    /// Comma-separated saliency methods.
+    #[arg(long, default_value = "gradient,ig,smoothgrad,occlusion,gradcam")]
+    pub method: String,
+    #[command(flatten)]
+    pub device: DeviceArg,
+}
+
+#[derive(Args, Clone)]
+pub struct AttackArgs {
+    /// A weights file (.safetensors or .pth) or hf:owner/repo.
+    #[arg(long, conflicts_with = "run")]
+    pub weights: Option<String>,
+    /// A run folder.
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// Images to attack.
+    #[arg(long = "image", num_args = 1.., required = true)]
+    pub images: Vec<PathBuf>,
+    /// Working resolution: images are centre-cropped and resized to N x N.
+    #[arg(long, default_value_t = 224)]
+    pub image_size: usize,
+    /// Radius of the ball in [0,1] pixel units.
+    #[arg(long)]
+    pub eps: f32,
+    /// PGD steps.
+    #[arg(long, default_value_t = 7)]
+    pub steps: usize,
+    /// PGD step size.
+    #[arg(long)]
+    pub step_size: f32,
+    /// The threat model's norm.
+    #[arg(long, default_value = "l2", value_parser = words::<Norm>())]
+    pub norm: Norm,
+    /// Start at the clean image instead of a random point in the ball.
+    #[arg(long)]
+    pub no_random_start: bool,
+    /// Return the last iterate instead of the one with the highest loss.
+    #[arg(long)]
+    pub no_use_best: bool,
+    /// Random restarts (0 = a single run).
+    #[arg(long, default_value_t = 0)]
+    pub restarts: usize,
+    /// Targeted attack towards this class [default: untargeted against --label].
+    #[arg(long)]
+    pub target_class: Option<usize>,
+    /// True labels, one per image, comma-separated [default: the model's clean prediction].
+    #[arg(long, value_delimiter = ',')]
+    pub label: Vec<usize>,
+    /// Adversarial images as float32 NPY [N,3,H,W] in [0,1].
+    #[arg(long)]
+    pub raw_out: Option<PathBuf>,
+    /// Folder for the adversarial PNG images.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Seed of the random start.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub device: DeviceArg,
+}
+
+impl AttackArgs {
+    pub fn pgd(&self) -> Pgd {
+        Pgd {
+            norm: self.norm,
+            eps: self.eps,
+            steps: self.steps,
+            step_size: self.step_size,
+            random_start: !self.no_random_start,
+            use_best: !self.no_use_best,
+            restarts: self.restarts,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum DataCommand {
+    /// Write the synthetic lesion set as an ImageFolder with masks (DIR/<class>/*.png,
+    /// DIR/masks/<class>/*.png).
+    Synth {
+        /// The folder to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Images per class.
+        #[arg(long, default_value_t = 50)]
+        per_class: usize,
+        /// Image size in pixels.
+        #[arg(long, default_value_t = 224)]
+        size: usize,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Make a class-balanced, lesion-grouped split: image_id,lesion_id,label,split,fold.
+    Split {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Training images per class.
+        #[arg(long)]
+        train_per_class: usize,
+        /// Test images per class.
+        #[arg(long)]
+        test_per_class: usize,
+        /// Validation images per class.
+        #[arg(long, default_value_t = 0)]
+        val_per_class: usize,
+        /// Folds of the training part for cross-validation.
+        #[arg(long, default_value_t = 1)]
+        folds: usize,
+        /// Seed of the split.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The CSV file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Images and lesions per class, masks found, and problems.
+    Inspect {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Decode every image header to find unreadable files.
+        #[arg(long)]
+        check_images: bool,
+    },
+    /// Loader throughput: images/s from the cache with augmentation on.
+    Bench {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Working resolution.
+        #[arg(long, default_value_t = 224)]
+        image_size: usize,
+        /// Images per batch.
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+        /// With the synthetic set: images per class.
+        #[arg(long, default_value_t = 100)]
+        per_class: usize,
+        /// Passes over the data.
+        #[arg(long, default_value_t = 3)]
+        epochs: u64,
+    },
+}
+
+#[derive(Args, Clone)]
+pub struct DataArgs {
+    /// `synthetic` (built in), a HAM10000 folder, or an ImageFolder (PATH/<class>/*.jpg).
+    #[arg(long, default_value = "synthetic", env = "ROBUSTLENS_DATA")]
+    pub data: String,
+    /// Classes to use, comma-separated [default: all; HAM10000: nv,mel,bkl].
+    #[arg(long, value_delimiter = ',')]
+    pub classes: Vec<String>,
+    /// Skip unreadable images (reported) instead of stopping.
+    #[arg(long)]
+    pub skip_bad_images: bool,
+}
+
+impl DataArgs {
+    pub fn source(&self) -> robustlens::commands::data::DataSource {
+        robustlens::commands::data::DataSource {
+            data: self.data.clone(),
+            classes: self.classes.clone(),
+            skip_bad_images: self.skip_bad_images,
+        }
+    }
+}
+
+/// Grad-CAM layers of a ResNet-18.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Layer {
+    Stem,
+    Layer1,
+    Layer2,
+    Layer3,
+    Layer4,
+}
+
+/// Colour maps of the PNG heat maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Cmap {
+    /// Black to white.
+    #[value(alias = "grey")]
+    Gray,
+    /// Black to red.
+    #[value(alias = "reds")]
+    Red,
+    /// Black to green.
+    Green,
+    /// viridis (perceptually uniform).
+    Viridis,
+    /// Blue, white, red, for signed maps.
+    #[value(alias = "bwr")]
+    Diverging,
+}
+
+/// Methods SmoothGrad can wrap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SmoothBase {
+    Gradient,
+    InputXGradient,
+    Ig,
+    Occlusion,
+    Gradcam,
+}
+
+#[derive(Args)]
+pub struct SaliencyArgs {
+    /// Run folders to explain (repeatable); each gives one column per method.
+    #[arg(long = "run")]
+    pub runs: Vec<PathBuf>,
+    /// A weights file (.safetensors or .pth) or hf:owner/repo, instead of --run.
+    #[arg(long)]
+    pub weights: Option<String>,
+    /// With --weights: replace the head by one with this many classes.
+    #[arg(long)]
+    pub num_classes: Option<usize>,
+    /// Images to explain (JPEG or PNG).
+    #[arg(long = "image", num_args = 1..)]
+    pub images: Vec<PathBuf>,
+    /// Explain images of a data set instead (with --split and --count); `--data run` uses the
+    /// first run's own data and split.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Which part of the split.
+    #[arg(long, default_value = "test", value_parser = words::<Part>())]
+    pub split: Part,
+    /// How many data-set images.
+    #[arg(long, default_value_t = 8)]
+    pub count: usize,
+    /// Also choose images some model misclassifies (default: only correctly classified ones,
+    /// as the paper shows).
+    #[arg(long)]
+    pub include_misclassified: bool,
+    /// Working resolution (pre-processing as in predict; with --data, the run's size).
+    #[arg(long, default_value_t = 224)]
+    pub image_size: usize,
+    /// Class to explain: label, predicted, or a class index.
+    #[arg(long, default_value = "predicted", value_parser = target_parser())]
+    pub target: Target,
+    /// Comma-separated methods: gradient, input-x-gradient, ig, smoothgrad, occlusion, gradcam.
+    #[arg(long, default_value = "gradient")]
+    pub method: String,
+    /// Folder for PNG maps, overlays and grid.png.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Raw attributions as float32 NPY [N,3,H,W] (Grad-CAM [N,1,H,W]); with several models or
+    /// methods the file stem gets _<model>_<method>.
+    #[arg(long)]
+    pub raw_out: Option<PathBuf>,
+    /// Integrated Gradients steps.
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// Integrated Gradients' integration rule.
+    #[arg(long, default_value = "gausslegendre", value_parser = words::<IgRule>())]
+    pub ig_rule: IgRule,
+    /// IG baseline: black, white, uniform, gaussian[:SIGMA], blur or an image file.
+    #[arg(long, default_value = "black", value_parser = baseline_parser())]
+    pub baseline: Baseline,
+    /// Inputs per forward/backward pass for IG steps, SmoothGrad samples and gradients.
+    #[arg(long, default_value_t = 16)]
+    pub internal_batch_size: usize,
+    /// SmoothGrad variant.
+    #[arg(long, default_value = "smoothgrad", value_parser = words::<SmoothKind>())]
+    pub smooth: SmoothKind,
+    /// The method SmoothGrad wraps.
+    #[arg(long, default_value = "gradient", value_parser = words::<SmoothBase>())]
+    pub smooth_base: SmoothBase,
+    /// SmoothGrad samples.
+    #[arg(long, default_value_t = 50)]
+    pub samples: usize,
+    /// SmoothGrad noise std as a fraction of the input's max - min.
+    #[arg(long, default_value_t = 0.2)]
+    pub noise: f32,
+    /// Occlusion window (square, all channels).
+    #[arg(long, default_value_t = 50)]
+    pub window: usize,
+    /// Occlusion stride.
+    #[arg(long, default_value_t = 25)]
+    pub stride: usize,
+    /// Value written into occluded windows.
+    #[arg(long, default_value_t = 0.0)]
+    pub occlusion_baseline: f32,
+    /// Occluded images per forward pass.
+    #[arg(long, default_value_t = 16)]
+    pub perturbations_per_eval: usize,
+    /// Grad-CAM layer.
+    #[arg(long, default_value = "layer4", value_parser = words::<Layer>())]
+    pub layer: Layer,
+    /// Seed for random baselines and SmoothGrad noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Channel reduction for display: abs-sum (the paper) or sum (signed).
+    #[arg(long, default_value = "abs-sum", value_parser = words::<Reduce>())]
+    pub reduce: Reduce,
+    /// Display cap: p99 (the paper's 99th percentile), pNN, cumsumNN (captum) or max.
+    #[arg(long, default_value = "p99", value_parser = cap_parser())]
+    pub cap: Cap,
+    /// Colour map of the heat maps.
+    #[arg(long, default_value = "gray", value_parser = words::<Cmap>())]
+    pub cmap: Cmap,
+    #[command(flatten)]
+    pub device: DeviceArg,
+}
+
+fn value_name<E: ValueEnum>(v: E) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
+}
+
+impl SaliencyArgs {
+    pub fn options(&self) -> robustlens::Result<robustlens::commands::saliency::SaliencyOptions> {
+        let options = MethodOptions {
+            ig_steps: self.steps,
+            ig_rule: self.ig_rule,
+            baseline: self.baseline.clone(),
+            internal_batch_size: self.internal_batch_size,
+            smooth: self.smooth,
+            smooth_base: value_name(self.smooth_base),
+            samples: self.samples,
+            noise: self.noise,
+            window: self.window,
+            stride: self.stride,
+            occlusion_baseline: self.occlusion_baseline,
+            perturbations_per_eval: self.perturbations_per_eval,
+            layer: Some(value_name(self.layer)),
+            seed: self.seed,
+        };
+        let display = DisplayOptions {
+            reduce: self.reduce,
+            cap: self.cap,
+            cmap: Colormap::parse(&value_name(self.cmap))?,
+            ..Default::default()
+        };
+        Ok(robustlens::commands::saliency::SaliencyOptions {
+            runs: self.runs.clone(),
+            weights: self.weights.clone(),
+            num_classes: self.num_classes,
+            images: self.images.clone(),
+            data: self.data.clone(),
+            part: self.split,
+            count: self.count,
+            include_misclassified: self.include_misclassified,
+            image_size: self.image_size,
+            target: self.target,
+            methods: robustlens::commands::list(&self.method),
+            options,
+            display,
+            out: self.out.clone(),
+            raw_out: self.raw_out.clone(),
+            device: self.device.device,
+        })
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct DeviceArg {
+    /// auto (CUDA if built and present, else Metal, else CPU), cpu, cuda[:N] or metal[:N]
+    /// (GPU devices need a build with --features cuda/metal).
+    #[arg(long, default_value = "cpu", value_parser = device_parser())]
+    pub device: DeviceSpec,
+}
+
+#[derive(Args)]
+pub struct PredictArgs {
+    /// A weights file (.safetensors or .pth), a run folder, or hf:owner/repo.
+    #[arg(long)]
+    pub weights: String,
+    /// Replace the head with a new one of this many classes [default: read from the weights].
+    #[arg(long)]
+    pub num_classes: Option<usize>,
+    /// Working resolution: images are centre-cropped and resized to N x N.
+    #[arg(long, default_value_t = 224)]
+    pub image_size: usize,
+    /// Print one JSON object per image and line.
+    #[arg(long)]
+    pub json: bool,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[command(flatten)]
+    pub device: DeviceArg,
+    /// Image files (JPEG or PNG).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct InfoArgs {
+    /// A weights file (.safetensors or .pth), a run folder, or hf:owner/repo.
+    #[arg(long)]
+    pub weights: String,
+}

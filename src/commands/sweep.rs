@@ -1,0 +1,131 @@
+//! `sweep-eps`: one model per eps (0 = standard) into one folder, resumable cell by cell,
+//! then the comparison of all of them.
+
+use super::compare::CompareSettings;
+use super::train::TrainOptions;
+use crate::config::{eps_from_224, layered, AdvConfig, Recipe};
+use crate::data::split::Part;
+use crate::eval::compare::Comparison;
+use crate::interrupt::Interrupt;
+use crate::run::{default_out, RunConfig};
+use crate::train::{train, Stop};
+use crate::{Error, Result};
+
+/// The radii of a sweep.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EpsList {
+    /// L2 radii at the working size.
+    Working(Vec<f32>),
+    /// Paper eps values at 224 px, converted to the working size.
+    At224(Vec<f32>),
+}
+
+/// Options of `sweep-eps`.
+#[derive(Debug, Clone)]
+pub struct SweepOptions {
+    /// The training settings of every cell (its recipe is chosen per eps).
+    pub train: TrainOptions,
+    pub eps: EpsList,
+    /// PGD steps of the training attack (the training preset: step eps/5, random start).
+    pub train_attack_steps: usize,
+    pub compare: CompareSettings,
+}
+
+/// The sweep's cells: (folder name, recipe, L2 eps at the working size).
+pub fn cells(opts: &SweepOptions) -> Result<Vec<(String, Recipe, f32)>> {
+    let size = || -> Result<usize> {
+        Ok(layered(
+            Recipe::TrainRobust,
+            opts.train.preset,
+            opts.train.config.as_deref(),
+            &opts.train.overrides,
+        )?
+        .image_size)
+    };
+    let list: Vec<(String, f32)> = match &opts.eps {
+        EpsList::Working(v) => v.iter().map(|&e| (format!("eps-{e}"), e)).collect(),
+        EpsList::At224(v) => {
+            let s = size()?;
+            v.iter()
+                .map(|&e| (format!("eps224-{e}"), eps_from_224(e, s)))
+                .collect()
+        }
+    };
+    if list.is_empty() {
+        return Err(Error::config("eps", "", "give at least one value"));
+    }
+    list.into_iter()
+        .map(|(name, e)| {
+            if !(e.is_finite() && e >= 0.0) {
+                return Err(Error::config(
+                    "eps",
+                    e,
+                    "each eps must be a number >= 0 (0 = a standard model)",
+                ));
+            }
+            let recipe = if e > 0.0 {
+                Recipe::TrainRobust
+            } else {
+                Recipe::TrainStandard
+            };
+            Ok((name, recipe, e))
+        })
+        .collect()
+}
+
+/// Trains the missing cells (finished ones are kept, interrupted ones resumed), then compares
+/// them all into the sweep folder.
+pub fn run(opts: &SweepOptions, interrupt: &Interrupt) -> Result<Comparison> {
+    let cells = cells(opts)?;
+    // Check every cell's configuration and the comparison's settings before any training.
+    let mut configs = Vec::new();
+    for (_, recipe, eps) in &cells {
+        let mut cfg = layered(
+            *recipe,
+            opts.train.preset,
+            opts.train.config.as_deref(),
+            &opts.train.overrides,
+        )?;
+        if *eps > 0.0 {
+            cfg.adversarial = Some(AdvConfig::preset(*eps, opts.train_attack_steps));
+        }
+        cfg.validate()?;
+        configs.push(cfg);
+    }
+    let copts = opts
+        .compare
+        .options(Some("run".into()), Part::Test, configs[0].seed)?;
+    let device = configs[0].device;
+    let out = opts
+        .train
+        .out
+        .clone()
+        .unwrap_or_else(|| default_out("sweep-eps"));
+    crate::fsutil::check_output_dir(&out)?;
+    let mut runs = Vec::new();
+    for ((name, _, eps), fresh) in cells.iter().zip(configs) {
+        let dir = out.join(name);
+        runs.push((name.clone(), dir.clone()));
+        if dir.join("summary.json").exists() {
+            eprintln!("{name}: finished earlier, kept");
+            continue;
+        }
+        let resume = dir.join("resume.safetensors").exists();
+        let cfg = if resume {
+            RunConfig::read(&dir)?.train
+        } else {
+            fresh
+        };
+        eprintln!(
+            "{name}: {} (eps {eps} at {} px){}",
+            cfg.recipe,
+            cfg.image_size,
+            if resume { ", resuming" } else { "" }
+        );
+        match train(&cfg, &dir, resume, interrupt)? {
+            Stop::Interrupted => return Err(Error::Interrupted { resume: None }),
+            Stop::Finished(s) => eprintln!("{name}: done in {:.0} s", s.seconds),
+        }
+    }
+    super::compare::run(&runs, &copts, device, &out)
+}

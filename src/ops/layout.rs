@@ -1,0 +1,165 @@
+//! What the convolution kernels share (im2col in `conv`, the direct kernel, Winograd): the
+//! geometry of a convolution, the fused epilogue, zero-padded planes and scratch buffers
+//! kept per thread, and the CPU feature check. Its own file, so that `conv` (which routes
+//! between the kernels) and the kernels (which use these pieces) do not import each other.
+
+use candle_core::Shape;
+use rayon::prelude::*;
+use std::sync::Arc;
+
+/// Whether this CPU has AVX2 and FMA (the direct and Winograd kernels need both).
+#[cfg(target_arch = "x86_64")]
+pub(super) fn has_fma() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) fn has_fma() -> bool {
+    false
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Geometry {
+    pub(super) n: usize,
+    pub(super) c: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) o: usize,
+    pub(super) k: usize,
+    pub(super) stride: usize,
+    pub(super) pad: usize,
+    pub(super) ho: usize,
+    pub(super) wo: usize,
+}
+
+impl Geometry {
+    /// `[n, o, ho, wo]`.
+    pub(super) fn out_shape(&self) -> Shape {
+        Shape::from((self.n, self.o, self.ho, self.wo))
+    }
+    pub(super) fn ckk(&self) -> usize {
+        self.c * self.k * self.k
+    }
+    pub(super) fn hw_out(&self) -> usize {
+        self.ho * self.wo
+    }
+    pub(super) fn plane_in(&self) -> usize {
+        self.c * self.h * self.w
+    }
+}
+
+thread_local! {
+    static PADDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `x`'s `h x w` planes copied into zero-padded planes of `plane` floats: rows
+/// `wp` wide (at least `w + p`), `p` zero rows above, each row's values from column `p`,
+/// zeros elsewhere. The buffer is this thread's, reused across calls (a re-entrant call
+/// gets a fresh one).
+pub(super) fn with_padded<R>(
+    x: &[f32],
+    (h, w): (usize, usize),
+    p: usize,
+    wp: usize,
+    plane: usize,
+    f: impl FnOnce(&[f32]) -> R,
+) -> R {
+    assert!(
+        wp >= w + p && plane >= (h + p) * wp,
+        "with_padded: planes too small"
+    );
+    let planes = x.len() / (h * w).max(1);
+    PADDED.with(|cell| {
+        let mut guard = cell.try_borrow_mut();
+        let mut fresh = Vec::new();
+        let buf: &mut Vec<f32> = match guard.as_mut() {
+            Ok(b) => b,
+            Err(_) => &mut fresh,
+        };
+        let need = planes * plane;
+        if buf.len() < need {
+            buf.resize(need, 0.0);
+        }
+        buf[..need]
+            .par_chunks_mut(plane)
+            .zip(x.par_chunks(h * w))
+            .for_each(|(dst, src)| {
+                dst[..p * wp].fill(0.0);
+                dst[(p + h) * wp..].fill(0.0);
+                for (y, line) in src.chunks_exact(w).enumerate() {
+                    let d = &mut dst[(p + y) * wp..(p + y + 1) * wp];
+                    d[..p].fill(0.0);
+                    d[p + w..].fill(0.0);
+                    d[p..p + w].copy_from_slice(line);
+                }
+            });
+        f(&buf[..need])
+    })
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Runs `f` with two scratch buffers of at least `a` and `b` floats, reused across calls on
+/// this thread (no allocation, zeroing or page faults per convolution). Their contents are
+/// arbitrary: every user overwrites what it reads. A re-entrant call gets fresh buffers.
+pub(super) fn with_scratch<R>(
+    a: usize,
+    b: usize,
+    f: impl FnOnce(&mut [f32], &mut [f32]) -> R,
+) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut bufs) => {
+            let (x, y) = &mut *bufs;
+            if x.len() < a {
+                x.resize(a, 0.0);
+            }
+            if y.len() < b {
+                y.resize(b, 0.0);
+            }
+            f(&mut x[..a], &mut y[..b])
+        }
+        Err(_) => f(&mut vec![0f32; a], &mut vec![0f32; b]),
+    })
+}
+
+/// What a fused convolution does to each output value `v` of channel `o` before writing it:
+/// `act(v * scale[o] + shift[o] + residual)`. The scale and shift are constants (a folded
+/// eval-mode BatchNorm); the residual is a tensor of the output's shape that takes part in
+/// autograd; `act` is ReLU or the identity.
+#[derive(Clone, Default)]
+pub(super) struct Epilogue {
+    pub(super) scale: Option<Arc<Vec<f32>>>,
+    pub(super) shift: Option<Arc<Vec<f32>>>,
+    pub(super) relu: bool,
+}
+
+impl Epilogue {
+    /// The epilogue in place: `dst` holds channel `o`'s products (`[hw]`) and gets
+    /// `relu?(dst * scale[o] + shift[o] + res)`.
+    #[inline]
+    pub(super) fn apply_in_place(&self, o: usize, res: Option<&[f32]>, dst: &mut [f32]) {
+        let a = self.scale.as_ref().map_or(1.0, |s| s[o]);
+        let b = self.shift.as_ref().map_or(0.0, |s| s[o]);
+        match (res, self.relu) {
+            (None, false) if self.scale.is_none() && self.shift.is_none() => {}
+            (None, false) => dst.iter_mut().for_each(|d| *d = *d * a + b),
+            (None, true) => dst.iter_mut().for_each(|d| *d = (*d * a + b).max(0.0)),
+            (Some(r), false) => {
+                for (d, r) in dst.iter_mut().zip(r) {
+                    *d = *d * a + b + r;
+                }
+            }
+            (Some(r), true) => {
+                for (d, r) in dst.iter_mut().zip(r) {
+                    *d = (*d * a + b + r).max(0.0);
+                }
+            }
+        }
+    }
+}
+
+/// A consumer of finished output planes: `(image * o + channel, plane)`.
+pub(super) type PlaneFn<'a> = dyn Fn(usize, &[f32]) + Sync + 'a;
