@@ -288,6 +288,19 @@ pub struct IntegratedGradients {
     pub seed: u64,
 }
 
+impl Default for IntegratedGradients {
+    /// captum's defaults: 50 Gauss-Legendre steps from a black baseline, 16 inputs per pass.
+    fn default() -> Self {
+        IntegratedGradients {
+            steps: 50,
+            rule: IgRule::GaussLegendre,
+            baseline: Baseline::Black,
+            internal_batch_size: 16,
+            seed: 0,
+        }
+    }
+}
+
 impl IntegratedGradients {
     /// Attributions and the per-image convergence delta sum(attr) - (f(x) - f(x')).
     pub fn attribute_with_delta(

@@ -275,7 +275,7 @@ pub fn command(o: &SaliencyOptions) -> Result<Vec<Explained>> {
         target: o.target,
         methods: o.methods.clone(),
         options: o.options.clone(),
-        display: o.display.clone(),
+        display: o.display,
         out_dir: o.out.clone(),
         raw_out: o.raw_out.clone(),
     };

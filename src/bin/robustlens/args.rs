@@ -718,28 +718,7 @@ pub enum DataCommand {
         seed: u64,
     },
     /// Make a class-balanced, lesion-grouped split: image_id,lesion_id,label,split,fold.
-    Split {
-        #[command(flatten)]
-        data: DataArgs,
-        /// Training images per class.
-        #[arg(long)]
-        train_per_class: usize,
-        /// Test images per class.
-        #[arg(long)]
-        test_per_class: usize,
-        /// Validation images per class.
-        #[arg(long, default_value_t = 0)]
-        val_per_class: usize,
-        /// Folds of the training part for cross-validation.
-        #[arg(long, default_value_t = 1)]
-        folds: usize,
-        /// Seed of the split.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// The CSV file to write.
-        #[arg(long)]
-        out: PathBuf,
-    },
+    Split(SplitArgs),
     /// Images and lesions per class, masks found, and problems.
     Inspect {
         #[command(flatten)]
@@ -765,6 +744,42 @@ pub enum DataCommand {
         #[arg(long, default_value_t = 3)]
         epochs: u64,
     },
+}
+
+#[derive(Args, Clone)]
+pub struct SplitArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Training images per class.
+    #[arg(long)]
+    pub train_per_class: usize,
+    /// Test images per class.
+    #[arg(long)]
+    pub test_per_class: usize,
+    /// Validation images per class.
+    #[arg(long, default_value_t = 0)]
+    pub val_per_class: usize,
+    /// Folds of the training part for cross-validation.
+    #[arg(long, default_value_t = 1)]
+    pub folds: usize,
+    /// Seed of the split.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// The CSV file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+impl SplitArgs {
+    pub fn spec(&self) -> robustlens::data::split::SplitSpec {
+        robustlens::data::split::SplitSpec {
+            train_per_class: self.train_per_class,
+            test_per_class: self.test_per_class,
+            val_per_class: self.val_per_class,
+            folds: self.folds,
+            seed: self.seed,
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -1015,4 +1030,74 @@ pub struct InfoArgs {
     /// A weights file (.safetensors or .pth), a run folder, or hf:owner/repo.
     #[arg(long)]
     pub weights: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every option and positional argument of every subcommand has a one-line description,
+    /// and every subcommand says what it does.
+    #[test]
+    fn every_option_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} --{id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("{path} {} (no description)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "robustlens", &mut missing);
+        assert!(missing.is_empty(), "options without help: {missing:#?}");
+    }
+
+    /// Fixed sets of words list their values in --help, and a bad one is named with its flag.
+    #[test]
+    fn word_flags_list_their_values() {
+        let mut cmd = Cli::command();
+        let help = cmd
+            .find_subcommand_mut("saliency")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for w in [
+            "gausslegendre",
+            "riemann-trapezoid",
+            "smoothgrad-sq",
+            "layer3",
+            "viridis",
+        ] {
+            assert!(help.contains(w), "{w} missing from saliency --help");
+        }
+        let e = Cli::try_parse_from(["robustlens", "evaluate", "--run", "r", "--split", "dev"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("--split dev: unknown split `dev`; use train, val, test"),
+            "{e}"
+        );
+        let e = Cli::try_parse_from(["robustlens", "bench", "--device", "tpu"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("unknown device `tpu`"), "{e}");
+    }
 }

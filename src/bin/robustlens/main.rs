@@ -2,6 +2,8 @@
 //! options, and each command calls one function of `robustlens::commands`.
 
 mod args;
+mod errors;
+mod process;
 
 use anyhow::Result;
 use args::{Cli, Command, DataCommand};
@@ -27,24 +29,7 @@ fn data(c: DataCommand) -> Result<()> {
             size,
             seed,
         } => cmd::data::synth(&out, per_class, size, seed)?,
-        DataCommand::Split {
-            data,
-            train_per_class,
-            test_per_class,
-            val_per_class,
-            folds,
-            seed,
-            out,
-        } => {
-            let spec = robustlens::data::split::SplitSpec {
-                train_per_class,
-                test_per_class,
-                val_per_class,
-                folds,
-                seed,
-            };
-            cmd::data::split(&data.source(), &spec, &out)?
-        }
+        DataCommand::Split(a) => cmd::data::split(&a.data.source(), &a.spec(), &a.out)?,
         DataCommand::Inspect { data, check_images } => {
             cmd::data::inspect(&data.source(), check_images)?
         }
@@ -229,41 +214,6 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// The message of an error chain, with a bad setting shown as its flag (`--lr 0: ...`), and
-/// the exit status: 130 for an interrupted run, 1 otherwise.
-fn report_error(e: &anyhow::Error) -> (String, i32) {
-    let mut parts = Vec::new();
-    let mut code = 1;
-    for cause in e.chain() {
-        match cause.downcast_ref::<robustlens::Error>() {
-            Some(robustlens::Error::Interrupted { resume }) => {
-                code = 130;
-                parts.push(match resume {
-                    Some(d) => format!(
-                        "interrupted: checkpoint written to {}; continue with --resume {}",
-                        d.display(),
-                        d.display()
-                    ),
-                    None => {
-                        "interrupted: checkpoints written; run the same command again to continue"
-                            .into()
-                    }
-                });
-            }
-            Some(le) => match le.setting() {
-                Some(s) => parts.push(s.render("--")),
-                None => parts.push(le.to_string()),
-            },
-            None => parts.push(cause.to_string()),
-        }
-        // A library error prints its whole message; its sources are part of it.
-        if cause.downcast_ref::<robustlens::Error>().is_some() {
-            break;
-        }
-    }
-    (parts.join(": "), code)
-}
-
 fn init_logging(verbose: u8) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
@@ -280,41 +230,8 @@ fn init_logging(verbose: u8) {
         .try_init();
 }
 
-/// glibc returns every large buffer to the kernel on free and page-faults a fresh one on the
-/// next allocation; tensors of tens of MB are allocated and freed every step, so keep them in
-/// the heap instead (measured: system time of a training step falls from more than the user
-/// time to a few percent). Buffers above 32 MB (the stem's activations at 224 px) would still
-/// be mapped fresh each time, so no buffer is: train step @224 9.8 → 10.3 images/s, page
-/// faults per run 473k → 254k (the first touches of the working set).
-fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    unsafe {
-        libc::mallopt(libc::M_MMAP_MAX, 0);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
-    }
-}
-
-/// candle's CPU thread pool (used for its element-wise ops) busy-waits 25,000 spins after
-/// each op before it sleeps; with the convolutions on rayon's threads, that spinning took
-/// 7-10% of the CPU on a 2-core machine (train step @64: 67 → 75 images/s without it).
-/// Set before any candle op starts the pool; a value the user set is kept.
-fn tune_candle_threads() {
-    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0");
-    }
-}
-
 fn main() {
-    tune_allocator();
-    tune_candle_threads();
-    // A file-size limit (ulimit -f) must give a clear "File too large" error on the write that
-    // crosses it, not kill the process with SIGXFSZ.
-    #[cfg(unix)]
-    unsafe {
-        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-    }
+    process::tune();
     // A bad value is an error like any other (status 1); a malformed command line (an
     // unknown flag, a missing argument) keeps clap's status 2; --help and --version 0.
     let cli = match Cli::try_parse() {
@@ -331,65 +248,8 @@ fn main() {
     };
     init_logging(cli.verbose);
     if let Err(e) = run(cli) {
-        let (msg, code) = report_error(&e);
+        let (msg, code) = errors::report(&e);
         eprintln!("Error: {msg}");
         std::process::exit(code);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cli_definition_is_consistent() {
-        Cli::command().debug_assert();
-    }
-
-    /// Every option and positional argument of every subcommand has a description.
-    #[test]
-    fn every_option_has_help() {
-        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
-            for a in cmd.get_arguments() {
-                let id = a.get_id().as_str();
-                if id == "help" || id == "version" {
-                    continue;
-                }
-                if a.get_help().is_none() && a.get_long_help().is_none() {
-                    missing.push(format!("{path} --{id}"));
-                }
-            }
-            for sub in cmd.get_subcommands() {
-                if sub.get_about().is_none() && sub.get_name() != "help" {
-                    missing.push(format!("{path} {} (no about)", sub.get_name()));
-                }
-                walk(sub, &format!("{path} {}", sub.get_name()), missing);
-            }
-        }
-        let mut missing = Vec::new();
-        walk(&Cli::command(), "robustlens", &mut missing);
-        assert!(missing.is_empty(), "options without help: {missing:#?}");
-    }
-
-    #[test]
-    fn settings_are_shown_as_flags() {
-        let e: anyhow::Error = robustlens::config::Preset::Quick
-            .base(Recipe::TrainStandard)
-            .validate()
-            .map(|_| ())
-            .and_then(|_| robustlens::adversarial::Pgd::evaluation(0.0, 3).validate())
-            .unwrap_err()
-            .into();
-        assert_eq!(
-            report_error(&e),
-            ("--eps 0: must be a number > 0".into(), 1)
-        );
-        let e: anyhow::Error = robustlens::Error::Interrupted {
-            resume: Some("models/x".into()),
-        }
-        .into();
-        let (msg, code) = report_error(&e);
-        assert_eq!(code, 130);
-        assert!(msg.contains("--resume models/x"), "{msg}");
     }
 }
