@@ -2,7 +2,7 @@
 //! as `bench/torch_reference.py` does for PyTorch (median of timed iterations after warm-up),
 //! so the two can be run side by side and compared cell by cell.
 
-use crate::adversarial::{Norm, Pgd};
+use crate::adversarial::Pgd;
 use crate::attribution::{input_gradients, Attribution, Baseline, IgRule, IntegratedGradients};
 use crate::model::{GroupSet, Mode, ResNet18};
 use crate::rng::SeededRng;
@@ -112,14 +112,10 @@ pub fn run_cell(
         "pgd7" => {
             let mut opt = new_adam()?;
             let eps = 0.5 * size as f32 / 32.0;
+            // The training attack without use_best, as bench/torch_reference.py runs it.
             let pgd = Pgd {
-                norm: Norm::L2,
-                eps,
-                steps: 7,
-                step_size: eps / 5.0,
-                random_start: true,
                 use_best: false,
-                restarts: 0,
+                ..Pgd::training(eps, 7)
             };
             let mut r = SeededRng::new(2);
             time_it(batch, warmup, iters, || {

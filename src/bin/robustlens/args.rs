@@ -41,23 +41,27 @@ impl<E: ValueEnum + Clone + Send + Sync + 'static> TypedValueParser for Words<E>
         value: &OsStr,
     ) -> Result<E, clap::Error> {
         let s = value.to_string_lossy();
-        E::from_str(s.trim(), true).map_err(|_| {
-            let names: Vec<String> = E::value_variants()
-                .iter()
-                .filter_map(|v| v.to_possible_value())
-                .map(|p| p.get_name().to_string())
-                .collect();
-            let flag = flag_of(arg);
-            let mut cmd = cmd.clone();
-            cmd.error(
-                clap::error::ErrorKind::InvalidValue,
-                format!(
-                    "{flag} {s}: unknown {} `{s}`; use {}",
-                    flag.trim_start_matches('-'),
-                    names.join(", ")
-                ),
-            )
-        })
+        // `riemann_left` and `riemann-left` alike, as the words were read before.
+        let words = s.trim();
+        E::from_str(words, true)
+            .or_else(|_| E::from_str(&words.replace('_', "-"), true))
+            .map_err(|_| {
+                let names: Vec<String> = E::value_variants()
+                    .iter()
+                    .filter_map(|v| v.to_possible_value())
+                    .map(|p| p.get_name().to_string())
+                    .collect();
+                let flag = flag_of(arg);
+                let mut cmd = cmd.clone();
+                cmd.error(
+                    clap::error::ErrorKind::InvalidValue,
+                    format!(
+                        "{flag} {s}: unknown {} `{s}`; use {}",
+                        flag.trim_start_matches('-'),
+                        names.join(", ")
+                    ),
+                )
+            })
     }
     fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
         Some(Box::new(
@@ -484,7 +488,8 @@ pub struct CompareOpts {
     /// PGD steps of that attack (step size 2.5 * eps / steps).
     #[arg(long, default_value_t = 10)]
     pub attack_steps: usize,
-    /// The metric that picks each image's best eps (one of --metrics' names).
+    /// The metric that picks each image's best eps: rma, rra, pointing, auc, gini, entropy,
+    /// deletion, insertion or faithfulness.
     #[arg(long, default_value = "rma")]
     pub best_by: String,
     /// Bootstrap resamples of the 95% intervals.
@@ -594,7 +599,8 @@ pub struct SanityArgs {
     /// The run folder.
     #[arg(long)]
     pub run: PathBuf,
-    /// The saliency method checked.
+    /// The saliency method checked: gradient, input-x-gradient, ig, smoothgrad, occlusion or
+    /// gradcam.
     #[arg(long, default_value = "gradient")]
     pub method: String,
     /// Which part of the split.
@@ -624,7 +630,8 @@ pub struct ReportArgs {
     /// Test images attacked for robust accuracy (0 = none).
     #[arg(long, default_value_t = 60)]
     pub robust_images: usize,
-    /// Comma-separated saliency methods.
+    /// Comma-separated saliency methods: gradient, input-x-gradient, ig, smoothgrad, occlusion,
+    /// gradcam.
     #[arg(long, default_value = "gradient,ig,smoothgrad,occlusion,gradcam")]
     pub method: String,
     #[command(flatten)]
