@@ -32,9 +32,18 @@ impl DataSource {
     }
 }
 
-/// Writes the synthetic lesion set as an ImageFolder with masks (`DIR/<class>/*.png`,
-/// `DIR/masks/<class>/*.png`).
-pub fn synth(out: &Path, per_class: usize, size: usize, seed: u64) -> Result<()> {
+/// A built-in data set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BuiltIn {
+    /// The synthetic lesion set (`--data synthetic`).
+    Lesions,
+    /// The known-positive control (`--data synthetic:blocks`): a signal block and a null block.
+    Blocks,
+}
+
+/// Writes a built-in set as an ImageFolder with masks (`DIR/<class>/*.png`,
+/// `DIR/masks/<class>/*.png`: the lesion, or for the control the signal block).
+pub fn synth(set: BuiltIn, out: &Path, per_class: usize, size: usize, seed: u64) -> Result<()> {
     super::check_image_size(size)?;
     if per_class == 0 {
         return Err(Error::config(
@@ -44,8 +53,14 @@ pub fn synth(out: &Path, per_class: usize, size: usize, seed: u64) -> Result<()>
         ));
     }
     crate::fsutil::ensure_output_dir(out)?;
-    let cfg = crate::data::synthetic::SyntheticConfig::default();
-    let ds = crate::data::open::synthetic(&cfg, per_class, seed);
+    let ds = match set {
+        BuiltIn::Lesions => crate::data::open::synthetic(
+            &crate::data::synthetic::SyntheticConfig::default(),
+            per_class,
+            seed,
+        ),
+        BuiltIn::Blocks => crate::data::open::blocks(per_class, seed),
+    };
     let pb = crate::progress::bar(ds.items.len() as u64, "rendering");
     for (i, it) in ds.items.iter().enumerate() {
         let (img, mask) = ds.load(i, size)?;
@@ -57,7 +72,7 @@ pub fn synth(out: &Path, per_class: usize, size: usize, seed: u64) -> Result<()>
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
         crate::report::png::save_png(&img, &d.join(&name))?;
-        let mask = mask.ok_or_else(|| Error::internal("a synthetic item has no mask"))?;
+        let mask = mask.ok_or_else(|| Error::internal("a built-in item has no mask"))?;
         let mut buf = Vec::new();
         mask.write_to(&mut std::io::Cursor::new(&mut buf), image::ImageFormat::Png)
             .map_err(|e| Error::internal(format!("PNG encoding failed: {e}")))?;

@@ -91,7 +91,7 @@ impl ImageCache {
         skip_bad: bool,
     ) -> Result<ImageCache> {
         let file = match (&ds.kind, cache_dir) {
-            (DataKind::Synthetic(_), _) | (_, None) => None,
+            (DataKind::Synthetic(_) | DataKind::Blocks(_), _) | (_, None) => None,
             (_, Some(d)) => Some(d.join(format!("{:016x}-{size}.rlcache", cache_key(ds, size)))),
         };
         if let Some(f) = &file {

@@ -30,6 +30,8 @@ pub struct Item {
 #[derive(Debug, Clone, PartialEq)]
 pub enum DataKind {
     Synthetic(SyntheticConfig),
+    /// The `synthetic:blocks` control ([`crate::data::blocks`]).
+    Blocks(crate::data::blocks::BlocksConfig),
     Ham10000(PathBuf),
     ImageFolder(PathBuf),
 }
@@ -79,6 +81,10 @@ impl Dataset {
         match (&item.source, &self.kind) {
             (ItemSource::Synthetic(idx), DataKind::Synthetic(cfg)) => {
                 let (img, mask) = crate::data::synthetic::render(cfg, *idx, item.label, size);
+                Ok((img, Some(mask)))
+            }
+            (ItemSource::Synthetic(idx), DataKind::Blocks(cfg)) => {
+                let (img, mask) = crate::data::blocks::render(cfg, *idx, item.label, size);
                 Ok((img, Some(mask)))
             }
             (ItemSource::File(p), _) => {

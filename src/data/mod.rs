@@ -2,6 +2,7 @@
 //! augmentation and a caching, prefetching loader.
 
 pub mod augment;
+pub mod blocks;
 pub mod cache;
 pub mod csv;
 pub mod dataset;

@@ -1,5 +1,6 @@
-//! Opening a data source by its `--data` spec: `synthetic` (the built-in generator), a
-//! HAM10000 folder or an ImageFolder. The one place that knows every source; the sources
+//! Opening a data source by its `--data` spec: `synthetic` (the built-in lesion generator,
+//! also `synthetic:lesions`), `synthetic:blocks` (the known-positive control of
+//! [`crate::data::blocks`]), a HAM10000 folder or an ImageFolder. The one place that knows every source; the sources
 //! themselves only build [`Dataset`]s.
 
 use crate::data::dataset::{DataKind, DataOptions, Dataset, Item, ItemSource};
@@ -8,15 +9,26 @@ use crate::{Error, Result};
 use std::path::Path;
 
 impl Dataset {
-    /// Opens `spec`: `synthetic` or a folder (HAM10000 when it holds `HAM10000_metadata.csv`,
-    /// ImageFolder otherwise).
+    /// Opens `spec`: `synthetic[:lesions]`, `synthetic:blocks` or a folder (HAM10000 when it
+    /// holds `HAM10000_metadata.csv`, ImageFolder otherwise).
     pub fn open(spec: &str, opts: &DataOptions) -> Result<Dataset> {
         let s = spec.trim();
-        if s.is_empty() || s.eq_ignore_ascii_case("synthetic") {
+        let lower = s.to_ascii_lowercase();
+        if s.is_empty() || lower == "synthetic" || lower == "synthetic:lesions" {
             return Ok(synthetic(
                 &SyntheticConfig::default(),
                 opts.synthetic_per_class,
                 opts.seed,
+            ));
+        }
+        if lower == "synthetic:blocks" {
+            return Ok(blocks(opts.synthetic_per_class, opts.seed));
+        }
+        if let Some(other) = lower.strip_prefix("synthetic:") {
+            return Err(Error::data_setting(
+                "data",
+                s,
+                format!("no built-in set `{other}`; use synthetic (lesions) or synthetic:blocks (the control)"),
             ));
         }
         let path = Path::new(s);
@@ -48,18 +60,14 @@ impl Dataset {
     }
 }
 
-/// The synthetic data set with `per_class` images per class (image ids `syn-<class>-<k>`;
-/// each image is its own lesion).
-pub fn synthetic(cfg: &SyntheticConfig, per_class: usize, seed: u64) -> Dataset {
-    let cfg = SyntheticConfig {
-        seed,
-        ..cfg.clone()
-    };
+/// Items `syn-<class>-<k>` (`prefix-<class>-<k>`), `per_class` per class interleaved, each
+/// its own lesion, rendered by the generator of `kind`.
+fn generated(kind: DataKind, prefix: &str, per_class: usize) -> Dataset {
     let mut items = Vec::with_capacity(3 * per_class);
     for k in 0..per_class {
         for (label, name) in CLASS_NAMES.iter().enumerate() {
             let idx = (k * 3 + label) as u64;
-            let id = format!("syn-{name}-{k:05}");
+            let id = format!("{prefix}-{name}-{k:05}");
             items.push(Item {
                 image_id: id.clone(),
                 lesion_id: id,
@@ -70,9 +78,55 @@ pub fn synthetic(cfg: &SyntheticConfig, per_class: usize, seed: u64) -> Dataset 
         }
     }
     Dataset {
-        kind: DataKind::Synthetic(cfg),
+        kind,
         class_names: CLASS_NAMES.iter().map(|s| s.to_string()).collect(),
         items,
         warnings: Vec::new(),
+    }
+}
+
+/// The synthetic lesion set with `per_class` images per class (image ids `syn-<class>-<k>`;
+/// each image is its own lesion).
+pub fn synthetic(cfg: &SyntheticConfig, per_class: usize, seed: u64) -> Dataset {
+    let cfg = SyntheticConfig {
+        seed,
+        ..cfg.clone()
+    };
+    generated(DataKind::Synthetic(cfg), "syn", per_class)
+}
+
+/// The `synthetic:blocks` control with `per_class` images per class (ids `blk-<class>-<k>`).
+pub fn blocks(per_class: usize, seed: u64) -> Dataset {
+    generated(
+        DataKind::Blocks(crate::data::blocks::BlocksConfig { seed }),
+        "blk",
+        per_class,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_specs() {
+        let opts = DataOptions {
+            synthetic_per_class: 4,
+            ..Default::default()
+        };
+        let b = Dataset::open("synthetic:blocks", &opts).unwrap();
+        assert!(matches!(b.kind, DataKind::Blocks(_)));
+        assert_eq!((b.items.len(), b.masks_found()), (12, 12));
+        let (img, mask) = b.load(0, 32).unwrap();
+        assert_eq!(
+            (img.dimensions(), mask.unwrap().dimensions()),
+            ((32, 32), (32, 32))
+        );
+        let l = Dataset::open("synthetic:lesions", &opts).unwrap();
+        assert!(matches!(l.kind, DataKind::Synthetic(_)));
+        let e = Dataset::open("synthetic:mnist", &opts)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("synthetic:blocks"), "{e}");
     }
 }

@@ -337,6 +337,22 @@ impl Scene {
     }
 }
 
+/// The lesion of image `idx` of class `label` with its class cues only: no confusable
+/// shape or colouring and no distractors (hairs, ruler, ink, dark corners). Its colour at
+/// `(u, v)` (the lesion lies near the centre of the unit square; outside it, skin).
+pub(crate) fn clean_lesion(seed: u64, idx: u64, label: usize) -> impl Fn(f32, f32) -> [f32; 3] {
+    let cfg = SyntheticConfig {
+        seed,
+        confusion: 0.0,
+    };
+    let mut sc = scene(&cfg, idx, label);
+    sc.hairs.clear();
+    sc.ruler = None;
+    sc.ink = None;
+    sc.vignette = 0.0;
+    move |u, v| sc.color(u, v)
+}
+
 /// Renders image `idx` of class `label` at `size`×`size`, with its lesion mask (255 inside).
 pub fn render(cfg: &SyntheticConfig, idx: u64, label: usize, size: usize) -> (RgbImage, GrayImage) {
     let sc = scene(cfg, idx, label);

@@ -708,9 +708,12 @@ impl AttackArgs {
 
 #[derive(Subcommand)]
 pub enum DataCommand {
-    /// Write the synthetic lesion set as an ImageFolder with masks (DIR/<class>/*.png,
+    /// Write a built-in set as an ImageFolder with masks (DIR/<class>/*.png,
     /// DIR/masks/<class>/*.png).
     Synth {
+        /// Which set: the lesions, or the blocks control (signal block + null block).
+        #[arg(long, default_value = "lesions", value_parser = words::<robustlens::commands::data::BuiltIn>())]
+        set: robustlens::commands::data::BuiltIn,
         /// The folder to write.
         #[arg(long)]
         out: PathBuf,

@@ -24,11 +24,12 @@ fn train(opts: &TrainOptions) -> Result<()> {
 fn data(c: DataCommand) -> Result<()> {
     match c {
         DataCommand::Synth {
+            set,
             out,
             per_class,
             size,
             seed,
-        } => cmd::data::synth(&out, per_class, size, seed)?,
+        } => cmd::data::synth(set, &out, per_class, size, seed)?,
         DataCommand::Split(a) => cmd::data::split(&a.data.source(), &a.spec(), &a.out)?,
         DataCommand::Inspect { data, check_images } => {
             cmd::data::inspect(&data.source(), check_images)?
