@@ -153,6 +153,49 @@ fn sweep_compare_brittleness_and_sanity() {
     // no best-eps table among runs of one eps
     assert!(c["best_eps"].as_array().unwrap().is_empty());
 
+    // Artifact mass on the lesion set's distractors: every kind and all together, each a
+    // share in [0, 1] over the images that have that kind.
+    let art = dir.path().join("art");
+    let (code, out, err) = run(&[
+        "compare",
+        "--run",
+        e0.to_str().unwrap(),
+        "--out",
+        art.to_str().unwrap(),
+        "--count",
+        "6",
+        "--metrics",
+        "artifacts",
+        "--bootstrap",
+        "100",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("artifacts ↓") && out.contains("hair ↓"),
+        "{out}"
+    );
+    let c = json(&art.join("comparison.json"));
+    let ms = c["models"][0]["methods"][0]["metrics"].as_array().unwrap();
+    let names: Vec<&str> = ms.iter().map(|m| m["metric"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "artifact_mass",
+            "artifact_mass_hair",
+            "artifact_mass_ruler",
+            "artifact_mass_ink",
+            "artifact_mass_corners"
+        ]
+    );
+    let n_all = ms[0]["n"].as_u64().unwrap();
+    assert!(n_all > 0, "no image of six has an artifact: {ms:?}");
+    for m in ms {
+        assert!(m["n"].as_u64().unwrap() <= n_all, "{m}");
+        if let Some(v) = m["mean"].as_f64() {
+            assert!((0.0..=1.0).contains(&v), "{m}");
+        }
+    }
+
     // Sanity check: gradient maps of the trained model lose similarity as it is randomised.
     let sj = dir.path().join("sanity.json");
     let (code, out, err) = run(&[

@@ -42,7 +42,8 @@ pub enum BuiltIn {
 }
 
 /// Writes a built-in set as an ImageFolder with masks (`DIR/<class>/*.png`,
-/// `DIR/masks/<class>/*.png`: the lesion, or for the control the signal block).
+/// `DIR/masks/<class>/*.png`: the lesion, or for the control the signal block; for the
+/// lesions also `DIR/masks/artifacts/<hair|ruler|ink|corners>/<class>/*.png`).
 pub fn synth(set: BuiltIn, out: &Path, per_class: usize, size: usize, seed: u64) -> Result<()> {
     super::check_image_size(size)?;
     if per_class == 0 {
@@ -73,10 +74,17 @@ pub fn synth(set: BuiltIn, out: &Path, per_class: usize, size: usize, seed: u64)
         }
         crate::report::png::save_png(&img, &d.join(&name))?;
         let mask = mask.ok_or_else(|| Error::internal("a built-in item has no mask"))?;
-        let mut buf = Vec::new();
-        mask.write_to(&mut std::io::Cursor::new(&mut buf), image::ImageFormat::Png)
-            .map_err(|e| Error::internal(format!("PNG encoding failed: {e}")))?;
-        crate::fsutil::write_atomic(&md.join(&name), &buf)?;
+        save_mask(&mask, &md.join(&name))?;
+        // The lesion set's distractors, one mask per kind (empty when the image has none).
+        for (a, m) in ds.artifact_masks(i, size).unwrap_or_default() {
+            let ad = out
+                .join("masks")
+                .join("artifacts")
+                .join(a.name())
+                .join(class);
+            std::fs::create_dir_all(&ad).map_err(|e| Error::io(&ad, e))?;
+            save_mask(&m, &ad.join(&name))?;
+        }
         pb.inc(1);
     }
     pb.finish_and_clear();
@@ -86,6 +94,13 @@ pub fn synth(set: BuiltIn, out: &Path, per_class: usize, size: usize, seed: u64)
         out.display()
     );
     Ok(())
+}
+
+fn save_mask(mask: &image::GrayImage, path: &Path) -> Result<()> {
+    let mut buf = Vec::new();
+    mask.write_to(&mut std::io::Cursor::new(&mut buf), image::ImageFormat::Png)
+        .map_err(|e| Error::internal(format!("PNG encoding failed: {e}")))?;
+    crate::fsutil::write_atomic(path, &buf)
 }
 
 /// Writes a class-balanced, lesion-grouped split: `image_id,lesion_id,label,split,fold`.

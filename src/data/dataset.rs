@@ -103,6 +103,23 @@ impl Dataset {
         }
     }
 
+    /// The artifact masks of item `i` at `size` x `size` (255 where a hair, ruler tick, ink mark
+    /// or dark corner was drawn), in [`crate::data::synthetic::Artifact::ALL`] order; only the
+    /// built-in lesion set knows them.
+    pub fn artifact_masks(
+        &self,
+        i: usize,
+        size: usize,
+    ) -> Option<Vec<(crate::data::synthetic::Artifact, GrayImage)>> {
+        let item = &self.items[i];
+        match (&item.source, &self.kind) {
+            (ItemSource::Synthetic(idx), DataKind::Synthetic(cfg)) => Some(
+                crate::data::synthetic::artifact_masks(cfg, *idx, item.label, size),
+            ),
+            _ => None,
+        }
+    }
+
     /// Number of items with a mask.
     pub fn masks_found(&self) -> usize {
         self.items

@@ -295,46 +295,132 @@ impl Scene {
             c = lerp3(c, l, alpha);
         }
         for h in &self.hairs {
-            let mut best = f32::INFINITY;
-            for w in h.pts.windows(2) {
-                let (ax, ay) = w[0];
-                let (bx, by) = w[1];
-                let (vx, vy) = (bx - ax, by - ay);
-                let t = (((u - ax) * vx + (v - ay) * vy) / (vx * vx + vy * vy).max(1e-9))
-                    .clamp(0.0, 1.0);
-                let (px, py) = (ax + t * vx - u, ay + t * vy - v);
-                best = best.min((px * px + py * py).sqrt());
-            }
-            let k = 1.0 - smoothstep(h.width * 0.5, h.width, best);
-            c = lerp3(c, h.color, 0.9 * k);
+            c = lerp3(c, h.color, 0.9 * h.weight(u, v));
         }
-        if let Some((side, step)) = self.ruler {
-            let (along, across) = match side {
-                0 => (u, v),
-                1 => (u, 1.0 - v),
-                2 => (v, u),
-                _ => (v, 1.0 - u),
-            };
-            let tick = (along / step).fract();
-            if across < 0.06 && tick < 0.12 {
-                c = [35.0, 35.0, 40.0];
-            }
+        if self.ruler_at(u, v) {
+            c = [35.0, 35.0, 40.0];
         }
-        if let Some((ix, iy, r)) = self.ink {
-            let dd = ((u - ix).powi(2) + (v - iy).powi(2)).sqrt();
-            if (dd - r).abs() < 0.008 {
-                c = lerp3(c, [90.0, 55.0, 140.0], 0.85);
-            }
+        if self.ink_at(u, v) {
+            c = lerp3(c, [90.0, 55.0, 140.0], 0.85);
         }
         c = c.map(|x| x * light);
-        if self.vignette > 0.0 {
-            let r =
-                ((u - 0.5).powi(2) + (v - 0.5).powi(2)).sqrt() / std::f32::consts::FRAC_1_SQRT_2;
-            let k = 1.0 - self.vignette * smoothstep(0.75, 1.0, r);
-            c = c.map(|x| x * k);
-        }
-        c
+        let k = 1.0 - self.corner_darkening(u, v);
+        c.map(|x| x * k)
     }
+
+    /// Whether a ruler tick covers `(u, v)`.
+    fn ruler_at(&self, u: f32, v: f32) -> bool {
+        let Some((side, step)) = self.ruler else {
+            return false;
+        };
+        let (along, across) = match side {
+            0 => (u, v),
+            1 => (u, 1.0 - v),
+            2 => (v, u),
+            _ => (v, 1.0 - u),
+        };
+        across < 0.06 && (along / step).fract() < 0.12
+    }
+
+    /// Whether the ink ring covers `(u, v)`.
+    fn ink_at(&self, u: f32, v: f32) -> bool {
+        self.ink.is_some_and(|(ix, iy, r)| {
+            let dd = ((u - ix).powi(2) + (v - iy).powi(2)).sqrt();
+            (dd - r).abs() < 0.008
+        })
+    }
+
+    /// How much the dark corners darken `(u, v)` (0: not at all).
+    fn corner_darkening(&self, u: f32, v: f32) -> f32 {
+        if self.vignette <= 0.0 {
+            return 0.0;
+        }
+        let r = ((u - 0.5).powi(2) + (v - 0.5).powi(2)).sqrt() / std::f32::consts::FRAC_1_SQRT_2;
+        self.vignette * smoothstep(0.75, 1.0, r)
+    }
+
+    /// Whether artifact `a` changes the colour at `(u, v)`.
+    fn artifact_at(&self, a: Artifact, u: f32, v: f32) -> bool {
+        match a {
+            Artifact::Hair => self.hairs.iter().any(|h| h.weight(u, v) > 0.0),
+            Artifact::Ruler => self.ruler_at(u, v),
+            Artifact::Ink => self.ink_at(u, v),
+            Artifact::Corners => self.corner_darkening(u, v) > 0.0,
+        }
+    }
+}
+
+impl Hair {
+    /// The hair's opacity at `(u, v)` (before the 0.9 blend; 0 away from it).
+    fn weight(&self, u: f32, v: f32) -> f32 {
+        let mut best = f32::INFINITY;
+        for w in self.pts.windows(2) {
+            let (ax, ay) = w[0];
+            let (bx, by) = w[1];
+            let (vx, vy) = (bx - ax, by - ay);
+            let t =
+                (((u - ax) * vx + (v - ay) * vy) / (vx * vx + vy * vy).max(1e-9)).clamp(0.0, 1.0);
+            let (px, py) = (ax + t * vx - u, ay + t * vy - v);
+            best = best.min((px * px + py * py).sqrt());
+        }
+        1.0 - smoothstep(self.width * 0.5, self.width, best)
+    }
+}
+
+/// The class-independent distractors the lesion generator draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Artifact {
+    Hair,
+    Ruler,
+    Ink,
+    /// Dark vignetted corners.
+    Corners,
+}
+
+impl Artifact {
+    pub const ALL: [Artifact; 4] = [
+        Artifact::Hair,
+        Artifact::Ruler,
+        Artifact::Ink,
+        Artifact::Corners,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            Artifact::Hair => "hair",
+            Artifact::Ruler => "ruler",
+            Artifact::Ink => "ink",
+            Artifact::Corners => "corners",
+        }
+    }
+}
+
+/// The mask of each artifact kind of image `idx` at `size x size`, in [`Artifact::ALL`]
+/// order: 255 where the artifact changes the colour of any of the pixel's 2x2 samples (what
+/// [`render`] draws), 0 elsewhere; all 0 when the image has none of that kind.
+pub fn artifact_masks(
+    cfg: &SyntheticConfig,
+    idx: u64,
+    label: usize,
+    size: usize,
+) -> Vec<(Artifact, GrayImage)> {
+    let sc = scene(cfg, idx, label);
+    let s = size as f32;
+    let ss = 2usize;
+    Artifact::ALL
+        .iter()
+        .map(|&a| {
+            let m = GrayImage::from_fn(size as u32, size as u32, |x, y| {
+                let hit = (0..ss * ss).any(|k| {
+                    let u = (x as f32 + ((k % ss) as f32 + 0.5) / ss as f32) / s;
+                    let v = (y as f32 + ((k / ss) as f32 + 0.5) / ss as f32) / s;
+                    sc.artifact_at(a, u, v)
+                });
+                Luma([if hit { 255 } else { 0 }])
+            });
+            (a, m)
+        })
+        .collect()
 }
 
 /// The lesion of image `idx` of class `label` with its class cues only: no confusable
@@ -355,7 +441,10 @@ pub(crate) fn clean_lesion(seed: u64, idx: u64, label: usize) -> impl Fn(f32, f3
 
 /// Renders image `idx` of class `label` at `size`×`size`, with its lesion mask (255 inside).
 pub fn render(cfg: &SyntheticConfig, idx: u64, label: usize, size: usize) -> (RgbImage, GrayImage) {
-    let sc = scene(cfg, idx, label);
+    render_scene(&scene(cfg, idx, label), size)
+}
+
+fn render_scene(sc: &Scene, size: usize) -> (RgbImage, GrayImage) {
     let s = size as f32;
     let ss = 2usize; // 2x2 supersampling
     let img = RgbImage::from_fn(size as u32, size as u32, |x, y| {
@@ -382,6 +471,59 @@ pub fn render(cfg: &SyntheticConfig, idx: u64, label: usize, size: usize) -> (Rg
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each artifact mask covers exactly what is drawn: outside it the image is bit-identical
+    /// to the same scene rendered without that artifact, inside it some pixels differ, and an
+    /// image without the artifact has an empty mask.
+    #[test]
+    fn artifact_masks_cover_exactly_what_is_drawn() {
+        let cfg = SyntheticConfig::default();
+        let size = 96;
+        let mut seen = [0usize; 4];
+        for idx in 0..60u64 {
+            let label = (idx % 3) as usize;
+            let full = scene(&cfg, idx, label);
+            let (img, _) = render_scene(&full, size);
+            let masks = artifact_masks(&cfg, idx, label, size);
+            for (k, (a, mask)) in masks.iter().enumerate() {
+                let mut without = scene(&cfg, idx, label);
+                let present = match a {
+                    Artifact::Hair => !std::mem::take(&mut without.hairs).is_empty(),
+                    Artifact::Ruler => without.ruler.take().is_some(),
+                    Artifact::Ink => without.ink.take().is_some(),
+                    Artifact::Corners => std::mem::replace(&mut without.vignette, 0.0) > 0.0,
+                };
+                let (plain, _) = render_scene(&without, size);
+                let mut inside_diff = 0;
+                let mut covered = 0;
+                for (x, y, px) in mask.enumerate_pixels() {
+                    let differs = img.get_pixel(x, y) != plain.get_pixel(x, y);
+                    if px.0[0] == 255 {
+                        covered += 1;
+                        inside_diff += differs as usize;
+                    } else {
+                        assert!(
+                            !differs,
+                            "{a:?} of image {idx} drawn outside its mask at ({x}, {y})"
+                        );
+                    }
+                }
+                // (A hair may lie wholly outside the image: present, but nothing drawn.)
+                assert!(
+                    present || covered == 0,
+                    "{a:?} of image {idx}: a mask without it"
+                );
+                if covered > 0 {
+                    assert!(
+                        inside_diff > 0,
+                        "{a:?} of image {idx}: nothing drawn in its mask"
+                    );
+                    seen[k] += 1;
+                }
+            }
+        }
+        assert!(seen.iter().all(|&n| n > 0), "every kind occurs: {seen:?}");
+    }
 
     #[test]
     fn deterministic_and_masks_cover_lesions() {

@@ -7,7 +7,8 @@ use super::faithfulness::{
     deletion_insertion, faithfulness_correlation, CorrelationOptions, CurveOptions,
 };
 use super::saliency::{
-    entropy, gini, pointing_game, relevance_mass_accuracy, relevance_rank_accuracy, roc_auc,
+    artifact_mass, entropy, gini, pointing_game, relevance_mass_accuracy, relevance_rank_accuracy,
+    roc_auc,
 };
 use super::sanity::map_similarity;
 use super::stats::{bootstrap_ci, wilcoxon, Wilcoxon};
@@ -15,6 +16,7 @@ use crate::adversarial::Pgd;
 use crate::attribution::{by_name, MethodOptions};
 use crate::config::Recipe;
 use crate::data::split::Part;
+use crate::data::synthetic::Artifact;
 use crate::eval::classification::evaluate_model;
 use crate::fsutil::{ensure_output_dir, write_atomic, write_json_atomic};
 use crate::report::display::{reduce_channels, Reduce};
@@ -37,9 +39,45 @@ pub enum Metric {
     Deletion,
     Insertion,
     FaithfulnessCorrelation,
+    /// Share of the map on every artifact (hairs, ruler, ink, dark corners) together.
+    ArtifactMass,
+    #[serde(rename = "artifact_mass_hair")]
+    HairMass,
+    #[serde(rename = "artifact_mass_ruler")]
+    RulerMass,
+    #[serde(rename = "artifact_mass_ink")]
+    InkMass,
+    #[serde(rename = "artifact_mass_corners")]
+    CornerMass,
 }
 
 impl Metric {
+    /// The artifact-mass metrics (`--metrics artifacts`): every kind together, then each.
+    pub const ARTIFACTS: [Metric; 5] = [
+        Metric::ArtifactMass,
+        Metric::HairMass,
+        Metric::RulerMass,
+        Metric::InkMass,
+        Metric::CornerMass,
+    ];
+
+    /// The artifact kind a per-kind artifact metric measures (`None` for all together or a
+    /// metric that is not an artifact mass).
+    pub fn artifact(&self) -> Option<Artifact> {
+        match self {
+            Metric::HairMass => Some(Artifact::Hair),
+            Metric::RulerMass => Some(Artifact::Ruler),
+            Metric::InkMass => Some(Artifact::Ink),
+            Metric::CornerMass => Some(Artifact::Corners),
+            _ => None,
+        }
+    }
+
+    /// Whether it needs the artifact masks (the built-in lesion set has them).
+    pub fn needs_artifacts(&self) -> bool {
+        Self::ARTIFACTS.contains(self)
+    }
+
     pub const ALL: [Metric; 9] = [
         Metric::RelevanceMassAccuracy,
         Metric::RelevanceRankAccuracy,
@@ -63,6 +101,11 @@ impl Metric {
             Metric::Deletion => "deletion_auc",
             Metric::Insertion => "insertion_auc",
             Metric::FaithfulnessCorrelation => "faithfulness_correlation",
+            Metric::ArtifactMass => "artifact_mass",
+            Metric::HairMass => "artifact_mass_hair",
+            Metric::RulerMass => "artifact_mass_ruler",
+            Metric::InkMass => "artifact_mass_ink",
+            Metric::CornerMass => "artifact_mass_corners",
         }
     }
 
@@ -78,12 +121,17 @@ impl Metric {
             Metric::Deletion => "deletion",
             Metric::Insertion => "insertion",
             Metric::FaithfulnessCorrelation => "faithfulness",
+            Metric::ArtifactMass => "artifacts",
+            Metric::HairMass => "hair",
+            Metric::RulerMass => "ruler",
+            Metric::InkMass => "ink",
+            Metric::CornerMass => "corners",
         }
     }
 
-    /// Whether larger is better (entropy and deletion AUC: smaller is better).
+    /// Whether larger is better (entropy, deletion AUC and artifact mass: smaller is better).
     pub fn higher_is_better(&self) -> bool {
-        !matches!(self, Metric::Entropy | Metric::Deletion)
+        !matches!(self, Metric::Entropy | Metric::Deletion) && !self.needs_artifacts()
     }
 
     /// Whether it needs a lesion mask.
@@ -105,12 +153,23 @@ impl Metric {
         )
     }
 
-    /// Parses a name (`rma`, `gini`, `deletion`, ... or the full names); `all` for every one.
+    /// Parses a name (`rma`, `gini`, `deletion`, ... or the full names); `all` for the nine
+    /// lesion and faithfulness metrics, `artifacts` for the five artifact masses.
     pub fn parse_list(s: &str) -> Result<Vec<Metric>> {
-        let mut out = Vec::new();
+        let mut out: Vec<Metric> = Vec::new();
         for part in s.split(',').map(|p| p.trim()).filter(|p| !p.is_empty()) {
-            if part == "all" {
-                return Ok(Metric::ALL.to_vec());
+            let group: &[Metric] = match part {
+                "all" => &Metric::ALL,
+                "artifacts" => &Metric::ARTIFACTS,
+                _ => &[],
+            };
+            if !group.is_empty() {
+                for m in group {
+                    if !out.contains(m) {
+                        out.push(*m);
+                    }
+                }
+                continue;
             }
             let m = match part.to_ascii_lowercase().as_str() {
                 "rma" | "relevance_mass_accuracy" | "mass" => Metric::RelevanceMassAccuracy,
@@ -122,11 +181,16 @@ impl Metric {
                 "deletion" | "deletion_auc" => Metric::Deletion,
                 "insertion" | "insertion_auc" => Metric::Insertion,
                 "faithfulness" | "faithfulness_correlation" => Metric::FaithfulnessCorrelation,
+                "artifact" | "artifact_mass" => Metric::ArtifactMass,
+                "hair" | "artifact_mass_hair" => Metric::HairMass,
+                "ruler" | "artifact_mass_ruler" => Metric::RulerMass,
+                "ink" | "artifact_mass_ink" => Metric::InkMass,
+                "corners" | "artifact_mass_corners" => Metric::CornerMass,
                 other => {
                     return Err(Error::config(
                         "metrics",
                         other,
-                        format!("unknown metric `{other}`; use rma, rra, pointing, auc, gini, entropy, deletion, insertion, faithfulness or all"),
+                        format!("unknown metric `{other}`; use rma, rra, pointing, auc, gini, entropy, deletion, insertion, faithfulness, all, or artifact, hair, ruler, ink, corners, artifacts"),
                     ))
                 }
             };
@@ -310,6 +374,21 @@ pub fn compare(
             })
         })
         .collect();
+    // Artifact masks per image (kind, pixels), when the data set has them.
+    let needs_artifacts = opts.metrics.iter().any(|k| k.needs_artifacts());
+    let artifacts: Vec<Option<Vec<(Artifact, Vec<bool>)>>> = chosen
+        .iter()
+        .map(|&i| {
+            needs_artifacts
+                .then(|| data.ds.artifact_masks(i, size))
+                .flatten()
+                .map(|ms| {
+                    ms.into_iter()
+                        .map(|(a, m)| (a, m.as_raw().iter().map(|&v| v > 127).collect()))
+                        .collect()
+                })
+        })
+        .collect();
     let mopts = opts
         .method_options
         .clone()
@@ -410,6 +489,22 @@ pub fn compare(
                         (Metric::Insertion, _) => {
                             curves.as_ref().map(|c| c.1.auc).unwrap_or(f64::NAN)
                         }
+                        (k, _) if k.needs_artifacts() => match &artifacts[i] {
+                            None => f64::NAN,
+                            Some(ms) => {
+                                let mask: Vec<bool> = match k.artifact() {
+                                    Some(a) => ms
+                                        .iter()
+                                        .find(|(b, _)| *b == a)
+                                        .map(|(_, m)| m.clone())
+                                        .unwrap_or_default(),
+                                    None => {
+                                        (0..plane).map(|p| ms.iter().any(|(_, m)| m[p])).collect()
+                                    }
+                                };
+                                artifact_mass(&abs, &mask)?.unwrap_or(f64::NAN)
+                            }
+                        },
                         (Metric::FaithfulnessCorrelation, _) => {
                             let signed = reduce_channels(&v, c, size, size, Reduce::Sum);
                             faithfulness_correlation(

@@ -25,6 +25,16 @@ pub fn relevance_mass_accuracy(map: &[f32], mask: &[bool]) -> Result<f64> {
     Ok(inside / total)
 }
 
+/// Artifact mass: the share of the map's (non-negative) total on the pixels of an artifact,
+/// the relevance mass of a distractor instead of the lesion; lower is better. `None` when the
+/// mask is empty (the image has no such artifact).
+pub fn artifact_mass(map: &[f32], mask: &[bool]) -> Result<Option<f64>> {
+    if map.len() == mask.len() && !mask.iter().any(|&m| m) {
+        return Ok(None);
+    }
+    relevance_mass_accuracy(map, mask).map(Some)
+}
+
 /// Gini index of |a| (Quantus `Sparseness`, Chalasani et al.): with |a| sorted ascending,
 /// G = sum_i (2i - n - 1) a_(i) / (n sum_i a_(i)), i = 1..n. 0 for a uniform map, near 1 when
 /// one pixel holds everything.
@@ -145,6 +155,20 @@ pub use super::stats::bootstrap_ci;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn artifact_mass_by_hand() {
+        // A 2x3 map; the artifact covers the two right-hand pixels of each row.
+        let map = [1.0, 0.0, 3.0, 0.0, 2.0, 4.0];
+        let hair = [false, true, true, false, true, true];
+        assert_eq!(artifact_mass(&map, &hair).unwrap(), Some(9.0 / 10.0));
+        let none = [false; 6];
+        assert_eq!(artifact_mass(&map, &none).unwrap(), None);
+        // Negative values count as zero, as in relevance mass accuracy.
+        let signed = [-5.0, 1.0, 1.0, 0.0, 0.0, 2.0];
+        assert_eq!(artifact_mass(&signed, &hair).unwrap(), Some(1.0));
+        assert!(artifact_mass(&map, &[true; 5]).is_err());
+    }
     #[test]
     fn by_hand() {
         let map = [1.0, -2.0, 3.0, 0.0];

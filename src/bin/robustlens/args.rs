@@ -476,7 +476,8 @@ pub struct CompareOpts {
     #[arg(long, default_value = "gradient")]
     pub method: String,
     /// Comma-separated metrics (rma, rra, pointing, auc, gini, entropy, deletion, insertion,
-    /// faithfulness) or all.
+    /// faithfulness) or all (those nine); artifact masses of the built-in lesion set: artifact
+    /// (all kinds together), hair, ruler, ink, corners, or artifacts (those five).
     #[arg(long, default_value = "all")]
     pub metrics: String,
     /// Images compared (the first N of the part, classes interleaved).
