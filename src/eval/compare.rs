@@ -334,6 +334,9 @@ pub struct Comparison {
     pub best_eps: Vec<BestEps>,
 }
 
+/// One image's artifact masks: (kind, pixels).
+type ArtifactPixels = Vec<(Artifact, Vec<bool>)>;
+
 /// Compares `models` on the same images.
 pub fn compare(
     models: &[RunModel],
@@ -376,7 +379,7 @@ pub fn compare(
         .collect();
     // Artifact masks per image (kind, pixels), when the data set has them.
     let needs_artifacts = opts.metrics.iter().any(|k| k.needs_artifacts());
-    let artifacts: Vec<Option<Vec<(Artifact, Vec<bool>)>>> = chosen
+    let artifacts: Vec<Option<ArtifactPixels>> = chosen
         .iter()
         .map(|&i| {
             needs_artifacts
