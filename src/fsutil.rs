@@ -101,9 +101,8 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     })
 }
 
-/// Checks, creating nothing, that an output folder could be made and written: the path is
-/// not a file, and its nearest existing ancestor is a writable folder.
-pub fn check_output_dir(dir: &Path) -> Result<()> {
+/// An error when the output folder `dir` is a file.
+pub fn refuse_file(dir: &Path) -> Result<()> {
     if dir.exists() && !dir.is_dir() {
         return Err(Error::config(
             "out",
@@ -111,6 +110,13 @@ pub fn check_output_dir(dir: &Path) -> Result<()> {
             "is a file, not a folder; choose another path",
         ));
     }
+    Ok(())
+}
+
+/// Checks, creating nothing, that an output folder could be made and written: the path is
+/// not a file, and its nearest existing ancestor is a writable folder.
+pub fn check_output_dir(dir: &Path) -> Result<()> {
+    refuse_file(dir)?;
     let mut probe_dir = dir;
     while !probe_dir.exists() {
         match probe_dir.parent() {
@@ -143,13 +149,7 @@ pub fn check_output_dir(dir: &Path) -> Result<()> {
 /// Creates an output folder (and parents), with a clear error when the path is a file or
 /// cannot be written.
 pub fn ensure_output_dir(dir: &Path) -> Result<()> {
-    if dir.exists() && !dir.is_dir() {
-        return Err(Error::config(
-            "out",
-            dir.display(),
-            "is a file, not a folder; choose another path",
-        ));
-    }
+    refuse_file(dir)?;
     std::fs::create_dir_all(dir).map_err(|e| {
         Error::config(
             "out",

@@ -290,15 +290,13 @@ pub fn command(o: &SaliencyOptions) -> Result<Vec<Explained>> {
 }
 
 /// Images of a data set: the part of the first run's split (or a fresh split of `spec`),
-/// correctly classified by every model unless asked otherwise.
+/// classes interleaved, correctly classified by every model unless asked otherwise.
 fn dataset_images(
     o: &SaliencyOptions,
     spec: &str,
     models: &[NamedModel],
     device: &candle_core::Device,
 ) -> Result<(Tensor, Vec<String>, Option<Vec<usize>>)> {
-    use crate::data::cache::ImageCache;
-    use crate::data::loader::make_batch;
     let run_cfg: Option<crate::run::RunConfig> = o
         .runs
         .first()
@@ -326,25 +324,10 @@ fn dataset_images(
             tc.data.split = Some(r.join("split.csv"));
         }
     }
-    let (ds, split) = crate::run::open_data(&tc)?;
-    let idx = split.indices(&ds, o.part, None);
-    if idx.is_empty() {
-        return Err(Error::data_setting(
-            "split",
-            o.part.as_str(),
-            "no images in that part of the split",
-        ));
-    }
-    let cache = ImageCache::build(
-        &ds,
-        size,
-        Some(&crate::data::cache::default_cache_dir()),
-        tc.data.skip_bad_images,
-    )?;
-    let labels: Vec<usize> = ds.items.iter().map(|i| i.label).collect();
+    let data = crate::run::EvalImages::of(&tc, size, o.part)?;
     let mut chosen = Vec::new();
-    for chunk in idx.chunks(64) {
-        let b = make_batch(&cache, &labels, chunk, None, &vec![0; chunk.len()]);
+    for chunk in data.indices.chunks(64) {
+        let b = data.batch(chunk);
         let x = b.images(device)?;
         let mut ok = vec![true; chunk.len()];
         if !o.include_misclassified {
@@ -367,10 +350,10 @@ fn dataset_images(
             o.part.as_str()
         )));
     }
-    let b = make_batch(&cache, &labels, &chosen, None, &vec![0; chosen.len()]);
+    let b = data.batch(&chosen);
     let names = chosen
         .iter()
-        .map(|&i| ds.items[i].image_id.replace('/', "_"))
+        .map(|&i| data.ds.items[i].image_id.replace('/', "_"))
         .collect();
     Ok((b.images(device)?, names, Some(b.labels.clone())))
 }

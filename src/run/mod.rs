@@ -92,13 +92,7 @@ pub fn default_out(name: &str) -> PathBuf {
 
 /// Checks that `out` can take a new run (it holds none yet), creating nothing.
 pub fn check_new_run(out: &Path) -> Result<()> {
-    if out.exists() && !out.is_dir() {
-        return Err(Error::config(
-            "out",
-            out.display(),
-            "is a file, not a folder; choose another path",
-        ));
-    }
+    crate::fsutil::refuse_file(out)?;
     if out.join("resume.safetensors").exists() {
         return Err(Error::config(
             "out",
@@ -234,8 +228,13 @@ impl EvalImages {
                 tc.data.split = None;
             }
         }
-        let (ds, split) = open_data(&tc)?;
-        let size = first.cfg.model.image_size;
+        Self::of(&tc, first.cfg.model.image_size, part)
+    }
+
+    /// The images of `part` of the data and split that `tc` names, at `size` px, classes
+    /// interleaved.
+    pub fn of(tc: &TrainConfig, size: usize, part: Part) -> Result<Self> {
+        let (ds, split) = open_data(tc)?;
         let indices = split.indices(&ds, part, None);
         if indices.is_empty() {
             return Err(Error::data_setting(

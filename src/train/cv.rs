@@ -71,28 +71,20 @@ pub fn cross_validate(
             "cross-validation needs at least one learning rate (lrs) and one batch size (batch-sizes)",
         ));
     }
-    for &lr in lrs {
-        TrainConfig {
-            main: crate::config::PhaseConfig {
-                lr,
-                ..cfg.main.clone()
-            },
-            ..cfg.clone()
-        }
-        .validate()?;
-    }
-    for &batch_size in batch_sizes {
-        TrainConfig {
-            main: crate::config::PhaseConfig {
-                batch_size,
-                ..cfg.main.clone()
-            },
-            ..cfg.clone()
-        }
-        .validate()?;
-    }
     let mut base = cfg.clone();
     base.data.val_per_class = 0;
+    // One grid cell's configuration (its split is set per fold).
+    let cell = |lr: f64, batch_size: usize| {
+        let mut c = base.clone();
+        c.main.lr = lr;
+        c.main.batch_size = batch_size;
+        c
+    };
+    for &lr in lrs {
+        for &bs in batch_sizes {
+            cell(lr, bs).validate()?;
+        }
+    }
     let (_, split) = open_data_with_folds(&base, folds)?;
     if split
         .rows
@@ -120,9 +112,7 @@ pub fn cross_validate(
                 crate::fsutil::ensure_output_dir(&dir)?;
                 let split_path = dir.join("cv-split.csv");
                 fs.write(&split_path)?;
-                let mut c = base.clone();
-                c.main.lr = lr;
-                c.main.batch_size = bs;
+                let mut c = cell(lr, bs);
                 c.data.split = Some(split_path);
                 let resume =
                     dir.join("resume.safetensors").exists() && !dir.join("summary.json").exists();
@@ -168,9 +158,7 @@ pub fn cross_validate(
     write_atomic(&out.join("cv.md"), table(&result).as_bytes())?;
     if final_train {
         let dir = out.join("final");
-        let mut c = base.clone();
-        c.main.lr = result.cells[best].lr;
-        c.main.batch_size = result.cells[best].batch_size;
+        let mut c = cell(result.cells[best].lr, result.cells[best].batch_size);
         c.data.split = Some(out.join("split.csv"));
         if let Stop::Interrupted =
             train(&c, &dir, dir.join("resume.safetensors").exists(), interrupt)?
