@@ -80,9 +80,12 @@ pub fn finetune_base(from: &Path, preset: Option<Preset>) -> Result<TrainConfig>
     }
     let src = RunConfig::read(from)?.train;
     let mut base = match preset {
+        // A named preset replaces the schedule and sizes, never the source run's data.
         Some(p) => TrainConfig {
             data: crate::config::DataConfig {
                 source: src.data.source.clone(),
+                classes: src.data.classes.clone(),
+                skip_bad_images: src.data.skip_bad_images,
                 ..p.base(Recipe::Finetune).data
             },
             ..p.base(Recipe::Finetune)
@@ -183,8 +186,8 @@ pub fn run(opts: &TrainOptions, interrupt: &Interrupt) -> Result<Summary> {
         cfg.image_size,
         cfg.seed
     );
-    if cfg.data.source == "synthetic" {
-        eprintln!("data: the built-in synthetic lesion set; for HAM10000 pass --data PATH (or set ROBUSTLENS_DATA) with --preset paper");
+    if cfg.data.source.starts_with("synthetic") {
+        eprintln!("data: a built-in synthetic set; for HAM10000 pass --data PATH (or set ROBUSTLENS_DATA) with --preset paper");
     }
     match train(&cfg, &out, resume, interrupt)? {
         Stop::Interrupted => Err(Error::Interrupted { resume: Some(out) }),

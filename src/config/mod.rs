@@ -88,9 +88,10 @@ impl Preset {
         }
     }
 
-    /// The preset used when none is named: `quick` on the built-in synthetic set, else `paper`.
+    /// The preset used when none is named: `quick` on a built-in set (`synthetic`,
+    /// `synthetic:blocks`), else `paper`.
     pub fn default_for(data: &str) -> Preset {
-        if data == "synthetic" {
+        if data.trim().to_ascii_lowercase().starts_with("synthetic") {
             Preset::Quick
         } else {
             Preset::Paper
@@ -768,6 +769,12 @@ mod tests {
         };
         let c = layered(Recipe::TrainStandard, None, None, &o).unwrap();
         assert_eq!((c.preset, c.image_size), (Some(Preset::Paper), 224));
+        let o = Overrides {
+            data: Some("synthetic:blocks".into()),
+            ..Default::default()
+        };
+        let c = layered(Recipe::TrainStandard, None, None, &o).unwrap();
+        assert_eq!(c.preset, Some(Preset::Quick));
     }
 
     #[test]

@@ -169,31 +169,30 @@ pub fn train(cfg: &TrainConfig, dir: &Path, resume: bool, interrupt: &Interrupt)
         ));
     }
     // The model.
-    let model = if let Init::From(from) = &cfg.init {
-        if !from.join("model.safetensors").exists() {
-            return Err(Error::config(
+    let model = match &cfg.init {
+        Init::From(from) => {
+            if !from.join("model.safetensors").exists() {
+                return Err(Error::config(
                 "from",
                 from.display(),
                 "no model.safetensors there; give a run folder of train-standard or train-robust",
             ));
+            }
+            let (m, mc) = crate::model::load_checkpoint(from, &device)?;
+            if mc.num_classes != class_names.len() {
+                return Err(Error::config(
+                    "from",
+                    from.display(),
+                    format!(
+                        "the model has {} classes, the data {}",
+                        mc.num_classes,
+                        class_names.len()
+                    ),
+                ));
+            }
+            m
         }
-        let (m, mc) = crate::model::load_checkpoint(from, &device)?;
-        if mc.num_classes != class_names.len() {
-            return Err(Error::config(
-                "from",
-                from.display(),
-                format!(
-                    "the model has {} classes, the data {}",
-                    mc.num_classes,
-                    class_names.len()
-                ),
-            ));
-        }
-        m
-    } else if let Init::Weights(w) = &cfg.init {
-        load_model_source(w, Some(class_names.len()), cfg.seed, &device)?.0
-    } else {
-        unreachable!("Init has two variants")
+        Init::Weights(w) => load_model_source(w, Some(class_names.len()), cfg.seed, &device)?.0,
     };
     crate::fsutil::ensure_output_dir(dir)?;
     crate::fsutil::remove_stale_temp_files(dir);

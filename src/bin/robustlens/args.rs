@@ -190,7 +190,7 @@ pub struct TrainArgs {
     /// override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Named settings [default: quick with the synthetic set, otherwise paper].
+    /// Named settings [default: quick with a built-in synthetic set, otherwise paper].
     #[arg(long, value_parser = words::<Preset>())]
     pub preset: Option<Preset>,
     /// Run folder [default: models/<command>-<unix time>].
@@ -199,7 +199,8 @@ pub struct TrainArgs {
     /// Continue the interrupted run in this folder (its own config is used).
     #[arg(long)]
     pub resume: Option<PathBuf>,
-    /// `synthetic` (built in), a HAM10000 folder or an ImageFolder (PATH/<class>/*.jpg).
+    /// `synthetic` (the built-in lesions), `synthetic:blocks` (the built-in control), a
+    /// HAM10000 folder or an ImageFolder (PATH/<class>/*.jpg) [default: synthetic].
     #[arg(long, env = "ROBUSTLENS_DATA")]
     pub data: Option<String>,
     /// Classes to use, comma-separated [default: all; HAM10000: nv,mel,bkl].
@@ -795,7 +796,8 @@ impl SplitArgs {
 
 #[derive(Args, Clone)]
 pub struct DataArgs {
-    /// `synthetic` (built in), a HAM10000 folder, or an ImageFolder (PATH/<class>/*.jpg).
+    /// `synthetic` (the built-in lesions), `synthetic:blocks` (the built-in control), a
+    /// HAM10000 folder, or an ImageFolder (PATH/<class>/*.jpg).
     #[arg(long, default_value = "synthetic", env = "ROBUSTLENS_DATA")]
     pub data: String,
     /// Classes to use, comma-separated [default: all; HAM10000: nv,mel,bkl].
