@@ -13,9 +13,11 @@
 //! | `compare`, `sweep-eps` | [`compare`], [`sweep`] |
 //! | `report`, `demo` | [`report`], [`demo`] |
 //! | `bench` | [`bench`] |
+//! | `benchmark` | [`benchmark`] |
 //! | `data synth / split / inspect / bench` | [`data`] |
 
 pub mod bench;
+pub mod benchmark;
 pub mod compare;
 pub mod cv;
 pub mod data;

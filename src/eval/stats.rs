@@ -190,6 +190,35 @@ fn erfc(x: f64) -> f64 {
     }
 }
 
+/// Student's t quantile t(0.975, df) for df = 1..30 (scipy.stats.t.ppf); beyond, the normal 1.96.
+fn t975(df: usize) -> f64 {
+    const T: [f64; 30] = [
+        12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004, 2.262157,
+        2.228139, 2.200985, 2.178813, 2.160369, 2.144787, 2.131450, 2.119905, 2.109816, 2.100922,
+        2.093024, 2.085963, 2.079614, 2.073873, 2.068658, 2.063899, 2.059539, 2.055529, 2.051831,
+        2.048407, 2.045230, 2.042272,
+    ];
+    T.get(df.wrapping_sub(1)).copied().unwrap_or(1.959964)
+}
+
+/// Mean and 95% Student-t confidence interval of a few values (each seed's mean, across
+/// seeds): mean ± t(0.975, n-1) s / sqrt(n), s the sample standard deviation. NaN values are
+/// left out; with one value the interval is that value's own (NaN bounds), with none all NaN.
+pub fn t_interval(values: &[f64]) -> (f64, f64, f64) {
+    let v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+    let n = v.len();
+    if n == 0 {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    let mean = v.iter().sum::<f64>() / n as f64;
+    if n == 1 {
+        return (mean, f64::NAN, f64::NAN);
+    }
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let half = t975(n - 1) * (var / n as f64).sqrt();
+    (mean, mean - half, mean + half)
+}
+
 /// Mean and 95% percentile-bootstrap confidence interval (`resamples` draws, seeded). NaN
 /// values are left out; all-NaN gives NaNs.
 pub fn bootstrap_ci(values: &[f64], resamples: usize, seed: u64) -> (f64, f64, f64) {
@@ -241,6 +270,25 @@ pub fn mid_ranks_f64(v: &[f64]) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn t_interval_on_known_values() {
+        // scipy: stats.t.interval(0.95, 2, loc=2, scale=stats.sem([1, 2, 3]))
+        let (m, lo, hi) = t_interval(&[1.0, 2.0, 3.0]);
+        assert!((m - 2.0).abs() < 1e-12);
+        assert!(
+            (lo - (-0.484138)).abs() < 1e-5 && (hi - 4.484138).abs() < 1e-5,
+            "{lo} {hi}"
+        );
+        // ten values: df 9, t 2.262157
+        let v: Vec<f64> = (0..10).map(|i| i as f64).collect();
+        let (m, lo, hi) = t_interval(&v);
+        let half = 2.262157 * (55.0f64 / 6.0).sqrt() / 10f64.sqrt();
+        assert!((m - 4.5).abs() < 1e-12 && (hi - lo - 2.0 * half).abs() < 1e-5);
+        assert!(t_interval(&[0.5]).1.is_nan() && t_interval(&[0.5]).0 == 0.5);
+        assert!(t_interval(&[f64::NAN]).0.is_nan());
+        assert_eq!(t_interval(&[1.0, f64::NAN, 3.0]).0, 2.0);
+    }
 
     #[test]
     fn by_hand() {

@@ -166,6 +166,9 @@ pub enum Command {
     Compare(Box<CompareArgs>),
     /// Train one model per eps (0 = standard) into one folder (resumable), then compare them.
     SweepEps(Box<SweepArgs>),
+    /// The paper's questions as one resumable grid: standard, robust and fine-tuned models
+    /// for several seeds, compared, with intervals across seeds (benchmark.md/.json/.csv).
+    Benchmark(Box<BenchmarkArgs>),
     /// Images per second of eval, train, input-grad, pgd7 and IG (compare with
     /// bench/torch_reference.py).
     Bench(BenchArgs),
@@ -551,6 +554,98 @@ pub struct SweepArgs {
     pub train_attack_steps: usize,
     #[command(flatten)]
     pub compare: CompareOpts,
+}
+
+#[derive(Args, Clone)]
+pub struct BenchmarkArgs {
+    #[command(flatten)]
+    pub train: TrainArgs,
+    /// The grid's size; each part is also a flag of its own, which wins.
+    #[arg(long, default_value = "default", value_parser = words::<robustlens::commands::benchmark::Budget>())]
+    pub budget: robustlens::commands::benchmark::Budget,
+    /// Seeds, comma-separated [default: 0,1 (quick), 0,1,2 (default)].
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Option<Vec<u64>>,
+    /// Robust cells as paper eps values at 224 px, comma-separated [default: 4 (quick),
+    /// 2,4,8 (default)].
+    #[arg(long, value_delimiter = ',')]
+    pub eps_at_224: Option<Vec<f32>>,
+    /// Fine-tuned cells: layer groups trained from the robust model of the largest eps,
+    /// separated by `;` [default: 3-5 (quick), "5;4-5;3-5;2-5" (default)].
+    #[arg(long, value_delimiter = ';', value_parser = groups_parser())]
+    pub groups: Option<Vec<GroupSet>>,
+    /// Epochs of each fine-tuning.
+    #[arg(long, default_value_t = 3)]
+    pub finetune_epochs: usize,
+    /// Learning rate of each fine-tuning.
+    #[arg(long, default_value_t = 1e-4)]
+    pub finetune_lr: f64,
+    /// PGD steps of the training attack (step size eps/5, random start).
+    #[arg(long, default_value_t = 7)]
+    pub train_attack_steps: usize,
+    /// Comma-separated saliency methods [default: gradient (quick), gradient,smoothgrad,ig
+    /// (default)].
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Comma-separated metrics (see compare --help) [default: all, and artifacts on the
+    /// built-in lesion set].
+    #[arg(long)]
+    pub metrics: Option<String>,
+    /// Test images compared [default: 60 (quick), 150 (default)].
+    #[arg(long)]
+    pub count: Option<usize>,
+    /// Robust accuracy under L2 PGD with this paper eps at 224 px, scaled to the working size.
+    #[arg(long, default_value_t = 3.0)]
+    pub attack_eps_at_224: f32,
+    /// Bootstrap resamples of the per-image intervals.
+    #[arg(long, default_value_t = 1000)]
+    pub bootstrap: usize,
+}
+
+impl BenchmarkArgs {
+    pub fn options(&self) -> robustlens::commands::benchmark::BenchmarkOptions {
+        let plan = self.budget.plan();
+        let mut train = self.train.options(Recipe::TrainStandard);
+        if train.overrides.image_size.is_none() && self.train.config.is_none() {
+            train.overrides.image_size = Some(plan.image_size);
+        }
+        let size = train.overrides.image_size.unwrap_or(plan.image_size);
+        let data = self
+            .train
+            .data
+            .clone()
+            .unwrap_or_else(|| "synthetic".into());
+        let lesions = matches!(data.trim(), "synthetic" | "synthetic:lesions");
+        let metrics = self
+            .metrics
+            .clone()
+            .unwrap_or_else(|| if lesions { "all,artifacts" } else { "all" }.to_string());
+        robustlens::commands::benchmark::BenchmarkOptions {
+            train,
+            seeds: self.seeds.clone().unwrap_or(plan.seeds),
+            eps_at_224: self.eps_at_224.clone().unwrap_or(plan.eps_at_224),
+            groups: self.groups.clone().unwrap_or(plan.groups),
+            finetune_epochs: self.finetune_epochs,
+            finetune_lr: self.finetune_lr,
+            train_attack_steps: self.train_attack_steps,
+            compare: CompareSettings {
+                methods: self
+                    .method
+                    .as_deref()
+                    .map(robustlens::commands::list)
+                    .unwrap_or(plan.methods),
+                metrics,
+                count: self.count.unwrap_or(plan.count),
+                attack_eps: Some(robustlens::config::eps_from_224(
+                    self.attack_eps_at_224,
+                    size,
+                )),
+                attack_steps: 10,
+                best_by: "rma".into(),
+                bootstrap: self.bootstrap,
+            },
+        }
+    }
 }
 
 #[derive(Args, Clone)]

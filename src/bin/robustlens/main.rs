@@ -144,6 +144,11 @@ fn sweep(a: &args::SweepArgs) -> Result<()> {
     Ok(())
 }
 
+fn benchmark(a: &args::BenchmarkArgs) -> Result<()> {
+    cmd::benchmark::run(&a.options(), &Interrupt::install(STOPPING))?;
+    Ok(())
+}
+
 fn sanity(a: &args::SanityArgs) -> Result<()> {
     let opts = cmd::evaluate::SanityOptions {
         run: a.run.clone(),
@@ -200,6 +205,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo(a) => demo(&a),
         Command::Compare(a) => compare(&a),
         Command::SweepEps(a) => sweep(&a),
+        Command::Benchmark(a) => benchmark(&a),
         Command::Sanity(a) => sanity(&a),
         Command::Bench(a) => Ok(cmd::bench::run(&a.options()).map(|_| ())?),
         Command::Report(a) => report(&a),

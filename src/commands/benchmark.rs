@@ -1,0 +1,596 @@
+//! `benchmark`: the paper's questions as one resumable command. On a data set it trains,
+//! for every seed, a standard model, robust models at a list of eps (the paper's eps at
+//! 224 px, scaled to the working size) and fine-tuned models (groups trained from the robust
+//! model of the largest eps, the paper's Appendix D), then compares all of them on the same
+//! test images with [`crate::eval::compare`] and summarises each cell across seeds.
+//!
+//! - Every cell is an ordinary run folder, `OUT/seed-<s>/<cell>`: a finished one is kept, an
+//!   interrupted one resumed, so running the same command again continues the grid.
+//! - One comparison over every run (`OUT/comparison.*`), the standard model of the first seed
+//!   first: each metric per image with its bootstrap interval, the paired Wilcoxon test
+//!   against that model, seed brittleness (runs of one cell differ only in their seed), the
+//!   best eps per image.
+//! - `OUT/benchmark.{json,csv,md}`: per cell, method and metric, the mean over seeds of each
+//!   seed's mean with a 95% Student-t interval **across seeds**, the per-image bootstrap
+//!   interval of the first seed beside it, and the difference to the standard model of the
+//!   same seed with its across-seed interval; the eps frontier (clean and robust accuracy and
+//!   each metric against eps).
+
+use super::compare::CompareSettings;
+use super::train::TrainOptions;
+use crate::config::{eps_from_224, layered, AdvConfig, Init, PhaseConfig, Recipe, TrainConfig};
+use crate::data::split::Part;
+use crate::eval::compare::{Comparison, Metric};
+use crate::eval::stats::t_interval;
+use crate::interrupt::Interrupt;
+use crate::model::GroupSet;
+use crate::run::{default_out, RunConfig};
+use crate::train::{train, Stop};
+use crate::{Error, Result};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// One cell of the grid (the same for every seed).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Cell {
+    /// Folder name: `standard`, `robust-eps<E>`, `finetune-<groups>`.
+    pub name: String,
+    pub recipe: Recipe,
+    /// Paper eps at 224 px (0 for standard; fine-tuned cells: their parent's).
+    pub eps_at_224: f32,
+    /// L2 radius at the working size (0 for standard and fine-tuned cells).
+    pub eps: f32,
+    /// Fine-tuned cells: the trained groups.
+    #[serde(serialize_with = "groups_text")]
+    pub groups: Option<GroupSet>,
+}
+
+fn groups_text<S: serde::Serializer>(
+    g: &Option<GroupSet>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match g {
+        Some(g) => s.collect_str(g),
+        None => s.serialize_none(),
+    }
+}
+
+/// Options of `benchmark`.
+#[derive(Debug, Clone)]
+pub struct BenchmarkOptions {
+    /// Data, sizes, epochs and the rest of every cell's training (the recipe is per cell).
+    pub train: TrainOptions,
+    pub seeds: Vec<u64>,
+    /// Robust cells, as paper eps values at 224 px.
+    pub eps_at_224: Vec<f32>,
+    /// Fine-tuned cells: the groups trained from the robust model of the largest eps.
+    pub groups: Vec<GroupSet>,
+    /// Epochs and learning rate of the fine-tuning phase.
+    pub finetune_epochs: usize,
+    pub finetune_lr: f64,
+    pub train_attack_steps: usize,
+    pub compare: CompareSettings,
+}
+
+/// The cells, in the order they are trained and compared.
+pub fn cells(opts: &BenchmarkOptions, image_size: usize) -> Result<Vec<Cell>> {
+    let mut out = vec![Cell {
+        name: "standard".into(),
+        recipe: Recipe::TrainStandard,
+        eps_at_224: 0.0,
+        eps: 0.0,
+        groups: None,
+    }];
+    for &e in &opts.eps_at_224 {
+        if !(e.is_finite() && e > 0.0) {
+            return Err(Error::config(
+                "eps-at-224",
+                e,
+                "each eps must be a number > 0",
+            ));
+        }
+        out.push(Cell {
+            name: format!("robust-eps{e}"),
+            recipe: Recipe::TrainRobust,
+            eps_at_224: e,
+            eps: eps_from_224(e, image_size),
+            groups: None,
+        });
+    }
+    if !opts.groups.is_empty() {
+        let parent = opts
+            .eps_at_224
+            .iter()
+            .copied()
+            .fold(None, |m: Option<f32>, e| Some(m.map_or(e, |m| m.max(e))))
+            .ok_or_else(|| {
+                Error::conflict("fine-tuned cells need a robust model: give eps-at-224 values")
+            })?;
+        for g in &opts.groups {
+            out.push(Cell {
+                name: format!("finetune-{g}"),
+                recipe: Recipe::Finetune,
+                eps_at_224: parent,
+                eps: 0.0,
+                groups: Some(*g),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The configuration of one cell for one seed, in `out`.
+fn cell_config(
+    opts: &BenchmarkOptions,
+    cell: &Cell,
+    seed: u64,
+    seed_dir: &Path,
+) -> Result<TrainConfig> {
+    let base = |recipe| {
+        layered(
+            recipe,
+            opts.train.preset,
+            opts.train.config.as_deref(),
+            &opts.train.overrides,
+        )
+    };
+    let mut cfg = match cell.recipe {
+        Recipe::Finetune => {
+            // From the robust model of this seed, on its data and split.
+            let parent = seed_dir.join(format!("robust-eps{}", cell.eps_at_224));
+            let mut c = base(Recipe::TrainStandard)?;
+            c.recipe = Recipe::Finetune;
+            c.head.epochs = 0;
+            c.main = PhaseConfig {
+                epochs: opts.finetune_epochs,
+                lr: opts.finetune_lr,
+                batch_size: c.main.batch_size,
+                ..PhaseConfig::finetune()
+            };
+            c.groups = cell.groups.unwrap_or_else(GroupSet::all);
+            c.init = Init::From(parent.clone());
+            c.data.split = Some(parent.join("split.csv"));
+            c
+        }
+        r => base(r)?,
+    };
+    cfg.seed = seed;
+    if cell.recipe == Recipe::TrainRobust {
+        cfg.adversarial = Some(AdvConfig::preset(cell.eps, opts.train_attack_steps));
+    }
+    Ok(cfg)
+}
+
+/// One cell's summary across seeds for one method and metric.
+#[derive(Debug, Clone, Serialize)]
+pub struct CellMetric {
+    pub cell: String,
+    pub eps_at_224: f32,
+    pub method: String,
+    pub metric: Metric,
+    pub higher_is_better: bool,
+    /// Each seed's mean over the images, in seed order.
+    pub per_seed: Vec<f64>,
+    /// Mean over seeds and its 95% Student-t interval across seeds.
+    pub mean: f64,
+    pub ci95_seeds: [f64; 2],
+    /// The first seed's per-image 95% bootstrap interval.
+    pub ci95_images_first_seed: [f64; 2],
+    /// The difference to the standard model of the same seed: mean and across-seed interval.
+    pub diff_vs_standard: f64,
+    pub diff_ci95_seeds: [f64; 2],
+    /// The paired Wilcoxon p-value of the first seed's run against the first seed's standard
+    /// model (per image).
+    pub wilcoxon_p_first_seed: Option<f64>,
+}
+
+/// One cell's accuracy across seeds.
+#[derive(Debug, Clone, Serialize)]
+pub struct CellAccuracy {
+    pub cell: String,
+    pub recipe: Recipe,
+    pub eps_at_224: f32,
+    pub eps: f32,
+    pub clean: [f64; 3],
+    /// Under the comparison's attack, when it has one: mean and interval across seeds.
+    pub robust: Option<[f64; 3]>,
+}
+
+/// What `benchmark` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Benchmark {
+    pub data: String,
+    pub image_size: usize,
+    pub seeds: Vec<u64>,
+    pub cells: Vec<Cell>,
+    pub images: usize,
+    pub accuracy: Vec<CellAccuracy>,
+    pub metrics: Vec<CellMetric>,
+}
+
+/// The run name of a cell in the comparison.
+fn run_name(seed: u64, cell: &str) -> String {
+    format!("s{seed}/{cell}")
+}
+
+/// Summarises a comparison of every (seed, cell) run across seeds.
+pub fn summarise(cmp: &Comparison, cells: &[Cell], seeds: &[u64], data: &str) -> Result<Benchmark> {
+    let find = |seed: u64, cell: &str| {
+        let name = run_name(seed, cell);
+        cmp.models
+            .iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| Error::internal(format!("run {name} missing from the comparison")))
+    };
+    let tri = |v: &[f64]| {
+        let (m, lo, hi) = t_interval(v);
+        [m, lo, hi]
+    };
+    let mut accuracy = Vec::new();
+    let mut metrics = Vec::new();
+    for cell in cells {
+        let runs: Vec<_> = seeds
+            .iter()
+            .map(|&s| find(s, &cell.name))
+            .collect::<Result<_>>()?;
+        let standard: Vec<_> = seeds
+            .iter()
+            .map(|&s| find(s, "standard"))
+            .collect::<Result<_>>()?;
+        let clean: Vec<f64> = runs.iter().map(|r| r.clean_accuracy).collect();
+        let robust: Vec<f64> = runs.iter().filter_map(|r| r.robust_accuracy).collect();
+        accuracy.push(CellAccuracy {
+            cell: cell.name.clone(),
+            recipe: cell.recipe,
+            eps_at_224: cell.eps_at_224,
+            eps: cell.eps,
+            clean: tri(&clean),
+            robust: (robust.len() == runs.len()).then(|| tri(&robust)),
+        });
+        for (ki, mr) in runs[0].methods.iter().enumerate() {
+            for (ti, ms) in mr.metrics.iter().enumerate() {
+                let per_seed: Vec<f64> = runs
+                    .iter()
+                    .map(|r| r.methods[ki].metrics[ti].mean)
+                    .collect();
+                let base: Vec<f64> = standard
+                    .iter()
+                    .map(|r| r.methods[ki].metrics[ti].mean)
+                    .collect();
+                let diffs: Vec<f64> = per_seed.iter().zip(&base).map(|(a, b)| a - b).collect();
+                let s = tri(&per_seed);
+                let d = tri(&diffs);
+                metrics.push(CellMetric {
+                    cell: cell.name.clone(),
+                    eps_at_224: cell.eps_at_224,
+                    method: mr.method.clone(),
+                    metric: ms.metric,
+                    higher_is_better: ms.metric.higher_is_better(),
+                    per_seed,
+                    mean: s[0],
+                    ci95_seeds: [s[1], s[2]],
+                    ci95_images_first_seed: ms.ci95,
+                    diff_vs_standard: d[0],
+                    diff_ci95_seeds: [d[1], d[2]],
+                    wilcoxon_p_first_seed: ms.wilcoxon_vs_first.as_ref().map(|w| w.p_value),
+                });
+            }
+        }
+    }
+    Ok(Benchmark {
+        data: data.to_string(),
+        image_size: cmp.image_size,
+        seeds: seeds.to_vec(),
+        cells: cells.to_vec(),
+        images: cmp.images.len(),
+        accuracy,
+        metrics,
+    })
+}
+
+fn num(v: f64) -> String {
+    if v.is_nan() {
+        "-".into()
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn interval(v: [f64; 2]) -> String {
+    if v[0].is_nan() {
+        "-".into()
+    } else {
+        format!("[{}, {}]", num(v[0]), num(v[1]))
+    }
+}
+
+impl Benchmark {
+    /// The tables: accuracy per cell, then per method every metric per cell with its
+    /// intervals.
+    pub fn markdown(&self) -> String {
+        let mut s = format!(
+            "# Benchmark: {} at {} px, seeds {:?}, {} test images\n\n\
+             Each value is the mean over seeds of each seed's mean over the images, with its 95% \
+             Student-t interval across seeds; `images` is the first seed's per-image 95% bootstrap \
+             interval; `vs standard` the difference to the standard model of the same seed, with \
+             its across-seed interval; `p` the paired Wilcoxon test of the first seed's run \
+             against the first seed's standard model.\n\n",
+            self.data, self.image_size, self.seeds, self.images
+        );
+        s.push_str(
+            "## Accuracy\n\n| cell | eps at 224 | eps | clean | robust |\n|---|---|---|---|---|\n",
+        );
+        for a in &self.accuracy {
+            s.push_str(&format!(
+                "| {} | {} | {:.3} | {} {} | {} |\n",
+                a.cell,
+                a.eps_at_224,
+                a.eps,
+                num(a.clean[0]),
+                interval([a.clean[1], a.clean[2]]),
+                a.robust
+                    .map(|r| format!("{} {}", num(r[0]), interval([r[1], r[2]])))
+                    .unwrap_or_else(|| "-".into())
+            ));
+        }
+        let mut methods: Vec<&str> = Vec::new();
+        for m in &self.metrics {
+            if !methods.contains(&m.method.as_str()) {
+                methods.push(&m.method);
+            }
+        }
+        for method in methods {
+            s.push_str(&format!(
+                "\n## {method}\n\n| cell | metric | mean | across seeds | images (first seed) | vs standard | p |\n|---|---|---|---|---|---|---|\n"
+            ));
+            for m in self.metrics.iter().filter(|m| m.method == method) {
+                s.push_str(&format!(
+                    "| {} | {} {} | {} | {} | {} | {} {} | {} |\n",
+                    m.cell,
+                    m.metric.short(),
+                    if m.higher_is_better { "↑" } else { "↓" },
+                    num(m.mean),
+                    interval(m.ci95_seeds),
+                    interval(m.ci95_images_first_seed),
+                    num(m.diff_vs_standard),
+                    interval(m.diff_ci95_seeds),
+                    m.wilcoxon_p_first_seed
+                        .map(|p| format!("{p:.2e}"))
+                        .unwrap_or_else(|| "-".into())
+                ));
+            }
+        }
+        s
+    }
+
+    /// One row per cell, method and metric.
+    pub fn csv(&self) -> String {
+        let mut s = String::from(
+            "cell,eps_at_224,method,metric,mean,ci95_seeds_low,ci95_seeds_high,ci95_images_low,ci95_images_high,diff_vs_standard,diff_low,diff_high,wilcoxon_p,per_seed\n",
+        );
+        for m in &self.metrics {
+            let per: Vec<String> = m.per_seed.iter().map(|v| format!("{v}")).collect();
+            s.push_str(&format!(
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                m.cell,
+                m.eps_at_224,
+                m.method,
+                m.metric.name(),
+                m.mean,
+                m.ci95_seeds[0],
+                m.ci95_seeds[1],
+                m.ci95_images_first_seed[0],
+                m.ci95_images_first_seed[1],
+                m.diff_vs_standard,
+                m.diff_ci95_seeds[0],
+                m.diff_ci95_seeds[1],
+                m.wilcoxon_p_first_seed
+                    .map(|p| p.to_string())
+                    .unwrap_or_default(),
+                per.join(";")
+            ));
+        }
+        s
+    }
+
+    /// Writes `benchmark.json`, `.csv` and `.md` into `out`.
+    pub fn write(&self, out: &Path) -> Result<()> {
+        crate::fsutil::write_json_atomic(&out.join("benchmark.json"), self)?;
+        crate::fsutil::write_atomic(&out.join("benchmark.csv"), self.csv().as_bytes())?;
+        crate::fsutil::write_atomic(&out.join("benchmark.md"), self.markdown().as_bytes())
+    }
+}
+
+/// Trains the missing cells of every seed (finished ones kept, interrupted ones resumed),
+/// compares every run, and writes the benchmark's tables into the output folder.
+pub fn run(opts: &BenchmarkOptions, interrupt: &Interrupt) -> Result<Benchmark> {
+    if opts.seeds.is_empty() {
+        return Err(Error::config("seeds", "", "give at least one seed"));
+    }
+    let probe = layered(
+        Recipe::TrainStandard,
+        opts.train.preset,
+        opts.train.config.as_deref(),
+        &opts.train.overrides,
+    )?;
+    let cells = cells(opts, probe.image_size)?;
+    let out: PathBuf = opts
+        .train
+        .out
+        .clone()
+        .unwrap_or_else(|| default_out("benchmark"));
+    // Every configuration and the comparison's settings are checked before any training.
+    let copts = opts
+        .compare
+        .options(Some("run".into()), Part::Test, opts.seeds[0])?;
+    for &seed in &opts.seeds {
+        let sd = out.join(format!("seed-{seed}"));
+        for cell in &cells {
+            let c = cell_config(opts, cell, seed, &sd)?;
+            if c.recipe == Recipe::Finetune {
+                // Its parent does not exist yet; everything else must hold.
+                TrainConfig {
+                    init: Init::Weights(crate::model::WeightsSource::Random),
+                    recipe: Recipe::TrainStandard,
+                    ..c
+                }
+                .validate()?;
+            } else {
+                c.validate()?;
+            }
+        }
+    }
+    crate::fsutil::check_output_dir(&out)?;
+    let mut runs = Vec::new();
+    for &seed in &opts.seeds {
+        let sd = out.join(format!("seed-{seed}"));
+        for cell in &cells {
+            let dir = sd.join(&cell.name);
+            runs.push((run_name(seed, &cell.name), dir.clone()));
+            if dir.join("summary.json").exists() {
+                eprintln!(
+                    "benchmark: seed {seed} {}: finished earlier, kept",
+                    cell.name
+                );
+                continue;
+            }
+            let resume = dir.join("resume.safetensors").exists();
+            let cfg = if resume {
+                RunConfig::read(&dir)?.train
+            } else {
+                cell_config(opts, cell, seed, &sd)?
+            };
+            eprintln!(
+                "benchmark: seed {seed} {}{}",
+                cell.name,
+                if resume { " (resuming)" } else { "" }
+            );
+            match train(&cfg, &dir, resume, interrupt)? {
+                Stop::Interrupted => return Err(Error::Interrupted { resume: None }),
+                Stop::Finished(s) => eprintln!(
+                    "benchmark: seed {seed} {}: done in {:.0} s",
+                    cell.name, s.seconds
+                ),
+            }
+        }
+    }
+    let cmp = super::compare::run(&runs, &copts, probe.device, &out)?;
+    let b = summarise(&cmp, &cells, &opts.seeds, &probe.data.source)?;
+    b.write(&out)?;
+    print!("{}", b.markdown());
+    println!(
+        "wrote {}, benchmark.csv and benchmark.md",
+        out.join("benchmark.json").display()
+    );
+    Ok(b)
+}
+
+/// A named size of the benchmark. Every part can still be set by its own flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Budget {
+    /// A first look: 2 seeds, standard, robust at eps 4 (at 224 px) and fine-tuned groups 3-5,
+    /// the quick preset (32 px), Gradient maps of 60 test images.
+    Quick,
+    /// The grid of the paper's questions: 3 seeds, robust at eps 2, 4 and 8, fine-tuned groups
+    /// 5, 4-5, 3-5 and 2-5, 64 px, Gradient, SmoothGrad and IG maps of 150 test images.
+    Default,
+}
+
+/// What a budget sets (flags given explicitly win).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetPlan {
+    pub seeds: Vec<u64>,
+    pub eps_at_224: Vec<f32>,
+    pub groups: Vec<GroupSet>,
+    pub image_size: usize,
+    pub methods: Vec<String>,
+    pub count: usize,
+}
+
+impl Budget {
+    pub fn plan(self) -> BudgetPlan {
+        let g = |s: &str| GroupSet::parse(s).expect("a valid group set");
+        match self {
+            Budget::Quick => BudgetPlan {
+                seeds: vec![0, 1],
+                eps_at_224: vec![4.0],
+                groups: vec![g("3-5")],
+                image_size: 32,
+                methods: vec!["gradient".into()],
+                count: 60,
+            },
+            Budget::Default => BudgetPlan {
+                seeds: vec![0, 1, 2],
+                eps_at_224: vec![2.0, 4.0, 8.0],
+                groups: ["5", "4-5", "3-5", "2-5"].map(g).to_vec(),
+                image_size: 64,
+                methods: ["gradient", "smoothgrad", "ig"].map(String::from).to_vec(),
+                count: 150,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> BenchmarkOptions {
+        BenchmarkOptions {
+            train: TrainOptions::new(Recipe::TrainStandard),
+            seeds: vec![0, 1],
+            eps_at_224: vec![2.0, 8.0],
+            groups: vec![
+                GroupSet::parse("3-5").unwrap(),
+                GroupSet::parse("5").unwrap(),
+            ],
+            finetune_epochs: 2,
+            finetune_lr: 1e-4,
+            train_attack_steps: 7,
+            compare: CompareSettings {
+                methods: vec!["gradient".into()],
+                metrics: "all".into(),
+                count: 10,
+                attack_eps: None,
+                attack_steps: 10,
+                best_by: "rma".into(),
+                bootstrap: 100,
+            },
+        }
+    }
+
+    #[test]
+    fn the_grid_and_its_configurations() {
+        let o = opts();
+        let c = cells(&o, 32).unwrap();
+        let names: Vec<&str> = c.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "standard",
+                "robust-eps2",
+                "robust-eps8",
+                "finetune-3-5",
+                "finetune-5"
+            ]
+        );
+        assert_eq!(c[1].eps, eps_from_224(2.0, 32));
+        // Fine-tuning starts from the robust model of the largest eps, of the same seed.
+        assert_eq!(c[3].eps_at_224, 8.0);
+        let sd = Path::new("out/seed-1");
+        let f = cell_config(&o, &c[3], 1, sd).unwrap();
+        assert_eq!(f.init, Init::From(sd.join("robust-eps8")));
+        assert_eq!(f.data.split, Some(sd.join("robust-eps8/split.csv")));
+        assert_eq!((f.main.epochs, f.main.lr, f.head.epochs), (2, 1e-4, 0));
+        assert_eq!(f.groups, GroupSet::parse("3-5").unwrap());
+        let r = cell_config(&o, &c[2], 1, sd).unwrap();
+        assert_eq!(r.image_size, 32, "the quick preset on the synthetic set");
+        assert_eq!(r.adversarial.as_ref().map(|a| a.eps), Some(c[2].eps));
+        assert_eq!(r.seed, 1);
+        let no_parent = BenchmarkOptions {
+            eps_at_224: vec![],
+            ..opts()
+        };
+        assert!(cells(&no_parent, 64).is_err());
+    }
+}

@@ -1,0 +1,162 @@
+//! `benchmark`: a tiny grid through the binary (`--budget quick` with tiny sizes), and
+//! resume: a benchmark stopped in its first cell and run again ends with the same
+//! `benchmark.json` as one never stopped.
+
+mod common;
+use common::run_cli as run;
+use robustlens::commands::benchmark::{run as benchmark, BenchmarkOptions};
+use robustlens::commands::compare::CompareSettings;
+use robustlens::commands::train::TrainOptions;
+use robustlens::config::{Overrides, Recipe};
+use robustlens::interrupt::Interrupt;
+use robustlens::model::GroupSet;
+
+const TINY: &[&str] = &[
+    "--image-size",
+    "32",
+    "--train-per-class",
+    "6",
+    "--val-per-class",
+    "2",
+    "--test-per-class",
+    "3",
+    "--batch-size",
+    "6",
+    "--head-batch-size",
+    "6",
+    "--head-epochs",
+    "1",
+    "--epochs",
+    "1",
+    "--finetune-epochs",
+    "1",
+];
+
+fn json(p: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+#[test]
+fn a_quick_benchmark_through_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bm");
+    let mut args = vec![
+        "benchmark",
+        "--budget",
+        "quick",
+        "--out",
+        out.to_str().unwrap(),
+        "--seeds",
+        "0",
+        "--count",
+        "6",
+        "--bootstrap",
+        "100",
+    ];
+    args.extend_from_slice(TINY);
+    let (code, stdout, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    for f in [
+        "benchmark.json",
+        "benchmark.csv",
+        "benchmark.md",
+        "comparison.json",
+        "seed-0/standard/model.safetensors",
+        "seed-0/robust-eps4/model.safetensors",
+        "seed-0/finetune-3-5/model.safetensors",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let b = json(&out.join("benchmark.json"));
+    let cells: Vec<&str> = b["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(cells, ["standard", "robust-eps4", "finetune-3-5"]);
+    // The lesion set: the nine metrics and the five artifact masses, for every cell.
+    assert_eq!(b["metrics"].as_array().unwrap().len(), 3 * 14);
+    let ft = &b["cells"][2];
+    assert_eq!(
+        (ft["groups"].as_str(), ft["eps_at_224"].as_f64()),
+        (Some("3-5"), Some(4.0))
+    );
+    for m in b["metrics"].as_array().unwrap() {
+        assert_eq!(m["per_seed"].as_array().unwrap().len(), 1, "{m}");
+        if m["cell"] == "standard" {
+            assert_eq!(m["diff_vs_standard"].as_f64().unwrap_or(0.0), 0.0);
+        }
+    }
+    assert!(
+        stdout.contains("| cell | metric | mean | across seeds |"),
+        "{stdout}"
+    );
+    // Run again: every cell is kept and the tables are byte-identical.
+    let before = std::fs::read(out.join("benchmark.json")).unwrap();
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(err.matches("finished earlier, kept").count(), 3, "{err}");
+    assert_eq!(before, std::fs::read(out.join("benchmark.json")).unwrap());
+}
+
+fn tiny_options(out: &std::path::Path) -> BenchmarkOptions {
+    let mut train = TrainOptions::new(Recipe::TrainStandard);
+    train.out = Some(out.to_path_buf());
+    train.overrides = Overrides {
+        image_size: Some(32),
+        train_per_class: Some(6),
+        val_per_class: Some(2),
+        test_per_class: Some(3),
+        batch_size: Some(6),
+        head_batch_size: Some(6),
+        head_epochs: Some(1),
+        epochs: Some(2),
+        ..Default::default()
+    };
+    BenchmarkOptions {
+        train,
+        seeds: vec![3],
+        eps_at_224: vec![4.0],
+        groups: vec![GroupSet::parse("5").unwrap()],
+        finetune_epochs: 1,
+        finetune_lr: 1e-4,
+        train_attack_steps: 2,
+        compare: CompareSettings {
+            methods: vec!["gradient".into()],
+            metrics: "rma,gini".into(),
+            count: 6,
+            attack_eps: Some(0.4),
+            attack_steps: 3,
+            best_by: "rma".into(),
+            bootstrap: 100,
+        },
+    }
+}
+
+#[test]
+fn a_stopped_benchmark_resumes_to_the_same_tables() {
+    std::env::set_var(
+        "ROBUSTLENS_CACHE",
+        std::env::temp_dir().join("rl-test-cache"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let whole = dir.path().join("whole");
+    benchmark(&tiny_options(&whole), &Interrupt::new()).unwrap();
+    // Stopped after the first step of its first cell (as Ctrl-C or SIGTERM stops it).
+    let parts = dir.path().join("parts");
+    let stop = Interrupt::new();
+    stop.trigger();
+    let e = benchmark(&tiny_options(&parts), &stop).unwrap_err();
+    assert!(matches!(e, robustlens::Error::Interrupted { .. }), "{e}");
+    assert!(parts.join("seed-3/standard/resume.safetensors").exists());
+    assert!(!parts.join("seed-3/standard/summary.json").exists());
+    benchmark(&tiny_options(&parts), &Interrupt::new()).unwrap();
+    assert_eq!(
+        std::fs::read(whole.join("benchmark.json")).unwrap(),
+        std::fs::read(parts.join("benchmark.json")).unwrap(),
+        "the resumed benchmark differs from the uninterrupted one"
+    );
+    let b = json(&parts.join("benchmark.json"));
+    assert!(b["accuracy"][1]["robust"].is_array(), "{b}");
+}
