@@ -1176,6 +1176,22 @@ mod tests {
         assert!(missing.is_empty(), "options without help: {missing:#?}");
     }
 
+    #[test]
+    fn completions_cover_every_command() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "robustlens", &mut buf);
+            let s = String::from_utf8(buf).unwrap();
+            for c in ["train-robust", "sweep-eps", "benchmark", "eps-at-224"] {
+                assert!(s.contains(c), "{shell:?} completions lack {c}");
+            }
+        }
+    }
+
     /// Fixed sets of words list their values in --help, and a bad one is named with its flag.
     #[test]
     fn word_flags_list_their_values() {
