@@ -465,8 +465,8 @@ impl TrainConfig {
     /// Reads a training configuration from JSON: a run's `config.json` (its `train` part) or
     /// a configuration file, in today's nested form or the flat form of earlier versions.
     pub fn from_json(v: serde_json::Value, origin: &Path) -> Result<TrainConfig> {
+        // A run's config.json holds it under `train`.
         let v = match v.get("train") {
-            Some(t) if v.get("num_classes").is_some() || v.get("arch").is_some() => t.clone(),
             Some(t) if t.is_object() => t.clone(),
             _ => v,
         };
