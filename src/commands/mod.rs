@@ -12,7 +12,7 @@
 //! | `evaluate`, `attack`, `sanity` | [`evaluate`] |
 //! | `compare`, `sweep-eps` | [`compare`], [`sweep`] |
 //! | `report`, `demo` | [`report`], [`demo`] |
-//! | `bench` | [`bench`] |
+//! | `bench` | [`bench`](mod@bench) |
 //! | `benchmark` | [`benchmark`] |
 //! | `data synth / split / inspect / bench` | [`data`] |
 
