@@ -19,7 +19,12 @@ impl DataSource {
     /// warnings.
     pub fn open(&self, synthetic_per_class: usize, seed: u64) -> Result<Dataset> {
         let opts = DataOptions {
-            classes: super::list(&self.classes.join(",")),
+            classes: self
+                .classes
+                .iter()
+                .map(|c| c.trim().to_string())
+                .filter(|c| !c.is_empty())
+                .collect(),
             skip_bad_images: self.skip_bad_images,
             synthetic_per_class,
             seed,

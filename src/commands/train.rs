@@ -71,13 +71,7 @@ impl TrainOptions {
 /// paper's fine-tuning recipe (lr 1e-5, plateau schedule, early stopping; the quick preset's
 /// 3 epochs at 1e-4 for a quick run), no attack, no head phase.
 pub fn finetune_base(from: &Path, preset: Option<Preset>) -> Result<TrainConfig> {
-    if !from.join("model.safetensors").exists() {
-        return Err(Error::config(
-            "from",
-            from.display(),
-            "no model.safetensors there; give a run folder of train-standard or train-robust",
-        ));
-    }
+    crate::run::check_trained(from)?;
     let src = RunConfig::read(from)?.train;
     let mut base = match preset {
         // A named preset replaces the schedule and sizes, never the source run's data.

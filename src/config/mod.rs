@@ -465,18 +465,11 @@ impl TrainConfig {
     /// Reads a training configuration from JSON: a run's `config.json` (its `train` part) or
     /// a configuration file, in today's nested form or the flat form of earlier versions.
     pub fn from_json(v: serde_json::Value, origin: &Path) -> Result<TrainConfig> {
-        // A run's config.json holds it under `train`.
-        let v = match v.get("train") {
-            Some(t) if t.is_object() => t.clone(),
-            _ => v,
-        };
+        let v = train_object(v);
         if legacy::is_legacy(&v) {
             return legacy::parse(v, origin);
         }
-        serde_json::from_value(v).map_err(|e| Error::Json {
-            path: origin.to_path_buf(),
-            msg: format!("not a training configuration: {e}"),
-        })
+        nested(v, origin)
     }
 
     /// The phases this configuration runs, in order: `(name, phase, groups)`.
@@ -673,26 +666,39 @@ fn merge(base: &mut serde_json::Value, top: serde_json::Value) {
     }
 }
 
+/// The training configuration in a JSON value: a run's `config.json` holds it under `train`.
+fn train_object(v: serde_json::Value) -> serde_json::Value {
+    match v.get("train") {
+        Some(t) if t.is_object() => t.clone(),
+        _ => v,
+    }
+}
+
+/// The nested form, from `origin` (named in the error).
+fn nested(v: serde_json::Value, origin: &Path) -> Result<TrainConfig> {
+    serde_json::from_value(v).map_err(|e| Error::Json {
+        path: origin.to_path_buf(),
+        msg: format!("not a training configuration: {e}"),
+    })
+}
+
 /// Builds a configuration from `base` (a preset), then a config file, then `overrides`.
 pub fn layer(base: TrainConfig, file: Option<&Path>, overrides: &Overrides) -> Result<TrainConfig> {
     let recipe = base.recipe;
     let mut cfg = match file {
         None => base,
         Some(path) => {
-            let raw: serde_json::Value = crate::fsutil::read_json(path)?;
-            let parsed = TrainConfig::from_json(raw.clone(), path)?;
+            let file = train_object(crate::fsutil::read_json(path)?);
             // Only the keys the file names replace the base (a legacy file is complete).
-            let top = if legacy::is_legacy(raw.get("train").unwrap_or(&raw)) {
-                serde_json::to_value(&parsed).map_err(|e| Error::internal(e.to_string()))?
+            let top = if legacy::is_legacy(&file) {
+                serde_json::to_value(legacy::parse(file, path)?)
+                    .map_err(|e| Error::internal(e.to_string()))?
             } else {
-                raw.get("train").cloned().unwrap_or(raw)
+                file
             };
             let mut v = serde_json::to_value(&base).map_err(|e| Error::internal(e.to_string()))?;
             merge(&mut v, top);
-            serde_json::from_value(v).map_err(|e| Error::Json {
-                path: path.to_path_buf(),
-                msg: format!("not a training configuration: {e}"),
-            })?
+            nested(v, path)?
         }
     };
     cfg.recipe = recipe;

@@ -106,6 +106,19 @@ pub fn check_new_run(out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Checks that `from` is a trained run folder (it holds `model.safetensors`), as `from` names
+/// one for fine-tuning.
+pub fn check_trained(from: &Path) -> Result<()> {
+    if !from.join("model.safetensors").exists() {
+        return Err(Error::config(
+            "from",
+            from.display(),
+            "no model.safetensors there; give a run folder of train-standard or train-robust",
+        ));
+    }
+    Ok(())
+}
+
 /// Reads the configuration of the run in `dir` to resume it, checking that `recipe` made it.
 pub fn resume_config(dir: &Path, recipe: Recipe) -> Result<TrainConfig> {
     let rc: RunConfig = crate::fsutil::read_json(&dir.join("config.json")).map_err(|e| {

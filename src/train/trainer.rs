@@ -171,13 +171,7 @@ pub fn train(cfg: &TrainConfig, dir: &Path, resume: bool, interrupt: &Interrupt)
     // The model.
     let model = match &cfg.init {
         Init::From(from) => {
-            if !from.join("model.safetensors").exists() {
-                return Err(Error::config(
-                "from",
-                from.display(),
-                "no model.safetensors there; give a run folder of train-standard or train-robust",
-            ));
-            }
+            crate::run::check_trained(from)?;
             let (m, mc) = crate::model::load_checkpoint(from, &device)?;
             if mc.num_classes != class_names.len() {
                 return Err(Error::config(
