@@ -60,6 +60,9 @@ fn a_quick_benchmark_through_the_binary() {
         "benchmark.json",
         "benchmark.csv",
         "benchmark.md",
+        "report.html",
+        "frontier-accuracy.svg",
+        "frontier-gradient.svg",
         "comparison.json",
         "seed-0/standard/model.safetensors",
         "seed-0/robust-eps4/model.safetensors",
@@ -92,6 +95,37 @@ fn a_quick_benchmark_through_the_binary() {
         stdout.contains("| cell | metric | mean | across seeds |"),
         "{stdout}"
     );
+    // Best eps per image among standard and robust: shares over eps 0 and 4 that sum to 1.
+    let best = &b["best_eps"][0];
+    let eps: Vec<f64> = best["eps_at_224"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_f64().unwrap())
+        .collect();
+    assert_eq!(eps, [0.0, 4.0]);
+    let shares: f64 = best["per_seed"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .sum();
+    assert!((shares - 1.0).abs() < 1e-9, "{best}");
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    for needle in [
+        "Findings",
+        "Does robust training put the gradient maps on the mask?",
+        "<svg",
+        "Best eps per image",
+    ] {
+        assert!(html.contains(needle), "{needle} missing from report.html");
+    }
+    assert!(
+        !html.contains("http"),
+        "the page must not reach the network"
+    );
+    let svg = std::fs::read_to_string(out.join("frontier-gradient.svg")).unwrap();
+    assert!(svg.contains("xmlns=\"http://www.w3.org/2000/svg\"") && svg.contains("RMA"));
     // Run again: every cell is kept and the tables are byte-identical.
     let before = std::fs::read(out.join("benchmark.json")).unwrap();
     let (code, _, err) = run(&args);

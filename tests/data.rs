@@ -333,3 +333,54 @@ fn synthetic_set_is_deterministic_and_written_with_masks() {
     let labels: HashSet<usize> = ds.items.iter().map(|i| i.label).collect();
     assert_eq!(labels.len(), 3);
 }
+
+/// `data synth` writes the lesion set's artifact masks; opened again as an ImageFolder, every
+/// image gives back exactly the masks the generator drew, and a missing one is named.
+#[test]
+fn artifact_masks_read_back_from_an_image_folder() {
+    use robustlens::commands::data::{synth, BuiltIn};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("lesions");
+    synth(BuiltIn::Lesions, &root, 8, 40, 3).unwrap();
+    let generated = robustlens::data::open::synthetic(
+        &robustlens::data::synthetic::SyntheticConfig::default(),
+        8,
+        3,
+    );
+    let folder = Dataset::open(root.to_str().unwrap(), &DataOptions::default()).unwrap();
+    assert_eq!(folder.items.len(), generated.items.len());
+    let mut drawn = 0;
+    for (i, it) in folder.items.iter().enumerate() {
+        let j = generated
+            .items
+            .iter()
+            .position(|g| {
+                format!("{}/{}", generated.class_names[g.label], g.image_id) == it.image_id
+            })
+            .unwrap_or_else(|| panic!("{} not generated", it.image_id));
+        let want = generated.artifact_masks(j, 40).unwrap().unwrap();
+        let got = folder.artifact_masks(i, 40).unwrap().unwrap();
+        assert_eq!(got.len(), 4);
+        for ((a, m), (b, n)) in want.iter().zip(&got) {
+            assert_eq!(a, b);
+            assert_eq!(m.as_raw(), n.as_raw(), "{} {}", it.image_id, a.name());
+            drawn += m.as_raw().iter().filter(|&&v| v > 127).count();
+        }
+    }
+    assert!(drawn > 0, "no artifact drawn in 24 images");
+    // A folder without masks/artifacts has none; one with a mask missing names the file.
+    let blocks = tmp.path().join("blocks");
+    synth(BuiltIn::Blocks, &blocks, 2, 32, 0).unwrap();
+    let b = Dataset::open(blocks.to_str().unwrap(), &DataOptions::default()).unwrap();
+    assert!(b.artifact_masks(0, 32).unwrap().is_none());
+    let it = &folder.items[0];
+    let gone = root
+        .join("masks/artifacts/ink")
+        .join(format!("{}.png", it.image_id));
+    std::fs::remove_file(&gone).unwrap();
+    let e = folder.artifact_masks(0, 40).unwrap_err().to_string();
+    assert!(
+        e.contains(&gone.display().to_string()) && e.contains("one mask per kind"),
+        "{e}"
+    );
+}

@@ -196,7 +196,16 @@ fn report_writes_every_figure_and_renders_in_chromium() {
         runs[1]["gradient_metrics"]["gini"]["wilcoxon_vs_first"].is_object()
             || runs[1]["gradient_metrics"]["gini"]["n"].as_u64().is_some()
     );
+    // One finding per model after the first, with its numbers.
+    let found = s["findings"].as_array().unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    let f = found[0].as_str().unwrap();
+    assert!(
+        f.contains("robust model") && f.contains("RMA") && f.contains("p = "),
+        "{f}"
+    );
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("What this run found"));
     assert!(
         !html.contains("http://") && !html.contains("https://"),
         "the report must not reach the network"

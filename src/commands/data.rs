@@ -81,7 +81,7 @@ pub fn synth(set: BuiltIn, out: &Path, per_class: usize, size: usize, seed: u64)
         let mask = mask.ok_or_else(|| Error::internal("a built-in item has no mask"))?;
         save_mask(&mask, &md.join(&name))?;
         // The lesion set's distractors, one mask per kind (empty when the image has none).
-        for (a, m) in ds.artifact_masks(i, size).unwrap_or_default() {
+        for (a, m) in ds.artifact_masks(i, size)?.unwrap_or_default() {
             let ad = out
                 .join("masks")
                 .join("artifacts")
@@ -150,6 +150,25 @@ pub fn inspect(src: &DataSource, check_images: bool) -> Result<()> {
             items.len(),
             lesions.len(),
             masks
+        );
+    }
+    if let crate::data::dataset::DataKind::Synthetic(cfg) = &ds.kind {
+        let borrowed = ds
+            .items
+            .iter()
+            .filter(|it| match it.source {
+                ItemSource::Synthetic(idx) => {
+                    crate::data::synthetic::borrowed_cues(cfg, idx, it.label)
+                        != (it.label, it.label)
+                }
+                _ => false,
+            })
+            .count();
+        println!(
+            "confusable: {borrowed} of {} images ({:.1}%) borrow another class's outline or \
+             colouring (the accuracy ceiling's cause)",
+            ds.items.len(),
+            100.0 * borrowed as f64 / ds.items.len().max(1) as f64
         );
     }
     let mut problems = ds.warnings.clone();

@@ -69,12 +69,98 @@ fn metrics_series(dir: &Path, key: &str) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// Evaluates and explains `runs` and writes the report into `opts.out`.
+/// Evaluates and explains `runs` and writes the report (`report.html`, `summary.json`,
+/// `figures/`, `comparison.*`) into `opts.out`.
 pub fn run(
     runs: &[(String, PathBuf)],
     opts: &ReportOptions,
     device: &Device,
 ) -> Result<serde_json::Value> {
+    let (body, summary) = section(runs, opts, device)?;
+    let html = page("robustlens report", &body);
+    write_atomic(&opts.out.join("report.html"), html.as_bytes())?;
+    write_json_atomic(&opts.out.join("summary.json"), &summary)?;
+    Ok(summary)
+}
+
+/// What each model after the first found against the first, one sentence each, with the
+/// numbers (Gradient maps: RMA and pointing with the paired test; accuracy clean and under
+/// attack).
+pub fn findings(c: &crate::eval::compare::Comparison) -> Vec<String> {
+    let Some(first) = c.models.first() else {
+        return Vec::new();
+    };
+    fn metric(
+        m: &crate::eval::compare::ModelResult,
+        k: Metric,
+    ) -> Option<&crate::eval::compare::MetricSummary> {
+        m.methods
+            .first()
+            .and_then(|r| r.metrics.iter().find(|x| x.metric == k))
+    }
+    let acc = |a: &crate::eval::compare::ModelResult, b: &crate::eval::compare::ModelResult| {
+        let mut s = format!(
+            "test accuracy {:.1}% → {:.1}%",
+            100.0 * a.clean_accuracy,
+            100.0 * b.clean_accuracy
+        );
+        if let (Some(x), Some(y)) = (a.robust_accuracy, b.robust_accuracy) {
+            s.push_str(&format!(
+                ", under attack {:.1}% → {:.1}%",
+                100.0 * x,
+                100.0 * y
+            ));
+        }
+        s
+    };
+    c.models
+        .iter()
+        .skip(1)
+        .filter_map(|m| {
+            let r = metric(m, Metric::RelevanceMassAccuracy)?;
+            let r0 = metric(first, Metric::RelevanceMassAccuracy)?;
+            let p = r.wilcoxon_vs_first.map(|w| w.p_value).unwrap_or(f64::NAN);
+            let verdict = if p.is_nan() || p >= 0.05 {
+                "no significant difference"
+            } else if r.mean > r0.mean {
+                "more on the mask"
+            } else {
+                "less on the mask"
+            };
+            let pointing = match (
+                metric(m, Metric::PointingGame),
+                metric(first, Metric::PointingGame),
+            ) {
+                (Some(a), Some(b)) => format!("; pointing {:.2} → {:.2}", b.mean, a.mean),
+                _ => String::new(),
+            };
+            Some(format!(
+                "Are the {} model's Gradient maps more on the mask than the {} model's? {verdict}: \
+                 RMA {:.3} [{:.3}, {:.3}] → {:.3} [{:.3}, {:.3}] (paired Wilcoxon p = {:.2e}, {} \
+                 images){pointing}; {}.",
+                m.name,
+                first.name,
+                r0.mean,
+                r0.ci95[0],
+                r0.ci95[1],
+                r.mean,
+                r.ci95[0],
+                r.ci95[1],
+                p,
+                r.n,
+                acc(first, m)
+            ))
+        })
+        .collect()
+}
+
+/// The report's HTML body and summary (figures and comparison files written into
+/// `opts.out`), for a page of its own or a section of a larger one.
+pub fn section(
+    runs: &[(String, PathBuf)],
+    opts: &ReportOptions,
+    device: &Device,
+) -> Result<(String, serde_json::Value)> {
     if runs.is_empty() {
         return Err(Error::config(
             "run",
@@ -134,7 +220,16 @@ pub fn run(
     let data_img = data_grid.render(96)?;
     save_png(&data_img, &figdir.join("data_sample.png"))?;
     body.push_str("<h2>The data</h2>\n");
-    body.push_str(&figure(&data_img, "data sample", "Two test images per class; below each, its ground-truth lesion mask in red. The class evidence lies only inside the lesion; hairs, ink, ruler ticks and dark corners are distractors that carry no class information.")?);
+    let about = match &ds.kind {
+        crate::data::dataset::DataKind::Synthetic(_) => " The class evidence lies only inside the lesion; hairs, ink, ruler ticks and dark corners are distractors that carry no class information.",
+        crate::data::dataset::DataKind::Blocks(_) => " The class evidence lies only in the masked block; the other block is the same pattern in every image.",
+        _ => "",
+    };
+    body.push_str(&figure(
+        &data_img,
+        "data sample",
+        &format!("Two test images per class; below each, its ground-truth mask in red.{about}"),
+    )?);
 
     // 2. Accuracy, clean and under attack.
     let mut bars = Vec::new();
@@ -336,12 +431,18 @@ pub fn run(
         summary["mean_lesion_area"] = serde_json::json!(lesion_share);
         summary["comparison"] =
             serde_json::to_value(&c).map_err(|e| Error::conflict(e.to_string()))?;
+        let found = findings(&c);
+        if !found.is_empty() {
+            let items: String = found
+                .iter()
+                .map(|f| format!("<li>{}</li>", esc(f)))
+                .collect();
+            body = format!("<h2>What this run found</h2>\n<ul>{items}</ul>\n{body}");
+            summary["findings"] = serde_json::json!(found);
+        }
         body.push_str("<h2>Saliency metrics</h2>\n");
         body.push_str(&format!("<table>{head}{}</table>\n", mrows.join("")));
         body.push_str(&format!("<p>Gradient maps of {} test images (true class). Against the lesion mask: RMA, the share of attribution inside the lesion (a map blind to the lesion scores about the lesion's share of the image, here {lesion_share:.3}); RRA, the share of the |lesion| most salient pixels inside it; pointing, whether the most salient pixel is inside; ROC-AUC of the map as a lesion detector. Without a mask: Gini (0 uniform, 1 one pixel) and entropy (lower is more concentrated); deletion and insertion areas (RISE: the class probability as the most salient pixels are removed, resp. revealed over a blurred image); faithfulness correlation (Bhatt et al.). Each cell: mean, 95% bootstrap interval, and the p-value of a paired Wilcoxon signed-rank test against the first model. Also in <code>comparison.md</code>, <code>comparison.csv</code> and <code>comparison.json</code>.</p>\n", c.images.len()));
     }
-    let html = page("robustlens report", &body);
-    write_atomic(&opts.out.join("report.html"), html.as_bytes())?;
-    write_json_atomic(&opts.out.join("summary.json"), &summary)?;
-    Ok(summary)
+    Ok((body, summary))
 }

@@ -399,6 +399,17 @@ impl AdvConfig {
             random_start: p.random_start,
         }
     }
+    /// The training attack of radius `eps` in `steps` steps that keeps the paper's reach (7
+    /// steps of eps/5 = 1.4 eps): steps of 1.4 eps / `steps`, random start. Equal to
+    /// [`AdvConfig::preset`] at 7 steps; fewer steps make robust training cheaper.
+    pub fn same_reach(eps: f32, steps: usize) -> Self {
+        let steps = steps.max(1);
+        AdvConfig {
+            step_size: 1.4 * eps / steps as f32,
+            ..AdvConfig::preset(eps, steps)
+        }
+    }
+
     /// The training attack: these settings with use_best and no restarts, as robustness trains.
     pub fn pgd(&self) -> Pgd {
         Pgd {
@@ -603,6 +614,23 @@ pub struct Overrides {
 }
 
 impl Overrides {
+    /// These settings, with every one not given here taken from `fallback` (a flag given
+    /// in either is set).
+    pub fn or(&self, fallback: &Overrides) -> Overrides {
+        macro_rules! pick {
+            ($($f:ident),*; $($b:ident),*) => {
+                Overrides {
+                    $( $f: self.$f.clone().or_else(|| fallback.$f.clone()), )*
+                    $( $b: self.$b || fallback.$b, )*
+                }
+            };
+        }
+        pick!(data, classes, split, image_size, train_per_class, val_per_class, test_per_class,
+              seed, weights, device, head_epochs, head_batch_size, head_lr, epochs, batch_size,
+              lr, schedule, early_stop, optimizer, weight_decay, groups;
+              skip_bad_images, no_augment, freeze_bn_stats)
+    }
+
     /// Writes every given value into `cfg`.
     pub fn apply(&self, cfg: &mut TrainConfig) {
         macro_rules! set {
@@ -740,6 +768,30 @@ pub fn eps_rms(eps: f32, size: usize) -> f64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn fewer_training_steps_keep_the_papers_reach() {
+        assert_eq!(AdvConfig::same_reach(2.0, 7), AdvConfig::preset(2.0, 7));
+        let a = AdvConfig::same_reach(2.0, 3);
+        assert_eq!((a.steps, a.random_start), (3, true));
+        assert!((a.step_size * 3.0 - 1.4 * 2.0).abs() < 1e-6);
+        let o = Overrides {
+            epochs: Some(3),
+            no_augment: false,
+            ..Default::default()
+        };
+        let plan = Overrides {
+            epochs: Some(10),
+            image_size: Some(64),
+            no_augment: true,
+            ..Default::default()
+        };
+        let m = o.or(&plan);
+        assert_eq!(
+            (m.epochs, m.image_size, m.no_augment),
+            (Some(3), Some(64), true)
+        );
+    }
     use super::*;
 
     fn write(dir: &Path, name: &str, v: serde_json::Value) -> PathBuf {

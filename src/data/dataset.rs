@@ -104,19 +104,53 @@ impl Dataset {
     }
 
     /// The artifact masks of item `i` at `size` x `size` (255 where a hair, ruler tick, ink mark
-    /// or dark corner was drawn), in [`crate::data::synthetic::Artifact::ALL`] order; only the
-    /// built-in lesion set knows them.
+    /// or dark corner was drawn), in [`crate::data::synthetic::Artifact::ALL`] order.
+    ///
+    /// The built-in lesion set renders them. An ImageFolder has them when it holds
+    /// `masks/artifacts/` (what `data synth` writes): then every image needs one mask per kind
+    /// in `masks/artifacts/<kind>/<class>/<name>.png` (empty when the image has none of that
+    /// kind), cropped and resized like its image. Other sources have none.
     pub fn artifact_masks(
         &self,
         i: usize,
         size: usize,
-    ) -> Option<Vec<(crate::data::synthetic::Artifact, GrayImage)>> {
+    ) -> Result<Option<Vec<(crate::data::synthetic::Artifact, GrayImage)>>> {
+        use crate::data::synthetic::Artifact;
         let item = &self.items[i];
         match (&item.source, &self.kind) {
-            (ItemSource::Synthetic(idx), DataKind::Synthetic(cfg)) => Some(
+            (ItemSource::Synthetic(idx), DataKind::Synthetic(cfg)) => Ok(Some(
                 crate::data::synthetic::artifact_masks(cfg, *idx, item.label, size),
-            ),
-            _ => None,
+            )),
+            (ItemSource::File(p), DataKind::ImageFolder(root)) => {
+                let dir = root.join("masks").join("artifacts");
+                if !dir.is_dir() {
+                    return Ok(None);
+                }
+                let (w, h) = image::image_dimensions(p).map_err(|e| Error::Image {
+                    path: p.clone(),
+                    msg: format!("cannot be read ({e})"),
+                })?;
+                let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+                let class = &self.class_names[item.label];
+                Artifact::ALL
+                    .iter()
+                    .map(|&a| {
+                        let mp = dir.join(a.name()).join(class).join(format!("{stem}.png"));
+                        if !mp.is_file() {
+                            return Err(Error::data(format!(
+                                "{} is missing: a folder with masks/artifacts needs one mask per \
+                                 kind ({}) for every image, empty where it has none (as `data \
+                                 synth` writes them); add it or remove masks/artifacts",
+                                mp.display(),
+                                Artifact::ALL.map(|a| a.name()).join(", ")
+                            )));
+                        }
+                        Ok((a, load_mask(&mp, w, h, size)?))
+                    })
+                    .collect::<Result<Vec<_>>>()
+                    .map(Some)
+            }
+            _ => Ok(None),
         }
     }
 

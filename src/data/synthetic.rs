@@ -9,8 +9,9 @@
 //!
 //! Class-independent distractors sit outside or across the lesion, as in the paper's failure
 //! cases: hairs, dark vignetted corners, ink marks and ruler ticks, varied skin tone and
-//! lighting. About one lesion in eight borrows its shape or its colouring from another class,
-//! so a classifier cannot be perfect and differences between models show.
+//! lighting. The outline and the colouring each come from another class with probability
+//! `confusion` (0.12), so 1 - 0.88² ≈ 22.6% of the lesions borrow at least one of them
+//! ([`borrowed_cues`]); a classifier cannot be perfect and differences between models show.
 
 use crate::rng::SeededRng;
 use image::{GrayImage, Luma, Rgb, RgbImage};
@@ -79,6 +80,9 @@ struct Scene {
     r0: f32,
     harmonics: Vec<(f32, f32, f32)>,
     edge: f32,
+    /// The classes whose outline and whose colouring the lesion has (its own label unless
+    /// borrowed).
+    shape: usize,
     style: usize,
     base: [f32; 3],
     blobs: Vec<Blob>,
@@ -229,6 +233,7 @@ fn scene(cfg: &SyntheticConfig, idx: u64, label: usize) -> Scene {
         r0,
         harmonics,
         edge,
+        shape,
         style,
         base,
         blobs,
@@ -423,6 +428,13 @@ pub fn artifact_masks(
         .collect()
 }
 
+/// The classes image `idx` of class `label` takes its outline and its colouring from (both
+/// `label` unless borrowed; see the module's description).
+pub fn borrowed_cues(cfg: &SyntheticConfig, idx: u64, label: usize) -> (usize, usize) {
+    let s = scene(cfg, idx, label);
+    (s.shape, s.style)
+}
+
 /// The lesion of image `idx` of class `label` with its class cues only: no confusable
 /// shape or colouring and no distractors (hairs, ruler, ink, dark corners). Its colour at
 /// `(u, v)` (the lesion lies near the centre of the unit square; outside it, skin).
@@ -471,6 +483,28 @@ fn render_scene(sc: &Scene, size: usize) -> (RgbImage, GrayImage) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// About 22.6% of the lesions borrow a cue (1 - 0.88²), a borrowed cue is another class's,
+    /// and with `confusion` 0 none is borrowed.
+    #[test]
+    fn borrowed_cues_come_at_the_configured_rate() {
+        let cfg = SyntheticConfig::default();
+        let n = 3000u64;
+        let mut borrowed = 0;
+        for idx in 0..n {
+            let label = (idx % 3) as usize;
+            let (shape, style) = borrowed_cues(&cfg, idx, label);
+            assert!(shape < 3 && style < 3);
+            borrowed += (shape != label || style != label) as usize;
+            let none = SyntheticConfig {
+                confusion: 0.0,
+                ..cfg.clone()
+            };
+            assert_eq!(borrowed_cues(&none, idx, label), (label, label));
+        }
+        let share = borrowed as f64 / n as f64;
+        assert!((share - 0.2256).abs() < 0.025, "{share}");
+    }
 
     /// Each artifact mask covers exactly what is drawn: outside it the image is bit-identical
     /// to the same scene rendered without that artifact, inside it some pixels differ, and an

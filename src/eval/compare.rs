@@ -382,16 +382,16 @@ pub fn compare(
     let artifacts: Vec<Option<ArtifactPixels>> = chosen
         .iter()
         .map(|&i| {
-            needs_artifacts
-                .then(|| data.ds.artifact_masks(i, size))
-                .flatten()
-                .map(|ms| {
-                    ms.into_iter()
-                        .map(|(a, m)| (a, m.as_raw().iter().map(|&v| v > 127).collect()))
-                        .collect()
-                })
+            if !needs_artifacts {
+                return Ok(None);
+            }
+            Ok(data.ds.artifact_masks(i, size)?.map(|ms| {
+                ms.into_iter()
+                    .map(|(a, m)| (a, m.as_raw().iter().map(|&v| v > 127).collect()))
+                    .collect()
+            }))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let mopts = opts
         .method_options
         .clone()

@@ -112,6 +112,169 @@ pub fn line_chart(title: &str, series: &[(String, Vec<(f64, f64)>)], ylabel: &st
     s
 }
 
+/// One series of [`interval_chart`]: a name and its points `(x, y, low, high)`.
+pub type IntervalSeries = (String, Vec<(f64, f64, f64, f64)>);
+
+/// Round tick values covering `[lo, hi]` (about five).
+fn ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let span = (hi - lo).max(1e-12);
+    let raw = span / 5.0;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * mag);
+    let first = (lo / step).ceil() * step;
+    (0..)
+        .map(|k| first + k as f64 * step)
+        .take_while(|t| *t <= hi + step * 1e-9)
+        .collect()
+}
+
+/// A chart of series with 95% intervals as inline SVG: each point `(x, y, low, high)` is a
+/// marker with a vertical bar from low to high, the points of a series joined; labelled
+/// axes with round ticks, the x ticks at the points' x values, and a legend.
+pub fn interval_chart(
+    title: &str,
+    series: &[IntervalSeries],
+    xlabel: &str,
+    ylabel: &str,
+) -> String {
+    let (w, h) = (460.0, 300.0);
+    let (left, right, top, bottom) = (58.0, 16.0, 30.0, 62.0);
+    let finite = |v: f64| v.is_finite();
+    let pts: Vec<(f64, f64, f64, f64)> = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .filter(|p| finite(p.0) && finite(p.1))
+        .collect();
+    if pts.is_empty() {
+        return String::new();
+    }
+    let mut xs: Vec<f64> = pts.iter().map(|p| p.0).collect();
+    xs.sort_by(f64::total_cmp);
+    xs.dedup();
+    let (x0, x1) = (xs[0], *xs.last().unwrap_or(&xs[0]));
+    let (x0, x1) = if x1 > x0 {
+        (x0, x1)
+    } else {
+        (x0 - 1.0, x0 + 1.0)
+    };
+    let ys = pts
+        .iter()
+        .flat_map(|p| [p.1, p.2, p.3])
+        .filter(|v| finite(*v));
+    let (mut y0, mut y1) = ys.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+    let pad = ((y1 - y0) * 0.08).max(1e-3);
+    y0 -= pad;
+    y1 += pad;
+    let pw = w - left - right;
+    let ph = h - top - bottom;
+    let xm = (x1 - x0) * 0.06;
+    let sx = |x: f64| left + (x - x0 + xm) / (x1 - x0 + 2.0 * xm) * pw;
+    let sy = |y: f64| top + (y1 - y) / (y1 - y0) * ph;
+    let colors = [
+        "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+    ];
+    let mut s = format!(
+        "<svg width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"{t}\" font-family=\"sans-serif\">\
+         <rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\
+         <text x=\"{cx}\" y=\"18\" font-size=\"13\" text-anchor=\"middle\">{t}</text>",
+        t = esc(title),
+        cx = left + pw / 2.0
+    );
+    for t in ticks(y0, y1) {
+        let y = sy(t);
+        s.push_str(&format!(
+            "<line x1=\"{left}\" x2=\"{:.1}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#e6e6e6\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\">{}</text>",
+            left + pw,
+            left - 5.0,
+            y + 4.0,
+            trim_number(t)
+        ));
+    }
+    for &x in &xs {
+        let px = sx(x);
+        s.push_str(&format!(
+            "<line x1=\"{px:.1}\" x2=\"{px:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#333\"/>\
+             <text x=\"{px:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\">{}</text>",
+            top + ph,
+            top + ph + 4.0,
+            top + ph + 16.0,
+            trim_number(x)
+        ));
+    }
+    s.push_str(&format!(
+        "<rect x=\"{left}\" y=\"{top}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#333\"/>\
+         <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"12\" text-anchor=\"middle\">{}</text>\
+         <text transform=\"translate(14 {:.1}) rotate(-90)\" font-size=\"12\" text-anchor=\"middle\">{}</text>",
+        left + pw / 2.0,
+        top + ph + 32.0,
+        esc(xlabel),
+        top + ph / 2.0,
+        esc(ylabel)
+    ));
+    for (i, (name, v)) in series.iter().enumerate() {
+        let c = colors[i % colors.len()];
+        let ok: Vec<_> = v.iter().filter(|p| finite(p.0) && finite(p.1)).collect();
+        let path: Vec<String> = ok
+            .iter()
+            .map(|p| format!("{:.1},{:.1}", sx(p.0), sy(p.1)))
+            .collect();
+        s.push_str(&format!(
+            "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"1.8\" points=\"{}\"/>",
+            path.join(" ")
+        ));
+        for p in ok {
+            let (px, py) = (sx(p.0), sy(p.1));
+            if finite(p.2) && finite(p.3) {
+                let (a, b) = (sy(p.2.max(y0)), sy(p.3.min(y1)));
+                s.push_str(&format!(
+                    "<path d=\"M{px:.1},{a:.1}V{b:.1}M{:.1},{a:.1}h8M{:.1},{b:.1}h8\" stroke=\"{c}\" stroke-width=\"1.3\" fill=\"none\"/>",
+                    px - 4.0,
+                    px - 4.0
+                ));
+            }
+            s.push_str(&format!(
+                "<circle cx=\"{px:.1}\" cy=\"{py:.1}\" r=\"3.2\" fill=\"{c}\"/>"
+            ));
+        }
+        let lx = left + 150.0 * (i % 3) as f64;
+        let ly = h - 12.0 - 14.0 * (i / 3) as f64;
+        s.push_str(&format!(
+            "<line x1=\"{lx:.1}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{c}\" stroke-width=\"2\"/>\
+             <text x=\"{:.1}\" y=\"{ly:.1}\" font-size=\"11\">{}</text>",
+            lx + 16.0,
+            ly - 4.0,
+            ly - 4.0,
+            lx + 20.0,
+            esc(name)
+        ));
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// `svg` (from [`interval_chart`]) as a file of its own: with the SVG namespace, which inline
+/// SVG in HTML does without.
+pub fn svg_file(svg: &str) -> String {
+    let body = svg.strip_prefix("<svg ").unwrap_or(svg);
+    format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\" {body}")
+}
+
+/// A tick label: up to three decimals, trailing zeros dropped.
+fn trim_number(v: f64) -> String {
+    let t = format!("{v:.3}");
+    let t = t.trim_end_matches('0').trim_end_matches('.');
+    if t == "-0" {
+        "0".into()
+    } else {
+        t.to_string()
+    }
+}
+
 /// A horizontal bar chart (values in `[0, 1]`) as inline SVG.
 pub fn bar_chart(title: &str, bars: &[(String, f64, Option<f64>)]) -> String {
     let row = 26.0;
@@ -178,5 +341,35 @@ mod tests {
         assert_eq!(base64(b"foo"), "Zm9v");
         assert_eq!(base64(b"foobar"), "Zm9vYmFy");
         assert_eq!(esc("<a&b>"), "&lt;a&amp;b&gt;");
+    }
+
+    #[test]
+    fn ticks_are_round_and_cover_the_range() {
+        assert_eq!(
+            ticks(0.0, 1.0),
+            vec![0.0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0]
+        );
+        let t = ticks(0.213, 0.287);
+        assert!(
+            t.len() >= 3 && t[0] >= 0.213 && *t.last().unwrap() <= 0.287,
+            "{t:?}"
+        );
+        assert_eq!(trim_number(0.25), "0.25");
+        assert_eq!(trim_number(2.0), "2");
+        let svg = interval_chart(
+            "RMA",
+            &[(
+                "gradient".into(),
+                vec![(0.0, 0.4, 0.35, 0.45), (2.0, 0.5, f64::NAN, f64::NAN)],
+            )],
+            "eps",
+            "RMA",
+        );
+        assert!(
+            svg.starts_with("<svg")
+                && svg.contains("gradient")
+                && svg.matches("<circle").count() == 2
+        );
+        assert!(interval_chart("x", &[], "a", "b").is_empty());
     }
 }

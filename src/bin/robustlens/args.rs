@@ -457,13 +457,16 @@ pub struct DemoArgs {
     /// Folder for the runs and report.html (finished runs in it are kept).
     #[arg(long, default_value = "models/demo")]
     pub out: PathBuf,
-    /// Working resolution (64: about 4 minutes on two CPU cores; 32: under 2).
-    #[arg(long, default_value_t = 64)]
+    /// Working resolution of the lesion part (the control runs at 64 px).
+    #[arg(long, default_value_t = 32)]
     pub image_size: usize,
-    /// Robust models to train, as paper eps values at 224 px, comma-separated.
+    /// Skip the control part (synthetic:blocks, standard vs robust) and run the lesion set only.
+    #[arg(long)]
+    pub no_control: bool,
+    /// Robust models of the lesion part, as paper eps values at 224 px, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "4")]
     pub eps_at_224: Vec<f32>,
-    /// Whole-network epochs of each robust model (the quick preset's 6).
+    /// Whole-network epochs of each robust model of the lesion part (the quick preset's 6).
     #[arg(long, default_value_t = 6)]
     pub robust_epochs: usize,
     /// Seed of every run.
@@ -563,11 +566,12 @@ pub struct BenchmarkArgs {
     /// The grid's size; each part is also a flag of its own, which wins.
     #[arg(long, default_value = "default", value_parser = words::<robustlens::commands::benchmark::Budget>())]
     pub budget: robustlens::commands::benchmark::Budget,
-    /// Seeds, comma-separated [default: 0,1 (quick), 0,1,2 (default)].
+    /// Seeds, comma-separated [default: 0,1 (quick), 0,1,2 (default)]. The budget also sets
+    /// the training (size, images, epochs; see `--budget`); flags and `--config` win.
     #[arg(long, value_delimiter = ',')]
     pub seeds: Option<Vec<u64>>,
     /// Robust cells as paper eps values at 224 px, comma-separated [default: 4 (quick),
-    /// 2,4,8 (default)].
+    /// 2,8 (default)].
     #[arg(long, value_delimiter = ',')]
     pub eps_at_224: Option<Vec<f32>>,
     /// Fine-tuned cells: layer groups trained from the robust model of the largest eps,
@@ -580,9 +584,10 @@ pub struct BenchmarkArgs {
     /// Learning rate of each fine-tuning.
     #[arg(long, default_value_t = 1e-4)]
     pub finetune_lr: f64,
-    /// PGD steps of the training attack (step size eps/5, random start).
-    #[arg(long, default_value_t = 7)]
-    pub train_attack_steps: usize,
+    /// PGD steps of the training attack, random start; the step size is 1.4 eps / steps (the
+    /// paper's reach: 7 steps of eps/5) [default: 3].
+    #[arg(long)]
+    pub train_attack_steps: Option<usize>,
     /// Comma-separated saliency methods [default: gradient (quick), gradient,smoothgrad,ig
     /// (default)].
     #[arg(long)]
@@ -591,7 +596,7 @@ pub struct BenchmarkArgs {
     /// built-in lesion set].
     #[arg(long)]
     pub metrics: Option<String>,
-    /// Test images compared [default: 60 (quick), 150 (default)].
+    /// Test images compared [default: 60 (quick), 90 (default)].
     #[arg(long)]
     pub count: Option<usize>,
     /// Robust accuracy under L2 PGD with this paper eps at 224 px, scaled to the working size.
@@ -604,17 +609,21 @@ pub struct BenchmarkArgs {
 
 impl BenchmarkArgs {
     pub fn options(&self) -> robustlens::commands::benchmark::BenchmarkOptions {
-        let plan = self.budget.plan();
-        let mut train = self.train.options(Recipe::TrainStandard);
-        if train.overrides.image_size.is_none() && self.train.config.is_none() {
-            train.overrides.image_size = Some(plan.image_size);
-        }
-        let size = train.overrides.image_size.unwrap_or(plan.image_size);
         let data = self
             .train
             .data
             .clone()
             .unwrap_or_else(|| "synthetic".into());
+        let plan = self.budget.plan(&data);
+        let mut train = self.train.options(Recipe::TrainStandard);
+        if self.train.config.is_none() {
+            train.overrides = train.overrides.or(&plan.training);
+        }
+        let size = train
+            .overrides
+            .image_size
+            .or(plan.training.image_size)
+            .unwrap_or(64);
         let lesions = matches!(data.trim(), "synthetic" | "synthetic:lesions");
         let metrics = self
             .metrics
@@ -627,7 +636,7 @@ impl BenchmarkArgs {
             groups: self.groups.clone().unwrap_or(plan.groups),
             finetune_epochs: self.finetune_epochs,
             finetune_lr: self.finetune_lr,
-            train_attack_steps: self.train_attack_steps,
+            train_attack_steps: self.train_attack_steps.unwrap_or(plan.train_attack_steps),
             compare: CompareSettings {
                 methods: self
                     .method

@@ -105,6 +105,7 @@ fn demo(a: &args::DemoArgs) -> Result<()> {
         seed: a.seed,
         device: a.device.device,
         robust_epochs: a.robust_epochs,
+        control: !a.no_control,
     };
     cmd::demo::run(&opts, &Interrupt::install(STOPPING))?;
     println!(

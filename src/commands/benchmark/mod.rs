@@ -16,9 +16,13 @@
 //!   same seed with its across-seed interval; the eps frontier (clean and robust accuracy and
 //!   each metric against eps).
 
+mod report;
+
 use super::compare::CompareSettings;
 use super::train::TrainOptions;
-use crate::config::{eps_from_224, layered, AdvConfig, Init, PhaseConfig, Recipe, TrainConfig};
+use crate::config::{
+    eps_from_224, layered, AdvConfig, Init, Overrides, PhaseConfig, Recipe, Schedule, TrainConfig,
+};
 use crate::data::split::Part;
 use crate::eval::compare::{Comparison, Metric};
 use crate::eval::stats::t_interval;
@@ -156,7 +160,7 @@ fn cell_config(
     };
     cfg.seed = seed;
     if cell.recipe == Recipe::TrainRobust {
-        cfg.adversarial = Some(AdvConfig::preset(cell.eps, opts.train_attack_steps));
+        cfg.adversarial = Some(AdvConfig::same_reach(cell.eps, opts.train_attack_steps));
     }
     Ok(cfg)
 }
@@ -206,6 +210,35 @@ pub struct Benchmark {
     pub images: usize,
     pub accuracy: Vec<CellAccuracy>,
     pub metrics: Vec<CellMetric>,
+    /// Per cell and method: how alike the maps of the same images are across seeds.
+    pub brittleness: Vec<CellBrittleness>,
+    /// Per method: which eps (standard = 0) gives each image its best map, per seed.
+    pub best_eps: Vec<BestEpsShare>,
+}
+
+/// How alike one cell's maps are across its seeds (mean over seed pairs and images).
+#[derive(Debug, Clone, Serialize)]
+pub struct CellBrittleness {
+    pub cell: String,
+    pub method: String,
+    pub pairs: usize,
+    pub spearman: f64,
+    pub ssim: f64,
+}
+
+/// For one method, the share of test images whose best map (by `metric`) comes from the
+/// model trained at each eps, among the standard and robust cells of the same seed (ties go
+/// to the smaller eps).
+#[derive(Debug, Clone, Serialize)]
+pub struct BestEpsShare {
+    pub method: String,
+    pub metric: Metric,
+    /// Paper eps at 224 px of the candidates, ascending (0 = standard).
+    pub eps_at_224: Vec<f32>,
+    /// Per seed, the share of images per eps.
+    pub per_seed: Vec<Vec<f64>>,
+    /// Per eps, the mean share over seeds and its 95% interval across seeds.
+    pub share: Vec<[f64; 3]>,
 }
 
 /// The run name of a cell in the comparison.
@@ -277,6 +310,21 @@ pub fn summarise(cmp: &Comparison, cells: &[Cell], seeds: &[u64], data: &str) ->
             }
         }
     }
+    let brittleness = cmp
+        .brittleness
+        .iter()
+        .filter_map(|b| {
+            let cell = b.runs.first()?.split_once('/')?.1.to_string();
+            Some(CellBrittleness {
+                cell,
+                method: b.method.clone(),
+                pairs: b.pairs,
+                spearman: b.spearman,
+                ssim: b.ssim,
+            })
+        })
+        .collect();
+    let best_eps = best_eps_shares(cmp, cells, seeds, Metric::RelevanceMassAccuracy, &find)?;
     Ok(Benchmark {
         data: data.to_string(),
         image_size: cmp.image_size,
@@ -285,7 +333,88 @@ pub fn summarise(cmp: &Comparison, cells: &[Cell], seeds: &[u64], data: &str) ->
         images: cmp.images.len(),
         accuracy,
         metrics,
+        brittleness,
+        best_eps,
     })
+}
+
+/// The best eps per image by `metric`, per seed, for every method (none when fewer than two
+/// eps were trained from scratch or the comparison lacks the metric).
+fn best_eps_shares<'a>(
+    cmp: &'a Comparison,
+    cells: &[Cell],
+    seeds: &[u64],
+    metric: Metric,
+    find: &dyn Fn(u64, &str) -> Result<&'a crate::eval::compare::ModelResult>,
+) -> Result<Vec<BestEpsShare>> {
+    let mut candidates: Vec<&Cell> = cells
+        .iter()
+        .filter(|c| matches!(c.recipe, Recipe::TrainStandard | Recipe::TrainRobust))
+        .collect();
+    candidates.sort_by(|a, b| a.eps_at_224.total_cmp(&b.eps_at_224));
+    let Some(first) = cmp.models.first() else {
+        return Ok(Vec::new());
+    };
+    if candidates.len() < 2 {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for (ki, mr) in first.methods.iter().enumerate() {
+        if !mr.per_image.contains_key(metric.name()) {
+            continue;
+        }
+        let mut per_seed = Vec::new();
+        for &seed in seeds {
+            let values: Vec<&Vec<f64>> = candidates
+                .iter()
+                .map(|c| Ok(&find(seed, &c.name)?.methods[ki].per_image[metric.name()]))
+                .collect::<Result<_>>()?;
+            let mut counts = vec![0usize; candidates.len()];
+            let mut images = 0usize;
+            for i in 0..cmp.images.len() {
+                let mut best: Option<(usize, f64)> = None;
+                for (ci, v) in values.iter().enumerate() {
+                    let x = if metric.higher_is_better() {
+                        v[i]
+                    } else {
+                        -v[i]
+                    };
+                    if x.is_nan() {
+                        continue;
+                    }
+                    // Ascending eps: a later candidate wins only when strictly better.
+                    if best.is_none_or(|(_, b)| x > b) {
+                        best = Some((ci, x));
+                    }
+                }
+                if let Some((ci, _)) = best {
+                    counts[ci] += 1;
+                    images += 1;
+                }
+            }
+            per_seed.push(
+                counts
+                    .iter()
+                    .map(|&n| n as f64 / images.max(1) as f64)
+                    .collect::<Vec<f64>>(),
+            );
+        }
+        let share = (0..candidates.len())
+            .map(|ci| {
+                let v: Vec<f64> = per_seed.iter().map(|p| p[ci]).collect();
+                let (m, lo, hi) = t_interval(&v);
+                [m, lo, hi]
+            })
+            .collect();
+        out.push(BestEpsShare {
+            method: mr.method.clone(),
+            metric,
+            eps_at_224: candidates.iter().map(|c| c.eps_at_224).collect(),
+            per_seed,
+            share,
+        });
+    }
+    Ok(out)
 }
 
 fn num(v: f64) -> String {
@@ -360,6 +489,44 @@ impl Benchmark {
                 ));
             }
         }
+        if !self.best_eps.is_empty() {
+            s.push_str(
+                "\n## Best eps per image\n\nThe share of test images whose best map comes from the \
+                 model of each eps (standard = 0), among the standard and robust models of the same \
+                 seed; mean over seeds [95% across seeds].\n\n",
+            );
+            for b in &self.best_eps {
+                s.push_str(&format!("| {} (by {}) |", b.method, b.metric.short()));
+                for e in &b.eps_at_224 {
+                    s.push_str(&format!(" eps {e} |"));
+                }
+                s.push_str(&format!(
+                    "\n|---|{}\n|   |",
+                    "---|".repeat(b.eps_at_224.len())
+                ));
+                for v in &b.share {
+                    s.push_str(&format!(" {} {} |", num(v[0]), interval([v[1], v[2]])));
+                }
+                s.push_str("\n\n");
+            }
+        }
+        if !self.brittleness.is_empty() {
+            s.push_str(
+                "\n## Seed brittleness\n\nHow alike a cell's maps of the same images are across \
+                 its seeds: mean over seed pairs and images (1 = identical).\n\n\
+                 | cell | method | seed pairs | Spearman | SSIM |\n|---|---|---|---|---|\n",
+            );
+            for b in &self.brittleness {
+                s.push_str(&format!(
+                    "| {} | {} | {} | {} | {} |\n",
+                    b.cell,
+                    b.method,
+                    b.pairs,
+                    num(b.spearman),
+                    num(b.ssim)
+                ));
+            }
+        }
         s
     }
 
@@ -393,11 +560,31 @@ impl Benchmark {
         s
     }
 
-    /// Writes `benchmark.json`, `.csv` and `.md` into `out`.
+    /// Writes `benchmark.json`, `.csv` and `.md`, the eps frontier figures
+    /// (`frontier-accuracy.svg`, `frontier-<method>.svg`) and `report.html` into `out`.
     pub fn write(&self, out: &Path) -> Result<()> {
+        use crate::fsutil::write_atomic;
+        use crate::report::html::svg_file;
         crate::fsutil::write_json_atomic(&out.join("benchmark.json"), self)?;
-        crate::fsutil::write_atomic(&out.join("benchmark.csv"), self.csv().as_bytes())?;
-        crate::fsutil::write_atomic(&out.join("benchmark.md"), self.markdown().as_bytes())
+        write_atomic(&out.join("benchmark.csv"), self.csv().as_bytes())?;
+        write_atomic(&out.join("benchmark.md"), self.markdown().as_bytes())?;
+        let acc = self.accuracy_frontier();
+        if !acc.is_empty() {
+            write_atomic(
+                &out.join("frontier-accuracy.svg"),
+                svg_file(&acc).as_bytes(),
+            )?;
+        }
+        for m in self.methods() {
+            let svg = self.metric_frontier(m);
+            if !svg.is_empty() {
+                write_atomic(
+                    &out.join(format!("frontier-{m}.svg")),
+                    svg_file(&svg).as_bytes(),
+                )?;
+            }
+        }
+        write_atomic(&out.join("report.html"), self.html().as_bytes())
     }
 }
 
@@ -469,53 +656,81 @@ pub fn run(opts: &BenchmarkOptions, interrupt: &Interrupt) -> Result<Benchmark> 
     b.write(&out)?;
     print!("{}", b.markdown());
     println!(
-        "wrote {}, benchmark.csv and benchmark.md",
+        "wrote {}, benchmark.csv, benchmark.md, frontier-*.svg and report.html",
         out.join("benchmark.json").display()
     );
     Ok(b)
 }
 
-/// A named size of the benchmark. Every part can still be set by its own flag.
+/// A named size of the benchmark. Every part can still be set by its own flag. The training
+/// settings were chosen from learning curves on this machine class (2 cores), see
+/// `docs/learning_curves.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Budget {
-    /// A first look: 2 seeds, standard, robust at eps 4 (at 224 px) and fine-tuned groups 3-5,
-    /// the quick preset (32 px), Gradient maps of 60 test images.
+    /// A first look (about 10 minutes on 2 cores): 2 seeds, standard, robust at eps 4 (at
+    /// 224 px) and fine-tuned groups 3-5, 32 px, 200 training images per class, 10 epochs,
+    /// Gradient maps of 60 test images.
     Quick,
-    /// The grid of the paper's questions: 3 seeds, robust at eps 2, 4 and 8, fine-tuned groups
-    /// 5, 4-5, 3-5 and 2-5, 64 px, Gradient, SmoothGrad and IG maps of 150 test images.
+    /// The paper's questions (about an hour on 2 cores): 3 seeds, robust at eps 2 and 8,
+    /// fine-tuned groups 5, 4-5, 3-5 and 2-5, 64 px, 200 training images per class, 10
+    /// epochs, 3-step training attack, Gradient, SmoothGrad and IG maps of 90 test images.
     Default,
 }
 
-/// What a budget sets (flags given explicitly win).
+/// What a budget sets (flags given explicitly win; the training settings apply when no
+/// `--config` file is given).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BudgetPlan {
     pub seeds: Vec<u64>,
     pub eps_at_224: Vec<f32>,
     pub groups: Vec<GroupSet>,
-    pub image_size: usize,
+    /// The training settings of every cell (the fine-tuning has its own epochs).
+    pub training: Overrides,
+    /// PGD steps of the training attack (the step size keeps the paper's reach, 1.4 eps).
+    pub train_attack_steps: usize,
     pub methods: Vec<String>,
     pub count: usize,
 }
 
 impl Budget {
-    pub fn plan(self) -> BudgetPlan {
+    /// The plan on `data`: the built-in control (`synthetic:blocks`) trains without
+    /// augmentation (its two-block layout is not rotation-invariant; rotating by up to 50
+    /// degrees mixes the blocks), every other set with the paper's.
+    pub fn plan(self, data: &str) -> BudgetPlan {
         let g = |s: &str| GroupSet::parse(s).expect("a valid group set");
+        let control = data.trim().eq_ignore_ascii_case("synthetic:blocks");
+        let training = |size: usize, epochs: usize, drop: usize| Overrides {
+            image_size: Some(size),
+            train_per_class: Some(200),
+            val_per_class: Some(30),
+            test_per_class: Some(50),
+            head_epochs: Some(0),
+            epochs: Some(epochs),
+            schedule: Some(Schedule::Step {
+                epoch: drop,
+                factor: 0.1,
+            }),
+            no_augment: control,
+            ..Default::default()
+        };
         match self {
             Budget::Quick => BudgetPlan {
                 seeds: vec![0, 1],
                 eps_at_224: vec![4.0],
                 groups: vec![g("3-5")],
-                image_size: 32,
+                training: training(32, 10, 8),
+                train_attack_steps: 3,
                 methods: vec!["gradient".into()],
                 count: 60,
             },
             Budget::Default => BudgetPlan {
                 seeds: vec![0, 1, 2],
-                eps_at_224: vec![2.0, 4.0, 8.0],
+                eps_at_224: vec![2.0, 8.0],
                 groups: ["5", "4-5", "3-5", "2-5"].map(g).to_vec(),
-                image_size: 64,
+                training: training(64, 10, 8),
+                train_attack_steps: 3,
                 methods: ["gradient", "smoothgrad", "ig"].map(String::from).to_vec(),
-                count: 150,
+                count: 90,
             },
         }
     }
@@ -547,6 +762,25 @@ mod tests {
                 bootstrap: 100,
             },
         }
+    }
+
+    #[test]
+    fn budgets_set_the_training_and_the_control_trains_without_augmentation() {
+        let d = Budget::Default.plan("synthetic:blocks");
+        assert_eq!(
+            (d.seeds.len(), d.groups.len(), d.train_attack_steps),
+            (3, 4, 3)
+        );
+        assert_eq!(d.training.image_size, Some(64));
+        assert!(d.training.no_augment);
+        let l = Budget::Default.plan("synthetic");
+        assert!(
+            !l.training.no_augment,
+            "the lesion set keeps the paper's augmentation"
+        );
+        assert_eq!(l.training.epochs, d.training.epochs);
+        let q = Budget::Quick.plan("synthetic");
+        assert_eq!((q.training.image_size, q.seeds.len()), (Some(32), 2));
     }
 
     #[test]
