@@ -78,8 +78,9 @@ fn a_quick_benchmark_through_the_binary() {
         .map(|c| c["name"].as_str().unwrap())
         .collect();
     assert_eq!(cells, ["standard", "robust-eps4", "finetune-3-5"]);
-    // The lesion set: the nine metrics and the five artifact masses, for every cell.
-    assert_eq!(b["metrics"].as_array().unwrap().len(), 3 * 14);
+    // The lesion set: the six mask and sparseness metrics and the five artifact masses, for
+    // every cell.
+    assert_eq!(b["metrics"].as_array().unwrap().len(), 3 * 11);
     let ft = &b["cells"][2];
     assert_eq!(
         (ft["groups"].as_str(), ft["eps_at_224"].as_f64()),
