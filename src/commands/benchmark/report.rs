@@ -136,7 +136,7 @@ impl Benchmark {
         let verdict = |clear: Option<bool>, d: f64| match clear {
             Some(true) if d > 0.0 => "more",
             Some(true) => "less",
-            Some(false) => "no clear difference (the interval holds 0)",
+            Some(false) => "no clear difference, the interval holds 0",
             None => "no interval (one seed)",
         };
         if let Some(std) = self.metric("standard", method, rma) {
