@@ -30,7 +30,7 @@ pub struct DemoOptions {
     pub device: DeviceSpec,
     /// Epochs of the whole-network phase of the lesion set's robust models.
     pub robust_epochs: usize,
-    /// Train the control part (off: only the lesion set, as before 0.2).
+    /// Train the control part first (off: the lesion set only).
     pub control: bool,
 }
 
