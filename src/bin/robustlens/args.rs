@@ -156,8 +156,8 @@ pub enum Command {
     /// Accuracy, balanced accuracy, per-class precision/recall, confusion matrix (and robust
     /// accuracy with --attack pgd) of a run on its test split.
     Evaluate(Box<EvaluateArgs>),
-    /// The whole pipeline on the built-in synthetic set: standard, robust and fine-tuned
-    /// models, evaluation, saliency maps and metrics, report.html.
+    /// The whole pipeline on the built-in sets: the blocks control (standard vs robust), then
+    /// the lesion set (standard, robust, fine-tuned); evaluation, maps, metrics, report.html.
     Demo(DemoArgs),
     /// An HTML report (accuracy, robust accuracy, saliency grids, metrics) for any runs.
     Report(ReportArgs),
