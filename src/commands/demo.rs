@@ -8,13 +8,12 @@
 //! `OUT/report.html` holds both parts, each opening with what the run found; each part's
 //! runs, figures, `summary.json` and comparison are in `OUT/control/` and `OUT/lesions/`.
 
-use super::report::{section, ReportOptions};
+use super::report::{section, write_page, ReportOptions};
 use crate::config::{eps_from_224, AdvConfig, Init, Preset, Recipe, Schedule, TrainConfig};
 use crate::device::DeviceSpec;
-use crate::fsutil::{ensure_output_dir, write_atomic, write_json_atomic};
+use crate::fsutil::ensure_output_dir;
 use crate::interrupt::Interrupt;
 use crate::model::GroupSet;
-use crate::report::html::page;
 use crate::train::{train, Stop};
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -128,11 +127,7 @@ pub fn run(opts: &DemoOptions, interrupt: &Interrupt) -> Result<serde_json::Valu
             ..Default::default()
         };
         let (b, s) = section(&runs, &ropts, &device)?;
-        write_json_atomic(&dir.join("summary.json"), &s)?;
-        write_atomic(
-            &dir.join("report.html"),
-            page("robustlens demo: control", &b).as_bytes(),
-        )?;
+        write_page(&dir, "robustlens demo: control", &b, &s)?;
         body.push_str(&format!(
             "<h2>1. The known-positive control (synthetic:blocks)</h2>\n<p>Each image is two \
              blocks: one holds the class evidence (the mask), the other a fixed pattern that \
@@ -154,11 +149,7 @@ pub fn run(opts: &DemoOptions, interrupt: &Interrupt) -> Result<serde_json::Valu
         ..Default::default()
     };
     let (b, s) = section(&runs, &ropts, &device)?;
-    write_json_atomic(&dir.join("summary.json"), &s)?;
-    write_atomic(
-        &dir.join("report.html"),
-        page("robustlens demo: lesions", &b).as_bytes(),
-    )?;
+    write_page(&dir, "robustlens demo: lesions", &b, &s)?;
     body.push_str(&format!(
         "<h2>{}The synthetic lesion set</h2>\n<p>Lesions with class cues, hairs, rulers, ink \
          and dark corners; about 23% borrow another class's outline or colouring. Runs and \
@@ -166,11 +157,7 @@ pub fn run(opts: &DemoOptions, interrupt: &Interrupt) -> Result<serde_json::Valu
         if opts.control { "2. " } else { "" }
     ));
     summary["lesions"] = s;
-    write_atomic(
-        &opts.out.join("report.html"),
-        page("robustlens demo", &body).as_bytes(),
-    )?;
-    write_json_atomic(&opts.out.join("summary.json"), &summary)?;
+    write_page(&opts.out, "robustlens demo", &body, &summary)?;
     Ok(summary)
 }
 

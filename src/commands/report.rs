@@ -77,10 +77,14 @@ pub fn run(
     device: &Device,
 ) -> Result<serde_json::Value> {
     let (body, summary) = section(runs, opts, device)?;
-    let html = page("robustlens report", &body);
-    write_atomic(&opts.out.join("report.html"), html.as_bytes())?;
-    write_json_atomic(&opts.out.join("summary.json"), &summary)?;
+    write_page(&opts.out, "robustlens report", &body, &summary)?;
     Ok(summary)
+}
+
+/// Writes `out/report.html` (a page titled `title` around `body`) and `out/summary.json`.
+pub fn write_page(out: &Path, title: &str, body: &str, summary: &serde_json::Value) -> Result<()> {
+    write_atomic(&out.join("report.html"), page(title, body).as_bytes())?;
+    write_json_atomic(&out.join("summary.json"), summary)
 }
 
 /// What each model after the first found against the first, one sentence each, with the

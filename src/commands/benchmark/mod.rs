@@ -241,6 +241,12 @@ pub struct BestEpsShare {
     pub share: Vec<[f64; 3]>,
 }
 
+/// The mean of `v` and its 95% Student-t interval, as `[mean, low, high]`.
+fn tri(v: &[f64]) -> [f64; 3] {
+    let (m, lo, hi) = t_interval(v);
+    [m, lo, hi]
+}
+
 /// The run name of a cell in the comparison.
 fn run_name(seed: u64, cell: &str) -> String {
     format!("s{seed}/{cell}")
@@ -254,10 +260,6 @@ pub fn summarise(cmp: &Comparison, cells: &[Cell], seeds: &[u64], data: &str) ->
             .iter()
             .find(|m| m.name == name)
             .ok_or_else(|| Error::internal(format!("run {name} missing from the comparison")))
-    };
-    let tri = |v: &[f64]| {
-        let (m, lo, hi) = t_interval(v);
-        [m, lo, hi]
     };
     let mut accuracy = Vec::new();
     let mut metrics = Vec::new();
@@ -400,11 +402,7 @@ fn best_eps_shares<'a>(
             );
         }
         let share = (0..candidates.len())
-            .map(|ci| {
-                let v: Vec<f64> = per_seed.iter().map(|p| p[ci]).collect();
-                let (m, lo, hi) = t_interval(&v);
-                [m, lo, hi]
-            })
+            .map(|ci| tri(&per_seed.iter().map(|p| p[ci]).collect::<Vec<f64>>()))
             .collect();
         out.push(BestEpsShare {
             method: mr.method.clone(),
@@ -462,13 +460,7 @@ impl Benchmark {
                     .unwrap_or_else(|| "-".into())
             ));
         }
-        let mut methods: Vec<&str> = Vec::new();
-        for m in &self.metrics {
-            if !methods.contains(&m.method.as_str()) {
-                methods.push(&m.method);
-            }
-        }
-        for method in methods {
+        for method in self.methods() {
             s.push_str(&format!(
                 "\n## {method}\n\n| cell | metric | mean | across seeds | images (first seed) | vs standard | p |\n|---|---|---|---|---|---|---|\n"
             ));

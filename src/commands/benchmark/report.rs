@@ -2,7 +2,7 @@
 //! found, in one sentence with its numbers, then the tables and the eps frontier. Everything
 //! is computed from the [`Benchmark`] that was just summarised from the run folders.
 
-use super::{Benchmark, CellMetric};
+use super::{interval, num, Benchmark, Cell, CellMetric};
 use crate::config::Recipe;
 use crate::eval::compare::Metric;
 use crate::report::html::{esc, interval_chart, page, IntervalSeries};
@@ -15,22 +15,14 @@ const FRONTIER_METRICS: [Metric; 4] = [
     Metric::ArtifactMass,
 ];
 
-fn num(v: f64) -> String {
-    super::num(v)
-}
-
 fn with_interval(v: [f64; 3]) -> String {
-    format!("{} {}", num(v[0]), super::interval([v[1], v[2]]))
+    format!("{} {}", num(v[0]), interval([v[1], v[2]]))
 }
 
 /// `+0.042 [-0.184, 0.268]`, and whether the interval excludes 0.
 fn signed(m: &CellMetric) -> (String, Option<bool>) {
     let [lo, hi] = m.diff_ci95_seeds;
-    let text = format!(
-        "{:+.3} {}",
-        m.diff_vs_standard,
-        super::interval(m.diff_ci95_seeds)
-    );
+    let text = format!("{:+.3} {}", m.diff_vs_standard, interval(m.diff_ci95_seeds));
     let clear = (!lo.is_nan()).then_some(lo > 0.0 || hi < 0.0);
     (text, clear)
 }
@@ -126,6 +118,33 @@ impl Benchmark {
         )
     }
 
+    /// For the cells `keep` selects that measured `metric` with `method`: `line(cell, metric,
+    /// change)`, where the change reads `+0.024 [0.012, 0.036]: more` (the verdict from
+    /// whether the across-seed interval of Δ excludes 0).
+    fn changes(
+        &self,
+        method: &str,
+        metric: Metric,
+        keep: impl Fn(&Cell) -> bool,
+        line: impl Fn(&Cell, &CellMetric, String) -> String,
+    ) -> Vec<String> {
+        self.cells
+            .iter()
+            .filter(|c| keep(c))
+            .filter_map(|c| {
+                let m = self.metric(&c.name, method, metric)?;
+                let (d, clear) = signed(m);
+                let verdict = match clear {
+                    Some(true) if m.diff_vs_standard > 0.0 => "more",
+                    Some(true) => "less",
+                    Some(false) => "no clear difference, the interval holds 0",
+                    None => "no interval (one seed)",
+                };
+                Some(line(c, m, format!("{d}: {verdict}")))
+            })
+            .collect()
+    }
+
     /// One sentence per question, with its numbers (the first method, RMA and artifact mass).
     pub fn findings(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -133,28 +152,13 @@ impl Benchmark {
             return out;
         };
         let rma = Metric::RelevanceMassAccuracy;
-        let verdict = |clear: Option<bool>, d: f64| match clear {
-            Some(true) if d > 0.0 => "more",
-            Some(true) => "less",
-            Some(false) => "no clear difference, the interval holds 0",
-            None => "no interval (one seed)",
-        };
         if let Some(std) = self.metric("standard", method, rma) {
-            let robust: Vec<String> = self
-                .cells
-                .iter()
-                .filter(|c| c.recipe == Recipe::TrainRobust)
-                .filter_map(|c| {
-                    let m = self.metric(&c.name, method, rma)?;
-                    let (d, clear) = signed(m);
-                    Some(format!(
-                        "eps {}: RMA {} (Δ {d}: {})",
-                        c.eps_at_224,
-                        num(m.mean),
-                        verdict(clear, m.diff_vs_standard)
-                    ))
-                })
-                .collect();
+            let robust = self.changes(
+                method,
+                rma,
+                |c| c.recipe == Recipe::TrainRobust,
+                |c, m, d| format!("eps {}: RMA {} (Δ {d})", c.eps_at_224, num(m.mean)),
+            );
             if !robust.is_empty() {
                 out.push(format!(
                     "Does robust training put the {method} maps on the mask? Standard RMA {}; {}. \
@@ -165,41 +169,27 @@ impl Benchmark {
                 ));
             }
         }
-        let ft: Vec<String> = self
-            .cells
-            .iter()
-            .filter(|c| c.recipe == Recipe::Finetune)
-            .filter_map(|c| {
-                let m = self.metric(&c.name, method, rma)?;
-                let (d, clear) = signed(m);
-                Some(format!(
-                    "groups {}: Δ RMA {d} ({})",
-                    c.groups.map(|g| g.to_string()).unwrap_or_default(),
-                    verdict(clear, m.diff_vs_standard)
-                ))
-            })
-            .collect();
+        let ft = self.changes(
+            method,
+            rma,
+            |c| c.recipe == Recipe::Finetune,
+            |c, _, d| {
+                let groups = c.groups.map(|g| g.to_string()).unwrap_or_default();
+                format!("groups {groups}: Δ RMA {d}")
+            },
+        );
         if !ft.is_empty() {
             out.push(format!(
                 "Which layers must be robust (fine-tuned from the robust model, the rest frozen)? {}.",
                 ft.join("; ")
             ));
         }
-        let art: Vec<String> = self
-            .cells
-            .iter()
-            .filter(|c| c.recipe != Recipe::TrainStandard)
-            .filter_map(|c| {
-                let m = self.metric(&c.name, method, Metric::ArtifactMass)?;
-                let (d, clear) = signed(m);
-                Some(format!(
-                    "{}: {} (Δ {d}: {})",
-                    c.name,
-                    num(m.mean),
-                    verdict(clear, m.diff_vs_standard)
-                ))
-            })
-            .collect();
+        let art = self.changes(
+            method,
+            Metric::ArtifactMass,
+            |c| c.recipe != Recipe::TrainStandard,
+            |c, m, d| format!("{}: {} (Δ {d})", c.name, num(m.mean)),
+        );
         if let (false, Some(std)) = (
             art.is_empty(),
             self.metric("standard", method, Metric::ArtifactMass),
