@@ -141,8 +141,11 @@ pub fn interval_chart(
     xlabel: &str,
     ylabel: &str,
 ) -> String {
-    let (w, h) = (460.0, 300.0);
-    let (left, right, top, bottom) = (58.0, 16.0, 30.0, 62.0);
+    // The legend has three entries per row under the x label; the chart grows with its rows.
+    let legend_rows = series.len().div_ceil(3).max(1);
+    let extra = 14.0 * (legend_rows - 1) as f64;
+    let (w, h) = (460.0, 300.0 + extra);
+    let (left, right, top, bottom) = (58.0, 16.0, 30.0, 62.0 + extra);
     let finite = |v: f64| v.is_finite();
     let pts: Vec<(f64, f64, f64, f64)> = series
         .iter()
@@ -242,7 +245,7 @@ pub fn interval_chart(
             ));
         }
         let lx = left + 150.0 * (i % 3) as f64;
-        let ly = h - 12.0 - 14.0 * (i / 3) as f64;
+        let ly = h - 12.0 - extra + 14.0 * (i / 3) as f64;
         s.push_str(&format!(
             "<line x1=\"{lx:.1}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{c}\" stroke-width=\"2\"/>\
              <text x=\"{:.1}\" y=\"{ly:.1}\" font-size=\"11\">{}</text>",
