@@ -169,6 +169,20 @@ pub fn ensure_output_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `s` as part of a file name: ASCII letters, digits, `-`, `_` and `.` kept, anything else
+/// (spaces, `/`, `+`, non-ASCII) replaced by `_`.
+pub fn file_stem(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

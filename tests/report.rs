@@ -176,6 +176,34 @@ fn report_writes_every_figure_and_renders_in_chromium() {
     ] {
         assert!(out.join(f).exists(), "{f} missing");
     }
+    // The plots are files of their own that parse as SVG, and the page shows each.
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    for (f, title) in [
+        ("figures/confusion_standard.svg", "standard: test split"),
+        ("figures/confusion_robust.svg", "robust: test split"),
+        ("figures/training_loss.svg", "training loss"),
+        ("figures/validation_accuracy.svg", "validation accuracy"),
+    ] {
+        let svg = std::fs::read_to_string(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert!(
+            svg.starts_with("<?xml") && svg.contains("xmlns=\"http://www.w3.org/2000/svg\""),
+            "{f}"
+        );
+        assert!(svg.trim_end().ends_with("</svg>"), "{f}");
+        assert!(
+            svg.matches("<svg").count() == 1 && svg.contains(&format!("aria-label=\"{title}\"")),
+            "{f}"
+        );
+        assert!(
+            html.contains(&format!("aria-label=\"{title}\"")),
+            "{title} not in the page"
+        );
+    }
+    let grid = image::open(out.join("figures/saliency_gradient.png"))
+        .unwrap()
+        .to_rgb8();
+    // viridis tiles, the red mask outline and the colour bar.
+    assert!(grid.pixels().any(|p| p.0 == [255, 40, 40]), "mask outline");
     let s: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     let runs = s["runs"].as_array().unwrap();

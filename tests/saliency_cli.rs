@@ -1,5 +1,5 @@
 //! The `saliency` command: raw NPY output equals the library's attributions on the same
-//! pre-processed images, and PNG maps, overlays and the grid are written.
+//! pre-processed images, and PNG maps, overlays, masked images and the grid are written.
 
 mod common;
 use candle_core::{Device, Tensor};
@@ -43,6 +43,8 @@ fn raw_out_matches_library_and_pictures_are_written() {
             "12",
             "--stride",
             "8",
+            "--display",
+            "signed",
         ])
         .arg("--image")
         .args(&imgs)
@@ -99,11 +101,23 @@ fn raw_out_matches_library_and_pictures_are_written() {
     for f in [
         "grid.png",
         "im0_model_gradient.png",
+        "im0_model_gradient_masked.png",
         "im1_model_gradcam_overlay.png",
     ] {
         let img = image::open(out.join(f)).unwrap();
         assert!(img.width() >= 32, "{f}");
     }
+    // --display signed: RdBu, so a signed gradient map has reddish and bluish pixels.
+    let map = image::open(out.join("im0_model_gradient.png"))
+        .unwrap()
+        .to_rgb8();
+    let (r, b) = (
+        |p: &image::Rgb<u8>| p.0[0] as i32,
+        |p: &image::Rgb<u8>| p.0[2] as i32,
+    );
+    let red = map.pixels().filter(|p| r(p) > b(p) + 40).count();
+    let blue = map.pixels().filter(|p| b(p) > r(p) + 40).count();
+    assert!(red > 0 && blue > 0, "red {red}, blue {blue}");
 }
 
 #[test]

@@ -301,6 +301,31 @@ impl Default for IntegratedGradients {
     }
 }
 
+/// How closely one image's attributions add up to the change of its target logit from the
+/// baseline (IG's completeness axiom).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Convergence {
+    /// captum's convergence delta: sum(attr) - (f(x) - f(x')).
+    pub delta: f32,
+    /// f(x) - f(x').
+    pub logit_change: f32,
+}
+
+impl Convergence {
+    /// |delta| as a share of |f(x) - f(x')| (infinite when the logit does not change).
+    pub fn relative(&self) -> f32 {
+        if self.logit_change == 0.0 {
+            if self.delta == 0.0 {
+                0.0
+            } else {
+                f32::INFINITY
+            }
+        } else {
+            self.delta.abs() / self.logit_change.abs()
+        }
+    }
+}
+
 impl IntegratedGradients {
     /// Attributions and the per-image convergence delta sum(attr) - (f(x) - f(x')).
     pub fn attribute_with_delta(
@@ -309,6 +334,18 @@ impl IntegratedGradients {
         x: &Tensor,
         targets: &[usize],
     ) -> Result<(Tensor, Vec<f32>)> {
+        let (attr, c) = self.attribute_with_convergence(model, x, targets)?;
+        Ok((attr, c.iter().map(|c| c.delta).collect()))
+    }
+
+    /// Attributions and, per image, the convergence delta with the logit change it is
+    /// measured against.
+    pub fn attribute_with_convergence(
+        &self,
+        model: &dyn Classifier,
+        x: &Tensor,
+        targets: &[usize],
+    ) -> Result<(Tensor, Vec<Convergence>)> {
         let (n, c, h, w) = x.dims4()?;
         let baseline = self.baseline.make(x, self.seed)?;
         let (step_sizes, alphas) = self.rule.nodes(self.steps)?;
@@ -340,8 +377,13 @@ impl IntegratedGradients {
         let fx = target_logits(model, x, targets, per_chunk)?;
         let fb = target_logits(model, &baseline, targets, per_chunk)?;
         let sums: Vec<f32> = attr.flatten_from(1)?.sum(1)?.to_vec1()?;
-        let delta = (0..n).map(|i| sums[i] - (fx[i] - fb[i])).collect();
-        Ok((attr, delta))
+        let conv = (0..n)
+            .map(|i| Convergence {
+                delta: sums[i] - (fx[i] - fb[i]),
+                logit_change: fx[i] - fb[i],
+            })
+            .collect();
+        Ok((attr, conv))
     }
 }
 

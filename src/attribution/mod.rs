@@ -163,18 +163,23 @@ pub fn input_gradients(
     Ok(Tensor::cat(&parts, 0)?)
 }
 
+/// Integrated Gradients with the settings of `opts`.
+pub fn integrated_gradients(opts: &MethodOptions) -> IntegratedGradients {
+    IntegratedGradients {
+        steps: opts.ig_steps,
+        rule: opts.ig_rule,
+        baseline: opts.baseline.clone(),
+        internal_batch_size: opts.internal_batch_size,
+        seed: opts.seed,
+    }
+}
+
 /// Builds a method by its command-line name.
 pub fn by_name(name: &str, opts: &MethodOptions) -> Result<Box<dyn Attribution>> {
     Ok(match name.trim() {
         "gradient" | "saliency" => Box::new(Gradient { batch: opts.internal_batch_size }),
         "input-x-gradient" | "ixg" => Box::new(InputXGradient { batch: opts.internal_batch_size }),
-        "ig" | "integrated-gradients" => Box::new(IntegratedGradients {
-            steps: opts.ig_steps,
-            rule: opts.ig_rule,
-            baseline: opts.baseline.clone(),
-            internal_batch_size: opts.internal_batch_size,
-            seed: opts.seed,
-        }),
+        "ig" | "integrated-gradients" => Box::new(integrated_gradients(opts)),
         "smoothgrad" => {
             if matches!(opts.smooth_base.as_str(), "smoothgrad") {
                 return Err(Error::config(

@@ -2,7 +2,7 @@
 //! are kept, interrupted ones resumed):
 //!
 //! 1. the known-positive control (`synthetic:blocks`, 64 px): a standard and a robust model
-//!    (eps 8 at 224 px), so the report's first figure shows the difference where one exists;
+//!    (eps 2 at 224 px), so the report's first figure shows the difference where one exists;
 //! 2. the lesion set at `image_size`: standard, robust and fine-tuned (groups 3-5) models.
 //!
 //! `OUT/report.html` holds both parts, each opening with what the run found; each part's
@@ -11,6 +11,7 @@
 use super::report::{section, write_page, ReportOptions};
 use crate::config::{eps_from_224, AdvConfig, Init, Preset, Recipe, Schedule, TrainConfig};
 use crate::device::DeviceSpec;
+use crate::eval::compare::Metric;
 use crate::fsutil::ensure_output_dir;
 use crate::interrupt::Interrupt;
 use crate::model::GroupSet;
@@ -47,6 +48,10 @@ impl Default for DemoOptions {
     }
 }
 
+/// The control's robust model: eps at 224 px, and its run name.
+const CONTROL_EPS: f32 = 2.0;
+const CONTROL_ROBUST: &str = "robust-eps2";
+
 /// The control part's training: 64 px, 100 training images per class, 8 epochs without
 /// augmentation (its two-block layout is not rotation-invariant), lr x0.1 after epoch 6.
 fn control_config(opts: &DemoOptions, recipe: Recipe) -> TrainConfig {
@@ -66,7 +71,12 @@ fn control_config(opts: &DemoOptions, recipe: Recipe) -> TrainConfig {
         factor: 0.1,
     };
     if recipe == Recipe::TrainRobust {
-        c.adversarial = Some(AdvConfig::same_reach(eps_from_224(8.0, c.image_size), 3));
+        // eps 2: in the default benchmark on this control (3 seeds) eps 2 moved the Gradient
+        // and SmoothGrad maps onto the signal block and eps 8 did not (README).
+        c.adversarial = Some(AdvConfig::same_reach(
+            eps_from_224(CONTROL_EPS, c.image_size),
+            3,
+        ));
     }
     c
 }
@@ -109,7 +119,7 @@ pub fn run(opts: &DemoOptions, interrupt: &Interrupt) -> Result<serde_json::Valu
         let mut runs = Vec::new();
         for (name, recipe) in [
             ("standard", Recipe::TrainStandard),
-            ("robust-eps8", Recipe::TrainRobust),
+            (CONTROL_ROBUST, Recipe::TrainRobust),
         ] {
             let cfg = control_config(opts, recipe);
             runs.push((
@@ -124,6 +134,11 @@ pub fn run(opts: &DemoOptions, interrupt: &Interrupt) -> Result<serde_json::Valu
             metric_images: 60,
             robust_images: 30,
             methods: ["gradient", "smoothgrad"].map(String::from).to_vec(),
+            // Faithfulness correlation (100 forward passes per image) would add 45 s.
+            metrics: Metric::ALL
+                .into_iter()
+                .filter(|&m| m != Metric::FaithfulnessCorrelation)
+                .collect(),
             ..Default::default()
         };
         let (b, s) = section(&runs, &ropts, &device)?;
@@ -146,6 +161,9 @@ pub fn run(opts: &DemoOptions, interrupt: &Interrupt) -> Result<serde_json::Valu
     let ropts = ReportOptions {
         out: dir.clone(),
         seed: opts.seed,
+        // At 50 steps IG misses 5-11% of the robust models' logit change on these images;
+        // at 128 the median is below 3% and the report's convergence check passes.
+        ig_steps: 128,
         ..Default::default()
     };
     let (b, s) = section(&runs, &ropts, &device)?;

@@ -2,18 +2,26 @@
 //! against lesion masks, and write `report.html`, PNG figures and `summary.json`.
 
 use crate::adversarial::Pgd;
-use crate::attribution::by_name;
+use crate::attribution::integrated_gradients::Convergence;
+use crate::attribution::{by_name, integrated_gradients, MethodOptions};
 use crate::data::loader::make_batch;
 use crate::data::split::Part;
 use crate::eval::classification::evaluate_model;
-use crate::eval::compare::{compare, method_options_for, CompareOptions, Metric};
-use crate::fsutil::{ensure_output_dir, write_atomic, write_json_atomic};
+use crate::eval::compare::{
+    compare, method_options_for, CompareOptions, Comparison, IgConvergence, Metric,
+};
+use crate::fsutil::{ensure_output_dir, file_stem, write_atomic, write_json_atomic};
 
 use crate::config::eps_from_224;
-use crate::report::display::{heatmap, tensor_to_image, DisplayOptions};
+use crate::report::display::{
+    beside, draw_contour, heatmap, tensor_to_image, Colormap, DisplayOptions,
+};
 use crate::report::grid::Grid;
-use crate::report::html::{bar_chart, esc, figure, line_chart, page};
-use crate::report::png::save_png;
+use crate::report::html::{
+    band_chart, bar_chart, confusion_chart, esc, figure, interval_chart, page, svg_file,
+    IntervalSeries,
+};
+use crate::report::png::{save_png, upscale};
 use crate::run::{load_runs, EvalImages};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
@@ -35,6 +43,11 @@ pub struct ReportOptions {
     pub robust_eps: Option<f32>,
     pub robust_steps: usize,
     pub methods: Vec<String>,
+    /// The saliency metrics of the Gradient maps (deletion, insertion and faithfulness run
+    /// about a hundred forward passes per image each).
+    pub metrics: Vec<Metric>,
+    /// Steps of Integrated Gradients in the saliency grids (captum's default, 50).
+    pub ig_steps: usize,
     pub seed: u64,
 }
 
@@ -51,9 +64,99 @@ impl Default for ReportOptions {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            metrics: Metric::ALL.to_vec(),
+            ig_steps: 50,
             seed: 0,
         }
     }
+}
+
+/// The share of the logit change that IG may miss before the report warns.
+const IG_TOLERANCE: f64 = 0.05;
+
+/// IG's completeness check per model: a table (median and largest |delta| / |f(x) - f(x')| over
+/// the shown images, and how many exceed 5%) and a warning for each model whose median
+/// exceeds 5%.
+fn ig_convergence(
+    per_model: &[(String, Vec<Convergence>)],
+    steps: usize,
+) -> (String, serde_json::Value) {
+    let mut rows = String::new();
+    let mut warn = Vec::new();
+    let mut json = serde_json::json!({ "steps": steps, "tolerance": IG_TOLERANCE, "models": [] });
+    for (name, c) in per_model {
+        let s = IgConvergence::of(c, steps);
+        let largest_delta = c.iter().fold(0f32, |a, c| a.max(c.delta.abs()));
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td>{:.1}%</td><td>{:.1}%</td><td>{} of {}</td><td>{largest_delta:.3}</td></tr>",
+            esc(name),
+            100.0 * s.median_relative_delta,
+            100.0 * s.largest_relative_delta,
+            s.images_over_5pct,
+            s.images
+        ));
+        if s.median_relative_delta > IG_TOLERANCE {
+            warn.push(format!(
+                "{} ({:.0}%)",
+                esc(name),
+                100.0 * s.median_relative_delta
+            ));
+        }
+        json["models"]
+            .as_array_mut()
+            .expect("array")
+            .push(serde_json::json!({
+                "name": name, "summary": s, "largest_abs_delta": largest_delta, "per_image": c,
+            }));
+    }
+    let mut html = format!("<table><tr><th>model</th><th>median |δ| / |Δf|</th><th>largest</th><th>images over 5%</th><th>largest |δ| (logits)</th></tr>{rows}</table>\n<p>Integrated Gradients, {steps} steps: δ is captum's convergence delta, the sum of the attributions minus the change of the target logit from the baseline (Δf). It is zero for an exact integral.</p>\n");
+    if !warn.is_empty() {
+        html.push_str(&format!("<p class=\"warn\"><strong>Warning:</strong> IG has not converged for {}: the median image misses more than 5% of its logit change, so its maps are not yet the integral they stand for. Raise the steps (<code>report --ig-steps</code>, <code>saliency --steps</code>).</p>\n", warn.join(", ")));
+    }
+    json["warning"] = serde_json::json!(!warn.is_empty());
+    (html, json)
+}
+
+/// The mean deletion and insertion curves of the first method, one chart each, with 95%
+/// bands across images; also written to `figdir` (empty when the metrics did not run).
+fn curve_charts(c: &Comparison, figdir: &Path) -> Result<String> {
+    let mut out = String::new();
+    for (kind, what) in [
+        ("deletion", "removed, most salient first"),
+        ("insertion", "revealed, most salient first"),
+    ] {
+        let series: Vec<IntervalSeries> = c
+            .models
+            .iter()
+            .filter_map(|m| {
+                let mc = m.methods.first()?.curves.as_ref()?;
+                let b = if kind == "deletion" {
+                    &mc.deletion
+                } else {
+                    &mc.insertion
+                };
+                let pts = (0..mc.fractions.len())
+                    .map(|j| (mc.fractions[j], b.mean[j], b.low[j], b.high[j]))
+                    .collect();
+                Some((m.name.clone(), pts))
+            })
+            .collect();
+        if series.is_empty() {
+            return Ok(String::new());
+        }
+        let svg = band_chart(
+            &format!("{kind} curve"),
+            &series,
+            &format!("share of pixels {what}"),
+            "probability of the true class",
+        );
+        write_atomic(
+            &figdir.join(format!("{kind}_curve.svg")),
+            svg_file(&svg).as_bytes(),
+        )?;
+        out.push_str(&svg);
+    }
+    Ok(format!("<figure>{out}<figcaption>Deletion and insertion curves of the Gradient maps (RISE): the mean over the compared images of the true class's probability, with its 95% band across images. A faithful map makes the deletion curve fall early (small area) and the insertion curve rise early (large area). Files: <code>figures/deletion_curve.svg</code>, <code>figures/insertion_curve.svg</code>.</figcaption></figure>\n"))
 }
 
 fn metrics_series(dir: &Path, key: &str) -> Vec<(f64, f64)> {
@@ -238,6 +341,7 @@ pub fn section(
     // 2. Accuracy, clean and under attack.
     let mut bars = Vec::new();
     let mut rows = Vec::new();
+    let mut confusions = String::new();
     let attack_idx: Vec<usize> = test.iter().copied().take(opts.robust_images).collect();
     for m in &models {
         // One attack for every model: the authors' evaluation eps (3 at 224 px), scaled.
@@ -269,10 +373,20 @@ pub fn section(
             .robust
             .map(|r| (*r, eps))
         };
+        let cm = confusion_chart(
+            &format!("{}: test split", m.name),
+            &class_names,
+            &clean.confusion,
+        );
+        write_atomic(
+            &figdir.join(format!("confusion_{}.svg", file_stem(&m.name))),
+            svg_file(&cm).as_bytes(),
+        )?;
+        confusions.push_str(&cm);
         bars.push((
             m.name.clone(),
             clean.balanced_accuracy,
-            robust.as_ref().map(|r| r.0.balanced_accuracy),
+            robust.as_ref().map(|r| r.0.accuracy),
         ));
         rows.push(format!(
             "<tr><td>{}</td><td>{:.1}%</td><td>{:.1}%</td><td>{}</td></tr>",
@@ -293,18 +407,38 @@ pub fn section(
     body.push_str("<h2>Accuracy</h2>\n");
     body.push_str(&format!("<table><tr><th>model</th><th>accuracy</th><th>balanced accuracy</th><th>robust accuracy (L2 PGD, {} steps, {} test images, classes interleaved)</th></tr>{}</table>\n", opts.robust_steps, attack_idx.len(), rows.join("")));
     body.push_str(&format!("<figure>{}<figcaption>Balanced accuracy on the test split (blue) and accuracy under an L2 PGD attack (red), as in the paper's Figure 13: robust training trades clean accuracy for robustness; fine-tuning the last groups of a robust model recovers part of it.</figcaption></figure>\n", bar_chart("balanced accuracy (blue) and robust accuracy (red)", &bars)));
+    body.push_str(&format!("<figure>{confusions}<figcaption>Confusion matrices on the test split: rows are the true classes, columns the predictions; each cell gives its count and its share of the row (files: <code>figures/confusion_*.svg</code>).</figcaption></figure>\n"));
 
     // 3. Training curves.
-    let curves: Vec<(String, Vec<(f64, f64)>)> = models
-        .iter()
-        .map(|m| (m.name.clone(), metrics_series(&m.dir, "train_loss")))
-        .collect();
-    let vcurves: Vec<(String, Vec<(f64, f64)>)> = models
-        .iter()
-        .map(|m| (m.name.clone(), metrics_series(&m.dir, "val_acc")))
-        .collect();
+    let curve = |key: &str| -> Vec<IntervalSeries> {
+        models
+            .iter()
+            .map(|m| {
+                let pts = metrics_series(&m.dir, key)
+                    .into_iter()
+                    .map(|(x, y)| (x, y, f64::NAN, f64::NAN))
+                    .collect();
+                (m.name.clone(), pts)
+            })
+            .collect()
+    };
+    let loss = interval_chart("training loss", &curve("train_loss"), "epoch", "loss");
+    let val = interval_chart(
+        "validation accuracy",
+        &curve("val_acc"),
+        "epoch",
+        "accuracy",
+    );
+    write_atomic(
+        &figdir.join("training_loss.svg"),
+        svg_file(&loss).as_bytes(),
+    )?;
+    write_atomic(
+        &figdir.join("validation_accuracy.svg"),
+        svg_file(&val).as_bytes(),
+    )?;
     body.push_str("<h2>Training</h2>\n");
-    body.push_str(&format!("<figure>{}{}<figcaption>Training loss and validation accuracy per epoch (head phase first, then the whole network; a fine-tuning run has its own epochs).</figcaption></figure>\n", line_chart("training loss", &curves, "epoch"), line_chart("validation accuracy", &vcurves, "epoch")));
+    body.push_str(&format!("<figure>{loss}{val}<figcaption>Training loss and validation accuracy per epoch, numbered across phases (head phase first, then the whole network; a fine-tuning run has its own epochs).</figcaption></figure>\n"));
 
     // 4. Saliency grids, images correctly classified by every model.
     let test_batch = make_batch(&cache, &labels, &test, None, &vec![0; test.len()]);
@@ -345,9 +479,18 @@ pub fn section(
     )?;
     let xs = x_all.index_select(&idx, 0)?;
     let targets: Vec<usize> = chosen.iter().map(|&i| labels[test[i]]).collect();
-    let mopts = method_options_for(size, opts.seed);
-    let display = DisplayOptions::default();
-    body.push_str("<h2>Saliency maps</h2>\n<p>Rows: test images that every model classifies correctly (when there are enough); columns: the image, its lesion mask, then each model. Maps explain the true class; display as in the paper: per pixel the sum of |attribution| over RGB, capped at the 99th percentile, scaled to [0,1].</p>\n");
+    let mopts = MethodOptions {
+        ig_steps: opts.ig_steps,
+        ..method_options_for(size, opts.seed)
+    };
+    let display = DisplayOptions {
+        cmap: Colormap::Viridis,
+        ..DisplayOptions::default()
+    };
+    // Tiles at display size, so that the mask outline is one screen pixel wide.
+    let k = 128u32.div_ceil(size as u32).max(1);
+    let legend = display.colorbar((128 * targets.len().min(3)) as u32);
+    body.push_str("<h2>Saliency maps</h2>\n<p>Rows: test images that every model classifies correctly (when there are enough); columns: the image, its lesion mask, then each model. Maps explain the true class and are drawn as in the paper, on a per-image scale: per pixel the sum of |attribution| over RGB, divided by that map's own 99th percentile and capped at 1, in matplotlib's viridis. The red line is the outline of the ground-truth mask.</p>\n");
     for method in &opts.methods {
         let att = by_name(method, &mopts)?;
         let mut g = Grid {
@@ -359,37 +502,63 @@ pub fn section(
             row_labels: targets.iter().map(|&t| class_names[t].clone()).collect(),
             cells: Vec::new(),
         };
+        let is_ig = matches!(method.trim(), "ig" | "integrated-gradients");
+        let mut convergence = Vec::new();
         let maps: Vec<Tensor> = models
             .iter()
-            .map(|m| att.attribute(&m.model, &xs, &targets))
+            .map(|m| {
+                if is_ig {
+                    let (a, c) = integrated_gradients(&mopts)
+                        .attribute_with_convergence(&m.model, &xs, &targets)?;
+                    convergence.push((m.name.clone(), c));
+                    Ok(a)
+                } else {
+                    att.attribute(&m.model, &xs, &targets)
+                }
+            })
             .collect::<Result<_>>()?;
         for (r, &ci) in chosen.iter().enumerate() {
             let px: Vec<f32> = xs.get(r)?.flatten_all()?.to_vec1()?;
             let mask = &test_batch.masks[ci * plane..(ci + 1) * plane];
+            let inside: Vec<bool> = mask.iter().map(|&v| v > 127).collect();
+            let has_mask = test_batch.has_mask[ci];
             let mut row = vec![
-                tensor_to_image(&px, size, size),
-                RgbImage::from_fn(size as u32, size as u32, |x, y| {
-                    let v = mask[y as usize * size + x as usize];
-                    Rgb([v, v, v])
-                }),
+                upscale(&tensor_to_image(&px, size, size), k),
+                upscale(
+                    &RgbImage::from_fn(size as u32, size as u32, |x, y| {
+                        let v = mask[y as usize * size + x as usize];
+                        Rgb([v, v, v])
+                    }),
+                    k,
+                ),
             ];
             for a in &maps {
                 let c = a.dim(1)?;
                 let v: Vec<f32> = a.get(r)?.flatten_all()?.to_vec1()?;
-                row.push(heatmap(&v, c, size, size, &display));
+                let mut tile = upscale(&heatmap(&v, c, size, size, &display), k);
+                if has_mask {
+                    draw_contour(&mut tile, &inside, size, size, [255, 40, 40]);
+                }
+                row.push(tile);
             }
             g.cells.push(row);
         }
-        let img = g.render(128)?;
+        let img = beside(&g.render(128)?, &legend);
         save_png(&img, &figdir.join(format!("saliency_{method}.png")))?;
-        body.push_str(&format!("<h3>{}</h3>\n", esc(method)));
-        body.push_str(&figure(&img, &format!("saliency grid {method}"), &format!("{}: the paper's Figure 1 for this method. Sharper maps that stay inside the mask are what robust training promises.", att.name()))?);
+        body.push_str(&format!("<h3>{}</h3>\n", esc(&att.name())));
+        body.push_str(&figure(&img, &format!("saliency grid {method}"), &format!("{}: the paper's Figure 1 for this method. Sharper maps that stay inside the red outline are what robust training promises.", att.name()))?);
+        if is_ig {
+            let (html, json) = ig_convergence(&convergence, mopts.ig_steps);
+            body.push_str(&html);
+            summary["ig_convergence"] = json;
+        }
     }
 
     // 5. Saliency metrics of Gradient maps, with bootstrap intervals and paired tests.
     if opts.metric_images > 0 {
         let copts = CompareOptions {
             methods: vec!["gradient".into()],
+            metrics: opts.metrics.clone(),
             count: Some(opts.metric_images),
             seed: opts.seed,
             ..Default::default()
@@ -447,6 +616,7 @@ pub fn section(
         body.push_str("<h2>Saliency metrics</h2>\n");
         body.push_str(&format!("<table>{head}{}</table>\n", mrows.join("")));
         body.push_str(&format!("<p>Gradient maps of {} test images (true class). Against the lesion mask: RMA, the share of attribution inside the lesion (a map blind to the lesion scores about the lesion's share of the image, here {lesion_share:.3}); RRA, the share of the |lesion| most salient pixels inside it; pointing, whether the most salient pixel is inside; ROC-AUC of the map as a lesion detector. Without a mask: Gini (0 uniform, 1 one pixel) and entropy (lower is more concentrated); deletion and insertion areas (RISE: the class probability as the most salient pixels are removed, resp. revealed over a blurred image); faithfulness correlation (Bhatt et al.). Each cell: mean, 95% bootstrap interval, and the p-value of a paired Wilcoxon signed-rank test against the first model. Also in <code>comparison.md</code>, <code>comparison.csv</code> and <code>comparison.json</code>.</p>\n", c.images.len()));
+        body.push_str(&curve_charts(&c, &figdir)?);
     }
     Ok((body, summary))
 }

@@ -2,8 +2,11 @@
 //! maps, overlays, one labelled grid and (optionally) raw attributions as NPY.
 
 use crate::attribution::{by_name, Attribution, MethodOptions, Target};
+use crate::fsutil::file_stem;
 use crate::model::Classifier;
-use crate::report::display::{heatmap, overlay, tensor_to_image, DisplayOptions};
+use crate::report::display::{
+    beside, heatmap, masked_image, overlay, tensor_to_image, DisplayOptions,
+};
 use crate::report::grid::Grid;
 use crate::report::npy::write_npy;
 use crate::report::png::save_png;
@@ -41,18 +44,6 @@ pub struct Explained {
     pub attributions: Tensor,
 }
 
-fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 /// Path for one raw array: the given path when there is one model and one method, otherwise
 /// the stem extended by `_<model>_<method>`.
 pub fn raw_path(
@@ -72,11 +63,11 @@ pub fn raw_path(
     let mut name = stem;
     if many_models {
         name.push('_');
-        name.push_str(&sanitize(model));
+        name.push_str(&file_stem(model));
     }
     if many_methods {
         name.push('_');
-        name.push_str(&sanitize(method));
+        name.push_str(&file_stem(method));
     }
     name.push_str(".npy");
     base.with_file_name(name)
@@ -149,9 +140,9 @@ pub fn run(job: &ExplainJob) -> Result<Vec<Explained>> {
                 let hm = heatmap(&a, ac, h, w, &job.display);
                 let base = format!(
                     "{}_{}_{}",
-                    sanitize(&job.image_names[i]),
-                    sanitize(&r.model),
-                    sanitize(&r.method)
+                    file_stem(&job.image_names[i]),
+                    file_stem(&r.model),
+                    file_stem(&r.method)
                 );
                 save_png(&hm, &dir.join(format!("{base}.png")))?;
                 let img = tensor_to_image(px, h, w);
@@ -159,10 +150,15 @@ pub fn run(job: &ExplainJob) -> Result<Vec<Explained>> {
                     &overlay(&img, &a, ac, &job.display),
                     &dir.join(format!("{base}_overlay.png")),
                 )?;
+                save_png(
+                    &masked_image(&img, &a, ac, &job.display),
+                    &dir.join(format!("{base}_masked.png")),
+                )?;
                 grid.cells[i].push(hm);
             }
         }
-        save_png(&grid.render(112)?, &dir.join("grid.png"))?;
+        let legend = job.display.colorbar(112 * n.clamp(1, 3) as u32);
+        save_png(&beside(&grid.render(112)?, &legend), &dir.join("grid.png"))?;
     }
     Ok(results)
 }

@@ -13,7 +13,7 @@ use super::saliency::{
 use super::sanity::map_similarity;
 use super::stats::{bootstrap_ci, wilcoxon, Wilcoxon};
 use crate::adversarial::Pgd;
-use crate::attribution::{by_name, MethodOptions};
+use crate::attribution::{by_name, integrated_gradients, MethodOptions};
 use crate::config::Recipe;
 use crate::data::split::Part;
 use crate::data::synthetic::Artifact;
@@ -279,6 +279,84 @@ pub struct MethodResult {
     pub metrics: Vec<MetricSummary>,
     /// Per image values, in the order of `Comparison::images` (NaN: undefined).
     pub per_image: std::collections::BTreeMap<String, Vec<f64>>,
+    /// The mean deletion and insertion curves, when those metrics ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub curves: Option<MeanCurves>,
+    /// Integrated Gradients only: how far the attributions are from adding up to the logit
+    /// change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ig_convergence: Option<IgConvergence>,
+}
+
+/// IG's completeness over the compared images: |sum(attr) - (f(x) - f(x'))| as a share of
+/// |f(x) - f(x')|.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IgConvergence {
+    pub steps: usize,
+    pub median_relative_delta: f64,
+    pub largest_relative_delta: f64,
+    /// Images whose relative delta exceeds 5%.
+    pub images_over_5pct: usize,
+    pub images: usize,
+}
+
+impl IgConvergence {
+    pub fn of(c: &[crate::attribution::integrated_gradients::Convergence], steps: usize) -> Self {
+        let mut rel: Vec<f64> = c.iter().map(|c| c.relative() as f64).collect();
+        rel.sort_by(f64::total_cmp);
+        IgConvergence {
+            steps,
+            median_relative_delta: rel.get(rel.len() / 2).copied().unwrap_or(0.0),
+            largest_relative_delta: rel.last().copied().unwrap_or(0.0),
+            images_over_5pct: rel.iter().filter(|&&r| r > 0.05).count(),
+            images: rel.len(),
+        }
+    }
+}
+
+/// A curve's mean over images with its 95% interval (mean ± 1.96 standard errors) per point.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Band {
+    pub mean: Vec<f64>,
+    pub low: Vec<f64>,
+    pub high: Vec<f64>,
+}
+
+impl Band {
+    /// From curves of equal length (one per image).
+    pub fn of(curves: &[Vec<f64>]) -> Band {
+        let len = curves.first().map_or(0, |c| c.len());
+        let n = curves.len() as f64;
+        let mut b = Band {
+            mean: Vec::with_capacity(len),
+            low: Vec::with_capacity(len),
+            high: Vec::with_capacity(len),
+        };
+        for j in 0..len {
+            let m = curves.iter().map(|c| c[j]).sum::<f64>() / n;
+            let var = if n > 1.0 {
+                curves.iter().map(|c| (c[j] - m).powi(2)).sum::<f64>() / (n - 1.0)
+            } else {
+                0.0
+            };
+            let half = 1.96 * (var / n).sqrt();
+            b.mean.push(m);
+            b.low.push(m - half);
+            b.high.push(m + half);
+        }
+        b
+    }
+}
+
+/// Mean deletion and insertion curves of one model and method over the compared images.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MeanCurves {
+    /// Share of pixels removed (inserted) at each point.
+    pub fractions: Vec<f64>,
+    /// Softmax probability of the target class.
+    pub deletion: Band,
+    pub insertion: Band,
+    pub images: usize,
 }
 
 /// One model's row.
@@ -452,11 +530,22 @@ pub fn compare(
         let mut mmaps = Vec::new();
         for method in &opts.methods {
             progress(&format!("{}: {method} maps", m.name));
-            let att = by_name(method, &mopts)?;
-            let a = att.attribute(&m.model, &x, &targets)?;
+            let (a, ig_convergence) = if matches!(method.trim(), "ig" | "integrated-gradients") {
+                let (a, c) = integrated_gradients(&mopts)
+                    .attribute_with_convergence(&m.model, &x, &targets)?;
+                (a, Some(IgConvergence::of(&c, mopts.ig_steps)))
+            } else {
+                (
+                    by_name(method, &mopts)?.attribute(&m.model, &x, &targets)?,
+                    None,
+                )
+            };
             let c = a.dim(1)?;
             let mut per: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
             let mut abs_all = Vec::new();
+            let mut del_curves = Vec::new();
+            let mut ins_curves = Vec::new();
+            let mut fractions = Vec::new();
             for (i, mask) in masks.iter().enumerate() {
                 let v: Vec<f32> = a.get(i)?.flatten_all()?.to_vec1()?;
                 let abs = reduce_channels(&v, c, size, size, Reduce::AbsSum);
@@ -471,6 +560,11 @@ pub fn compare(
                 } else {
                     None
                 };
+                if let Some((d, ins)) = &curves {
+                    fractions.clone_from(&d.fractions);
+                    del_curves.push(d.probs.clone());
+                    ins_curves.push(ins.probs.clone());
+                }
                 for k in &opts.metrics {
                     let val = match (k, mask) {
                         (k, None) if k.needs_mask() => f64::NAN,
@@ -531,6 +625,13 @@ pub fn compare(
                 method: method.clone(),
                 metrics: Vec::new(),
                 per_image: per,
+                curves: (!del_curves.is_empty()).then(|| MeanCurves {
+                    fractions,
+                    deletion: Band::of(&del_curves),
+                    insertion: Band::of(&ins_curves),
+                    images: del_curves.len(),
+                }),
+                ig_convergence,
             });
             mmaps.push(abs_all);
         }
@@ -775,6 +876,28 @@ impl Comparison {
                 s.push('\n');
             }
             s.push('\n');
+            let conv: Vec<String> = self
+                .models
+                .iter()
+                .filter_map(|m| {
+                    let c = m.methods[ki].ig_convergence.as_ref()?;
+                    Some(format!(
+                        "{} {:.1}% (largest {:.1}%, {} of {} images over 5%)",
+                        m.name,
+                        100.0 * c.median_relative_delta,
+                        100.0 * c.largest_relative_delta,
+                        c.images_over_5pct,
+                        c.images
+                    ))
+                })
+                .collect();
+            if let Some(c) = self.models[0].methods[ki].ig_convergence.as_ref() {
+                s.push_str(&format!(
+                    "IG convergence ({} steps), the median |sum(attr) - Δlogit| / |Δlogit|: {}.\n\n",
+                    c.steps,
+                    conv.join("; ")
+                ));
+            }
         }
         s.push_str(&format!("Means over images with a 95% bootstrap interval ({} resamples); p: paired two-sided Wilcoxon signed-rank test against the first model.", self.bootstrap_resamples));
         if let Some(a) = &self.attack {

@@ -4,6 +4,7 @@ pub mod act;
 pub mod batchnorm;
 pub mod block;
 pub mod conv;
+mod denormals;
 mod direct;
 mod layout;
 pub mod maxpool;
@@ -13,6 +14,7 @@ mod winograd;
 
 pub use act::{add_relu, relu};
 pub use conv::{conv2d, conv2d_fused};
+pub use denormals::flush_denormals;
 pub use direct::set_direct_conv;
 pub use maxpool::max_pool2d;
 pub use winograd::set_winograd;

@@ -59,77 +59,71 @@ impl Cap {
     }
 }
 
-/// A colour map.
+/// A colour map. The named ones are matplotlib's, from the `colorous` crate (d3's 256-entry
+/// tables of the same data).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Colormap {
     /// Black to the given colour (the paper's single-colour look; white gives grey levels).
     Single([u8; 3]),
-    /// viridis (perceptually uniform).
+    /// viridis (perceptually uniform; `[0, 1]`).
     Viridis,
-    /// Blue (-1), white (0), red (+1), for signed maps.
-    Diverging,
+    /// magma (`[0, 1]`).
+    Magma,
+    /// inferno (`[0, 1]`).
+    Inferno,
+    /// Blues (captum's default for absolute values; `[0, 1]`).
+    Blues,
+    /// Greens (captum's default for positive attributions; `[0, 1]`).
+    Greens,
+    /// RdBu for signed maps on [-1, 1]: blue for -1, near-white for 0, red for +1 (matplotlib's
+    /// `RdBu_r`).
+    RdBu,
 }
 
 impl Colormap {
+    /// The names [`Colormap::parse`] takes.
+    pub const NAMES: &'static str =
+        "gray, red, green, viridis, magma, inferno, blues, greens or rdbu";
+
     pub fn parse(s: &str) -> Result<Self> {
         Ok(match s.trim().to_ascii_lowercase().as_str() {
             "gray" | "grey" => Colormap::Single([255, 255, 255]),
-            "red" | "reds" => Colormap::Single([255, 40, 40]),
+            "red" => Colormap::Single([255, 40, 40]),
             "green" => Colormap::Single([40, 255, 60]),
             "viridis" => Colormap::Viridis,
-            "diverging" | "bwr" => Colormap::Diverging,
-            other => {
-                return Err(Error::config(
-                    "cmap",
-                    other,
-                    "use gray, red, green, viridis or diverging",
-                ))
-            }
+            "magma" => Colormap::Magma,
+            "inferno" => Colormap::Inferno,
+            "blues" => Colormap::Blues,
+            "greens" => Colormap::Greens,
+            "rdbu" | "rdbu_r" | "diverging" | "bwr" => Colormap::RdBu,
+            other => return Err(Error::config("cmap", other, format!("use {}", Self::NAMES))),
         })
     }
 
-    /// Colour of value `v` (in `[0, 1]`, or [-1,1] for `Diverging`).
+    /// Whether it is meant for signed values on [-1, 1].
+    pub fn signed(&self) -> bool {
+        matches!(self, Colormap::RdBu)
+    }
+
+    /// Colour of value `v` (in `[0, 1]`, or [-1, 1] for a signed map).
     pub fn color(&self, v: f32) -> [u8; 3] {
         let v = if v.is_finite() { v } else { 0.0 };
+        let named = |g: colorous::Gradient, t: f32| {
+            let c = g.eval_continuous(t.clamp(0.0, 1.0) as f64);
+            [c.r, c.g, c.b]
+        };
         match self {
             Colormap::Single(c) => {
                 let t = v.clamp(0.0, 1.0);
-                [
-                    (c[0] as f32 * t).round() as u8,
-                    (c[1] as f32 * t).round() as u8,
-                    (c[2] as f32 * t).round() as u8,
-                ]
+                c.map(|k| (k as f32 * t).round() as u8)
             }
-            Colormap::Viridis => {
-                const STOPS: [[f32; 3]; 9] = [
-                    [68.0, 1.0, 84.0],
-                    [71.0, 44.0, 122.0],
-                    [59.0, 81.0, 139.0],
-                    [44.0, 113.0, 142.0],
-                    [33.0, 144.0, 141.0],
-                    [39.0, 173.0, 129.0],
-                    [92.0, 200.0, 99.0],
-                    [170.0, 220.0, 50.0],
-                    [253.0, 231.0, 37.0],
-                ];
-                let t = v.clamp(0.0, 1.0) * (STOPS.len() - 1) as f32;
-                let i = (t.floor() as usize).min(STOPS.len() - 2);
-                let f = t - i as f32;
-                let mut out = [0u8; 3];
-                for (k, o) in out.iter_mut().enumerate() {
-                    *o = (STOPS[i][k] * (1.0 - f) + STOPS[i + 1][k] * f).round() as u8;
-                }
-                out
-            }
-            Colormap::Diverging => {
-                let t = v.clamp(-1.0, 1.0);
-                let a = (255.0 * (1.0 - t.abs())).round() as u8;
-                if t >= 0.0 {
-                    [255, a, a]
-                } else {
-                    [a, a, 255]
-                }
-            }
+            Colormap::Viridis => named(colorous::VIRIDIS, v),
+            Colormap::Magma => named(colorous::MAGMA, v),
+            Colormap::Inferno => named(colorous::INFERNO, v),
+            Colormap::Blues => named(colorous::BLUES, v),
+            Colormap::Greens => named(colorous::GREENS, v),
+            // colorous's RED_BLUE runs red (0) to blue (1).
+            Colormap::RdBu => named(colorous::RED_BLUE, (1.0 - v.clamp(-1.0, 1.0)) / 2.0),
         }
     }
 }
@@ -142,6 +136,85 @@ pub struct DisplayOptions {
     pub cmap: Colormap,
     /// Overlay opacity of the heat map at full intensity.
     pub alpha: f32,
+}
+
+/// Named display settings, as `saliency --display` offers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DisplayPreset {
+    /// The paper's: per pixel sum of |a| over RGB, capped at the 99th percentile, grey levels.
+    Paper,
+    /// captum's `visualize_image_attr(sign="absolute_value")` defaults: sum of |a|, capped
+    /// where the sorted values reach 98% of their sum (`outlier_perc=2`), Blues.
+    Captum,
+    /// Signed maps: per pixel sum of a over RGB, captum's 98% cumulative-sum cap on |values|,
+    /// RdBu (blue negative, red positive).
+    Signed,
+}
+
+impl DisplayPreset {
+    pub fn options(self) -> DisplayOptions {
+        let (reduce, cap, cmap) = match self {
+            DisplayPreset::Paper => (
+                Reduce::AbsSum,
+                Cap::Percentile(99.0),
+                Colormap::Single([255, 255, 255]),
+            ),
+            DisplayPreset::Captum => (Reduce::AbsSum, Cap::CumSum(98.0), Colormap::Blues),
+            DisplayPreset::Signed => (Reduce::Sum, Cap::CumSum(98.0), Colormap::RdBu),
+        };
+        DisplayOptions {
+            reduce,
+            cap,
+            cmap,
+            ..DisplayOptions::default()
+        }
+    }
+}
+
+impl DisplayOptions {
+    /// What a map's values mean after normalisation, for a colour bar's title:
+    /// `Σ|a| ÷ p99` and the like.
+    pub fn scale_label(&self) -> String {
+        let sum = match self.reduce {
+            Reduce::AbsSum => "Σ|a|",
+            Reduce::Sum => "Σa",
+        };
+        let cap = match self.cap {
+            Cap::Percentile(q) => format!("p{q}"),
+            Cap::CumSum(q) => format!("{q}%-sum cap"),
+            Cap::Max => "max".to_string(),
+        };
+        format!("{sum} ÷ {cap}")
+    }
+
+    /// A colour bar for maps drawn with these options, `height` pixels tall: [0, 1], or
+    /// [-1, 1] for a signed colour map.
+    pub fn colorbar(&self, height: u32) -> RgbImage {
+        let (lo, ticks): (f32, Vec<(f32, String)>) = if self.cmap.signed() {
+            (
+                -1.0,
+                vec![
+                    (-1.0, "≤ -1".into()),
+                    (-0.5, "-0.5".into()),
+                    (0.0, "0".into()),
+                    (0.5, "0.5".into()),
+                    (1.0, "≥ 1".into()),
+                ],
+            )
+        } else {
+            (
+                0.0,
+                vec![
+                    (0.0, "0".into()),
+                    (0.25, "0.25".into()),
+                    (0.5, "0.5".into()),
+                    (0.75, "0.75".into()),
+                    (1.0, "≥ 1".into()),
+                ],
+            )
+        };
+        colorbar(self.cmap, lo, 1.0, &ticks, &self.scale_label(), height)
+    }
 }
 
 impl Default for DisplayOptions {
@@ -264,6 +337,126 @@ pub fn overlay(img: &RgbImage, a: &[f32], c: usize, opts: &DisplayOptions) -> Rg
     })
 }
 
+/// captum's `masked_image`: the image scaled by the normalised |map| (dark where the map is
+/// zero).
+pub fn masked_image(img: &RgbImage, a: &[f32], c: usize, opts: &DisplayOptions) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let (w, h) = (w as usize, h as usize);
+    let m = normalize(&reduce_channels(a, c, h, w, opts.reduce), opts.cap);
+    RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        let k = m[y as usize * w + x as usize].abs().clamp(0.0, 1.0);
+        Rgb(img.get_pixel(x, y).0.map(|p| (k * p as f32).round() as u8))
+    })
+}
+
+/// The outline of a `w x h` boolean mask: the pixels inside it with a 4-neighbour outside it
+/// (or on the image border).
+pub fn contour(mask: &[bool], w: usize, h: usize) -> Vec<bool> {
+    let at = |x: isize, y: isize| {
+        x >= 0
+            && y >= 0
+            && (x as usize) < w
+            && (y as usize) < h
+            && mask[y as usize * w + x as usize]
+    };
+    (0..w * h)
+        .map(|p| {
+            let (x, y) = ((p % w) as isize, (p / w) as isize);
+            at(x, y) && !(at(x - 1, y) && at(x + 1, y) && at(x, y - 1) && at(x, y + 1))
+        })
+        .collect()
+}
+
+/// Draws the outline of `mask` (`mw x mh`, scaled to the image's size, nearest neighbour)
+/// over `img` in `color`, one image pixel wide.
+pub fn draw_contour(img: &mut RgbImage, mask: &[bool], mw: usize, mh: usize, color: [u8; 3]) {
+    let (w, h) = img.dimensions();
+    let (w, h) = (w as usize, h as usize);
+    let scaled: Vec<bool> = (0..w * h)
+        .map(|p| mask[(p / w) * mh / h * mw + (p % w) * mw / w])
+        .collect();
+    for (p, on) in contour(&scaled, w, h).into_iter().enumerate() {
+        if on {
+            img.put_pixel((p % w) as u32, (p / w) as u32, Rgb(color));
+        }
+    }
+}
+
+/// A vertical colour bar, `height` pixels tall, with tick labels at `ticks` (value, text) and
+/// a title above; values run from `lo` (bottom) to `hi` (top).
+pub fn colorbar(
+    cmap: Colormap,
+    lo: f32,
+    hi: f32,
+    ticks: &[(f32, String)],
+    title: &str,
+    height: u32,
+) -> RgbImage {
+    use super::font::{draw_text, line_height, text_width};
+    let height = height.max(16);
+    let px = 14.0;
+    let bar_w = 18;
+    let pad = 6;
+    let title_h = if title.is_empty() {
+        0
+    } else {
+        line_height(px) + pad
+    };
+    let label_w = ticks
+        .iter()
+        .map(|(_, t)| text_width(t, px))
+        .max()
+        .unwrap_or(0);
+    let width = (pad + bar_w + 4 + 4 + label_w + pad).max(text_width(title, px) + 2 * pad);
+    let top = title_h + line_height(px) / 2;
+    let total = top + height + line_height(px) / 2 + pad;
+    let mut img = RgbImage::from_pixel(width, total, Rgb([255, 255, 255]));
+    draw_text(&mut img, pad, 0, title, px, [20, 20, 20]);
+    let span = if hi == lo { 1.0 } else { hi - lo };
+    for y in 0..height {
+        let v = hi - span * y as f32 / (height - 1).max(1) as f32;
+        let c = cmap.color(v);
+        for x in 1..bar_w - 1 {
+            img.put_pixel(pad + x, top + y, Rgb(c));
+        }
+    }
+    // A frame around the bar, outside its colours.
+    let ink = Rgb([20, 20, 20]);
+    for y in top - 1..=top + height {
+        img.put_pixel(pad, y, ink);
+        img.put_pixel(pad + bar_w - 1, y, ink);
+    }
+    for x in 0..bar_w {
+        img.put_pixel(pad + x, top - 1, ink);
+        img.put_pixel(pad + x, top + height, ink);
+    }
+    for (v, t) in ticks {
+        let f = ((hi - v) / span).clamp(0.0, 1.0);
+        let y = top + (f * (height - 1) as f32).round() as u32;
+        for x in 0..4 {
+            img.put_pixel(pad + bar_w + x, y, ink);
+        }
+        let ty = y.saturating_sub(line_height(px) / 2);
+        draw_text(&mut img, pad + bar_w + 8, ty, t, px, [20, 20, 20]);
+    }
+    img
+}
+
+/// `legend` to the right of `img`, vertically centred, on white.
+pub fn beside(img: &RgbImage, legend: &RgbImage) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let (lw, lh) = legend.dimensions();
+    let mut out = RgbImage::from_pixel(w + lw, h.max(lh), Rgb([255, 255, 255]));
+    image::imageops::replace(&mut out, img, 0, 0);
+    image::imageops::replace(
+        &mut out,
+        legend,
+        w as i64,
+        (h.saturating_sub(lh) / 2) as i64,
+    );
+    out
+}
+
 /// A `[3, H, W]` tensor in `[0, 1]` as an image.
 pub fn tensor_to_image(t: &[f32], h: usize, w: usize) -> RgbImage {
     let plane = h * w;
@@ -322,11 +515,79 @@ mod tests {
     }
 
     #[test]
-    fn colormaps_hit_their_ends() {
-        assert_eq!(Colormap::Viridis.color(0.0), [68, 1, 84]);
-        assert_eq!(Colormap::Viridis.color(1.0), [253, 231, 37]);
-        assert_eq!(Colormap::Diverging.color(-1.0), [0, 0, 255]);
-        assert_eq!(Colormap::Diverging.color(0.0), [255, 255, 255]);
+    fn contours_masked_images_and_colour_bars() {
+        // A 2x2 block in a 4x4 mask: all four of its pixels are on the outline; a 3x3 block's
+        // centre is not.
+        let mut m = vec![false; 16];
+        for p in [5, 6, 9, 10] {
+            m[p] = true;
+        }
+        assert_eq!(contour(&m, 4, 4), m);
+        let mut m3 = vec![false; 25];
+        for y in 1..4 {
+            for x in 1..4 {
+                m3[y * 5 + x] = true;
+            }
+        }
+        let c = contour(&m3, 5, 5);
+        assert_eq!(c.iter().filter(|&&v| v).count(), 8);
+        assert!(!c[12]);
+        // Drawn on an image twice the mask's size: the outline of the 4x4 block in 8x8.
+        let mut img = RgbImage::new(8, 8);
+        draw_contour(&mut img, &m, 4, 4, [255, 0, 0]);
+        let red = img.pixels().filter(|p| p.0 == [255, 0, 0]).count();
+        assert_eq!(red, 12);
+        // masked_image keeps the pixel where the map is at its cap and darkens it at zero.
+        let img = RgbImage::from_pixel(2, 1, Rgb([200, 100, 50]));
+        let mi = masked_image(&img, &[0.0, 1.0], 1, &DisplayOptions::default());
+        assert_eq!(mi.get_pixel(0, 0).0, [0, 0, 0]);
+        assert_eq!(mi.get_pixel(1, 0).0, [200, 100, 50]);
+        // A colour bar: the top row of the bar is the colour of `hi`, the bottom that of `lo`.
+        let ticks = [(0.0, "0".to_string()), (1.0, "≥ 1".to_string())];
+        let bar = colorbar(Colormap::Viridis, 0.0, 1.0, &ticks, "scale", 100);
+        let column: Vec<[u8; 3]> = (0..bar.height()).map(|y| bar.get_pixel(12, y).0).collect();
+        assert!(column.contains(&Colormap::Viridis.color(1.0)));
+        assert!(column.contains(&Colormap::Viridis.color(0.0)));
+        let top = column
+            .iter()
+            .position(|c| *c == Colormap::Viridis.color(1.0));
+        let bottom = column
+            .iter()
+            .position(|c| *c == Colormap::Viridis.color(0.0));
+        assert!(top < bottom, "hi at the top");
+    }
+
+    #[test]
+    fn colormaps_match_matplotlibs_tables() {
+        // matplotlib's _cm_listed._viridis_data at entries 0, 128 and 255 (of 256), x 255:
+        // (0.267004, 0.004874, 0.329415), (0.127568, 0.566949, 0.550556),
+        // (0.993248, 0.906157, 0.143936).
+        let want = [
+            (0.0, [68.09, 1.24, 84.0]),
+            (128.0 / 255.0, [32.53, 144.57, 140.39]),
+            (1.0, [253.28, 231.07, 36.70]),
+        ];
+        for (t, rgb) in want {
+            let got = Colormap::Viridis.color(t);
+            for k in 0..3 {
+                assert!(
+                    (got[k] as f32 - rgb[k]).abs() <= 1.0,
+                    "viridis({t}) = {got:?}, matplotlib {rgb:?}"
+                );
+            }
+        }
+        // magma and inferno start black-ish and end light; RdBu: -1 blue, 0 near-white, +1 red.
+        assert!(Colormap::Magma.color(0.0).iter().all(|&c| c < 10));
+        assert!(Colormap::Inferno.color(1.0)[0] > 240);
+        let (b, w, r) = (
+            Colormap::RdBu.color(-1.0),
+            Colormap::RdBu.color(0.0),
+            Colormap::RdBu.color(1.0),
+        );
+        assert!(b[2] > b[0] && r[0] > r[2], "{b:?} {r:?}");
+        assert!(w.iter().all(|&c| c > 230), "{w:?}");
         assert_eq!(Colormap::Single([255, 0, 0]).color(0.5), [128, 0, 0]);
+        assert!(Colormap::parse("jet").is_err());
+        assert_eq!(Colormap::parse("diverging").unwrap(), Colormap::RdBu);
     }
 }

@@ -1,10 +1,14 @@
 //! Labelled figure grids like the paper's Figures 1, 5 and 11: rows of images, columns of
 //! models or methods, each cell one picture, labels drawn above columns and left of rows.
 
-use super::font::{draw_text, text_width};
+use super::font::{draw_text, fit_text, line_height, text_width};
 use super::png::upscale;
 use crate::{Error, Result};
 use image::{Rgb, RgbImage};
+
+/// Label size in pixels, and the smallest a long label shrinks to.
+const LABEL_PX: f32 = 16.0;
+const MIN_PX: f32 = 11.0;
 
 /// A grid of equally sized tiles with labels.
 #[derive(Debug, Clone, Default)]
@@ -32,13 +36,17 @@ impl Grid {
         let (tw0, th0) = self.cells[0][0].dimensions();
         let k = min_tile.div_ceil(tw0.max(1)).max(1);
         let (tw, th) = (tw0 * k, th0 * k);
-        let scale = 2;
         let pad = 6;
-        let label_h = 7 * scale + 2 * pad;
-        let left = self
+        let label_h = line_height(LABEL_PX) + 2 * pad;
+        // Row labels get at most twice a tile's width; longer ones shrink, then shorten.
+        let row_labels: Vec<(String, f32)> = self
             .row_labels
             .iter()
-            .map(|l| text_width(l, scale))
+            .map(|l| fit_text(l, LABEL_PX, MIN_PX, 2 * tw))
+            .collect();
+        let left = row_labels
+            .iter()
+            .map(|(l, px)| text_width(l, *px))
             .max()
             .unwrap_or(0)
             + if self.row_labels.is_empty() {
@@ -58,31 +66,23 @@ impl Grid {
         let mut img = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
         let ink = [20, 20, 20];
         if !self.title.is_empty() {
-            draw_text(&mut img, pad, pad, &self.title, scale, ink);
+            let (t, px) = fit_text(&self.title, LABEL_PX, MIN_PX, width - 2 * pad);
+            draw_text(&mut img, pad, pad, &t, px, ink);
         }
         for (c, label) in self.col_labels.iter().enumerate().take(cols) {
             let x = left + c as u32 * (tw + pad);
-            // A label wider than its column is drawn at half size rather than over its neighbour.
-            let sc = if text_width(label, scale) <= tw + pad {
-                scale
-            } else {
-                1
-            };
-            let lw = text_width(label, sc);
+            // A label wider than its column shrinks (then shortens) rather than overlapping.
+            let (t, px) = fit_text(label, LABEL_PX, MIN_PX, tw + pad - 2);
+            let lw = text_width(&t, px);
             let x = if lw < tw { x + (tw - lw) / 2 } else { x };
-            draw_text(
-                &mut img,
-                x,
-                title_h + pad + (scale - sc) * 7,
-                label,
-                sc,
-                ink,
-            );
+            let dy = line_height(LABEL_PX) - line_height(px);
+            draw_text(&mut img, x, title_h + pad + dy, &t, px, ink);
         }
         for (r, row) in self.cells.iter().enumerate() {
             let y = top + r as u32 * (th + pad);
-            if let Some(label) = self.row_labels.get(r) {
-                draw_text(&mut img, pad, y + th / 2 - 7 * scale / 2, label, scale, ink);
+            if let Some((label, px)) = row_labels.get(r) {
+                let ly = (y + th / 2).saturating_sub(line_height(*px) / 2);
+                draw_text(&mut img, pad, ly, label, *px, ink);
             }
             for (c, cell) in row.iter().enumerate() {
                 if cell.dimensions() != (tw0, th0) {
@@ -123,7 +123,10 @@ mod tests {
         let reds = img.pixels().filter(|p| p.0 == [255, 0, 0]).count();
         let blues = img.pixels().filter(|p| p.0 == [0, 0, 255]).count();
         assert_eq!((reds, blues), (32 * 32, 32 * 32));
-        let ink = img.pixels().filter(|p| p.0 == [20, 20, 20]).count();
+        let ink = img
+            .pixels()
+            .filter(|p| p.0[0] < 100 && p.0[0] == p.0[2])
+            .count();
         assert!(ink > 50, "labels drawn");
         let bad = Grid {
             cells: vec![vec![RgbImage::new(8, 8)], vec![]],

@@ -46,72 +46,6 @@ pub fn figure(img: &RgbImage, alt: &str, caption: &str) -> Result<String> {
     ))
 }
 
-/// A line chart as inline SVG: several named series of (x, y).
-pub fn line_chart(title: &str, series: &[(String, Vec<(f64, f64)>)], ylabel: &str) -> String {
-    let (w, h, pad) = (520.0, 260.0, 40.0);
-    let pts: Vec<(f64, f64)> = series
-        .iter()
-        .flat_map(|(_, v)| v.iter().copied())
-        .filter(|(x, y)| x.is_finite() && y.is_finite())
-        .collect();
-    if pts.is_empty() {
-        return String::new();
-    }
-    let (x0, x1) = pts
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
-    let (y0, y1) = pts
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
-    let (x1, y1) = (
-        if x1 > x0 { x1 } else { x0 + 1.0 },
-        if y1 > y0 { y1 } else { y0 + 1.0 },
-    );
-    let sx = |x: f64| pad + (x - x0) / (x1 - x0) * (w - 2.0 * pad);
-    let sy = |y: f64| h - pad - (y - y0) / (y1 - y0) * (h - 2.0 * pad);
-    let colors = [
-        "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
-    ];
-    let mut s = format!(
-        "<svg width=\"{w}\" height=\"{h}\" role=\"img\" aria-label=\"{}\">",
-        esc(title)
-    );
-    s.push_str(&format!(
-        "<rect width=\"{w}\" height=\"{h}\" fill=\"white\" stroke=\"#ccc\"/>"
-    ));
-    s.push_str(&format!(
-        "<text x=\"{pad}\" y=\"18\" font-size=\"13\">{}</text>",
-        esc(title)
-    ));
-    s.push_str(&format!("<text x=\"4\" y=\"{}\" font-size=\"11\">{:.3}</text><text x=\"4\" y=\"{}\" font-size=\"11\">{:.3}</text>", sy(y1) + 4.0, y1, sy(y0), y0));
-    s.push_str(&format!(
-        "<text x=\"{}\" y=\"{}\" font-size=\"11\">{}</text>",
-        w - pad - 60.0,
-        h - 8.0,
-        esc(ylabel)
-    ));
-    for (i, (name, v)) in series.iter().enumerate() {
-        let c = colors[i % colors.len()];
-        let path: Vec<String> = v
-            .iter()
-            .filter(|(x, y)| x.is_finite() && y.is_finite())
-            .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
-            .collect();
-        s.push_str(&format!(
-            "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>",
-            path.join(" ")
-        ));
-        s.push_str(&format!(
-            "<text x=\"{}\" y=\"{}\" font-size=\"11\" fill=\"{c}\">{}</text>",
-            pad + 8.0 + 130.0 * (i % 3) as f64,
-            34.0 + 13.0 * (i / 3) as f64,
-            esc(name)
-        ));
-    }
-    s.push_str("</svg>\n");
-    s
-}
-
 /// One series of [`interval_chart`]: a name and its points `(x, y, low, high)`.
 pub type IntervalSeries = (String, Vec<(f64, f64, f64, f64)>);
 
@@ -133,13 +67,30 @@ fn ticks(lo: f64, hi: f64) -> Vec<f64> {
 }
 
 /// A chart of series with 95% intervals as inline SVG: each point `(x, y, low, high)` is a
-/// marker with a vertical bar from low to high, the points of a series joined; labelled
-/// axes with round ticks, the x ticks at the points' x values, and a legend.
+/// marker with a vertical bar from low to high (none where they are NaN), the points of a series joined; labelled
+/// axes with round ticks, the x ticks at the points' x values (round ones beyond 12), and a
+/// legend.
 pub fn interval_chart(
     title: &str,
     series: &[IntervalSeries],
     xlabel: &str,
     ylabel: &str,
+) -> String {
+    chart(title, series, xlabel, ylabel, false)
+}
+
+/// [`interval_chart`] for dense curves: each series a line with its interval as a shaded band
+/// (markers only when a series has at most 12 points).
+pub fn band_chart(title: &str, series: &[IntervalSeries], xlabel: &str, ylabel: &str) -> String {
+    chart(title, series, xlabel, ylabel, true)
+}
+
+fn chart(
+    title: &str,
+    series: &[IntervalSeries],
+    xlabel: &str,
+    ylabel: &str,
+    bands: bool,
 ) -> String {
     // The legend has three entries per row under the x label; the chart grows with its rows.
     let legend_rows = series.len().div_ceil(3).max(1);
@@ -198,7 +149,13 @@ pub fn interval_chart(
             trim_number(t)
         ));
     }
-    for &x in &xs {
+    // Ticks at the points' x values, or at round values when there are too many to read.
+    let xticks = if xs.len() <= 12 {
+        xs.clone()
+    } else {
+        ticks(x0, x1)
+    };
+    for &x in &xticks {
         let px = sx(x);
         s.push_str(&format!(
             "<line x1=\"{px:.1}\" x2=\"{px:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#333\"/>\
@@ -226,13 +183,31 @@ pub fn interval_chart(
             .iter()
             .map(|p| format!("{:.1},{:.1}", sx(p.0), sy(p.1)))
             .collect();
+        if bands {
+            let band: Vec<_> = ok.iter().filter(|p| finite(p.2) && finite(p.3)).collect();
+            let upper = band
+                .iter()
+                .map(|p| format!("{:.1},{:.1}", sx(p.0), sy(p.3.min(y1))));
+            let lower = band
+                .iter()
+                .rev()
+                .map(|p| format!("{:.1},{:.1}", sx(p.0), sy(p.2.max(y0))));
+            let poly: Vec<String> = upper.chain(lower).collect();
+            if !poly.is_empty() {
+                s.push_str(&format!(
+                    "<polygon fill=\"{c}\" fill-opacity=\"0.18\" stroke=\"none\" points=\"{}\"/>",
+                    poly.join(" ")
+                ));
+            }
+        }
         s.push_str(&format!(
             "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"1.8\" points=\"{}\"/>",
             path.join(" ")
         ));
-        for p in ok {
+        let markers = !bands || ok.len() <= 12;
+        for p in ok.iter().filter(|_| markers) {
             let (px, py) = (sx(p.0), sy(p.1));
-            if finite(p.2) && finite(p.3) {
+            if !bands && finite(p.2) && finite(p.3) {
                 let (a, b) = (sy(p.2.max(y0)), sy(p.3.min(y1)));
                 s.push_str(&format!(
                     "<path d=\"M{px:.1},{a:.1}V{b:.1}M{:.1},{a:.1}h8M{:.1},{b:.1}h8\" stroke=\"{c}\" stroke-width=\"1.3\" fill=\"none\"/>",
@@ -255,6 +230,67 @@ pub fn interval_chart(
             lx + 20.0,
             esc(name)
         ));
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// A confusion matrix as inline SVG: rows the true classes, columns the predicted ones; each
+/// cell shows its count and its share of the row, shaded by that share (matplotlib's Blues).
+pub fn confusion_chart(title: &str, names: &[String], counts: &[Vec<usize>]) -> String {
+    let k = names.len();
+    let cell = 58.0;
+    let left = 26.0 + names.iter().map(|n| n.chars().count()).max().unwrap_or(4) as f64 * 7.0;
+    let top = 58.0;
+    let (w, h) = (left + cell * k as f64 + 12.0, top + cell * k as f64 + 40.0);
+    let mut s = format!(
+        "<svg width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"{t}\" font-family=\"sans-serif\">\
+         <rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\
+         <text x=\"{cx:.1}\" y=\"16\" font-size=\"13\" text-anchor=\"middle\">{t}</text>\
+         <text x=\"{cx:.1}\" y=\"{py:.1}\" font-size=\"12\" text-anchor=\"middle\">predicted</text>\
+         <text transform=\"translate(12 {ty:.1}) rotate(-90)\" font-size=\"12\" text-anchor=\"middle\">true</text>",
+        t = esc(title),
+        cx = left + cell * k as f64 / 2.0,
+        py = top + cell * k as f64 + 30.0,
+        ty = top + cell * k as f64 / 2.0,
+    );
+    for (j, n) in names.iter().enumerate() {
+        s.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\">{}</text>\
+             <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\">{}</text>",
+            left + cell * (j as f64 + 0.5),
+            top - 8.0,
+            esc(n),
+            left - 6.0,
+            top + cell * (j as f64 + 0.5) + 4.0,
+            esc(n)
+        ));
+    }
+    for (i, row) in counts.iter().enumerate().take(k) {
+        let total: usize = row.iter().sum();
+        for (j, &c) in row.iter().enumerate().take(k) {
+            let share = if total > 0 {
+                c as f64 / total as f64
+            } else {
+                0.0
+            };
+            let col = colorous::BLUES.eval_continuous(share);
+            let ink = if share > 0.55 { "white" } else { "#222" };
+            let (x, y) = (left + cell * j as f64, top + cell * i as f64);
+            s.push_str(&format!(
+                "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{cell}\" height=\"{cell}\" fill=\"#{:02x}{:02x}{:02x}\" stroke=\"#fff\"/>\
+                 <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"13\" text-anchor=\"middle\" fill=\"{ink}\">{c}</text>\
+                 <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"middle\" fill=\"{ink}\">{:.0}%</text>",
+                col.r,
+                col.g,
+                col.b,
+                x + cell / 2.0,
+                y + cell / 2.0,
+                x + cell / 2.0,
+                y + cell / 2.0 + 14.0,
+                100.0 * share
+            ));
+        }
     }
     s.push_str("</svg>\n");
     s
@@ -326,7 +362,7 @@ pub fn bar_chart(title: &str, bars: &[(String, f64, Option<f64>)]) -> String {
 /// Wraps sections into a complete page.
 pub fn page(title: &str, body: &str) -> String {
     format!(
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title>\n<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}figure{{margin:1em 0}}img{{max-width:100%;image-rendering:pixelated}}figcaption{{color:#555;font-size:0.9em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f4f4f4}}td:first-child{{text-align:left}}</style></head><body>\n<h1>{}</h1>\n{}</body></html>\n",
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title>\n<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}figure{{margin:1em 0}}img{{max-width:100%;image-rendering:pixelated}}figcaption{{color:#555;font-size:0.9em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f4f4f4}}td:first-child{{text-align:left}}.warn{{background:#fff4e5;border-left:4px solid #e69500;padding:6px 10px}}</style></head><body>\n<h1>{}</h1>\n{}</body></html>\n",
         esc(title),
         esc(title),
         body
@@ -374,5 +410,43 @@ mod tests {
                 && svg.matches("<circle").count() == 2
         );
         assert!(interval_chart("x", &[], "a", "b").is_empty());
+        // Many x values: round ticks instead of one per point.
+        let dense: Vec<(f64, f64, f64, f64)> = (0..=64)
+            .map(|i| {
+                let x = i as f64 / 64.0;
+                (x, 1.0 - x, 0.9 - x, 1.1 - x)
+            })
+            .collect();
+        let band = band_chart("deletion", &[("m".into(), dense)], "share", "p");
+        assert_eq!(band.matches("<polygon").count(), 1, "one band");
+        assert_eq!(
+            band.matches("<circle").count(),
+            0,
+            "no markers on a dense curve"
+        );
+        assert!(!band.contains("h8"), "no error bars");
+        let x_labels = band.matches("text-anchor=\"middle\">").count();
+        assert!(x_labels < 20, "{x_labels} labels");
+    }
+
+    #[test]
+    fn confusion_cells_show_counts_and_row_shares() {
+        let names = ["a".to_string(), "b".to_string()];
+        let svg = confusion_chart("m", &names, &[vec![3, 1], vec![0, 4]]);
+        assert_eq!(svg.matches("<rect x=").count(), 4);
+        for t in [
+            ">3<",
+            ">1<",
+            ">75%<",
+            ">25%<",
+            ">0%<",
+            ">100%<",
+            ">predicted<",
+            ">true<",
+        ] {
+            assert!(svg.contains(t), "{t}");
+        }
+        // The darkest cell (100%) has white text.
+        assert!(svg.contains("fill=\"white\">4<"));
     }
 }

@@ -8,5 +8,5 @@ pub mod html;
 pub mod npy;
 pub mod png;
 
-pub use display::{Cap, Colormap, DisplayOptions, Reduce};
+pub use display::{Cap, Colormap, DisplayOptions, DisplayPreset, Reduce};
 pub use grid::Grid;

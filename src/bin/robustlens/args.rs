@@ -12,7 +12,7 @@ use robustlens::config::{OptimKind, Overrides, Preset, Recipe, Schedule};
 use robustlens::data::split::Part;
 use robustlens::device::DeviceSpec;
 use robustlens::model::{GroupSet, WeightsSource};
-use robustlens::report::{Cap, Colormap, DisplayOptions, Reduce};
+use robustlens::report::{Cap, Colormap, DisplayOptions, DisplayPreset, Reduce};
 use std::ffi::OsStr;
 use std::marker::PhantomData;
 use std::path::PathBuf;
@@ -124,7 +124,7 @@ fn cap_parser() -> Parsed<Cap> {
     about = "Train image classifiers whose explanations can be trusted",
     long_about = "Train image classifiers whose explanations can be trusted: ResNet-18 transfer learning, \
 PGD adversarial training, six saliency methods that match captum, saliency metrics with statistics, \
-and an HTML report.\n\nStart with `robustlens demo` (about 4 minutes on two CPU cores); \
+and an HTML report.\n\nStart with `robustlens demo` (about 6 minutes on two CPU cores); \
 `robustlens COMMAND --help` explains each command."
 )]
 pub struct Cli {
@@ -159,7 +159,8 @@ pub enum Command {
     /// The whole pipeline on the built-in sets: the blocks control (standard vs robust), then
     /// the lesion set (standard, robust, fine-tuned); evaluation, maps, metrics, report.html.
     Demo(DemoArgs),
-    /// An HTML report (accuracy, robust accuracy, saliency grids, metrics) for any runs.
+    /// An HTML report for any runs: accuracy, robust accuracy and confusion matrices,
+    /// training curves, saliency grids, IG convergence, metrics and deletion/insertion curves.
     Report(ReportArgs),
     /// Compare models by their saliency maps: metrics with 95% bootstrap intervals, paired
     /// Wilcoxon tests against the first run, seed brittleness and best eps per image.
@@ -745,6 +746,15 @@ pub struct ReportArgs {
     /// gradcam.
     #[arg(long, default_value = "gradient,ig,smoothgrad,occlusion,gradcam")]
     pub method: String,
+    /// Comma-separated metrics of the Gradient maps (rma, rra, pointing, auc, gini, entropy,
+    /// deletion, insertion, faithfulness) or all; the last three cost about a hundred forward
+    /// passes per image each.
+    #[arg(long, default_value = "all")]
+    pub metrics: String,
+    /// Steps of Integrated Gradients in the saliency grids (the report checks that they
+    /// converge).
+    #[arg(long, default_value_t = 50)]
+    pub ig_steps: usize,
     #[command(flatten)]
     pub device: DeviceArg,
 }
@@ -948,11 +958,19 @@ pub enum Cmap {
     Red,
     /// Black to green.
     Green,
-    /// viridis (perceptually uniform).
+    /// viridis (matplotlib's, perceptually uniform).
     Viridis,
-    /// Blue, white, red, for signed maps.
-    #[value(alias = "bwr")]
-    Diverging,
+    /// magma (matplotlib's).
+    Magma,
+    /// inferno (matplotlib's).
+    Inferno,
+    /// Blues (captum's default for absolute values).
+    Blues,
+    /// Greens (captum's default for positive attributions).
+    Greens,
+    /// RdBu for signed maps (use with --reduce sum): blue negative, white zero, red positive.
+    #[value(alias = "bwr", alias = "diverging")]
+    Rdbu,
 }
 
 /// Methods SmoothGrad can wrap.
@@ -1051,15 +1069,20 @@ pub struct SaliencyArgs {
     /// Seed for random baselines and SmoothGrad noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Channel reduction for display: abs-sum (the paper) or sum (signed).
-    #[arg(long, default_value = "abs-sum", value_parser = words::<Reduce>())]
-    pub reduce: Reduce,
-    /// Display cap: p99 (the paper's 99th percentile), pNN, cumsumNN (captum) or max.
-    #[arg(long, default_value = "p99", value_parser = cap_parser())]
-    pub cap: Cap,
-    /// Colour map of the heat maps.
-    #[arg(long, default_value = "gray", value_parser = words::<Cmap>())]
-    pub cmap: Cmap,
+    /// How maps are drawn; --reduce, --cap and --cmap change one part of it.
+    #[arg(long, default_value = "paper", value_parser = words::<DisplayPreset>())]
+    pub display: DisplayPreset,
+    /// Channel reduction for display: abs-sum (the paper) or sum (signed) [default: from
+    /// --display].
+    #[arg(long, value_parser = words::<Reduce>())]
+    pub reduce: Option<Reduce>,
+    /// Display cap: p99 (the paper's 99th percentile), pNN, cumsumNN (captum) or max
+    /// [default: from --display].
+    #[arg(long, value_parser = cap_parser())]
+    pub cap: Option<Cap>,
+    /// Colour map of the heat maps [default: from --display].
+    #[arg(long, value_parser = words::<Cmap>())]
+    pub cmap: Option<Cmap>,
     #[command(flatten)]
     pub device: DeviceArg,
 }
@@ -1088,11 +1111,15 @@ impl SaliencyArgs {
             layer: Some(value_name(self.layer)),
             seed: self.seed,
         };
+        let preset = self.display.options();
         let display = DisplayOptions {
-            reduce: self.reduce,
-            cap: self.cap,
-            cmap: Colormap::parse(&value_name(self.cmap))?,
-            ..Default::default()
+            reduce: self.reduce.unwrap_or(preset.reduce),
+            cap: self.cap.unwrap_or(preset.cap),
+            cmap: match self.cmap {
+                Some(c) => Colormap::parse(&value_name(c))?,
+                None => preset.cmap,
+            },
+            ..preset
         };
         Ok(robustlens::commands::saliency::SaliencyOptions {
             runs: self.runs.clone(),

@@ -170,6 +170,8 @@ fn report(a: &args::ReportArgs) -> Result<()> {
         out: a.out.clone(),
         robust_images: a.robust_images,
         methods: cmd::list(&a.method),
+        metrics: robustlens::eval::compare::Metric::parse_list(&a.metrics)?,
+        ig_steps: a.ig_steps,
         ..Default::default()
     };
     cmd::report::run(&runs, &opts, &a.device.device.open()?)?;

@@ -26,11 +26,13 @@ fn candle_threads() {
     }
 }
 
-/// All of the above, and: a file-size limit (ulimit -f) must give a clear "File too large"
+/// All of the above, subnormal floats flushed to zero (`robustlens::ops::flush_denormals`: a
+/// confident model's PGD gradients are subnormal, and run several times slower), and: a file-size limit (ulimit -f) must give a clear "File too large"
 /// error on the write that crosses it, not kill the process with SIGXFSZ.
 pub fn tune() {
     allocator();
     candle_threads();
+    robustlens::ops::flush_denormals();
     #[cfg(unix)]
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);

@@ -214,6 +214,18 @@ pub struct Benchmark {
     pub brittleness: Vec<CellBrittleness>,
     /// Per method: which eps (standard = 0) gives each image its best map, per seed.
     pub best_eps: Vec<BestEpsShare>,
+    /// Per cell, when IG ran: how far its attributions are from adding up to the logit change.
+    pub ig_convergence: Vec<CellIgConvergence>,
+}
+
+/// IG's completeness in one cell: each seed's median |sum(attr) - Δlogit| / |Δlogit| over the
+/// compared images, their mean with its across-seed interval, and the largest of any image.
+#[derive(Debug, Clone, Serialize)]
+pub struct CellIgConvergence {
+    pub cell: String,
+    pub steps: usize,
+    pub median_relative_delta: [f64; 3],
+    pub largest_relative_delta: f64,
 }
 
 /// How alike one cell's maps are across its seeds (mean over seed pairs and images).
@@ -263,6 +275,7 @@ pub fn summarise(cmp: &Comparison, cells: &[Cell], seeds: &[u64], data: &str) ->
     };
     let mut accuracy = Vec::new();
     let mut metrics = Vec::new();
+    let mut ig_convergence = Vec::new();
     for cell in cells {
         let runs: Vec<_> = seeds
             .iter()
@@ -274,6 +287,22 @@ pub fn summarise(cmp: &Comparison, cells: &[Cell], seeds: &[u64], data: &str) ->
             .collect::<Result<_>>()?;
         let clean: Vec<f64> = runs.iter().map(|r| r.clean_accuracy).collect();
         let robust: Vec<f64> = runs.iter().filter_map(|r| r.robust_accuracy).collect();
+        let conv: Vec<_> = runs
+            .iter()
+            .filter_map(|r| r.methods.iter().find_map(|m| m.ig_convergence.as_ref()))
+            .collect();
+        if conv.len() == runs.len() && !conv.is_empty() {
+            let med: Vec<f64> = conv.iter().map(|c| c.median_relative_delta).collect();
+            ig_convergence.push(CellIgConvergence {
+                cell: cell.name.clone(),
+                steps: conv[0].steps,
+                median_relative_delta: tri(&med),
+                largest_relative_delta: conv
+                    .iter()
+                    .map(|c| c.largest_relative_delta)
+                    .fold(0.0, f64::max),
+            });
+        }
         accuracy.push(CellAccuracy {
             cell: cell.name.clone(),
             recipe: cell.recipe,
@@ -337,6 +366,7 @@ pub fn summarise(cmp: &Comparison, cells: &[Cell], seeds: &[u64], data: &str) ->
         metrics,
         brittleness,
         best_eps,
+        ig_convergence,
     })
 }
 
@@ -519,6 +549,25 @@ impl Benchmark {
                 ));
             }
         }
+        if let Some(first) = self.ig_convergence.first() {
+            s.push_str(&format!(
+                "\n## IG convergence\n\nIntegrated Gradients with {} steps: per seed the median over the \
+                 images of |sum(attributions) - Δlogit| / |Δlogit| (0 for an exact integral), \
+                 the mean over seeds with its interval, and the largest of any image.\n\n\
+                 | cell | median | largest |\n|---|---|---|\n",
+                first.steps
+            ));
+            for c in &self.ig_convergence {
+                let m = c.median_relative_delta;
+                s.push_str(&format!(
+                    "| {} | {} {} | {} |\n",
+                    c.cell,
+                    num(m[0]),
+                    interval([m[1], m[2]]),
+                    num(c.largest_relative_delta)
+                ));
+            }
+        }
         s
     }
 
@@ -659,13 +708,13 @@ pub fn run(opts: &BenchmarkOptions, interrupt: &Interrupt) -> Result<Benchmark> 
 /// `docs/learning_curves.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Budget {
-    /// A first look (about 10 minutes on 2 cores): 2 seeds, standard, robust at eps 4 (at
+    /// A first look (7.5 minutes on 2 cores): 2 seeds, standard, robust at eps 4 (at
     /// 224 px) and fine-tuned groups 3-5, 32 px, 200 training images per class, 10 epochs,
     /// Gradient maps of 60 test images.
     Quick,
-    /// The paper's questions (about an hour on 2 cores): 3 seeds, robust at eps 2 and 8,
-    /// fine-tuned groups 5, 4-5, 3-5 and 2-5, 64 px, 200 training images per class, 10
-    /// epochs, 3-step training attack, Gradient, SmoothGrad and IG maps of 90 test images.
+    /// The paper's questions (52 minutes on 2 cores, lesion set): 3 seeds, robust at eps 2
+    /// and 8, fine-tuned groups 5, 4-5, 3-5 and 2-5, 64 px, 200 training images per class,
+    /// 10 epochs, 3-step training attack, Gradient, SmoothGrad and IG maps of 90 test images.
     Default,
 }
 

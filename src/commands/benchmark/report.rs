@@ -331,6 +331,18 @@ impl Benchmark {
             }
             b.push_str("</table>\n");
         }
+        if let Some(first) = self.ig_convergence.first() {
+            b.push_str(&format!("<h2>IG convergence</h2>\n<p>Integrated Gradients with {} steps: per seed the median over the images of |sum(attributions) − Δlogit| / |Δlogit| (0 for an exact integral), the mean over seeds with its 95% interval, and the largest of any image.</p>\n<table><tr><th>cell</th><th>median</th><th>largest</th></tr>\n", first.steps));
+            for c in &self.ig_convergence {
+                b.push_str(&format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                    esc(&c.cell),
+                    with_interval(c.median_relative_delta),
+                    num(c.largest_relative_delta)
+                ));
+            }
+            b.push_str("</table>\n");
+        }
         page(&format!("robustlens benchmark: {}", self.data), &b)
     }
 }
