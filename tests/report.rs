@@ -111,6 +111,38 @@ if(document.readyState==='complete'){__check()}else{addEventListener('load',__ch
     Some(serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}")))
 }
 
+/// A headless Chromium screenshot of `html`, `width` x `height` pixels (`None` without a
+/// browser).
+fn screenshot(html: &Path, width: u32, height: u32) -> Option<image::RgbImage> {
+    let browser = chromium()?;
+    let dir = tempfile::tempdir().unwrap();
+    let shot = dir.path().join("shot.png");
+    let o = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--hide-scrollbars",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.path().join("profile").display()
+        ))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("--window-size={width},{height}"))
+        .arg(format!("file://{}", html.display()))
+        .output()
+        .expect("chromium runs");
+    let img = image::open(&shot).unwrap_or_else(|e| {
+        panic!(
+            "no screenshot ({e}); chromium said: {}",
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    Some(img.to_rgb8())
+}
+
 #[test]
 fn the_page_check_catches_a_broken_image() {
     let dir = tempfile::tempdir().unwrap();
@@ -253,4 +285,20 @@ fn report_writes_every_figure_and_renders_in_chromium() {
         "requests: {:?}",
         c.resources
     );
+    // What a reader sees is not blank: the rendered page has text, figures and colour.
+    let Some(shot) = screenshot(&out.join("report.html"), 1100, 2400) else {
+        return;
+    };
+    let inked = shot
+        .pixels()
+        .filter(|p| p.0.iter().any(|&c| c < 230))
+        .count();
+    let share = inked as f64 / (shot.width() * shot.height()) as f64;
+    let colours: std::collections::HashSet<[u8; 3]> = shot.pixels().map(|p| p.0).collect();
+    assert!(
+        share > 0.05,
+        "only {:.1}% of the screenshot is not white",
+        100.0 * share
+    );
+    assert!(colours.len() > 200, "{} colours", colours.len());
 }
