@@ -27,7 +27,8 @@ fn candle_threads() {
 }
 
 /// All of the above, subnormal floats flushed to zero (`robustlens::ops::flush_denormals`: a
-/// confident model's PGD gradients are subnormal, and run several times slower), and: a file-size limit (ulimit -f) must give a clear "File too large"
+/// confident model's PGD gradients are subnormal, and run several times slower), and: a
+/// file-size limit (ulimit -f) must give a clear "File too large"
 /// error on the write that crosses it, not kill the process with SIGXFSZ.
 pub fn tune() {
     allocator();
