@@ -61,6 +61,23 @@ struct PageCheck {
     resources: Vec<String>,
 }
 
+/// Headless Chromium with no network of its own and a fresh profile in `dir`.
+fn headless(browser: &Path, dir: &Path) -> Command {
+    let mut c = Command::new(browser);
+    c.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ])
+    .arg(format!("--user-data-dir={}", dir.join("profile").display()));
+    c
+}
+
 /// Loads `html` in headless Chromium with a probe script added, returning what it saw
 /// (`None` without a browser, see [`chromium`]).
 fn load_in_chromium(html: &Path) -> Option<PageCheck> {
@@ -77,20 +94,8 @@ if(document.readyState==='complete'){__check()}else{addEventListener('load',__ch
     let dir = tempfile::tempdir().unwrap();
     let page = dir.path().join("page.html");
     std::fs::write(&page, probed).unwrap();
-    let profile = dir.path().join("profile");
-    let o = Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=10000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
+    let o = headless(&browser, dir.path())
+        .arg("--virtual-time-budget=10000")
         .arg("--dump-dom")
         .arg(format!("file://{}", page.display()))
         .output()
@@ -117,18 +122,8 @@ fn screenshot(html: &Path, width: u32, height: u32) -> Option<image::RgbImage> {
     let browser = chromium()?;
     let dir = tempfile::tempdir().unwrap();
     let shot = dir.path().join("shot.png");
-    let o = Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--hide-scrollbars",
-        ])
-        .arg(format!(
-            "--user-data-dir={}",
-            dir.path().join("profile").display()
-        ))
+    let o = headless(&browser, dir.path())
+        .arg("--hide-scrollbars")
         .arg(format!("--screenshot={}", shot.display()))
         .arg(format!("--window-size={width},{height}"))
         .arg(format!("file://{}", html.display()))

@@ -400,6 +400,15 @@ impl Attribution for IntegratedGradients {
         );
         Ok(attr)
     }
+    fn attribute_checked(
+        &self,
+        model: &dyn Classifier,
+        x: &Tensor,
+        targets: &[usize],
+    ) -> Result<(Tensor, Option<Vec<Convergence>>)> {
+        let (attr, c) = self.attribute_with_convergence(model, x, targets)?;
+        Ok((attr, Some(c)))
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ pub mod smoothgrad;
 pub use gradcam::GradCam;
 pub use gradient::Gradient;
 pub use input_x_gradient::InputXGradient;
-pub use integrated_gradients::{Baseline, IgRule, IntegratedGradients};
+pub use integrated_gradients::{Baseline, Convergence, IgRule, IntegratedGradients};
 pub use occlusion::Occlusion;
 pub use smoothgrad::{NoiseTunnel, SmoothKind};
 
@@ -102,6 +102,16 @@ pub trait Attribution {
     fn name(&self) -> String;
     /// Raw attributions for `x` (`[N, 3, H, W]` in `[0, 1]`) towards `targets[i]` per image.
     fn attribute(&self, model: &dyn Classifier, x: &Tensor, targets: &[usize]) -> Result<Tensor>;
+    /// [`Attribution::attribute`] and, for a method with a completeness check (Integrated
+    /// Gradients), how far each image's attributions are from adding up to its logit change.
+    fn attribute_checked(
+        &self,
+        model: &dyn Classifier,
+        x: &Tensor,
+        targets: &[usize],
+    ) -> Result<(Tensor, Option<Vec<Convergence>>)> {
+        Ok((self.attribute(model, x, targets)?, None))
+    }
 }
 
 /// Argmax classes, computed in batches.
@@ -163,23 +173,18 @@ pub fn input_gradients(
     Ok(Tensor::cat(&parts, 0)?)
 }
 
-/// Integrated Gradients with the settings of `opts`.
-pub fn integrated_gradients(opts: &MethodOptions) -> IntegratedGradients {
-    IntegratedGradients {
-        steps: opts.ig_steps,
-        rule: opts.ig_rule,
-        baseline: opts.baseline.clone(),
-        internal_batch_size: opts.internal_batch_size,
-        seed: opts.seed,
-    }
-}
-
 /// Builds a method by its command-line name.
 pub fn by_name(name: &str, opts: &MethodOptions) -> Result<Box<dyn Attribution>> {
     Ok(match name.trim() {
         "gradient" | "saliency" => Box::new(Gradient { batch: opts.internal_batch_size }),
         "input-x-gradient" | "ixg" => Box::new(InputXGradient { batch: opts.internal_batch_size }),
-        "ig" | "integrated-gradients" => Box::new(integrated_gradients(opts)),
+        "ig" | "integrated-gradients" => Box::new(IntegratedGradients {
+            steps: opts.ig_steps,
+            rule: opts.ig_rule,
+            baseline: opts.baseline.clone(),
+            internal_batch_size: opts.internal_batch_size,
+            seed: opts.seed,
+        }),
         "smoothgrad" => {
             if matches!(opts.smooth_base.as_str(), "smoothgrad") {
                 return Err(Error::config(

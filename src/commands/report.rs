@@ -2,8 +2,7 @@
 //! against lesion masks, and write `report.html`, PNG figures and `summary.json`.
 
 use crate::adversarial::Pgd;
-use crate::attribution::integrated_gradients::Convergence;
-use crate::attribution::{by_name, integrated_gradients, MethodOptions};
+use crate::attribution::{by_name, Convergence, MethodOptions};
 use crate::data::loader::make_batch;
 use crate::data::split::Part;
 use crate::eval::classification::evaluate_model;
@@ -511,19 +510,15 @@ pub fn section(
             row_labels: targets.iter().map(|&t| class_names[t].clone()).collect(),
             cells: Vec::new(),
         };
-        let is_ig = matches!(method.trim(), "ig" | "integrated-gradients");
         let mut convergence = Vec::new();
         let maps: Vec<Tensor> = models
             .iter()
             .map(|m| {
-                if is_ig {
-                    let (a, c) = integrated_gradients(&mopts)
-                        .attribute_with_convergence(&m.model, &xs, &targets)?;
+                let (a, checked) = att.attribute_checked(&m.model, &xs, &targets)?;
+                if let Some(c) = checked {
                     convergence.push((m.name.clone(), c));
-                    Ok(a)
-                } else {
-                    att.attribute(&m.model, &xs, &targets)
                 }
+                Ok(a)
             })
             .collect::<Result<_>>()?;
         for (r, &ci) in chosen.iter().enumerate() {
@@ -556,7 +551,7 @@ pub fn section(
         save_png(&img, &figdir.join(format!("saliency_{method}.png")))?;
         body.push_str(&format!("<h3>{}</h3>\n", esc(&att.name())));
         body.push_str(&figure(&img, &format!("saliency grid {method}"), &format!("{}: the paper's Figure 1 for this method. Sharper maps that stay inside the red outline are what robust training promises.", att.name()))?);
-        if is_ig {
+        if !convergence.is_empty() {
             let (html, json) = ig_convergence(&convergence, mopts.ig_steps);
             body.push_str(&html);
             summary["ig_convergence"] = json;

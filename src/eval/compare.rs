@@ -13,7 +13,7 @@ use super::saliency::{
 use super::sanity::map_similarity;
 use super::stats::{bootstrap_ci, wilcoxon, Wilcoxon};
 use crate::adversarial::Pgd;
-use crate::attribution::{by_name, integrated_gradients, MethodOptions};
+use crate::attribution::{by_name, MethodOptions};
 use crate::config::Recipe;
 use crate::data::split::Part;
 use crate::data::synthetic::Artifact;
@@ -301,7 +301,7 @@ pub struct IgConvergence {
 }
 
 impl IgConvergence {
-    pub fn of(c: &[crate::attribution::integrated_gradients::Convergence], steps: usize) -> Self {
+    pub fn of(c: &[crate::attribution::Convergence], steps: usize) -> Self {
         let mut rel: Vec<f64> = c.iter().map(|c| c.relative() as f64).collect();
         rel.sort_by(f64::total_cmp);
         IgConvergence {
@@ -530,16 +530,9 @@ pub fn compare(
         let mut mmaps = Vec::new();
         for method in &opts.methods {
             progress(&format!("{}: {method} maps", m.name));
-            let (a, ig_convergence) = if matches!(method.trim(), "ig" | "integrated-gradients") {
-                let (a, c) = integrated_gradients(&mopts)
-                    .attribute_with_convergence(&m.model, &x, &targets)?;
-                (a, Some(IgConvergence::of(&c, mopts.ig_steps)))
-            } else {
-                (
-                    by_name(method, &mopts)?.attribute(&m.model, &x, &targets)?,
-                    None,
-                )
-            };
+            let (a, checked) =
+                by_name(method, &mopts)?.attribute_checked(&m.model, &x, &targets)?;
+            let ig_convergence = checked.map(|c| IgConvergence::of(&c, mopts.ig_steps));
             let c = a.dim(1)?;
             let mut per: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
             let mut abs_all = Vec::new();

@@ -88,7 +88,7 @@ impl Colormap {
     pub fn parse(s: &str) -> Result<Self> {
         Ok(match s.trim().to_ascii_lowercase().as_str() {
             "gray" | "grey" => Colormap::Single([255, 255, 255]),
-            "red" => Colormap::Single([255, 40, 40]),
+            "red" | "reds" => Colormap::Single([255, 40, 40]),
             "green" => Colormap::Single([40, 255, 60]),
             "viridis" => Colormap::Viridis,
             "magma" => Colormap::Magma,
@@ -172,6 +172,12 @@ impl DisplayPreset {
 }
 
 impl DisplayOptions {
+    /// A `[C, H, W]` attribution as the `H*W` map these options draw: channels reduced, then
+    /// capped and rescaled ([`normalize`]).
+    pub fn normalized(&self, a: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
+        normalize(&reduce_channels(a, c, h, w, self.reduce), self.cap)
+    }
+
     /// What a map's values mean after normalisation, for a colour bar's title:
     /// `Σ|a| ÷ p99` and the like.
     pub fn scale_label(&self) -> String {
@@ -313,7 +319,7 @@ pub fn normalize(map: &[f32], cap: Cap) -> Vec<f32> {
 
 /// The heat map of a `[C, H, W]` attribution as an image.
 pub fn heatmap(a: &[f32], c: usize, h: usize, w: usize, opts: &DisplayOptions) -> RgbImage {
-    let m = normalize(&reduce_channels(a, c, h, w, opts.reduce), opts.cap);
+    let m = opts.normalized(a, c, h, w);
     RgbImage::from_fn(w as u32, h as u32, |x, y| {
         Rgb(opts.cmap.color(m[y as usize * w + x as usize]))
     })
@@ -323,7 +329,7 @@ pub fn heatmap(a: &[f32], c: usize, h: usize, w: usize, opts: &DisplayOptions) -
 pub fn overlay(img: &RgbImage, a: &[f32], c: usize, opts: &DisplayOptions) -> RgbImage {
     let (w, h) = img.dimensions();
     let (w, h) = (w as usize, h as usize);
-    let m = normalize(&reduce_channels(a, c, h, w, opts.reduce), opts.cap);
+    let m = opts.normalized(a, c, h, w);
     let cmap = match opts.cmap {
         Colormap::Single([255, 255, 255]) => Colormap::Single([255, 40, 40]),
         other => other,
@@ -342,7 +348,7 @@ pub fn overlay(img: &RgbImage, a: &[f32], c: usize, opts: &DisplayOptions) -> Rg
 pub fn masked_image(img: &RgbImage, a: &[f32], c: usize, opts: &DisplayOptions) -> RgbImage {
     let (w, h) = img.dimensions();
     let (w, h) = (w as usize, h as usize);
-    let m = normalize(&reduce_channels(a, c, h, w, opts.reduce), opts.cap);
+    let m = opts.normalized(a, c, h, w);
     RgbImage::from_fn(w as u32, h as u32, |x, y| {
         let k = m[y as usize * w + x as usize].abs().clamp(0.0, 1.0);
         Rgb(img.get_pixel(x, y).0.map(|p| (k * p as f32).round() as u8))

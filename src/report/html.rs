@@ -67,9 +67,9 @@ fn ticks(lo: f64, hi: f64) -> Vec<f64> {
 }
 
 /// A chart of series with 95% intervals as inline SVG: each point `(x, y, low, high)` is a
-/// marker with a vertical bar from low to high (none where they are NaN), the points of a series joined; labelled
-/// axes with round ticks, the x ticks at the points' x values (round ones beyond 12), and a
-/// legend.
+/// marker with a vertical bar from low to high (none where they are NaN), the points of a
+/// series joined; labelled axes with round ticks, the x ticks at the points' x values (round
+/// ones beyond 12), and a legend.
 pub fn interval_chart(
     title: &str,
     series: &[IntervalSeries],
