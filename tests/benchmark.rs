@@ -61,8 +61,12 @@ fn a_quick_benchmark_through_the_binary() {
         "benchmark.csv",
         "benchmark.md",
         "report.html",
-        "frontier-accuracy.svg",
-        "frontier-gradient.svg",
+        "figures/frontier-accuracy.svg",
+        "figures/frontier-accuracy.png",
+        "figures/frontier-gradient.svg",
+        "figures/frontier-gradient.png",
+        "figures/best-eps.svg",
+        "figures/best-eps.png",
         "comparison.json",
         "seed-0/standard/model.safetensors",
         "seed-0/robust-eps4/model.safetensors",
@@ -125,7 +129,14 @@ fn a_quick_benchmark_through_the_binary() {
         !html.contains("http"),
         "the page must not reach the network"
     );
-    let svg = std::fs::read_to_string(out.join("frontier-gradient.svg")).unwrap();
+    assert!(common::check_figure_files(&out, &html) >= 6);
+    let svg = std::fs::read_to_string(out.join("figures/frontier-gradient.svg")).unwrap();
+    let png = image::open(out.join("figures/frontier-gradient.png")).unwrap();
+    assert!(
+        png.width() > 300 && png.height() > 200,
+        "{:?}",
+        (png.width(), png.height())
+    );
     assert!(svg.contains("xmlns=\"http://www.w3.org/2000/svg\"") && svg.contains("RMA"));
     // Run again: every cell is kept and the tables are byte-identical.
     let before = std::fs::read(out.join("benchmark.json")).unwrap();

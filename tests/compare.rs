@@ -96,6 +96,26 @@ fn sweep_compare_brittleness_and_sanity() {
         assert_eq!(total, 6, "{b}");
     }
     assert!(out.contains("| model | eps | clean acc |"), "{out}");
+    // the eps frontier as figures: SVG with PNG copies, the points in eps order
+    for stem in [
+        "frontier-accuracy",
+        "frontier-gradient",
+        "frontier-gradcam",
+        "best-eps-gradient",
+    ] {
+        let svg = std::fs::read_to_string(d.join(format!("figures/{stem}.svg")))
+            .unwrap_or_else(|e| panic!("{stem}: {e}"));
+        assert!(
+            svg.starts_with("<?xml") && svg.contains("against eps") || stem.starts_with("best")
+        );
+        let png = image::open(d.join(format!("figures/{stem}.png"))).unwrap();
+        assert!(png.width() > 400, "{stem}");
+    }
+    let acc = std::fs::read_to_string(d.join("figures/frontier-accuracy.svg")).unwrap();
+    assert!(
+        acc.contains("<polyline") && acc.contains(">0.5</text>"),
+        "eps ticks 0 and 0.5"
+    );
     let md = std::fs::read_to_string(d.join("comparison.md")).unwrap();
     assert!(
         md.contains("## gradcam") && md.contains("Best eps per image"),

@@ -200,6 +200,10 @@ fn report_writes_every_figure_and_renders_in_chromium() {
         "figures/data_sample.png",
         "figures/saliency_gradient.png",
         "figures/saliency_gradcam.png",
+        "figures/adversarial.png",
+        "figures/training_loss.png",
+        "figures/sanity_ssim.png",
+        "figures/confusion_robust.png",
     ] {
         assert!(out.join(f).exists(), "{f} missing");
     }
@@ -210,6 +214,8 @@ fn report_writes_every_figure_and_renders_in_chromium() {
         ("figures/confusion_robust.svg", "robust: test split"),
         ("figures/training_loss.svg", "training loss"),
         ("figures/validation_accuracy.svg", "validation accuracy"),
+        ("figures/sanity_spearman.svg", "Spearman rank correlation"),
+        ("figures/sanity_ssim.svg", "structural similarity"),
     ] {
         let svg = std::fs::read_to_string(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
         assert!(
@@ -242,15 +248,53 @@ fn report_writes_every_figure_and_renders_in_chromium() {
             r["robust"]["evaluation"]["accuracy"].as_f64().is_some(),
             "{r}"
         );
-        let rma = r["gradient_metrics"]["relevance_mass_accuracy"]["mean"]
-            .as_f64()
-            .unwrap();
-        assert!((0.0..=1.0).contains(&rma));
+        // every shown method is measured, not only Gradient
+        for method in ["gradient", "gradcam"] {
+            let rma = r["metrics"][method]["relevance_mass_accuracy"]["mean"]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{method}: {r}"));
+            assert!((0.0..=1.0).contains(&rma));
+        }
     }
     assert!(
-        runs[1]["gradient_metrics"]["gini"]["wilcoxon_vs_first"].is_object()
-            || runs[1]["gradient_metrics"]["gini"]["n"].as_u64().is_some()
+        runs[1]["metrics"]["gradient"]["gini"]["wilcoxon_vs_first"].is_object()
+            || runs[1]["metrics"]["gradient"]["gini"]["n"]
+                .as_u64()
+                .is_some()
     );
+    // the galleries: three attacked images per model with their norms, and the
+    // randomisation check's five steps per model
+    let adv = s["adversarial_examples"].as_array().unwrap();
+    let eps = runs[0]["robust"]["eps"].as_f64().unwrap();
+    assert_eq!(adv.len(), 2);
+    for m in adv {
+        let imgs = m["images"].as_array().unwrap();
+        assert_eq!(imgs.len(), 3, "{m}");
+        for i in imgs {
+            let l2 = i["l2"].as_f64().unwrap();
+            assert!(
+                l2 > 0.0 && l2 <= eps * 1.0001,
+                "{i}: outside the eps ball {eps}"
+            );
+        }
+    }
+    let sanity = s["sanity"].as_array().unwrap();
+    assert!(sanity
+        .iter()
+        .all(|m| m["steps"].as_array().unwrap().len() == 5));
+    // each model's failures: a figure per model that gets any test image wrong
+    for (k, name) in ["standard", "robust"].iter().enumerate() {
+        let wrong = runs[k]["test"]["accuracy"].as_f64().unwrap() < 1.0;
+        assert_eq!(
+            out.join(format!("figures/failures_{name}.png")).exists(),
+            wrong,
+            "{name}"
+        );
+    }
+    assert!(html.contains("<h2>Failures</h2>") && html.contains("Sanity check"));
+    // every figure file parses and the page names it
+    let n = common::check_figure_files(&out, &html);
+    assert!(n >= 20, "{n} figure files");
     // One finding per model after the first, with its numbers.
     let found = s["findings"].as_array().unwrap();
     assert_eq!(found.len(), 1, "{found:?}");

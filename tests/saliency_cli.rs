@@ -8,22 +8,33 @@ use robustlens::attribution::{Attribution, GradCam, Gradient, Occlusion};
 use robustlens::model::{save_checkpoint, ModelConfig};
 use std::process::Command;
 
-#[test]
-fn raw_out_matches_library_and_pictures_are_written() {
-    let dir = tempfile::tempdir().unwrap();
+/// A three-class formula model saved as `dir/model.safetensors`, and two images `im0.png`,
+/// `im1.png` of size `(w, h)` whose pixel (x, y) of image k is `px(k, x, y)`.
+fn model_and_images(
+    dir: &std::path::Path,
+    (w, h): (u32, u32),
+    px: impl Fn(u32, u32, u32) -> [u8; 3],
+) -> (robustlens::model::ResNet18, Vec<std::path::PathBuf>) {
     let m = formula_model(3);
-    save_checkpoint(&m, &ModelConfig::default(), dir.path(), "model.safetensors").unwrap();
-    let imgs: Vec<std::path::PathBuf> = (0..2)
+    save_checkpoint(&m, &ModelConfig::default(), dir, "model.safetensors").unwrap();
+    let imgs = (0..2)
         .map(|k| {
-            let p = dir.path().join(format!("im{k}.png"));
-            image::RgbImage::from_fn(40, 36, |x, y| {
-                image::Rgb([(x * 5 + k * 40) as u8, (y * 7) as u8, ((x * y) % 251) as u8])
-            })
-            .save(&p)
-            .unwrap();
+            let p = dir.join(format!("im{k}.png"));
+            image::RgbImage::from_fn(w, h, |x, y| image::Rgb(px(k, x, y)))
+                .save(&p)
+                .unwrap();
             p
         })
         .collect();
+    (m, imgs)
+}
+
+#[test]
+fn raw_out_matches_library_and_pictures_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, imgs) = model_and_images(dir.path(), (40, 36), |k, x, y| {
+        [(x * 5 + k * 40) as u8, (y * 7) as u8, ((x * y) % 251) as u8]
+    });
     let out = dir.path().join("maps");
     let raw = dir.path().join("raw.npy");
     let status = Command::new(bin())
@@ -183,4 +194,76 @@ fn bad_saliency_arguments_are_named() {
     let (code, err) = run(&["--out", file_as_dir.to_str().unwrap()]);
     assert_eq!(code, Some(1));
     assert!(err.contains("is a file, not a folder"), "{err}");
+}
+
+#[test]
+fn a_shared_scale_puts_every_map_on_one_scale() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, imgs) = model_and_images(dir.path(), (32, 32), |k, x, y| {
+        let v = if k == 0 { x * 7 } else { (x * y) % 97 };
+        [v as u8, (y * 5) as u8, (k * 90) as u8]
+    });
+    // the brightest pixel of each image's map, on each scale
+    let brightest = |shared: bool| -> Vec<u8> {
+        let out = dir.path().join(if shared { "shared" } else { "own" });
+        let mut c = Command::new(bin());
+        c.args(["saliency", "--weights"])
+            .arg(dir.path().join("model.safetensors"))
+            .args([
+                "--image-size",
+                "32",
+                "--target",
+                "1",
+                "--method",
+                "gradient",
+            ])
+            .args(["--display", "paper", "--cap", "max", "--image"])
+            .args(&imgs)
+            .arg("--out")
+            .arg(&out)
+            .arg("--raw-out")
+            .arg(out.join("raw.npy"));
+        if shared {
+            c.arg("--shared-scale");
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (0..2)
+            .map(|k| {
+                let img = image::open(out.join(format!("im{k}_model_gradient.png")))
+                    .unwrap()
+                    .to_rgb8();
+                img.pixels().map(|p| p.0[0]).max().unwrap()
+            })
+            .collect()
+    };
+    // each map on its own scale reaches full intensity
+    assert_eq!(brightest(false), vec![255, 255]);
+    // on one scale only the map with the largest value does; the other in proportion
+    let shared = brightest(true);
+    let (shape, raw) = common::read_npy(&dir.path().join("shared/raw.npy"));
+    let plane = shape[2] * shape[3];
+    let peak = |k: usize| -> f32 {
+        (0..plane)
+            .map(|p| {
+                (0..3)
+                    .map(|c| raw[(k * 3 + c) * plane + p].abs())
+                    .sum::<f32>()
+            })
+            .fold(0.0, f32::max)
+    };
+    let (p0, p1) = (peak(0), peak(1));
+    let top = p0.max(p1);
+    for (k, p) in [p0, p1].into_iter().enumerate() {
+        let want = (255.0 * p / top).round() as i32;
+        assert!(
+            (shared[k] as i32 - want).abs() <= 1,
+            "image {k}: {} vs {want} ({p0} and {p1})",
+            shared[k]
+        );
+    }
+    assert!(
+        shared.contains(&255) && shared.iter().any(|&v| v < 250),
+        "{shared:?}"
+    );
 }

@@ -51,6 +51,12 @@ impl Attribution for GradCam {
     fn name(&self) -> String {
         "gradcam".into()
     }
+    fn describe(&self) -> String {
+        match &self.layer {
+            Some(l) => format!("Grad-CAM, {l}"),
+            None => "Grad-CAM, last stage".into(),
+        }
+    }
     fn attribute(&self, model: &dyn Classifier, x: &Tensor, targets: &[usize]) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let cam = self.layer_map(model, x, targets)?;

@@ -17,6 +17,9 @@ impl Attribution for Gradient {
     fn name(&self) -> String {
         "gradient".into()
     }
+    fn describe(&self) -> String {
+        "Gradient".into()
+    }
     fn attribute(&self, model: &dyn Classifier, x: &Tensor, targets: &[usize]) -> Result<Tensor> {
         input_gradients(model, x, targets, self.batch)
     }

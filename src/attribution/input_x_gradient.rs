@@ -15,6 +15,9 @@ impl Attribution for InputXGradient {
     fn name(&self) -> String {
         "input-x-gradient".into()
     }
+    fn describe(&self) -> String {
+        "Input × Gradient".into()
+    }
     fn attribute(&self, model: &dyn Classifier, x: &Tensor, targets: &[usize]) -> Result<Tensor> {
         Ok((input_gradients(model, x, targets, self.batch)? * x)?)
     }

@@ -391,6 +391,22 @@ impl Attribution for IntegratedGradients {
     fn name(&self) -> String {
         "ig".into()
     }
+    fn describe(&self) -> String {
+        let baseline = match &self.baseline {
+            Baseline::Black => "black baseline".to_string(),
+            Baseline::White => "white baseline".to_string(),
+            Baseline::Uniform => "uniform-noise baseline".to_string(),
+            Baseline::Gaussian { sigma } => format!("Gaussian-noise baseline (σ {sigma})"),
+            Baseline::Blur => "blurred baseline".to_string(),
+            Baseline::Tensor(_) => "a given baseline".to_string(),
+            Baseline::File(p) => format!(
+                "baseline {}",
+                p.file_name()
+                    .map_or_else(String::new, |f| f.to_string_lossy().into_owned())
+            ),
+        };
+        format!("Integrated Gradients, {} steps, {baseline}", self.steps)
+    }
     fn attribute(&self, model: &dyn Classifier, x: &Tensor, targets: &[usize]) -> Result<Tensor> {
         let (attr, delta) = self.attribute_with_delta(model, x, targets)?;
         let worst = delta.iter().fold(0f32, |a, d| a.max(d.abs()));

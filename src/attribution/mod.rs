@@ -100,6 +100,11 @@ impl Target {
 pub trait Attribution {
     /// A short name (`gradient`, `ig`, ...).
     fn name(&self) -> String;
+    /// The method's full name with the settings that shape its maps, for figure labels
+    /// (`Integrated Gradients, 50 steps, black baseline`).
+    fn describe(&self) -> String {
+        self.name()
+    }
     /// Raw attributions for `x` (`[N, 3, H, W]` in `[0, 1]`) towards `targets[i]` per image.
     fn attribute(&self, model: &dyn Classifier, x: &Tensor, targets: &[usize]) -> Result<Tensor>;
     /// [`Attribution::attribute`] and, for a method with a completeness check (Integrated

@@ -30,6 +30,14 @@ impl Attribution for Occlusion {
     fn name(&self) -> String {
         "occlusion".into()
     }
+    fn describe(&self) -> String {
+        format!(
+            "Occlusion, {w}x{w} window, stride {}, baseline {}",
+            self.stride,
+            self.baseline,
+            w = self.window
+        )
+    }
 
     fn attribute(&self, model: &dyn Classifier, x: &Tensor, targets: &[usize]) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;

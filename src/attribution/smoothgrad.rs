@@ -66,6 +66,20 @@ impl Attribution for NoiseTunnel {
         }
     }
 
+    fn describe(&self) -> String {
+        let k = match self.kind {
+            SmoothKind::SmoothGrad => "SmoothGrad",
+            SmoothKind::SmoothGradSq => "SmoothGrad²",
+            SmoothKind::VarGrad => "VarGrad",
+        };
+        let base = if self.base.name() == "gradient" {
+            String::new()
+        } else {
+            format!(" of {}", self.base.describe())
+        };
+        format!("{k}{base}, {} samples, noise {}", self.samples, self.noise)
+    }
+
     fn attribute(&self, model: &dyn Classifier, x: &Tensor, targets: &[usize]) -> Result<Tensor> {
         if self.samples == 0 {
             return Err(Error::config(

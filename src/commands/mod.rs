@@ -23,6 +23,7 @@ pub mod cv;
 pub mod data;
 pub mod demo;
 pub mod evaluate;
+pub mod frontier;
 pub mod predict;
 pub mod report;
 pub mod saliency;

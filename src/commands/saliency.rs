@@ -5,7 +5,7 @@ use crate::attribution::{by_name, Attribution, MethodOptions, Target};
 use crate::fsutil::file_stem;
 use crate::model::Classifier;
 use crate::report::display::{
-    beside, heatmap, masked_image, overlay, tensor_to_image, DisplayOptions,
+    beside, heatmap, masked_image, overlay, sig3, tensor_to_image, DisplayOptions,
 };
 use crate::report::grid::Grid;
 use crate::report::npy::write_npy;
@@ -128,8 +128,34 @@ pub fn run(job: &ExplainJob) -> Result<Vec<Explained>> {
                 .map(|i| vec![tensor_to_image(&imgs[i], h, w)])
                 .collect(),
         };
+        // with a shared scale, one per method: the cap of all its maps (every model, image)
+        let mut by_method: Vec<(String, DisplayOptions)> = Vec::new();
+        for m in &job.methods {
+            let maps: Vec<Vec<f32>> = results
+                .iter()
+                .filter(|r| &r.method == m)
+                .map(|r| {
+                    (0..n)
+                        .map(|i| r.attributions.get(i)?.flatten_all()?.to_vec1::<f32>())
+                        .collect::<candle_core::Result<Vec<_>>>()
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?
+                .into_iter()
+                .flatten()
+                .collect();
+            let refs: Vec<&[f32]> = maps.iter().map(|v| v.as_slice()).collect();
+            let ac = results
+                .iter()
+                .find(|r| &r.method == m)
+                .map_or(Ok(3), |r| r.attributions.dim(1))?;
+            by_method.push((m.clone(), job.display.sharing(&refs, ac, h, w)));
+        }
         for r in &results {
             let ac = r.attributions.dim(1)?;
+            let display = by_method
+                .iter()
+                .find(|(m, _)| m == &r.method)
+                .map_or(job.display, |(_, d)| *d);
             grid.col_labels.push(if job.models.len() > 1 {
                 format!("{} {}", r.model, r.method)
             } else {
@@ -137,7 +163,7 @@ pub fn run(job: &ExplainJob) -> Result<Vec<Explained>> {
             });
             for (i, px) in imgs.iter().enumerate() {
                 let a: Vec<f32> = r.attributions.get(i)?.flatten_all()?.to_vec1()?;
-                let hm = heatmap(&a, ac, h, w, &job.display);
+                let hm = heatmap(&a, ac, h, w, &display);
                 let base = format!(
                     "{}_{}_{}",
                     file_stem(&job.image_names[i]),
@@ -147,17 +173,37 @@ pub fn run(job: &ExplainJob) -> Result<Vec<Explained>> {
                 save_png(&hm, &dir.join(format!("{base}.png")))?;
                 let img = tensor_to_image(px, h, w);
                 save_png(
-                    &overlay(&img, &a, ac, &job.display),
+                    &overlay(&img, &a, ac, &display),
                     &dir.join(format!("{base}_overlay.png")),
                 )?;
                 save_png(
-                    &masked_image(&img, &a, ac, &job.display),
+                    &masked_image(&img, &a, ac, &display),
                     &dir.join(format!("{base}_masked.png")),
                 )?;
                 grid.cells[i].push(hm);
             }
         }
-        let legend = job.display.colorbar(112 * n.clamp(1, 3) as u32);
+        // one method: its scale on the colour bar; several with a shared scale each: every
+        // method's cap in the colour bar's title
+        let legend_opts = match &by_method[..] {
+            [(_, d)] => *d,
+            _ => job.display,
+        };
+        let legend = if job.display.shared && by_method.len() > 1 {
+            let t = legend_opts.scale_label();
+            let first = t.lines().next().unwrap_or_default();
+            let sum = first.split(" ÷").next().unwrap_or(first);
+            let caps: String = by_method
+                .iter()
+                .map(|(m, d)| format!("\n{m}: {}", d.shared_cap.map_or("-".into(), sig3)))
+                .collect();
+            legend_opts.colorbar_titled(
+                112 * n.clamp(1, 3) as u32,
+                &format!("{sum} ÷ its method's cap\nshared scale per method{caps}"),
+            )
+        } else {
+            legend_opts.colorbar(112 * n.clamp(1, 3) as u32)
+        };
         save_png(&beside(&grid.render(112)?, &legend), &dir.join("grid.png"))?;
     }
     Ok(results)

@@ -1,5 +1,5 @@
 //! `sweep-eps`: one model per eps (0 = standard) into one folder, resumable cell by cell,
-//! then the comparison of all of them.
+//! then the comparison of all of them and its eps frontier (`figures/`).
 
 use super::compare::CompareSettings;
 use super::train::TrainOptions;
@@ -127,5 +127,12 @@ pub fn run(opts: &SweepOptions, interrupt: &Interrupt) -> Result<Comparison> {
             Stop::Finished(s) => eprintln!("{name}: done in {:.0} s", s.seconds),
         }
     }
-    super::compare::run(&runs, &copts, device, &out)
+    let cmp = super::compare::run(&runs, &copts, device, &out)?;
+    let figures = out.join("figures");
+    crate::fsutil::ensure_output_dir(&figures)?;
+    for (stem, svg) in super::frontier::frontier_charts(&cmp) {
+        crate::report::raster::write_chart(&figures, &stem, &svg)?;
+    }
+    eprintln!("eps frontier figures: {}", figures.display());
+    Ok(cmp)
 }

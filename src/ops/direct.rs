@@ -33,8 +33,14 @@
 //!
 //! Each output is one chain of fused multiply-adds in a fixed order (channel, then taps), so
 //! results do not depend on the number of threads.
+//!
+//! Where the CPU has AVX-512F (chosen at run time; [`super::set_avx512`] turns it off), the
+//! forward tile holds its 16 outputs per channel in one AVX-512 register instead of two AVX
+//! ones, with the same sums in the same order (identical results), and the weight gradient
+//! runs 16 positions at a time (its lanes are added in another order than the AVX2 kernel's:
+//! results differ from it by rounding).
 
-use super::layout::{has_fma, with_padded, Epilogue, Geometry, PlaneFn};
+use super::layout::{has_fma, use_avx512, with_padded, Epilogue, Geometry, PlaneFn};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -243,6 +249,7 @@ fn run(
     );
     let group = GROUP.min(blocks);
     let groups = blocks.div_ceil(group);
+    let wide = use_avx512();
     let out_ptr = super::SendPtr(out.as_mut_ptr());
     (0..n * groups).into_par_iter().for_each(|task| {
         let (i, gi) = (task / groups, task % groups);
@@ -260,10 +267,10 @@ fn run(
                     let q0 = t * TILE;
                     // SAFETY: the kernel reads img[ci * cs + q0 + offs[t] + l] for ci < c,
                     // l < TILE: inside img (asserted above); and wb[..c * nt * OC]. AVX2 and
-                    // FMA are present (`usable`).
+                    // FMA are present (`usable`), AVX-512F when `wide`.
                     unsafe {
                         let args = (img.as_ptr().add(q0), wb.as_ptr(), c, cs, taps.offs);
-                        run_tile(o - b * OC, args, &mut acc)
+                        run_tile(o - b * OC, args, &mut acc, wide)
                     }
                     for (j, row) in acc.iter().enumerate().take(o.saturating_sub(b * OC)) {
                         let oc = b * OC + j - o_range.start;
@@ -329,6 +336,7 @@ pub(super) fn weight_grad3x3(
         .map(|i| (i / 9) * plane + (i % 9 / 3) * wp + i % 3)
         .collect();
     let mut dw = vec![0f32; o * ct];
+    let wide = use_avx512();
     with_padded(&x[..n * c * g.h * g.w], (g.h, g.w), p, wp, plane, |xp| {
         dw.par_chunks_mut(WG_O * ct)
             .enumerate()
@@ -351,8 +359,15 @@ pub(super) fn weight_grad3x3(
                             unsafe { img.as_ptr().add(offsets[t0 + k.min(nt - 1)]) }
                         });
                         // SAFETY: rows hold `q_len` floats (a multiple of 8), each xs[k] is
-                        // readable for `q_len` floats, AVX2 and FMA are present (`usable`).
-                        unsafe { wg_tile(&rows, &xs, q_len, &mut acc) };
+                        // readable for `q_len` floats, AVX2 and FMA are present (`usable`),
+                        // AVX-512F when `wide`.
+                        unsafe {
+                            if wide {
+                                wg_tile_avx512(&rows, &xs, q_len, &mut acc)
+                            } else {
+                                wg_tile(&rows, &xs, q_len, &mut acc)
+                            }
+                        };
                         for (j, a) in acc.iter().enumerate().take(no) {
                             for (k, v) in a.iter().enumerate().take(nt) {
                                 dst[j * ct + t0 + k] += v;
@@ -412,6 +427,59 @@ unsafe fn wg_tile(
     unreachable!("the direct convolution runs only on x86-64 with AVX2 and FMA")
 }
 
+/// [`wg_tile`] sixteen positions at a time (the last eight, when `len` is an odd multiple of
+/// 8, through a masked load), the sixteen lanes added in a fixed order at the end.
+///
+/// # Safety
+/// As [`wg_tile`], and the CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn wg_tile_avx512(
+    dy: &[&[f32]; WG_O],
+    x: &[*const f32; WG_T],
+    len: usize,
+    acc: &mut [[f32; WG_T]; WG_O],
+) {
+    use std::arch::x86_64::*;
+    let mut a = [[_mm512_setzero_ps(); WG_T]; WG_O];
+    let (d0, d1) = (dy[0].as_ptr(), dy[1].as_ptr());
+    let mut step = |l: usize, mask: __mmask16| {
+        let g0 = _mm512_maskz_loadu_ps(mask, d0.add(l));
+        let g1 = _mm512_maskz_loadu_ps(mask, d1.add(l));
+        for k in 0..WG_T {
+            let v = _mm512_maskz_loadu_ps(mask, x[k].add(l));
+            a[0][k] = _mm512_fmadd_ps(g0, v, a[0][k]);
+            a[1][k] = _mm512_fmadd_ps(g1, v, a[1][k]);
+        }
+    };
+    let full = len / 16 * 16;
+    for l in (0..full).step_by(16) {
+        step(l, 0xffff);
+    }
+    if full < len {
+        // the masked-off lanes read nothing (no fault past the end) and add zeros
+        step(full, 0x00ff);
+    }
+    for (dst, src) in acc.iter_mut().zip(a) {
+        for (d, v) in dst.iter_mut().zip(src) {
+            let mut l = [0f32; 16];
+            _mm512_storeu_ps(l.as_mut_ptr(), v);
+            let q: [f32; 4] = std::array::from_fn(|i| (l[i] + l[i + 8]) + (l[i + 4] + l[i + 12]));
+            *d = (q[0] + q[1]) + (q[2] + q[3]);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn wg_tile_avx512(
+    _: &[&[f32]; WG_O],
+    _: &[*const f32; WG_T],
+    _: usize,
+    _: &mut [[f32; WG_T]; WG_O],
+) {
+    unreachable!("the direct convolution runs only on x86-64 with AVX2 and FMA")
+}
+
 /// Copies the outputs of one tile (padded-row positions `q0..q0 + TILE`) that lie inside the
 /// image into `plane` (`[ho, wo]`).
 #[inline]
@@ -436,15 +504,18 @@ fn scatter(acc: &[f32; TILE], q0: usize, wp: usize, wo: usize, ho: usize, plane:
 /// [`tile`] for the first `nc` (at most [`OC`]) channels of a block; 9 taps (3x3 stride 1)
 /// unrolled.
 ///
+/// In AVX-512 when `wide` (the same sums in the same order: the results are identical).
+///
 /// # Safety
-/// As [`tile`].
-unsafe fn run_tile(nc: usize, args: TileArgs, acc: &mut [[f32; TILE]; OC]) {
+/// As [`tile`], and the CPU has AVX-512F when `wide`.
+unsafe fn run_tile(nc: usize, args: TileArgs, acc: &mut [[f32; TILE]; OC], wide: bool) {
     macro_rules! by_taps {
         ($nc:literal) => {
-            if args.4.len() == 9 {
-                tile::<$nc, 9>(args, acc)
-            } else {
-                tile::<$nc, 0>(args, acc)
+            match (wide, args.4.len() == 9) {
+                (false, true) => tile::<$nc, 9>(args, acc),
+                (false, false) => tile::<$nc, 0>(args, acc),
+                (true, true) => tile_avx512::<$nc, 9>(args, acc),
+                (true, false) => tile_avx512::<$nc, 0>(args, acc),
             }
         };
     }
@@ -504,9 +575,44 @@ unsafe fn tile<const NC: usize, const T: usize>(_: TileArgs, _: &mut [[f32; TILE
     unreachable!("the direct convolution runs only on x86-64 with AVX2 and FMA")
 }
 
+/// [`tile`] with one AVX-512 register per output channel (16 positions).
+///
+/// # Safety
+/// As [`tile`], and the CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_avx512<const NC: usize, const T: usize>(
+    (x, w, c, cs, offs): TileArgs,
+    acc: &mut [[f32; TILE]; OC],
+) {
+    use std::arch::x86_64::*;
+    let nt = if T == 0 { offs.len() } else { T };
+    let mut a = [_mm512_setzero_ps(); NC];
+    for ci in 0..c {
+        let base = x.add(ci * cs);
+        let wc = w.add(ci * nt * OC);
+        for t in 0..nt {
+            let xv = _mm512_loadu_ps(base.add(*offs.get_unchecked(t)));
+            let wt = wc.add(t * OC);
+            for (j, aj) in a.iter_mut().enumerate() {
+                *aj = _mm512_fmadd_ps(xv, _mm512_set1_ps(*wt.add(j)), *aj);
+            }
+        }
+    }
+    for (dst, r) in acc.iter_mut().zip(a) {
+        _mm512_storeu_ps(dst.as_mut_ptr(), r);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn tile_avx512<const NC: usize, const T: usize>(_: TileArgs, _: &mut [[f32; TILE]; OC]) {
+    unreachable!("the direct convolution runs only on x86-64 with AVX2 and FMA")
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::conv::{conv_forward_im2col, geometry, weight_grad_im2col, Epilogue};
+    use super::super::layout::tests_isa::each_isa;
     use super::super::testing::values;
     use super::*;
     use candle_core::Shape;
@@ -581,13 +687,24 @@ mod tests {
             for (e, epi) in epis.iter().enumerate() {
                 let r = (e == 1).then_some(&res[..]);
                 let want = conv_forward_im2col(&x, &wt, &g, epi, r);
-                let mut got = vec![f32::NAN; want.len()];
-                conv_direct(&x, &wt, &g, epi, r, &mut got, None);
-                let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
-                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                let mut runs = Vec::new();
+                each_isa(|wide| {
+                    let mut got = vec![f32::NAN; want.len()];
+                    conv_direct(&x, &wt, &g, epi, r, &mut got, None);
+                    let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+                    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (a - b).abs() <= 2e-5 * scale * (c as f32).sqrt(),
+                            "{g:?} epilogue {e} (AVX-512: {wide}): output {i}: {a} vs {b}"
+                        );
+                    }
+                    runs.push(got);
+                });
+                // the same sums in the same order per lane
+                if let [a, b] = &runs[..] {
                     assert!(
-                        (a - b).abs() <= 2e-5 * scale * (c as f32).sqrt(),
-                        "{g:?} epilogue {e}: output {i}: {a} vs {b}"
+                        a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{g:?} epilogue {e}: AVX2 and AVX-512 outputs differ"
                     );
                 }
             }
@@ -616,11 +733,16 @@ mod tests {
             let scale = values(g.o, seed + 2);
             for s in [None, Some(&scale[..])] {
                 let want = weight_grad_im2col(&x, &gr, &g, s);
-                let got = weight_grad3x3(&x, &gr, &g, s);
                 let tol = 2e-5 * want.iter().fold(1f32, |m, v| m.max(v.abs()));
-                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                    assert!((a - b).abs() <= tol, "{g:?}: weight {i}: {a} vs {b}");
-                }
+                each_isa(|wide| {
+                    let got = weight_grad3x3(&x, &gr, &g, s);
+                    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (a - b).abs() <= tol,
+                            "{g:?} (AVX-512: {wide}): weight {i}: {a} vs {b}"
+                        );
+                    }
+                });
             }
         }
     }

@@ -18,6 +18,68 @@ pub(super) fn has_fma() -> bool {
     false
 }
 
+static AVX512: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Lets the kernels use AVX-512 where the CPU has it (on by default), or keeps them on their
+/// AVX2 code (off) for the whole process: for measuring one against the other, or for
+/// results that round as on an AVX2-only machine. The matrix products of the `gemm` crate
+/// choose their instructions themselves and are not affected.
+pub fn set_avx512(enabled: bool) {
+    AVX512.store(enabled, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the kernels run their AVX-512 code: the CPU has AVX-512F (and AVX2 and FMA) and
+/// [`set_avx512`] has not turned it off.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn use_avx512() -> bool {
+    #[cfg(test)]
+    if let Some(wide) = tests_isa::FORCED.get() {
+        return wide && has_avx512();
+    }
+    AVX512.load(std::sync::atomic::Ordering::Relaxed) && has_avx512()
+}
+
+/// Whether this CPU has AVX-512F, AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn has_avx512() -> bool {
+    has_fma() && std::is_x86_feature_detected!("avx512f")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) fn has_avx512() -> bool {
+    false
+}
+
+/// For tests: the kernels' instruction sets on this thread, without touching the
+/// process-wide switch that other tests run under.
+#[cfg(test)]
+pub(super) mod tests_isa {
+    thread_local! {
+        pub(super) static FORCED: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+    }
+
+    /// Runs `f` once per instruction set this CPU has (AVX2, then AVX-512 where present),
+    /// the kernels called from this thread on that set; `f` gets `true` for AVX-512.
+    pub(crate) fn each_isa(mut f: impl FnMut(bool)) {
+        let mut isas = vec![false];
+        if super::has_avx512() {
+            isas.push(true);
+        } else {
+            eprintln!("this CPU has no AVX-512F: only the AVX2 kernels are tested here");
+        }
+        for wide in isas {
+            FORCED.set(Some(wide));
+            f(wide);
+        }
+        FORCED.set(None);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) fn use_avx512() -> bool {
+    false
+}
+
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Geometry {
     pub(super) n: usize,

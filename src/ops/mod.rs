@@ -16,6 +16,7 @@ pub use act::{add_relu, relu};
 pub use conv::{conv2d, conv2d_fused};
 pub use denormals::flush_denormals;
 pub use direct::set_direct_conv;
+pub use layout::set_avx512;
 pub use maxpool::max_pool2d;
 pub use winograd::set_winograd;
 

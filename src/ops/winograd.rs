@@ -23,11 +23,16 @@
 //! indexing across several slices of one buffer they ran scalar and took as long as the
 //! products.
 //!
+//! Where the CPU has AVX-512F, the products run 32 tiles x 6 output channels in 12 AVX-512
+//! registers (chosen at run time; [`super::set_avx512`] or `ROBUSTLENS_AVX512=0` keeps the
+//! AVX2 tile). Each lane adds the same products in the same order, so the results are
+//! identical bit for bit.
+//!
 //! Numerics: the transforms only add, subtract and halve, so the results differ from a
 //! direct sum by rounding (a few units in the last place of the inputs' scale), like any
 //! other summation order; [`set_winograd`] turns it off.
 
-use super::layout::{has_fma, with_scratch, Epilogue, Geometry};
+use super::layout::{has_fma, use_avx512, with_scratch, Epilogue, Geometry};
 use super::SendPtr;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -137,13 +142,15 @@ pub(super) fn conv_winograd(
     let need: usize = band_scratch(g.c, tw, br).2.iter().sum();
     let outp = SendPtr(out.as_mut_ptr());
     assert!(out.len() >= g.n * g.o * g.hw_out());
+    let wide = use_avx512();
     (0..g.n * bands).into_par_iter().for_each(|task| {
         let (img, band) = (task / bands, task % bands);
         let ty0 = band * br;
         let ty1 = (ty0 + br).min(th);
         with_scratch(need, 0, |buf, _| {
-            // SAFETY: AVX2/FMA checked by `usable`; bands of one image are disjoint rows
-            unsafe { run_band(x, &u, g, img, (ty0, ty1), epi, res, outp, buf) };
+            // SAFETY: AVX2/FMA checked by `usable`, AVX-512F by the caller when `wide`; bands
+            // of one image are disjoint rows
+            unsafe { run_band(x, &u, g, img, (ty0, ty1), epi, res, outp, buf, wide) };
         });
     });
 }
@@ -153,8 +160,8 @@ pub(super) fn conv_winograd(
 /// so that they vectorise.
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA; `outp` is `g`'s output, whose rows of this band no other task
-/// writes.
+/// The CPU has AVX2 and FMA, and AVX-512F when `wide`; `outp` is `g`'s output, whose rows of
+/// this band no other task writes.
 #[allow(clippy::too_many_arguments)]
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
 unsafe fn run_band(
@@ -167,6 +174,7 @@ unsafe fn run_band(
     res: Option<&[f32]>,
     outp: SendPtr,
     buf: &mut [f32],
+    wide: bool,
 ) {
     let (c, h, w, o) = (g.c, g.h, g.w, g.o);
     let (ho, wo) = (g.ho, g.wo);
@@ -235,9 +243,26 @@ unsafe fn run_band(
         for xi_ in 0..16 {
             let ub = &u[(ob * 16 + xi_) * c * OC..][..c * OC];
             let vb = &v[xi_ * vs..xi_ * vs + c * nb];
-            for b in (0..nb).step_by(TB) {
-                // SAFETY: AVX2/FMA checked by `usable`; vb holds c rows of nb >= b + 16
-                // floats, ub c * 6, m 6 rows of 16 * nb floats from ξ * nb + b.
+            let mut b = 0;
+            // SAFETY (both kernels): AVX2/FMA checked by `usable`, AVX-512F by the caller
+            // when `wide`; vb holds c rows of nb >= b + 2 TB (b + TB) floats, ub c * 6, m 6
+            // rows of 16 * nb floats from ξ * nb + b.
+            if wide {
+                while b + 2 * TB <= nb {
+                    unsafe {
+                        gemm_tile_avx512(
+                            vb.as_ptr().add(b),
+                            nb,
+                            ub.as_ptr(),
+                            c,
+                            m.as_mut_ptr().add(xi_ * nb + b),
+                            ms,
+                        );
+                    }
+                    b += 2 * TB;
+                }
+            }
+            while b < nb {
                 unsafe {
                     gemm_tile(
                         vb.as_ptr().add(b),
@@ -248,6 +273,7 @@ unsafe fn run_band(
                         ms,
                     );
                 }
+                b += TB;
             }
         }
         for j in 0..OC.min(o - ob * OC) {
@@ -399,9 +425,58 @@ unsafe fn gemm_tile(_: *const f32, _: usize, _: *const f32, _: usize, _: *mut f3
     unreachable!("the Winograd convolution runs only on x86-64 with AVX2 and FMA")
 }
 
+/// [`gemm_tile`] for 32 tiles (`m[j * ms + 0..32]`), in two AVX-512 registers per output
+/// channel: the same sums in the same order per lane.
+///
+/// # Safety
+/// The CPU has AVX-512F; `v` is readable for `(c - 1) * vs + 32` floats, `u` for `6 * c`,
+/// `m` writable for `5 * ms + 32`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gemm_tile_avx512(
+    v: *const f32,
+    vs: usize,
+    u: *const f32,
+    c: usize,
+    m: *mut f32,
+    ms: usize,
+) {
+    use std::arch::x86_64::*;
+    let z = _mm512_setzero_ps();
+    let mut a = [[z; 2]; OC];
+    for ci in 0..c {
+        let pv = v.add(ci * vs);
+        let x0 = _mm512_loadu_ps(pv);
+        let x1 = _mm512_loadu_ps(pv.add(16));
+        let pu = u.add(ci * OC);
+        for (j, aj) in a.iter_mut().enumerate() {
+            let b = _mm512_set1_ps(*pu.add(j));
+            aj[0] = _mm512_fmadd_ps(x0, b, aj[0]);
+            aj[1] = _mm512_fmadd_ps(x1, b, aj[1]);
+        }
+    }
+    for (j, [r0, r1]) in a.into_iter().enumerate() {
+        _mm512_storeu_ps(m.add(j * ms), r0);
+        _mm512_storeu_ps(m.add(j * ms + 16), r1);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn gemm_tile_avx512(
+    _: *const f32,
+    _: usize,
+    _: *const f32,
+    _: usize,
+    _: *mut f32,
+    _: usize,
+) {
+    unreachable!("the Winograd convolution runs only on x86-64 with AVX2 and FMA")
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::conv::{conv_forward_im2col, geometry, Epilogue};
+    use super::super::layout::tests_isa::each_isa;
     use super::super::testing::values;
     use super::*;
     use candle_core::Shape;
@@ -444,14 +519,26 @@ mod tests {
                 ),
             ] {
                 let want = conv_forward_im2col(&x, &wt, &g, &epi, r);
-                let mut got = vec![f32::NAN; want.len()];
-                conv_winograd(&x, &wt, &g, &epi, r, &mut got);
-                // sums of c * 9 products of unit normals: scale sqrt(9c)
-                let tol = 2e-5 * (9.0 * c as f32).sqrt() * 4.0;
-                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                let mut runs = Vec::new();
+                each_isa(|wide| {
+                    let mut got = vec![f32::NAN; want.len()];
+                    conv_winograd(&x, &wt, &g, &epi, r, &mut got);
+                    // sums of c * 9 products of unit normals: scale sqrt(9c)
+                    let tol = 2e-5 * (9.0 * c as f32).sqrt() * 4.0;
+                    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (a - b).abs() <= tol,
+                            "{g:?} output {i} (AVX-512: {wide}): winograd {a} vs im2col {b} \
+                             (tol {tol})"
+                        );
+                    }
+                    runs.push(got);
+                });
+                // the two kernels add the same products in the same order per lane
+                if let [a, b] = &runs[..] {
                     assert!(
-                        (a - b).abs() <= tol,
-                        "{g:?} output {i}: winograd {a} vs im2col {b} (tol {tol})"
+                        a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{g:?}: AVX2 and AVX-512 products differ"
                     );
                 }
             }

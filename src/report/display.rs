@@ -136,6 +136,13 @@ pub struct DisplayOptions {
     pub cmap: Colormap,
     /// Overlay opacity of the heat map at full intensity.
     pub alpha: f32,
+    /// Whether a figure's maps of one method share one scale (the cap of all of them
+    /// together, so that maps compare across images and models) instead of each its own (the
+    /// paper's per-image scale). The figure code resolves it into `shared_cap`.
+    pub shared: bool,
+    /// `None`: each map is divided by its own cap; `Some(t)`: every map by `t` (see
+    /// [`DisplayOptions::sharing`]).
+    pub shared_cap: Option<f32>,
 }
 
 /// Named display settings, as `saliency --display` offers them.
@@ -175,7 +182,33 @@ impl DisplayOptions {
     /// A `[C, H, W]` attribution as the `H*W` map these options draw: channels reduced, then
     /// capped and rescaled ([`normalize`]).
     pub fn normalized(&self, a: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
-        normalize(&reduce_channels(a, c, h, w, self.reduce), self.cap)
+        let m = reduce_channels(a, c, h, w, self.reduce);
+        match self.shared_cap {
+            None => normalize(&m, self.cap),
+            Some(t) => scale_by(&m, t),
+        }
+    }
+
+    /// The cap of `maps` (`[C, H, W]` attributions) together: these options' cap of all their
+    /// reduced values pooled, for a shared scale (`shared_cap`).
+    pub fn shared_cap(&self, maps: &[&[f32]], c: usize, h: usize, w: usize) -> f32 {
+        let pooled: Vec<f32> = maps
+            .iter()
+            .flat_map(|a| reduce_channels(a, c, h, w, self.reduce))
+            .collect();
+        cap_value(&pooled, self.cap)
+    }
+
+    /// These options for a figure of `maps`: with their shared cap when `shared` is set, as
+    /// they are otherwise.
+    pub fn sharing(self, maps: &[&[f32]], c: usize, h: usize, w: usize) -> Self {
+        if !self.shared {
+            return self;
+        }
+        DisplayOptions {
+            shared_cap: Some(self.shared_cap(maps, c, h, w)),
+            ..self
+        }
     }
 
     /// What a map's values mean after normalisation, for a colour bar's title:
@@ -190,12 +223,20 @@ impl DisplayOptions {
             Cap::CumSum(q) => format!("{q}%-sum cap"),
             Cap::Max => "max".to_string(),
         };
-        format!("{sum} ÷ {cap}")
+        match self.shared_cap {
+            None => format!("{sum} ÷ {cap}\nper-image scale"),
+            Some(t) => format!("{sum} ÷ {}\nshared scale ({cap})", sig3(t)),
+        }
     }
 
     /// A colour bar for maps drawn with these options, `height` pixels tall: [0, 1], or
     /// [-1, 1] for a signed colour map.
     pub fn colorbar(&self, height: u32) -> RgbImage {
+        self.colorbar_titled(height, &self.scale_label())
+    }
+
+    /// [`DisplayOptions::colorbar`] under another title (lines split at `\n`).
+    pub fn colorbar_titled(&self, height: u32, title: &str) -> RgbImage {
         let (lo, ticks): (f32, Vec<(f32, String)>) = if self.cmap.signed() {
             (
                 -1.0,
@@ -219,7 +260,7 @@ impl DisplayOptions {
                 ],
             )
         };
-        colorbar(self.cmap, lo, 1.0, &ticks, &self.scale_label(), height)
+        colorbar(self.cmap, lo, 1.0, &ticks, title, height)
     }
 }
 
@@ -230,7 +271,23 @@ impl Default for DisplayOptions {
             cap: Cap::Percentile(99.0),
             cmap: Colormap::Single([255, 255, 255]),
             alpha: 0.7,
+            shared: false,
+            shared_cap: None,
         }
+    }
+}
+
+/// `v` with three significant digits (`0.0123`, `4.56`, `1.23e-5`).
+pub fn sig3(v: f32) -> String {
+    let a = v.abs();
+    if a == 0.0 || !a.is_finite() {
+        return format!("{v}");
+    }
+    let e = a.log10().floor() as i32;
+    if (-3..4).contains(&e) {
+        format!("{v:.*}", (2 - e).max(0) as usize)
+    } else {
+        format!("{v:.2e}")
     }
 }
 
@@ -295,13 +352,23 @@ pub fn cumsum_threshold(values: &[f32], pct: f32) -> f32 {
 /// Caps and rescales a map: non-negative maps go to `[0, 1]`; signed maps to [-1,1] (divided by
 /// the cap of |values| and clipped). A map that is all zero stays zero.
 pub fn normalize(map: &[f32], cap: Cap) -> Vec<f32> {
-    let signed = map.iter().any(|&v| v < 0.0);
+    scale_by(map, cap_value(map, cap))
+}
+
+/// The cap of a map's |values|: its percentile, its cumulative-sum threshold, or its maximum.
+pub fn cap_value(map: &[f32], cap: Cap) -> f32 {
     let abs: Vec<f32> = map.iter().map(|v| v.abs()).collect();
-    let t = match cap {
+    match cap {
         Cap::Percentile(q) => percentile(&abs, q),
         Cap::CumSum(q) => cumsum_threshold(&abs, q),
         Cap::Max => abs.iter().fold(0f32, |a, &b| a.max(b)),
-    };
+    }
+}
+
+/// A map divided by `t` and clipped: to `[0, 1]`, or to `[-1, 1]` when it has negative values;
+/// all zero when `t` is not a positive number.
+pub fn scale_by(map: &[f32], t: f32) -> Vec<f32> {
+    let signed = map.iter().any(|&v| v < 0.0);
     if t.is_nan() || t <= 0.0 || t.is_infinite() {
         return vec![0.0; map.len()];
     }
@@ -403,21 +470,26 @@ pub fn colorbar(
     let px = 14.0;
     let bar_w = 18;
     let pad = 6;
-    let title_h = if title.is_empty() {
+    let lines: Vec<&str> = title.lines().filter(|l| !l.is_empty()).collect();
+    let title_h = if lines.is_empty() {
         0
     } else {
-        line_height(px) + pad
+        lines.len() as u32 * (line_height(px) + 2) + pad
     };
     let label_w = ticks
         .iter()
         .map(|(_, t)| text_width(t, px))
         .max()
         .unwrap_or(0);
-    let width = (pad + bar_w + 4 + 4 + label_w + pad).max(text_width(title, px) + 2 * pad);
+    let title_w = lines.iter().map(|l| text_width(l, px)).max().unwrap_or(0);
+    let width = (pad + bar_w + 4 + 4 + label_w + pad).max(title_w + 2 * pad);
     let top = title_h + line_height(px) / 2;
     let total = top + height + line_height(px) / 2 + pad;
     let mut img = RgbImage::from_pixel(width, total, Rgb([255, 255, 255]));
-    draw_text(&mut img, pad, 0, title, px, [20, 20, 20]);
+    for (i, l) in lines.iter().enumerate() {
+        let y = i as u32 * (line_height(px) + 2);
+        draw_text(&mut img, pad, y, l, px, [20, 20, 20]);
+    }
     let span = if hi == lo { 1.0 } else { hi - lo };
     for y in 0..height {
         let v = hi - span * y as f32 / (height - 1).max(1) as f32;
@@ -477,6 +549,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_shared_scale_divides_every_map_by_the_pooled_cap() {
+        // two one-channel 1x4 maps; pooled |values| 1..8, their max 8
+        let a = [1.0, 2.0, 3.0, 4.0];
+        let b = [5.0, 6.0, 7.0, 8.0];
+        let o = DisplayOptions {
+            cap: Cap::Max,
+            shared: true,
+            ..DisplayOptions::default()
+        };
+        assert_eq!(o.shared_cap(&[&a, &b], 1, 1, 4), 8.0);
+        let s = o.sharing(&[&a, &b], 1, 1, 4);
+        assert_eq!(s.normalized(&a, 1, 1, 4), vec![0.125, 0.25, 0.375, 0.5]);
+        assert!(s.scale_label().contains("shared scale") && s.scale_label().contains('8'));
+        // per image: each map by its own maximum
+        let p = DisplayOptions { shared: false, ..o }.sharing(&[&a, &b], 1, 1, 4);
+        assert_eq!(p.shared_cap, None);
+        assert_eq!(p.normalized(&a, 1, 1, 4), vec![0.25, 0.5, 0.75, 1.0]);
+        assert!(p.scale_label().contains("per-image scale"));
+        assert_eq!(
+            [sig3(0.012345), sig3(4.5678), sig3(123.4), sig3(1.234e-5)],
+            ["0.0123", "4.57", "123", "1.23e-5"]
+        );
+    }
+
+    #[test]
     fn percentile_is_numpy_linear() {
         let v: Vec<f32> = (0..101).map(|i| i as f32).collect();
         assert_eq!(percentile(&v, 99.0), 99.0);
@@ -502,6 +599,7 @@ mod tests {
             cap: Cap::Percentile(99.0),
             cmap: Colormap::Single([255, 255, 255]),
             alpha: 1.0,
+            ..DisplayOptions::default()
         };
         let img = heatmap(&a, 2, 1, 4, &opts);
         let px: Vec<u8> = img.pixels().map(|p| p.0[0]).collect();

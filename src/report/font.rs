@@ -7,7 +7,7 @@ use ab_glyph::{point, Font, FontRef, GlyphId, PxScale, ScaleFont};
 use image::RgbImage;
 use std::sync::OnceLock;
 
-static FONT_FILE: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+pub(crate) static FONT_FILE: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 
 fn font() -> &'static FontRef<'static> {
     static FONT: OnceLock<FontRef<'static>> = OnceLock::new();

@@ -105,9 +105,47 @@ impl Grid {
     }
 }
 
+/// Caption size in pixels, and the smallest a long caption shrinks to.
+const CAPTION_PX: f32 = 13.0;
+
+/// `tile` with `text` on a white strip below it (shrunk, then shortened, to the tile's
+/// width), for tiles whose own facts (a prediction, a norm) do not fit a row or column label.
+pub fn captioned(tile: &RgbImage, text: &str) -> RgbImage {
+    let (w, h) = tile.dimensions();
+    let strip = line_height(CAPTION_PX) + 6;
+    let mut out = RgbImage::from_pixel(w, h + strip, Rgb([255, 255, 255]));
+    image::imageops::replace(&mut out, tile, 0, 0);
+    let (t, px) = fit_text(text, CAPTION_PX, 9.0, w.saturating_sub(2));
+    let tw = text_width(&t, px);
+    draw_text(
+        &mut out,
+        (w.saturating_sub(tw)) / 2,
+        h + 3,
+        &t,
+        px,
+        [20, 20, 20],
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn captions_sit_below_the_tile() {
+        let tile = RgbImage::from_pixel(64, 32, Rgb([0, 0, 255]));
+        let c = captioned(&tile, "nevus 0.98");
+        assert_eq!(c.width(), 64);
+        assert!(c.height() > 32);
+        // the tile is untouched, the ink is in the strip
+        assert!((0..32).all(|y| (0..64).all(|x| c.get_pixel(x, y).0 == [0, 0, 255])));
+        let ink = (32..c.height())
+            .flat_map(|y| (0..64).map(move |x| (x, y)))
+            .filter(|&(x, y)| c.get_pixel(x, y).0[0] < 128)
+            .count();
+        assert!(ink > 20, "caption drawn ({ink} dark pixels)");
+    }
     #[test]
     fn grid_places_tiles_and_labels() {
         let red = RgbImage::from_pixel(8, 8, Rgb([255, 0, 0]));

@@ -76,13 +76,53 @@ pub fn interval_chart(
     xlabel: &str,
     ylabel: &str,
 ) -> String {
-    chart(title, series, xlabel, ylabel, false)
+    chart(title, series, xlabel, ylabel, false, &[])
+}
+
+/// [`interval_chart`] with labelled vertical dashed lines at the x values of `marks` (a
+/// phase boundary, say).
+pub fn interval_chart_marked(
+    title: &str,
+    series: &[IntervalSeries],
+    xlabel: &str,
+    ylabel: &str,
+    marks: &[(f64, String)],
+) -> String {
+    chart(title, series, xlabel, ylabel, false, marks)
+}
+
+/// Inline SVG charts side by side in one SVG (each keeps its own size), for one file.
+pub fn side_by_side(charts: &[&str]) -> String {
+    let size = |s: &str, key: &str| -> f64 {
+        s.split(&format!("{key}=\""))
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let charts: Vec<&str> = charts.iter().copied().filter(|c| !c.is_empty()).collect();
+    let w: f64 = charts.iter().map(|c| size(c, "width")).sum();
+    let h = charts.iter().map(|c| size(c, "height")).fold(0.0, f64::max);
+    let label = charts
+        .iter()
+        .filter_map(|c| c.split("aria-label=\"").nth(1)?.split('"').next())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut s = format!("<svg width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"{label}\" font-family=\"sans-serif\">");
+    let mut x = 0.0;
+    for c in charts {
+        let body = c.strip_prefix("<svg ").unwrap_or(c);
+        s.push_str(&format!("<svg x=\"{x}\" y=\"0\" {body}"));
+        x += size(c, "width");
+    }
+    s.push_str("</svg>\n");
+    s
 }
 
 /// [`interval_chart`] for dense curves: each series a line with its interval as a shaded band
 /// (markers only when a series has at most 12 points).
 pub fn band_chart(title: &str, series: &[IntervalSeries], xlabel: &str, ylabel: &str) -> String {
-    chart(title, series, xlabel, ylabel, true)
+    chart(title, series, xlabel, ylabel, true, &[])
 }
 
 fn chart(
@@ -91,6 +131,7 @@ fn chart(
     xlabel: &str,
     ylabel: &str,
     bands: bool,
+    marks: &[(f64, String)],
 ) -> String {
     // The legend has three entries per row under the x label; the chart grows with its rows.
     let legend_rows = series.len().div_ceil(3).max(1);
@@ -176,6 +217,17 @@ fn chart(
         top + ph / 2.0,
         esc(ylabel)
     ));
+    for (x, label) in marks.iter().filter(|m| m.0 >= x0 && m.0 <= x1) {
+        let px = sx(*x);
+        s.push_str(&format!(
+            "<line x1=\"{px:.1}\" x2=\"{px:.1}\" y1=\"{top}\" y2=\"{:.1}\" stroke=\"#777\" stroke-dasharray=\"4 3\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" fill=\"#555\">{}</text>",
+            top + ph,
+            px + 3.0,
+            top + 11.0,
+            esc(label)
+        ));
+    }
     for (i, (name, v)) in series.iter().enumerate() {
         let c = colors[i % colors.len()];
         let ok: Vec<_> = v.iter().filter(|p| finite(p.0) && finite(p.1)).collect();
@@ -301,6 +353,47 @@ pub fn confusion_chart(title: &str, names: &[String], counts: &[Vec<usize>]) -> 
 pub fn svg_file(svg: &str) -> String {
     let body = svg.strip_prefix("<svg ").unwrap_or(svg);
     format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\" {body}")
+}
+
+/// Every file in `root/figures/` and in the `figures/` folder of each sub-folder of `root`,
+/// as links relative to `root`, sorted: the page names each figure file it wrote. Empty when
+/// there is none.
+pub fn figure_index(root: &std::path::Path) -> String {
+    let mut dirs = vec![std::path::PathBuf::from("figures")];
+    if let Ok(entries) = std::fs::read_dir(root) {
+        let mut subs: Vec<_> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join("figures").is_dir())
+            .map(|e| std::path::Path::new(&e.file_name()).join("figures"))
+            .collect();
+        subs.sort();
+        dirs.extend(subs);
+    }
+    let mut files = Vec::new();
+    for d in dirs {
+        let Ok(entries) = std::fs::read_dir(root.join(&d)) else {
+            continue;
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        files.extend(names.into_iter().map(|n| {
+            let rel = format!("{}/{n}", d.to_string_lossy().replace('\\', "/"));
+            format!("<a href=\"{0}\"><code>{0}</code></a>", esc(&rel))
+        }));
+    }
+    if files.is_empty() {
+        return String::new();
+    }
+    format!(
+        "<h2>Figure files</h2>\n<p>Every figure of this page as a file of its own (charts as SVG \
+         with a PNG copy at twice the size), beside this page: {}.</p>\n",
+        files.join(", ")
+    )
 }
 
 /// A tick label: up to three decimals, trailing zeros dropped.

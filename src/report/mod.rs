@@ -1,12 +1,14 @@
 //! Pictures and files for people: display of attribution maps (separate from their maths),
-//! PNG writing, labelled figure grids and NPY export.
+//! PNG writing, labelled figure grids, SVG charts with PNG copies and NPY export.
 
+pub mod curves;
 pub mod display;
 pub mod font;
 pub mod grid;
 pub mod html;
 pub mod npy;
 pub mod png;
+pub mod raster;
 
 pub use display::{Cap, Colormap, DisplayOptions, DisplayPreset, Reduce};
 pub use grid::Grid;

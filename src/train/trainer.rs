@@ -3,7 +3,8 @@
 //! survives crashes:
 //!
 //! - `model.safetensors` (best), `last.safetensors` (torchvision names), `config.json`,
-//!   `split.csv`, `metrics.jsonl`, `summary.json`;
+//!   `split.csv`, `metrics.jsonl`, `summary.json`, and the training curves
+//!   (`training_curves.svg` and `.png`, rewritten after every epoch);
 //! - `resume.safetensors`: weights, optimiser moments and the trainer state (in the file's
 //!   metadata) in one atomic write, so weights and state can never disagree. It is written
 //!   after every epoch and when Ctrl-C stops a run; `--resume` continues from it and, on the
@@ -240,7 +241,13 @@ pub fn train(cfg: &TrainConfig, dir: &Path, resume: bool, interrupt: &Interrupt)
     } else {
         write_json_atomic(&dir.join("config.json"), &run_cfg)?;
         split.write(&dir.join("split.csv"))?;
-        let _ = std::fs::remove_file(dir.join("metrics.jsonl"));
+        for f in [
+            "metrics.jsonl",
+            "training_curves.svg",
+            "training_curves.png",
+        ] {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
     }
     let cache = Arc::new(ImageCache::build(
         &ds,
@@ -415,6 +422,10 @@ pub fn train(cfg: &TrainConfig, dir: &Path, resume: bool, interrupt: &Interrupt)
             }
             tracing::info!("{}", line);
             append_metrics(dir, &line)?;
+            let title = dir
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            crate::report::curves::write_run_curves(dir, &title)?;
             // Best checkpoint: lowest validation loss (without validation: the latest).
             let improved = monitored < state.best_val_loss;
             save_weights(&model, &dir.join("last.safetensors"))?;

@@ -156,3 +156,34 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
     c.args(args);
     output(c)
 }
+
+/// Every file in `dir/figures/` parses (SVG: a standalone document; PNG: an image of some
+/// size) and `page` names it as `figures/<file>`; returns how many there are.
+#[allow(dead_code)]
+pub fn check_figure_files(dir: &std::path::Path, page: &str) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir.join("figures")).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            page.contains(&format!("figures/{name}")),
+            "the page does not name figures/{name}"
+        );
+        match p.extension().and_then(|x| x.to_str()) {
+            Some("svg") => {
+                let s = std::fs::read_to_string(&p).unwrap();
+                assert!(
+                    s.starts_with("<?xml") && s.trim_end().ends_with("</svg>"),
+                    "{name} is not a standalone SVG"
+                );
+            }
+            Some("png") => {
+                let img = image::open(&p).unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert!(img.width() > 16 && img.height() > 16, "{name}");
+            }
+            _ => panic!("unexpected figure file {name}"),
+        }
+        n += 1;
+    }
+    n
+}

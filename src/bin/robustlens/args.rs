@@ -746,11 +746,24 @@ pub struct ReportArgs {
     /// gradcam.
     #[arg(long, default_value = "gradient,ig,smoothgrad,occlusion,gradcam")]
     pub method: String,
-    /// Comma-separated metrics of the Gradient maps (rma, rra, pointing, auc, gini, entropy,
+    /// Comma-separated methods whose maps are measured [default: every --method]
+    #[arg(long)]
+    pub metric_method: Option<String>,
+    /// Comma-separated metrics of those maps (rma, rra, pointing, auc, gini, entropy,
     /// deletion, insertion, faithfulness) or all; the last three cost about a hundred forward
-    /// passes per image each.
+    /// passes per image and method each.
     #[arg(long, default_value = "all")]
     pub metrics: String,
+    /// Test images in the adversarial-example gallery (0 = none).
+    #[arg(long, default_value_t = 3)]
+    pub adversarial_images: usize,
+    /// Misclassified test images shown per model (0 = no failure gallery).
+    #[arg(long, default_value_t = 6)]
+    pub failures: usize,
+    /// Saliency grids on one scale per method (the cap of all its maps together) instead of
+    /// each map's own.
+    #[arg(long)]
+    pub shared_scale: bool,
     /// Steps of Integrated Gradients in the saliency grids (the report checks that they
     /// converge).
     #[arg(long, default_value_t = 50)]
@@ -1083,6 +1096,11 @@ pub struct SaliencyArgs {
     /// Colour map of the heat maps [default: from --display].
     #[arg(long, value_parser = words::<Cmap>())]
     pub cmap: Option<Cmap>,
+    /// One scale for all maps of a method (their cap taken over all of them together), so
+    /// that maps compare across images and models; stated on the colour bar [default: each
+    /// map its own scale, as in the paper].
+    #[arg(long)]
+    pub shared_scale: bool,
     #[command(flatten)]
     pub device: DeviceArg,
 }
@@ -1119,6 +1137,7 @@ impl SaliencyArgs {
                 Some(c) => Colormap::parse(&value_name(c))?,
                 None => preset.cmap,
             },
+            shared: self.shared_scale,
             ..preset
         };
         Ok(robustlens::commands::saliency::SaliencyOptions {

@@ -170,7 +170,15 @@ fn report(a: &args::ReportArgs) -> Result<()> {
         out: a.out.clone(),
         robust_images: a.robust_images,
         methods: cmd::list(&a.method),
+        metric_methods: a
+            .metric_method
+            .as_deref()
+            .map(cmd::list)
+            .unwrap_or_default(),
         metrics: robustlens::eval::compare::Metric::parse_list(&a.metrics)?,
+        adversarial_images: a.adversarial_images,
+        failures: a.failures,
+        shared_scale: a.shared_scale,
         ig_steps: a.ig_steps,
         ..Default::default()
     };

@@ -26,6 +26,14 @@ fn candle_threads() {
     }
 }
 
+/// `ROBUSTLENS_AVX512=0` keeps robustlens's own kernels on their AVX2 code on a CPU with
+/// AVX-512 (for comparing the two, or for results that round as on an AVX2-only machine).
+fn instruction_sets() {
+    if std::env::var("ROBUSTLENS_AVX512").is_ok_and(|v| v.trim() == "0") {
+        robustlens::ops::set_avx512(false);
+    }
+}
+
 /// All of the above, subnormal floats flushed to zero (`robustlens::ops::flush_denormals`: a
 /// confident model's PGD gradients are subnormal, and run several times slower), and: a
 /// file-size limit (ulimit -f) must give a clear "File too large"
@@ -33,6 +41,7 @@ fn candle_threads() {
 pub fn tune() {
     allocator();
     candle_threads();
+    instruction_sets();
     robustlens::ops::flush_denormals();
     #[cfg(unix)]
     unsafe {

@@ -601,31 +601,30 @@ impl Benchmark {
         s
     }
 
-    /// Writes `benchmark.json`, `.csv` and `.md`, the eps frontier figures
-    /// (`frontier-accuracy.svg`, `frontier-<method>.svg`) and `report.html` into `out`.
+    /// Writes `benchmark.json`, `.csv` and `.md`, the figures (`figures/`, each SVG with a
+    /// PNG copy: `frontier-accuracy`, `frontier-<method>`, `best-eps`, `brittleness-<method>`)
+    /// and `report.html` into `out`.
     pub fn write(&self, out: &Path) -> Result<()> {
         use crate::fsutil::write_atomic;
-        use crate::report::html::svg_file;
+        use crate::report::raster::write_chart;
         crate::fsutil::write_json_atomic(&out.join("benchmark.json"), self)?;
         write_atomic(&out.join("benchmark.csv"), self.csv().as_bytes())?;
         write_atomic(&out.join("benchmark.md"), self.markdown().as_bytes())?;
-        let acc = self.accuracy_frontier();
-        if !acc.is_empty() {
-            write_atomic(
-                &out.join("frontier-accuracy.svg"),
-                svg_file(&acc).as_bytes(),
-            )?;
-        }
+        let figures = out.join("figures");
+        crate::fsutil::ensure_output_dir(&figures)?;
+        let mut charts = vec![
+            ("frontier-accuracy".to_string(), self.accuracy_frontier()),
+            ("best-eps".to_string(), self.best_eps_chart()),
+        ];
         for m in self.methods() {
-            let svg = self.metric_frontier(m);
-            if !svg.is_empty() {
-                write_atomic(
-                    &out.join(format!("frontier-{m}.svg")),
-                    svg_file(&svg).as_bytes(),
-                )?;
-            }
+            charts.push((format!("frontier-{m}"), self.metric_frontier(m)));
+            charts.push((format!("brittleness-{m}"), self.brittleness_chart(m)));
         }
-        write_atomic(&out.join("report.html"), self.html().as_bytes())
+        for (stem, svg) in charts.iter().filter(|(_, s)| !s.is_empty()) {
+            write_chart(&figures, stem, svg)?;
+        }
+        let index = crate::report::html::figure_index(out);
+        write_atomic(&out.join("report.html"), self.html(&index).as_bytes())
     }
 }
 
@@ -697,7 +696,7 @@ pub fn run(opts: &BenchmarkOptions, interrupt: &Interrupt) -> Result<Benchmark> 
     b.write(&out)?;
     print!("{}", b.markdown());
     println!(
-        "wrote {}, benchmark.csv, benchmark.md, frontier-*.svg and report.html",
+        "wrote {}, benchmark.csv, benchmark.md, figures/ and report.html",
         out.join("benchmark.json").display()
     );
     Ok(b)
@@ -714,7 +713,8 @@ pub enum Budget {
     Quick,
     /// The paper's questions (52 minutes on 2 cores, lesion set): 3 seeds, robust at eps 2
     /// and 8, fine-tuned groups 5, 4-5, 3-5 and 2-5, 64 px, 200 training images per class,
-    /// 10 epochs, 3-step training attack, Gradient, SmoothGrad and IG maps of 90 test images.
+    /// 10 epochs (12 on the control), 3-step training attack, Gradient, SmoothGrad and IG
+    /// maps of 90 test images.
     Default,
 }
 
@@ -768,7 +768,13 @@ impl Budget {
                 seeds: vec![0, 1, 2],
                 eps_at_224: vec![2.0, 8.0],
                 groups: ["5", "4-5", "3-5", "2-5"].map(g).to_vec(),
-                training: training(64, 10, 8),
+                // the control: 10 epochs reached 0.976 of the 0.98 it should (one seed
+                // 0.967); 12 reached 0.987 on its learning curve
+                training: if control {
+                    training(64, 12, 9)
+                } else {
+                    training(64, 10, 8)
+                },
                 train_attack_steps: 3,
                 methods: ["gradient", "smoothgrad", "ig"].map(String::from).to_vec(),
                 count: 90,
@@ -819,7 +825,7 @@ mod tests {
             !l.training.no_augment,
             "the lesion set keeps the paper's augmentation"
         );
-        assert_eq!(l.training.epochs, d.training.epochs);
+        assert_eq!((l.training.epochs, d.training.epochs), (Some(10), Some(12)));
         let q = Budget::Quick.plan("synthetic");
         assert_eq!((q.training.image_size, q.seeds.len()), (Some(32), 2));
     }

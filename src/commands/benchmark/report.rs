@@ -1,4 +1,5 @@
-//! The benchmark's figures (`frontier-*.svg`) and its page (`report.html`): what each question
+//! The benchmark's figures (`figures/`: the eps frontiers, best eps per image, seed
+//! brittleness) and its page (`report.html`): what each question
 //! found, in one sentence with its numbers, then the tables and the eps frontier. Everything
 //! is computed from the [`Benchmark`] that was just summarised from the run folders.
 
@@ -118,6 +119,68 @@ impl Benchmark {
         )
     }
 
+    /// The share of images whose best map comes from each eps, per method, with across-seed
+    /// intervals (empty without robust cells).
+    pub fn best_eps_chart(&self) -> String {
+        let series: Vec<IntervalSeries> = self
+            .best_eps
+            .iter()
+            .map(|b| {
+                let pts = b
+                    .eps_at_224
+                    .iter()
+                    .zip(&b.share)
+                    .map(|(&e, s)| (e as f64, s[0], s[1], s[2]))
+                    .collect();
+                (format!("{} (by {})", b.method, b.metric.short()), pts)
+            })
+            .collect();
+        if series.is_empty() {
+            return String::new();
+        }
+        interval_chart(
+            "Best eps per image",
+            &series,
+            "training eps (paper eps at 224 px; 0 = standard)",
+            "share of images",
+        )
+    }
+
+    /// For one method, how alike the maps of the same images are across seeds (mean Spearman
+    /// and SSIM over seed pairs and images) in the standard and robust cells, against eps.
+    pub fn brittleness_chart(&self, method: &str) -> String {
+        let cells = self.frontier_cells();
+        let pts = |ssim: bool| -> Vec<(f64, f64, f64, f64)> {
+            cells
+                .iter()
+                .filter_map(|(c, e)| {
+                    let b = self
+                        .brittleness
+                        .iter()
+                        .find(|b| b.cell == *c && b.method == method)?;
+                    let v = if ssim { b.ssim } else { b.spearman };
+                    Some((*e as f64, v, f64::NAN, f64::NAN))
+                })
+                .collect()
+        };
+        let series: Vec<IntervalSeries> = vec![
+            ("Spearman".to_string(), pts(false)),
+            ("SSIM".to_string(), pts(true)),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .collect();
+        if series.is_empty() {
+            return String::new();
+        }
+        interval_chart(
+            &format!("Seed brittleness of the {method} maps"),
+            &series,
+            "training eps (paper eps at 224 px; 0 = standard)",
+            "similarity across seeds",
+        )
+    }
+
     /// For the cells `keep` selects that measured `metric` with `method`: `line(cell, metric,
     /// change)`, where the change reads `+0.024 [0.012, 0.036]: more` (the verdict from
     /// whether the across-seed interval of Δ excludes 0).
@@ -228,8 +291,9 @@ impl Benchmark {
     }
 
     /// The benchmark's page: findings, accuracy, per method the tables and the frontier, best
-    /// eps and brittleness. Self-contained (inline SVG), opens from disk.
-    pub fn html(&self) -> String {
+    /// eps and brittleness, then `files` (the figure files' index). Self-contained (inline
+    /// SVG), opens from disk.
+    pub fn html(&self, files: &str) -> String {
         let mut b = format!(
             "<p>{} at {} px, seeds {:?}, {} test images per seed. Each value is the mean over seeds \
              of each seed's mean over the images, with its 95% Student-t interval across seeds; Δ \
@@ -316,6 +380,7 @@ impl Benchmark {
                 b.push_str("</tr>\n");
             }
             b.push_str("</table>\n");
+            b.push_str(&self.best_eps_chart());
         }
         if !self.brittleness.is_empty() {
             b.push_str("<h2>Seed brittleness</h2>\n<table><tr><th>cell</th><th>method</th><th>seed pairs</th><th>Spearman</th><th>SSIM</th></tr>\n");
@@ -330,6 +395,9 @@ impl Benchmark {
                 ));
             }
             b.push_str("</table>\n");
+            for method in self.methods() {
+                b.push_str(&self.brittleness_chart(method));
+            }
         }
         if let Some(first) = self.ig_convergence.first() {
             b.push_str(&format!("<h2>IG convergence</h2>\n<p>Integrated Gradients with {} steps: per seed the median over the images of |sum(attributions) − Δlogit| / |Δlogit| (0 for an exact integral), the mean over seeds with its 95% interval, and the largest of any image.</p>\n<table><tr><th>cell</th><th>median</th><th>largest</th></tr>\n", first.steps));
@@ -343,6 +411,7 @@ impl Benchmark {
             }
             b.push_str("</table>\n");
         }
+        b.push_str(files);
         page(&format!("robustlens benchmark: {}", self.data), &b)
     }
 }

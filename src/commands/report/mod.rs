@@ -1,6 +1,8 @@
 //! `report`: evaluate any runs, explain test images with every method, measure the maps
 //! against lesion masks, and write `report.html`, PNG figures and `summary.json`.
 
+mod galleries;
+
 use crate::adversarial::Pgd;
 use crate::attribution::{by_name, Convergence, MethodOptions};
 use crate::data::loader::make_batch;
@@ -17,10 +19,11 @@ use crate::report::display::{
 };
 use crate::report::grid::Grid;
 use crate::report::html::{
-    band_chart, bar_chart, confusion_chart, esc, figure, interval_chart, page, svg_file,
+    band_chart, bar_chart, confusion_chart, esc, figure, figure_index, interval_chart, page,
     IntervalSeries,
 };
 use crate::report::png::{save_png, upscale};
+use crate::report::raster::write_chart;
 use crate::run::{load_runs, EvalImages};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
@@ -42,9 +45,18 @@ pub struct ReportOptions {
     pub robust_eps: Option<f32>,
     pub robust_steps: usize,
     pub methods: Vec<String>,
-    /// The saliency metrics of the Gradient maps (deletion, insertion and faithfulness run
-    /// about a hundred forward passes per image each).
+    /// The methods whose maps are measured (empty: every shown method); Gradient, when among
+    /// them, comes first, and the findings and the deletion curves are of the first.
+    pub metric_methods: Vec<String>,
+    /// The saliency metrics of those maps (deletion, insertion and faithfulness run about a
+    /// hundred forward passes per image each).
     pub metrics: Vec<Metric>,
+    /// Test images of the adversarial-example gallery (0: none).
+    pub adversarial_images: usize,
+    /// Misclassified test images shown per model (0: no failure gallery).
+    pub failures: usize,
+    /// Saliency grids on one scale per method instead of each map's own.
+    pub shared_scale: bool,
     /// Steps of Integrated Gradients in the saliency grids (captum's default, 50).
     pub ig_steps: usize,
     pub seed: u64,
@@ -63,7 +75,11 @@ impl Default for ReportOptions {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            metric_methods: Vec::new(),
             metrics: Metric::ALL.to_vec(),
+            adversarial_images: 3,
+            failures: 6,
+            shared_scale: false,
             ig_steps: 50,
             seed: 0,
         }
@@ -118,7 +134,7 @@ fn ig_convergence(
 
 /// The mean deletion and insertion curves of the first method, one chart each, with 95%
 /// bands across images; also written to `figdir` (empty when the metrics did not run).
-fn curve_charts(c: &Comparison, figdir: &Path) -> Result<String> {
+fn curve_charts(c: &Comparison, method: &str, figdir: &Path) -> Result<String> {
     let mut out = String::new();
     for (kind, what) in [
         ("deletion", "removed, most salient first"),
@@ -149,13 +165,10 @@ fn curve_charts(c: &Comparison, figdir: &Path) -> Result<String> {
             &format!("share of pixels {what}"),
             "probability of the true class",
         );
-        write_atomic(
-            &figdir.join(format!("{kind}_curve.svg")),
-            svg_file(&svg).as_bytes(),
-        )?;
+        write_chart(figdir, &format!("{kind}_curve"), &svg)?;
         out.push_str(&svg);
     }
-    Ok(format!("<figure>{out}<figcaption>Deletion and insertion curves of the Gradient maps (RISE): the mean over the compared images of the true class's probability, with its 95% band across images. A faithful map makes the deletion curve fall early (small area) and the insertion curve rise early (large area). Files: <code>figures/deletion_curve.svg</code>, <code>figures/insertion_curve.svg</code>.</figcaption></figure>\n"))
+    Ok(format!("<figure>{out}<figcaption>Deletion and insertion curves of the {} maps (RISE): the mean over the compared images of the true class's probability, with its 95% band across images. A faithful map makes the deletion curve fall early (small area) and the insertion curve rise early (large area). Files: <code>figures/deletion_curve.svg</code>, <code>figures/insertion_curve.svg</code>.</figcaption></figure>\n", esc(method)))
 }
 
 fn metrics_series(dir: &Path, key: &str) -> Vec<(f64, f64)> {
@@ -185,16 +198,21 @@ pub fn run(
 
 /// Writes `out/report.html` (a page titled `title` around `body`) and `out/summary.json`.
 pub fn write_page(out: &Path, title: &str, body: &str, summary: &serde_json::Value) -> Result<()> {
-    write_atomic(&out.join("report.html"), page(title, body).as_bytes())?;
+    let body = format!("{body}{}", figure_index(out));
+    write_atomic(&out.join("report.html"), page(title, &body).as_bytes())?;
     write_json_atomic(&out.join("summary.json"), summary)
 }
 
 /// What each model after the first found against the first, one sentence each, with the
-/// numbers (Gradient maps: RMA and pointing with the paired test; accuracy clean and under
-/// attack).
+/// numbers (the first method's maps, Gradient in the report: RMA and pointing with the paired
+/// test; accuracy clean and under attack).
 pub fn findings(c: &crate::eval::compare::Comparison) -> Vec<String> {
     let Some(first) = c.models.first() else {
         return Vec::new();
+    };
+    let method = match first.methods.first().map(|r| r.method.as_str()) {
+        Some("gradient") | None => "Gradient".to_string(),
+        Some(m) => m.to_string(),
     };
     fn metric(
         m: &crate::eval::compare::ModelResult,
@@ -241,7 +259,7 @@ pub fn findings(c: &crate::eval::compare::Comparison) -> Vec<String> {
                 _ => String::new(),
             };
             Some(format!(
-                "Are the {} model's Gradient maps more on the mask than the {} model's? {verdict}: \
+                "Are the {} model's {method} maps more on the mask than the {} model's? {verdict}: \
                  RMA {:.3} [{:.3}, {:.3}] → {:.3} [{:.3}, {:.3}] (paired Wilcoxon p = {:.2e}, {} \
                  images){pointing}; {}.",
                 m.name,
@@ -258,6 +276,58 @@ pub fn findings(c: &crate::eval::compare::Comparison) -> Vec<String> {
             ))
         })
         .collect()
+}
+
+/// The methods whose maps the report measures: `opts.metric_methods`, or every shown method,
+/// Gradient first when it is among them.
+fn metric_methods(opts: &ReportOptions) -> Vec<String> {
+    let mut m = if opts.metric_methods.is_empty() {
+        opts.methods.clone()
+    } else {
+        opts.metric_methods.clone()
+    };
+    if let Some(k) = m.iter().position(|x| x == "gradient") {
+        let g = m.remove(k);
+        m.insert(0, g);
+    }
+    m
+}
+
+/// The rows of method `mi`'s metric table (a header, then per model each metric's mean, 95%
+/// bootstrap interval and paired test against the first model); the numbers also go into
+/// `summary["runs"][k]["metrics"][method]`.
+fn metric_table(c: &Comparison, mi: usize, summary: &mut serde_json::Value) -> String {
+    let mut out = String::from("<tr><th>model</th>");
+    for ms in &c.models[0].methods[mi].metrics {
+        let k = ms.metric;
+        out.push_str(&format!(
+            "<th>{} {}</th>",
+            esc(k.short()),
+            if k.higher_is_better() {
+                "&uarr;"
+            } else {
+                "&darr;"
+            }
+        ));
+    }
+    out.push_str("</tr>");
+    for (k, m) in c.models.iter().enumerate() {
+        let r = &m.methods[mi];
+        out.push_str(&format!("<tr><td>{}</td>", esc(&m.name)));
+        for ms in &r.metrics {
+            let p = ms
+                .wilcoxon_vs_first
+                .map(|w| format!("<br><small>p = {:.3}</small>", w.p_value))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "<td>{:.3}<br><small>[{:.3}, {:.3}]</small>{p}</td>",
+                ms.mean, ms.ci95[0], ms.ci95[1]
+            ));
+            summary["runs"][k]["metrics"][&r.method][ms.metric.name()] = serde_json::json!({"mean": ms.mean, "ci95": ms.ci95, "n": ms.n, "wilcoxon_vs_first": ms.wilcoxon_vs_first});
+        }
+        out.push_str("</tr>");
+    }
+    out
 }
 
 /// The report's HTML body and summary (figures and comparison files written into
@@ -290,7 +360,7 @@ pub fn section(
     let class_names = ds.class_names.clone();
     let mut summary = serde_json::json!({ "image_size": size, "runs": [] });
     let mut body = String::new();
-    body.push_str("<p>Made by robustlens. Every number below is recomputed from the run folders; the same figures are in <code>figures/</code> and every number in <code>summary.json</code>.</p>\n");
+    body.push_str("<p>Made by robustlens. Every number below is recomputed from the run folders; the same figures are in <code>figures/</code> (each chart as SVG with a PNG copy) and every number in <code>summary.json</code>.</p>\n");
 
     // 1. A sample of the data with masks.
     let lab = &labels;
@@ -377,10 +447,7 @@ pub fn section(
             &class_names,
             &clean.confusion,
         );
-        write_atomic(
-            &figdir.join(format!("confusion_{}.svg", file_stem(&m.name))),
-            svg_file(&cm).as_bytes(),
-        )?;
+        write_chart(&figdir, &format!("confusion_{}", file_stem(&m.name)), &cm)?;
         confusions.push_str(&cm);
         bars.push((
             m.name.clone(),
@@ -416,6 +483,30 @@ pub fn section(
     };
     body.push_str(&format!("<figure>{}<figcaption>Balanced accuracy on the test split (blue) and accuracy under an L2 PGD attack (red), as in the paper's Figure 13, where {reading}.</figcaption></figure>\n", bar_chart("balanced accuracy (blue) and robust accuracy (red)", &bars)));
     body.push_str(&format!("<figure>{confusions}<figcaption>Confusion matrices on the test split: rows are the true classes, columns the predictions; each cell gives its count and its share of the row (files: <code>figures/confusion_*.svg</code>).</figcaption></figure>\n"));
+    if opts.adversarial_images > 0 && !attack_idx.is_empty() {
+        let shown: Vec<usize> = attack_idx
+            .iter()
+            .copied()
+            .take(opts.adversarial_images)
+            .collect();
+        let b = make_batch(&cache, &labels, &shown, None, &vec![0; shown.len()]);
+        let pgd = Pgd::evaluation(
+            opts.robust_eps.unwrap_or_else(|| eps_from_224(3.0, size)),
+            opts.robust_steps,
+        );
+        let (html, json) = galleries::adversarial(
+            &models,
+            &b.images(device)?,
+            &b.labels,
+            &class_names,
+            &pgd,
+            opts.seed,
+            &figdir,
+        )?;
+        body.push_str("<h3>Adversarial examples</h3>\n");
+        body.push_str(&html);
+        summary["adversarial_examples"] = json;
+    }
 
     // 3. Training curves.
     let curve = |key: &str| -> Vec<IntervalSeries> {
@@ -437,14 +528,8 @@ pub fn section(
         "epoch",
         "accuracy",
     );
-    write_atomic(
-        &figdir.join("training_loss.svg"),
-        svg_file(&loss).as_bytes(),
-    )?;
-    write_atomic(
-        &figdir.join("validation_accuracy.svg"),
-        svg_file(&val).as_bytes(),
-    )?;
+    write_chart(&figdir, "training_loss", &loss)?;
+    write_chart(&figdir, "validation_accuracy", &val)?;
     body.push_str("<h2>Training</h2>\n");
     body.push_str(&format!("<figure>{loss}{val}<figcaption>Training loss and validation accuracy per epoch, numbered across phases (head phase first, then the whole network; a fine-tuning run has its own epochs).</figcaption></figure>\n"));
 
@@ -452,11 +537,13 @@ pub fn section(
     let test_batch = make_batch(&cache, &labels, &test, None, &vec![0; test.len()]);
     let x_all = test_batch.images(device)?;
     let mut correct_all = vec![true; test.len()];
+    let mut preds = Vec::new();
     for m in &models {
         let p = crate::attribution::predict_classes(&m.model, &x_all, 32)?;
         for (i, c) in correct_all.iter_mut().enumerate() {
             *c &= p[i] == labels[test[i]];
         }
+        preds.push(p);
     }
     // Round-robin over classes, correctly classified images first.
     let mut chosen: Vec<usize> = Vec::new();
@@ -491,18 +578,23 @@ pub fn section(
         ig_steps: opts.ig_steps,
         ..method_options_for(size, opts.seed)
     };
-    let display = DisplayOptions {
+    let base_display = DisplayOptions {
         cmap: Colormap::Viridis,
+        shared: opts.shared_scale,
         ..DisplayOptions::default()
     };
     // Tiles at display size, so that the mask outline is one screen pixel wide.
     let k = 128u32.div_ceil(size as u32).max(1);
-    let legend = display.colorbar((128 * targets.len().min(3)) as u32);
-    body.push_str("<h2>Saliency maps</h2>\n<p>Rows: test images that every model classifies correctly (when there are enough); columns: the image, its lesion mask, then each model. Maps explain the true class and are drawn as in the paper, on a per-image scale: per pixel the sum of |attribution| over RGB, divided by that map's own 99th percentile and capped at 1, in matplotlib's viridis. The red line is the outline of the ground-truth mask.</p>\n");
+    let scale = if opts.shared_scale {
+        "on one scale per method: per pixel the sum of |attribution| over RGB, divided by the 99th percentile of all that method's maps in the grid (every model and image) and capped at 1, so that maps compare across models and images (the cap is on the colour bar)"
+    } else {
+        "as in the paper, on a per-image scale: per pixel the sum of |attribution| over RGB, divided by that map's own 99th percentile and capped at 1"
+    };
+    body.push_str(&format!("<h2>Saliency maps</h2>\n<p>Rows: test images that every model classifies correctly (when there are enough); columns: the image, its lesion mask, then each model. Maps explain the true class and are drawn {scale}, in matplotlib's viridis. The red line is the outline of the ground-truth mask.</p>\n"));
     for method in &opts.methods {
         let att = by_name(method, &mopts)?;
         let mut g = Grid {
-            title: String::new(),
+            title: att.describe(),
             col_labels: std::iter::once("image".to_string())
                 .chain(std::iter::once("mask".to_string()))
                 .chain(models.iter().map(|m| m.name.clone()))
@@ -521,6 +613,21 @@ pub fn section(
                 Ok(a)
             })
             .collect::<Result<_>>()?;
+        let c = maps.first().map_or(Ok(3), |a| a.dim(1))?;
+        let flat: Vec<Vec<f32>> = maps
+            .iter()
+            .map(|a| {
+                (0..chosen.len())
+                    .map(|r| a.get(r)?.flatten_all()?.to_vec1::<f32>())
+                    .collect::<candle_core::Result<Vec<_>>>()
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        let refs: Vec<&[f32]> = flat.iter().map(|v| v.as_slice()).collect();
+        let display = base_display.sharing(&refs, c, size, size);
+        let legend = display.colorbar((128 * targets.len().min(3)) as u32);
         for (r, &ci) in chosen.iter().enumerate() {
             let px: Vec<f32> = xs.get(r)?.flatten_all()?.to_vec1()?;
             let mask = &test_batch.masks[ci * plane..(ci + 1) * plane];
@@ -549,8 +656,8 @@ pub fn section(
         }
         let img = beside(&g.render(128)?, &legend);
         save_png(&img, &figdir.join(format!("saliency_{method}.png")))?;
-        body.push_str(&format!("<h3>{}</h3>\n", esc(&att.name())));
-        body.push_str(&figure(&img, &format!("saliency grid {method}"), &format!("{}: the paper's Figure 1 for this method. Sharper maps that stay inside the red outline are what robust training promises.", att.name()))?);
+        body.push_str(&format!("<h3>{}</h3>\n", esc(&att.describe())));
+        body.push_str(&figure(&img, &format!("saliency grid {method}"), &format!("{}: the paper's Figure 1 for this method. Sharper maps that stay inside the red outline are what robust training promises. File: figures/saliency_{method}.png.", att.describe()))?);
         if !convergence.is_empty() {
             let (html, json) = ig_convergence(&convergence, mopts.ig_steps);
             body.push_str(&html);
@@ -558,51 +665,65 @@ pub fn section(
         }
     }
 
-    // 5. Saliency metrics of Gradient maps, with bootstrap intervals and paired tests.
+    // 5. The sanity check of the Gradient maps of the shown images, and each model's failures.
+    let gradient = by_name("gradient", &mopts)?;
+    let (html, json) = galleries::sanity(
+        &models,
+        gradient.as_ref(),
+        &xs,
+        &targets,
+        opts.seed,
+        &figdir,
+    )?;
+    body.push_str("<h3>Sanity check</h3>\n");
+    body.push_str(&html);
+    summary["sanity"] = json;
+    if opts.failures > 0 {
+        let test_labels: Vec<usize> = test.iter().map(|&i| labels[i]).collect();
+        let masks: Vec<Option<Vec<bool>>> = (0..test.len())
+            .map(|k| {
+                test_batch.has_mask[k].then(|| {
+                    test_batch.masks[k * plane..(k + 1) * plane]
+                        .iter()
+                        .map(|&v| v > 127)
+                        .collect()
+                })
+            })
+            .collect();
+        body.push_str("<h2>Failures</h2>\n");
+        body.push_str(&galleries::failures(
+            &models,
+            &preds,
+            &x_all,
+            &test_labels,
+            &masks,
+            &class_names,
+            &mopts,
+            opts.failures,
+            &figdir,
+        )?);
+    }
+
+    // 6. Saliency metrics of every measured method, with bootstrap intervals and paired tests.
     if opts.metric_images > 0 {
         let copts = CompareOptions {
-            methods: vec!["gradient".into()],
+            methods: metric_methods(opts),
             metrics: opts.metrics.clone(),
             count: Some(opts.metric_images),
             seed: opts.seed,
+            method_options: Some(mopts.clone()),
             ..Default::default()
         };
         let c = compare(&models, &copts, device, &|m| tracing::info!("report: {m}"))?;
         c.write(&opts.out)?;
-        let metrics: Vec<Metric> = c.models[0].methods[0]
-            .metrics
-            .iter()
-            .map(|m| m.metric)
-            .collect();
-        let mut head = String::from("<tr><th>model</th>");
-        for k in &metrics {
-            head.push_str(&format!(
-                "<th>{} {}</th>",
-                esc(k.short()),
-                if k.higher_is_better() {
-                    "&uarr;"
-                } else {
-                    "&darr;"
-                }
+        let mut tables = String::new();
+        for (mi, method) in copts.methods.iter().enumerate() {
+            let title = by_name(method, &mopts)?.describe();
+            tables.push_str(&format!(
+                "<h3>{}</h3>\n<table>{}</table>\n",
+                esc(&title),
+                metric_table(&c, mi, &mut summary)
             ));
-        }
-        head.push_str("</tr>");
-        let mut mrows = Vec::new();
-        for (k, m) in c.models.iter().enumerate() {
-            let mut row = format!("<tr><td>{}</td>", esc(&m.name));
-            for ms in &m.methods[0].metrics {
-                let p = ms
-                    .wilcoxon_vs_first
-                    .map(|w| format!("<br><small>p = {:.3}</small>", w.p_value))
-                    .unwrap_or_default();
-                row.push_str(&format!(
-                    "<td>{:.3}<br><small>[{:.3}, {:.3}]</small>{p}</td>",
-                    ms.mean, ms.ci95[0], ms.ci95[1]
-                ));
-                summary["runs"][k]["gradient_metrics"][ms.metric.name()] = serde_json::json!({"mean": ms.mean, "ci95": ms.ci95, "n": ms.n, "wilcoxon_vs_first": ms.wilcoxon_vs_first});
-            }
-            row.push_str("</tr>");
-            mrows.push(row);
         }
         let lesion_share = c.mean_lesion_area.unwrap_or(0.0);
         summary["mean_lesion_area"] = serde_json::json!(lesion_share);
@@ -618,9 +739,22 @@ pub fn section(
             summary["findings"] = serde_json::json!(found);
         }
         body.push_str("<h2>Saliency metrics</h2>\n");
-        body.push_str(&format!("<table>{head}{}</table>\n", mrows.join("")));
-        body.push_str(&format!("<p>Gradient maps of {} test images (true class). Against the lesion mask: RMA, the share of attribution inside the lesion (a map blind to the lesion scores about the lesion's share of the image, here {lesion_share:.3}); RRA, the share of the |lesion| most salient pixels inside it; pointing, whether the most salient pixel is inside; ROC-AUC of the map as a lesion detector. Without a mask: Gini (0 uniform, 1 one pixel) and entropy (lower is more concentrated); deletion and insertion areas (RISE: the class probability as the most salient pixels are removed, resp. revealed over a blurred image); faithfulness correlation (Bhatt et al.). Each cell: mean, 95% bootstrap interval, and the p-value of a paired Wilcoxon signed-rank test against the first model. Also in <code>comparison.md</code>, <code>comparison.csv</code> and <code>comparison.json</code>.</p>\n", c.images.len()));
-        body.push_str(&curve_charts(&c, &figdir)?);
+        let unmeasured: Vec<String> = opts
+            .methods
+            .iter()
+            .filter(|m| !copts.methods.contains(m))
+            .map(|m| by_name(m, &mopts).map(|a| a.describe()))
+            .collect::<Result<_>>()?;
+        if !unmeasured.is_empty() {
+            body.push_str(&format!(
+                "<p>Shown above but not measured here: {} (<code>report --metric-method</code> measures them).</p>\n",
+                esc(&unmeasured.join("; "))
+            ));
+        }
+        body.push_str(&tables);
+        body.push_str(&format!("<p>The maps of {} test images (true class), of each method with the settings of the grids above. Against the lesion mask: RMA, the share of attribution inside the lesion (a map blind to the lesion scores about the lesion's share of the image, here {lesion_share:.3}); RRA, the share of the |lesion| most salient pixels inside it; pointing, whether the most salient pixel is inside; ROC-AUC of the map as a lesion detector. Without a mask: Gini (0 uniform, 1 one pixel) and entropy (lower is more concentrated); deletion and insertion areas (RISE: the class probability as the most salient pixels are removed, resp. revealed over a blurred image); faithfulness correlation (Bhatt et al.). Each cell: mean, 95% bootstrap interval, and the p-value of a paired Wilcoxon signed-rank test against the first model (of the same method). Also in <code>comparison.md</code>, <code>comparison.csv</code> and <code>comparison.json</code>.</p>\n", c.images.len()));
+        let first = by_name(&copts.methods[0], &mopts)?.describe();
+        body.push_str(&curve_charts(&c, &first, &figdir)?);
     }
     Ok((body, summary))
 }
