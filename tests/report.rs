@@ -188,6 +188,7 @@ fn report_writes_every_figure_and_renders_in_chromium() {
         "3",
         "--method",
         "gradient,gradcam",
+        "--shared-scale",
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(stdout.contains("report.html"), "{stdout}");
@@ -292,6 +293,7 @@ fn report_writes_every_figure_and_renders_in_chromium() {
         );
     }
     assert!(html.contains("<h2>Failures</h2>") && html.contains("Sanity check"));
+    assert!(html.contains("on one scale per method"), "--shared-scale is stated");
     // every figure file parses and the page names it
     let n = common::check_figure_files(&out, &html);
     assert!(n >= 20, "{n} figure files");

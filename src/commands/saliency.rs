@@ -131,6 +131,10 @@ pub fn run(job: &ExplainJob) -> Result<Vec<Explained>> {
         // with a shared scale, one per method: the cap of all its maps (every model, image)
         let mut by_method: Vec<(String, DisplayOptions)> = Vec::new();
         for m in &job.methods {
+            if !job.display.shared {
+                by_method.push((m.clone(), job.display));
+                continue;
+            }
             let maps: Vec<Vec<f32>> = results
                 .iter()
                 .filter(|r| &r.method == m)

@@ -34,8 +34,8 @@
 //! Each output is one chain of fused multiply-adds in a fixed order (channel, then taps), so
 //! results do not depend on the number of threads.
 //!
-//! Where the CPU has AVX-512F (chosen at run time; [`super::set_avx512`] turns it off), the
-//! forward tile holds its 16 outputs per channel in one AVX-512 register instead of two AVX
+//! With [`super::set_avx512`] on and a CPU with AVX-512F (off by default: it measured no
+//! faster), the forward tile holds its 16 outputs per channel in one AVX-512 register instead of two AVX
 //! ones, with the same sums in the same order (identical results), and the weight gradient
 //! runs 16 positions at a time (its lanes are added in another order than the AVX2 kernel's:
 //! results differ from it by rounding).

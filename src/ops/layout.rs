@@ -18,18 +18,21 @@ pub(super) fn has_fma() -> bool {
     false
 }
 
-static AVX512: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+static AVX512: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Lets the kernels use AVX-512 where the CPU has it (on by default), or keeps them on their
-/// AVX2 code (off) for the whole process: for measuring one against the other, or for
-/// results that round as on an AVX2-only machine. The matrix products of the `gemm` crate
-/// choose their instructions themselves and are not affected.
+/// Lets robustlens's own kernels (Winograd's products, the direct tile, the 3x3 weight
+/// gradient) use their AVX-512 code where the CPU has it, or keeps them on their AVX2 code
+/// (the default) for the whole process. Off by default because it measured no faster: on the
+/// 2-core AVX-512 VM, five alternating rounds gave a median of 0.91x (train step, 64 px) and
+/// 0.87x (PGD-7 step) against the AVX2 code, with ranges of 0.85-1.09 and 0.81-1.09. The
+/// matrix products of the `gemm` crate choose their instructions themselves (AVX-512 where
+/// present) and are not affected.
 pub fn set_avx512(enabled: bool) {
     AVX512.store(enabled, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Whether the kernels run their AVX-512 code: the CPU has AVX-512F (and AVX2 and FMA) and
-/// [`set_avx512`] has not turned it off.
+/// [`set_avx512`] turned it on.
 #[cfg(target_arch = "x86_64")]
 pub(super) fn use_avx512() -> bool {
     #[cfg(test)]

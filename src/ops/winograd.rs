@@ -23,10 +23,10 @@
 //! indexing across several slices of one buffer they ran scalar and took as long as the
 //! products.
 //!
-//! Where the CPU has AVX-512F, the products run 32 tiles x 6 output channels in 12 AVX-512
-//! registers (chosen at run time; [`super::set_avx512`] or `ROBUSTLENS_AVX512=0` keeps the
-//! AVX2 tile). Each lane adds the same products in the same order, so the results are
-//! identical bit for bit.
+//! With [`super::set_avx512`] on (`ROBUSTLENS_AVX512=1`) and a CPU with AVX-512F, the
+//! products run 32 tiles x 6 output channels in 12 AVX-512 registers. Each lane adds the same
+//! products in the same order, so the results are identical bit for bit. It is off by
+//! default: it measured no faster than the AVX2 tile.
 //!
 //! Numerics: the transforms only add, subtract and halve, so the results differ from a
 //! direct sum by rounding (a few units in the last place of the inputs' scale), like any

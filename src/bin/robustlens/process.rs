@@ -26,11 +26,11 @@ fn candle_threads() {
     }
 }
 
-/// `ROBUSTLENS_AVX512=0` keeps robustlens's own kernels on their AVX2 code on a CPU with
-/// AVX-512 (for comparing the two, or for results that round as on an AVX2-only machine).
+/// `ROBUSTLENS_AVX512=1` lets robustlens's own kernels run their AVX-512 code on a CPU that
+/// has it (off by default: it measured no faster, see `robustlens::ops::set_avx512`).
 fn instruction_sets() {
-    if std::env::var("ROBUSTLENS_AVX512").is_ok_and(|v| v.trim() == "0") {
-        robustlens::ops::set_avx512(false);
+    if std::env::var("ROBUSTLENS_AVX512").is_ok_and(|v| v.trim() == "1") {
+        robustlens::ops::set_avx512(true);
     }
 }
 

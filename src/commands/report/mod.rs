@@ -613,20 +613,24 @@ pub fn section(
                 Ok(a)
             })
             .collect::<Result<_>>()?;
-        let c = maps.first().map_or(Ok(3), |a| a.dim(1))?;
-        let flat: Vec<Vec<f32>> = maps
-            .iter()
-            .map(|a| {
-                (0..chosen.len())
-                    .map(|r| a.get(r)?.flatten_all()?.to_vec1::<f32>())
-                    .collect::<candle_core::Result<Vec<_>>>()
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?
-            .into_iter()
-            .flatten()
-            .collect();
-        let refs: Vec<&[f32]> = flat.iter().map(|v| v.as_slice()).collect();
-        let display = base_display.sharing(&refs, c, size, size);
+        let display = if opts.shared_scale {
+            let c = maps.first().map_or(Ok(3), |a| a.dim(1))?;
+            let flat: Vec<Vec<f32>> = maps
+                .iter()
+                .map(|a| {
+                    (0..chosen.len())
+                        .map(|r| a.get(r)?.flatten_all()?.to_vec1::<f32>())
+                        .collect::<candle_core::Result<Vec<_>>>()
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?
+                .into_iter()
+                .flatten()
+                .collect();
+            let refs: Vec<&[f32]> = flat.iter().map(|v| v.as_slice()).collect();
+            base_display.sharing(&refs, c, size, size)
+        } else {
+            base_display
+        };
         let legend = display.colorbar((128 * targets.len().min(3)) as u32);
         for (r, &ci) in chosen.iter().enumerate() {
             let px: Vec<f32> = xs.get(r)?.flatten_all()?.to_vec1()?;
