@@ -293,7 +293,10 @@ fn report_writes_every_figure_and_renders_in_chromium() {
         );
     }
     assert!(html.contains("<h2>Failures</h2>") && html.contains("Sanity check"));
-    assert!(html.contains("on one scale per method"), "--shared-scale is stated");
+    assert!(
+        html.contains("on one scale per method"),
+        "--shared-scale is stated"
+    );
     // every figure file parses and the page names it
     let n = common::check_figure_files(&out, &html);
     assert!(n >= 20, "{n} figure files");
