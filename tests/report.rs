@@ -300,14 +300,20 @@ fn report_writes_every_figure_and_renders_in_chromium() {
     // every figure file parses and the page names it
     let n = common::check_figure_files(&out, &html);
     assert!(n >= 20, "{n} figure files");
-    // One finding per model after the first, with its numbers.
+    // One finding per model after the first and measured method, with its numbers.
     let found = s["findings"].as_array().unwrap();
-    assert_eq!(found.len(), 1, "{found:?}");
-    let f = found[0].as_str().unwrap();
-    assert!(
-        f.contains("robust model") && f.contains("RMA") && f.contains("p = "),
-        "{f}"
-    );
+    assert_eq!(found.len(), 2, "{found:?}");
+    for (f, method) in found.iter().zip(["Gradient", "Grad-CAM"]) {
+        let f = f.as_str().unwrap();
+        assert!(
+            f.contains("robust model")
+                && f.contains(&format!("{method} maps"))
+                && f.contains("RMA")
+                && f.contains("p = "),
+            "{f}"
+        );
+    }
+    assert!(found[0].as_str().unwrap().contains("test accuracy"));
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("What this run found"));
     assert!(

@@ -203,28 +203,34 @@ pub fn write_page(out: &Path, title: &str, body: &str, summary: &serde_json::Val
     write_json_atomic(&out.join("summary.json"), summary)
 }
 
-/// What each model after the first found against the first, one sentence each, with the
-/// numbers (the first method's maps, Gradient in the report: RMA and pointing with the paired
-/// test; accuracy clean and under attack).
+/// What each model after the first found against the first: per measured method one
+/// sentence with its numbers (RMA and pointing with the paired test), the first also with
+/// accuracy, clean and under attack.
 pub fn findings(c: &crate::eval::compare::Comparison) -> Vec<String> {
     let Some(first) = c.models.first() else {
         return Vec::new();
     };
-    let method = match first.methods.first().map(|r| r.method.as_str()) {
-        Some("gradient") | None => "Gradient".to_string(),
-        Some(m) => m.to_string(),
+    let label = |m: &str| match m {
+        "gradient" => "Gradient".to_string(),
+        "smoothgrad" => "SmoothGrad".to_string(),
+        "ig" => "Integrated Gradients".to_string(),
+        "gradcam" => "Grad-CAM".to_string(),
+        "occlusion" => "Occlusion".to_string(),
+        "input-x-gradient" => "Input × Gradient".to_string(),
+        other => other.to_string(),
     };
     fn metric(
         m: &crate::eval::compare::ModelResult,
+        mi: usize,
         k: Metric,
     ) -> Option<&crate::eval::compare::MetricSummary> {
         m.methods
-            .first()
+            .get(mi)
             .and_then(|r| r.metrics.iter().find(|x| x.metric == k))
     }
     let acc = |a: &crate::eval::compare::ModelResult, b: &crate::eval::compare::ModelResult| {
         let mut s = format!(
-            "test accuracy {:.1}% → {:.1}%",
+            "; test accuracy {:.1}% → {:.1}%",
             100.0 * a.clean_accuracy,
             100.0 * b.clean_accuracy
         );
@@ -237,45 +243,54 @@ pub fn findings(c: &crate::eval::compare::Comparison) -> Vec<String> {
         }
         s
     };
-    c.models
-        .iter()
-        .skip(1)
-        .filter_map(|m| {
-            let r = metric(m, Metric::RelevanceMassAccuracy)?;
-            let r0 = metric(first, Metric::RelevanceMassAccuracy)?;
-            let p = r.wilcoxon_vs_first.map(|w| w.p_value).unwrap_or(f64::NAN);
+    let mut out = Vec::new();
+    for m in c.models.iter().skip(1) {
+        for (mi, r) in first.methods.iter().enumerate() {
+            let (Some(x), Some(x0)) = (
+                metric(m, mi, Metric::RelevanceMassAccuracy),
+                metric(first, mi, Metric::RelevanceMassAccuracy),
+            ) else {
+                continue;
+            };
+            let p = x.wilcoxon_vs_first.map(|w| w.p_value).unwrap_or(f64::NAN);
             let verdict = if p.is_nan() || p >= 0.05 {
                 "no significant difference"
-            } else if r.mean > r0.mean {
+            } else if x.mean > x0.mean {
                 "more on the mask"
             } else {
                 "less on the mask"
             };
             let pointing = match (
-                metric(m, Metric::PointingGame),
-                metric(first, Metric::PointingGame),
+                metric(m, mi, Metric::PointingGame),
+                metric(first, mi, Metric::PointingGame),
             ) {
                 (Some(a), Some(b)) => format!("; pointing {:.2} → {:.2}", b.mean, a.mean),
                 _ => String::new(),
             };
-            Some(format!(
-                "Are the {} model's {method} maps more on the mask than the {} model's? {verdict}: \
+            out.push(format!(
+                "Are the {} model's {} maps more on the mask than the {} model's? {verdict}: \
                  RMA {:.3} [{:.3}, {:.3}] → {:.3} [{:.3}, {:.3}] (paired Wilcoxon p = {:.2e}, {} \
-                 images){pointing}; {}.",
+                 images){pointing}{}.",
                 m.name,
+                label(&r.method),
                 first.name,
-                r0.mean,
-                r0.ci95[0],
-                r0.ci95[1],
-                r.mean,
-                r.ci95[0],
-                r.ci95[1],
+                x0.mean,
+                x0.ci95[0],
+                x0.ci95[1],
+                x.mean,
+                x.ci95[0],
+                x.ci95[1],
                 p,
-                r.n,
-                acc(first, m)
-            ))
-        })
-        .collect()
+                x.n,
+                if mi == 0 {
+                    acc(first, m)
+                } else {
+                    String::new()
+                }
+            ));
+        }
+    }
+    out
 }
 
 /// The methods whose maps the report measures: `opts.metric_methods`, or every shown method,
