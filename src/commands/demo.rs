@@ -137,15 +137,7 @@ pub fn run(opts: &DemoOptions, interrupt: &Interrupt) -> Result<serde_json::Valu
             // The mask metrics are the control's question. Deletion and insertion (about a
             // hundred forward passes per image and method each) would add about 80 s at
             // 64 px, faithfulness correlation as much again; the lesion part has them.
-            metrics: [
-                Metric::RelevanceMassAccuracy,
-                Metric::RelevanceRankAccuracy,
-                Metric::PointingGame,
-                Metric::RocAuc,
-                Metric::Gini,
-                Metric::Entropy,
-            ]
-            .to_vec(),
+            metrics: Metric::ALL.into_iter().filter(|m| !m.perturbs()).collect(),
             ..Default::default()
         };
         let (b, s) = section(&runs, &ropts, &device)?;

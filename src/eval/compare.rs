@@ -78,6 +78,15 @@ impl Metric {
         Self::ARTIFACTS.contains(self)
     }
 
+    /// Whether it runs the model again on perturbed images (deletion, insertion and
+    /// faithfulness correlation: about a hundred forward passes per image and method each).
+    pub fn perturbs(&self) -> bool {
+        matches!(
+            self,
+            Metric::Deletion | Metric::Insertion | Metric::FaithfulnessCorrelation
+        )
+    }
+
     pub const ALL: [Metric; 9] = [
         Metric::RelevanceMassAccuracy,
         Metric::RelevanceRankAccuracy,
