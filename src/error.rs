@@ -180,6 +180,10 @@ pub enum Error {
     })]
     Interrupted { resume: Option<PathBuf> },
 
+    /// The cluster scheduler (Slurm) refused or failed a request.
+    #[error("{0}")]
+    Scheduler(String),
+
     /// A bug in robustlens, not in its input.
     #[error("internal error: {0} (this is a bug in robustlens; please report it)")]
     Internal(String),
@@ -252,6 +256,10 @@ impl Error {
     /// Attack inputs that do not fit.
     pub(crate) fn attack(msg: impl Into<String>) -> Self {
         Error::Attack(AttackError::Inputs(msg.into()))
+    }
+    /// A scheduler failure (what was run, and what it said).
+    pub(crate) fn scheduler(msg: impl Into<String>) -> Self {
+        Error::Scheduler(msg.into())
     }
     /// A bug, not bad input.
     pub(crate) fn internal(msg: impl Into<String>) -> Self {

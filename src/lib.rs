@@ -37,6 +37,7 @@ pub mod progress;
 pub mod report;
 pub mod rng;
 pub mod run;
+pub mod scheduler;
 pub mod train;
 
 pub use error::{Error, Result};

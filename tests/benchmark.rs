@@ -177,6 +177,8 @@ fn tiny_options(out: &std::path::Path) -> BenchmarkOptions {
             best_by: "rma".into(),
             bootstrap: 100,
         },
+        cell: None,
+        gather: false,
     }
 }
 

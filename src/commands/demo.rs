@@ -32,6 +32,10 @@ pub struct DemoOptions {
     pub robust_epochs: usize,
     /// Train the control part first (off: the lesion set only).
     pub control: bool,
+    /// For tests of the pipeline: every run at 32 px on 6 training images per class, one
+    /// epoch per phase, and the report on a few images. The files are the demo's, the
+    /// numbers mean nothing. Not on the command line.
+    pub tiny: bool,
 }
 
 impl Default for DemoOptions {
@@ -44,6 +48,7 @@ impl Default for DemoOptions {
             device: DeviceSpec::Cpu,
             robust_epochs: 6,
             control: true,
+            tiny: false,
         }
     }
 }
@@ -79,6 +84,30 @@ fn control_config(opts: &DemoOptions, recipe: Recipe) -> TrainConfig {
         ));
     }
     c
+}
+
+/// [`DemoOptions::tiny`]'s sizes on a run's configuration.
+fn shrink(c: &mut TrainConfig) {
+    c.image_size = 32;
+    c.data.train_per_class = 6;
+    c.data.val_per_class = 2;
+    c.data.test_per_class = 3;
+    c.head.epochs = c.head.epochs.min(1);
+    c.main.epochs = 1;
+    c.head.batch_size = 6;
+    c.main.batch_size = 6;
+    if let Some(a) = &mut c.adversarial {
+        *a = AdvConfig::same_reach(eps_from_224(CONTROL_EPS, 32), 2);
+    }
+}
+
+/// [`DemoOptions::tiny`]'s sizes on the report's options.
+fn shrink_report(o: &mut ReportOptions) {
+    o.metric_images = 4;
+    o.robust_images = 3;
+    o.ig_steps = 8;
+    o.adversarial_images = 2;
+    o.failures = 2;
 }
 
 /// Trains one run into `dir` unless it finished earlier (an interrupted one is resumed).
@@ -121,14 +150,17 @@ pub fn run(opts: &DemoOptions, interrupt: &Interrupt) -> Result<serde_json::Valu
             ("standard", Recipe::TrainStandard),
             (CONTROL_ROBUST, Recipe::TrainRobust),
         ] {
-            let cfg = control_config(opts, recipe);
+            let mut cfg = control_config(opts, recipe);
+            if opts.tiny {
+                shrink(&mut cfg);
+            }
             runs.push((
                 name.to_string(),
                 train_run(name, &dir.join(name), &cfg, interrupt)?,
             ));
         }
         eprintln!("demo: evaluating and explaining the control's models");
-        let ropts = ReportOptions {
+        let mut ropts = ReportOptions {
             out: dir.clone(),
             seed: opts.seed,
             metric_images: 60,
@@ -140,6 +172,9 @@ pub fn run(opts: &DemoOptions, interrupt: &Interrupt) -> Result<serde_json::Valu
             metrics: Metric::ALL.into_iter().filter(|m| !m.perturbs()).collect(),
             ..Default::default()
         };
+        if opts.tiny {
+            shrink_report(&mut ropts);
+        }
         let (b, s) = section(&runs, &ropts, &device)?;
         write_page(&dir, "robustlens demo: control", &b, &s)?;
         body.push_str(&format!(
@@ -157,7 +192,7 @@ pub fn run(opts: &DemoOptions, interrupt: &Interrupt) -> Result<serde_json::Valu
         "demo: evaluating and explaining the lesion set's {} models",
         runs.len()
     );
-    let ropts = ReportOptions {
+    let mut ropts = ReportOptions {
         out: dir.clone(),
         seed: opts.seed,
         // At 50 steps IG misses 5-11% of the robust models' logit change on these images;
@@ -175,6 +210,9 @@ pub fn run(opts: &DemoOptions, interrupt: &Interrupt) -> Result<serde_json::Valu
             .collect(),
         ..Default::default()
     };
+    if opts.tiny {
+        shrink_report(&mut ropts);
+    }
     let (b, s) = section(&runs, &ropts, &device)?;
     write_page(&dir, "robustlens demo: lesions", &b, &s)?;
     body.push_str(&format!(
@@ -194,11 +232,17 @@ fn lesion_runs(
     out: &Path,
     interrupt: &Interrupt,
 ) -> Result<Vec<(String, PathBuf)>> {
-    let base = |recipe| TrainConfig {
-        device: opts.device,
-        seed: opts.seed,
-        image_size: opts.image_size,
-        ..Preset::Quick.base(recipe)
+    let base = |recipe| {
+        let mut c = TrainConfig {
+            device: opts.device,
+            seed: opts.seed,
+            image_size: opts.image_size,
+            ..Preset::Quick.base(recipe)
+        };
+        if opts.tiny {
+            shrink(&mut c);
+        }
+        c
     };
     let mut runs = Vec::new();
     let std_dir = train_run(
@@ -217,7 +261,10 @@ fn lesion_runs(
             epoch: opts.robust_epochs.saturating_sub(1).max(1),
             factor: 0.1,
         };
-        cfg.adversarial = Some(AdvConfig::same_reach(eps, 3));
+        cfg.adversarial = Some(AdvConfig::same_reach(eps, if opts.tiny { 2 } else { 3 }));
+        if opts.tiny {
+            cfg.main.epochs = 1;
+        }
         let name = format!("robust-eps{e}");
         let dir = train_run(&name, &out.join(&name), &cfg, interrupt)?;
         if first_robust.is_none() {
@@ -227,7 +274,7 @@ fn lesion_runs(
     }
     if let Some(rdir) = first_robust {
         let mut cfg = base(Recipe::Finetune);
-        cfg.main.epochs = 2;
+        cfg.main.epochs = if opts.tiny { 1 } else { 2 };
         cfg.main.lr = 1e-4;
         cfg.groups = GroupSet::parse("3-5")?;
         cfg.init = Init::From(rdir.clone());

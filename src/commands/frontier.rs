@@ -3,7 +3,7 @@
 //! image, as charts.
 
 use crate::eval::compare::{Comparison, Metric};
-use crate::report::html::{interval_chart, IntervalSeries};
+use crate::report::plot::{histogram_chart, interval_chart, IntervalSeries, UNIT};
 
 /// The metrics drawn against eps, when measured.
 const METRICS: [Metric; 4] = [
@@ -42,7 +42,7 @@ pub fn frontier_charts(c: &Comparison) -> Vec<(String, String)> {
     }
     out.push((
         "frontier-accuracy".to_string(),
-        interval_chart("Accuracy against eps", &acc, XLABEL, "accuracy"),
+        interval_chart("Accuracy against eps", &acc, XLABEL, "accuracy", UNIT),
     ));
     let methods: Vec<String> = c
         .models
@@ -74,6 +74,7 @@ pub fn frontier_charts(c: &Comparison) -> Vec<(String, String)> {
                     &series,
                     XLABEL,
                     "mean over images",
+                    UNIT,
                 ),
             ));
         }
@@ -90,7 +91,7 @@ pub fn frontier_charts(c: &Comparison) -> Vec<(String, String)> {
             .collect();
         out.push((
             format!("best-eps-{}", b.method),
-            interval_chart(
+            histogram_chart(
                 &format!(
                     "Best eps per image ({} maps, by {})",
                     b.method,
@@ -99,6 +100,7 @@ pub fn frontier_charts(c: &Comparison) -> Vec<(String, String)> {
                 &[(format!("{total} images"), pts)],
                 XLABEL,
                 "share of images",
+                UNIT,
             ),
         ));
     }

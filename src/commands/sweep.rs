@@ -3,13 +3,14 @@
 
 use super::compare::CompareSettings;
 use super::train::TrainOptions;
-use crate::config::{eps_from_224, layered, AdvConfig, Recipe};
+use crate::config::{eps_from_224, layered, AdvConfig, Recipe, TrainConfig};
 use crate::data::split::Part;
 use crate::eval::compare::Comparison;
 use crate::interrupt::Interrupt;
 use crate::run::{default_out, RunConfig};
 use crate::train::{train, Stop};
 use crate::{Error, Result};
+use std::path::PathBuf;
 
 /// The radii of a sweep.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +30,41 @@ pub struct SweepOptions {
     /// PGD steps of the training attack (the training preset: step eps/5, random start).
     pub train_attack_steps: usize,
     pub compare: CompareSettings,
+    /// Train only this cell (its folder name, e.g. `eps-0.5`) and compare nothing: one task
+    /// of a job array.
+    pub cell: Option<String>,
+    /// Train nothing: compare the cells that have finished and name the ones that have not.
+    pub gather: bool,
+}
+
+/// The sweep's folder: `--out`, which a single cell and a gather need (a default folder is
+/// new each time).
+fn out_dir(opts: &SweepOptions) -> Result<PathBuf> {
+    match (&opts.train.out, opts.cell.is_some() || opts.gather) {
+        (Some(o), _) => Ok(o.clone()),
+        (None, false) => Ok(default_out("sweep-eps")),
+        (None, true) => Err(Error::conflict(
+            "--cell and --gather work on an existing sweep: give its folder with --out",
+        )),
+    }
+}
+
+/// The grid's cells for a scheduler, their configurations checked: (name, run folder, the
+/// cell it needs first: none) in order.
+pub fn grid(opts: &SweepOptions) -> Result<Vec<(String, PathBuf, Option<String>)>> {
+    let out =
+        opts.train.out.clone().ok_or_else(|| {
+            Error::conflict("a sweep on a scheduler needs its folder: give --out")
+        })?;
+    let cells = cells(opts)?;
+    configs(opts, &cells)?;
+    Ok(cells
+        .into_iter()
+        .map(|(n, _, _)| {
+            let d = out.join(&n);
+            (n, d, None)
+        })
+        .collect())
 }
 
 /// The sweep's cells: (folder name, recipe, L2 eps at the working size).
@@ -73,13 +109,10 @@ pub fn cells(opts: &SweepOptions) -> Result<Vec<(String, Recipe, f32)>> {
         .collect()
 }
 
-/// Trains the missing cells (finished ones are kept, interrupted ones resumed), then compares
-/// them all into the sweep folder.
-pub fn run(opts: &SweepOptions, interrupt: &Interrupt) -> Result<Comparison> {
-    let cells = cells(opts)?;
-    // Check every cell's configuration and the comparison's settings before any training.
+/// Every cell's training configuration, checked.
+fn configs(opts: &SweepOptions, cells: &[(String, Recipe, f32)]) -> Result<Vec<TrainConfig>> {
     let mut configs = Vec::new();
-    for (_, recipe, eps) in &cells {
+    for (_, recipe, eps) in cells {
         let mut cfg = layered(
             *recipe,
             opts.train.preset,
@@ -92,19 +125,48 @@ pub fn run(opts: &SweepOptions, interrupt: &Interrupt) -> Result<Comparison> {
         cfg.validate()?;
         configs.push(cfg);
     }
+    Ok(configs)
+}
+
+/// Trains the missing cells (finished ones are kept, interrupted ones resumed), then compares
+/// them all into the sweep folder. With [`SweepOptions::cell`] it trains that cell only and
+/// returns `None`; with [`SweepOptions::gather`] it trains nothing and compares the finished
+/// cells.
+pub fn run(opts: &SweepOptions, interrupt: &Interrupt) -> Result<Option<Comparison>> {
+    let cells = cells(opts)?;
+    if let Some(only) = &opts.cell {
+        if !cells.iter().any(|c| &c.0 == only) {
+            let names: Vec<&str> = cells.iter().map(|c| c.0.as_str()).collect();
+            return Err(Error::config(
+                "cell",
+                only,
+                format!("this sweep's cells are {}", names.join(", ")),
+            ));
+        }
+    }
+    // Check every cell's configuration and the comparison's settings before any training.
+    let configs = configs(opts, &cells)?;
     let copts = opts
         .compare
         .options(Some("run".into()), Part::Test, configs[0].seed)?;
     let device = configs[0].device;
-    let out = opts
-        .train
-        .out
-        .clone()
-        .unwrap_or_else(|| default_out("sweep-eps"));
+    let out = out_dir(opts)?;
     crate::fsutil::check_output_dir(&out)?;
     let mut runs = Vec::new();
+    let mut missing = Vec::new();
     for ((name, _, eps), fresh) in cells.iter().zip(configs) {
+        if opts.cell.as_ref().is_some_and(|c| c != name) {
+            continue;
+        }
         let dir = out.join(name);
+        if opts.gather {
+            if dir.join("summary.json").exists() {
+                runs.push((name.clone(), dir));
+            } else {
+                missing.push(name.as_str());
+            }
+            continue;
+        }
         runs.push((name.clone(), dir.clone()));
         if dir.join("summary.json").exists() {
             eprintln!("{name}: finished earlier, kept");
@@ -127,6 +189,23 @@ pub fn run(opts: &SweepOptions, interrupt: &Interrupt) -> Result<Comparison> {
             Stop::Finished(s) => eprintln!("{name}: done in {:.0} s", s.seconds),
         }
     }
+    if opts.cell.is_some() {
+        return Ok(None);
+    }
+    if !missing.is_empty() {
+        eprintln!(
+            "gather: {} of {} cells have not finished and are left out: {}",
+            missing.len(),
+            cells.len(),
+            missing.join(", ")
+        );
+    }
+    if runs.is_empty() {
+        return Err(Error::conflict(format!(
+            "no cell of {} has finished: nothing to compare",
+            out.display()
+        )));
+    }
     let cmp = super::compare::run(&runs, &copts, device, &out)?;
     let figures = out.join("figures");
     crate::fsutil::ensure_output_dir(&figures)?;
@@ -134,5 +213,5 @@ pub fn run(opts: &SweepOptions, interrupt: &Interrupt) -> Result<Comparison> {
         crate::report::raster::write_chart(&figures, &stem, &svg)?;
     }
     eprintln!("eps frontier figures: {}", figures.display());
-    Ok(cmp)
+    Ok(Some(cmp))
 }

@@ -2,7 +2,7 @@
 //! adversarial, numbered across phases with the phase boundary marked. The trainer writes
 //! them into the run folder after every epoch (`training_curves.svg` and `.png`).
 
-use super::html::{interval_chart_marked, side_by_side, IntervalSeries};
+use super::plot::{side_by_side, Chart, IntervalSeries, UNIT};
 use super::raster::write_chart;
 use crate::Result;
 use std::path::Path;
@@ -67,14 +67,10 @@ pub fn training_curves(metrics: &str, title: &str) -> Option<String> {
         .collect();
     let xlabel = "epoch (across phases)";
     Some(side_by_side(&[
-        &interval_chart_marked(&format!("{title}: loss"), &loss, xlabel, "loss", &marks),
-        &interval_chart_marked(
-            &format!("{title}: accuracy"),
-            &acc,
-            xlabel,
-            "accuracy",
-            &marks,
-        ),
+        Chart::points(&format!("{title}: loss"), &loss, xlabel, "loss").marked(&marks),
+        Chart::points(&format!("{title}: accuracy"), &acc, xlabel, "accuracy")
+            .marked(&marks)
+            .bounded(UNIT),
     ]))
 }
 
@@ -106,8 +102,7 @@ mod tests {
             "training (clean)",
             "training (adversarial)",
             "validation",
-            "full phase",
-            "stroke-dasharray",
+            ">full phase</text>",
         ] {
             assert!(svg.contains(needle), "{needle} missing");
         }

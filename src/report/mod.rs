@@ -1,5 +1,5 @@
 //! Pictures and files for people: display of attribution maps (separate from their maths),
-//! PNG writing, labelled figure grids, SVG charts with PNG copies and NPY export.
+//! PNG writing, labelled figure grids, charts (plotters, SVG with PNG copies) and NPY export.
 
 pub mod curves;
 pub mod display;
@@ -7,6 +7,7 @@ pub mod font;
 pub mod grid;
 pub mod html;
 pub mod npy;
+pub mod plot;
 pub mod png;
 pub mod raster;
 

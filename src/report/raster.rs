@@ -60,7 +60,7 @@ pub fn write_chart(dir: &Path, stem: &str, svg: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::html::interval_chart;
+    use crate::report::plot::interval_chart;
 
     #[test]
     fn a_chart_renders_with_its_text() {
@@ -72,6 +72,7 @@ mod tests {
             )],
             "eps",
             "RMA",
+            None,
         ));
         let png = svg_to_png(&svg, 2.0).unwrap();
         let img = image::load_from_memory(&png).unwrap().to_rgb8();

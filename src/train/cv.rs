@@ -49,7 +49,47 @@ fn best_val_acc(dir: &Path) -> Result<f64> {
         .ok_or_else(|| Error::training(format!("{}: no validation epochs", dir.display())))
 }
 
+/// The grid's cells for a scheduler, in order: (name, run folder, the cell it needs first).
+/// A fold is `lr<LR>-bs<B>/fold<K>`; the final training (`final`) needs every fold.
+pub fn cells(
+    lrs: &[f64],
+    batch_sizes: &[usize],
+    folds: usize,
+    out: &Path,
+    final_train: bool,
+) -> Vec<(String, std::path::PathBuf, Option<String>)> {
+    let mut v = Vec::new();
+    for &lr in lrs {
+        for &bs in batch_sizes {
+            for k in 1..=folds {
+                let name = format!("lr{lr}-bs{bs}/fold{k}");
+                v.push((name.clone(), out.join(&name), None));
+            }
+        }
+    }
+    if final_train {
+        let last = v.last().map(|c| c.0.clone());
+        v.push(("final".into(), out.join("final"), last));
+    }
+    v
+}
+
+/// Which part of the grid [`cross_validate`] does.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum CvPart {
+    /// Every fold, then the table (and the final training).
+    #[default]
+    All,
+    /// One cell of [`cells`] only (a fold: no table, `None` back; `final`: the table from the
+    /// finished folds, then the final training).
+    Cell(String),
+    /// Train nothing: the table of the grid cells whose folds have all finished (the others
+    /// named and left out).
+    Gather,
+}
+
 /// Runs the grid. `cfg` gives everything but lr and batch size.
+#[allow(clippy::too_many_arguments)]
 pub fn cross_validate(
     cfg: &TrainConfig,
     lrs: &[f64],
@@ -57,8 +97,9 @@ pub fn cross_validate(
     folds: usize,
     out: &Path,
     final_train: bool,
+    part: &CvPart,
     interrupt: &Interrupt,
-) -> Result<CvResult> {
+) -> Result<Option<CvResult>> {
     if folds < 2 {
         return Err(Error::config(
             "folds",
@@ -85,6 +126,21 @@ pub fn cross_validate(
             cell(lr, bs).validate()?;
         }
     }
+    if let CvPart::Cell(name) = part {
+        let names = cells(lrs, batch_sizes, folds, out, final_train);
+        if !names.iter().any(|c| &c.0 == name) {
+            return Err(Error::config(
+                "cell",
+                name,
+                format!(
+                    "this grid's cells are lr<LR>-bs<B>/fold<K> for its lrs, batch sizes and \
+                     folds{}, e.g. {}",
+                    if final_train { ", and final" } else { "" },
+                    names[0].0
+                ),
+            ));
+        }
+    }
     let (_, split) = open_data_with_folds(&base, folds)?;
     if split
         .rows
@@ -98,10 +154,17 @@ pub fn cross_validate(
     crate::fsutil::ensure_output_dir(out)?;
     split.write(&out.join("split.csv"))?;
     let mut cells = Vec::new();
+    let mut missing = Vec::new();
     for &lr in lrs {
         for &bs in batch_sizes {
             let mut accs = Vec::new();
             for k in 1..=folds {
+                let name = format!("lr{lr}-bs{bs}/fold{k}");
+                let wanted = match part {
+                    CvPart::All => true,
+                    CvPart::Cell(c) => c == &name,
+                    CvPart::Gather => false,
+                };
                 let mut fs = split.clone();
                 for r in fs.rows.iter_mut() {
                     if r.part == Part::Train && r.fold == Some(k) {
@@ -116,10 +179,14 @@ pub fn cross_validate(
                 c.data.split = Some(split_path);
                 let resume =
                     dir.join("resume.safetensors").exists() && !dir.join("summary.json").exists();
-                if !dir.join("summary.json").exists() {
+                if wanted && !dir.join("summary.json").exists() {
                     if let Stop::Interrupted = train(&c, &dir, resume, interrupt)? {
                         return Err(Error::Interrupted { resume: None });
                     }
+                }
+                if !dir.join("summary.json").exists() {
+                    missing.push(name);
+                    continue;
                 }
                 let acc = best_val_acc(&dir)?;
                 eprintln!(
@@ -127,6 +194,9 @@ pub fn cross_validate(
                     100.0 * acc
                 );
                 accs.push(acc);
+            }
+            if accs.len() < folds {
+                continue;
             }
             let mean = accs.iter().sum::<f64>() / accs.len() as f64;
             let std = (accs.iter().map(|a| (a - mean).powi(2)).sum::<f64>()
@@ -140,6 +210,28 @@ pub fn cross_validate(
                 std,
             });
         }
+    }
+    if matches!(part, CvPart::Cell(c) if c != "final") {
+        return Ok(None);
+    }
+    if matches!(part, CvPart::Cell(_)) && !missing.is_empty() {
+        return Err(Error::conflict(format!(
+            "the final training needs every fold finished; not yet: {}",
+            missing.join(", ")
+        )));
+    }
+    if !missing.is_empty() {
+        eprintln!(
+            "cv: {} folds have not finished; their grid cells are left out: {}",
+            missing.len(),
+            missing.join(", ")
+        );
+    }
+    if cells.is_empty() {
+        return Err(Error::conflict(format!(
+            "no grid cell of {} has all its folds finished: nothing to tabulate",
+            out.display()
+        )));
     }
     let best = (0..cells.len())
         .max_by(|&a, &b| {
@@ -156,19 +248,28 @@ pub fn cross_validate(
         final_run: None,
     };
     write_atomic(&out.join("cv.md"), table(&result).as_bytes())?;
-    if final_train {
+    let train_final = match part {
+        CvPart::Gather => false,
+        CvPart::All => true,
+        CvPart::Cell(c) => c == "final",
+    };
+    if final_train && missing.is_empty() {
         let dir = out.join("final");
         let mut c = cell(result.cells[best].lr, result.cells[best].batch_size);
         c.data.split = Some(out.join("split.csv"));
-        if let Stop::Interrupted =
-            train(&c, &dir, dir.join("resume.safetensors").exists(), interrupt)?
-        {
-            return Err(Error::Interrupted { resume: None });
+        if train_final && !dir.join("summary.json").exists() {
+            if let Stop::Interrupted =
+                train(&c, &dir, dir.join("resume.safetensors").exists(), interrupt)?
+            {
+                return Err(Error::Interrupted { resume: None });
+            }
         }
-        result.final_run = Some(dir);
+        if dir.join("summary.json").exists() {
+            result.final_run = Some(dir);
+        }
     }
     write_json_atomic(&out.join("cv.json"), &result)?;
-    Ok(result)
+    Ok(Some(result))
 }
 
 /// A Markdown table of mean ± std accuracy per cell, rows lr, columns batch size.

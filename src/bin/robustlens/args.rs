@@ -170,6 +170,9 @@ pub enum Command {
     /// The paper's questions as one resumable grid: standard, robust and fine-tuned models
     /// for several seeds, compared, with intervals across seeds (benchmark.md/.json/.csv).
     Benchmark(Box<BenchmarkArgs>),
+    /// The cells of a grid submitted with --scheduler slurm: finished, pending, running,
+    /// failed (with their log's last lines) or missing, and how to resubmit the unfinished.
+    Status(StatusArgs),
     /// Images per second of eval, train, input-grad, pgd7 and IG (compare with
     /// bench/torch_reference.py).
     Bench(BenchArgs),
@@ -373,6 +376,8 @@ pub struct CvArgs {
     /// Then train on all training data with the best cell (into OUT/final).
     #[arg(long = "final")]
     pub final_train: bool,
+    #[command(flatten)]
+    pub grid: GridArgs,
 }
 
 #[derive(Args, Clone)]
@@ -543,6 +548,53 @@ pub struct CompareArgs {
     pub opts: CompareOpts,
 }
 
+/// Where a grid runs: here, or as Slurm job arrays.
+#[derive(Args, Clone, Default)]
+pub struct GridArgs {
+    /// local (one cell after another here) or slurm (one job array task per cell; needs --out).
+    #[arg(long, default_value = "local", value_parser = words::<robustlens::scheduler::SchedulerKind>())]
+    pub scheduler: robustlens::scheduler::SchedulerKind,
+    /// Slurm partition of the array tasks [default: the cluster's].
+    #[arg(long)]
+    pub slurm_partition: Option<String>,
+    /// Time limit of each task (sbatch --time, e.g. 2:00:00); SIGTERM comes 2 minutes before
+    /// it, and the run checkpoints.
+    #[arg(long)]
+    pub slurm_time: Option<String>,
+    /// GPUs per task (sbatch --gpus; a build with --features cuda and --device auto uses them).
+    #[arg(long)]
+    pub slurm_gpus: Option<u32>,
+    /// CPUs per task (sbatch --cpus-per-task; the task's thread pools use as many).
+    #[arg(long)]
+    pub slurm_cpus: Option<u32>,
+    /// Memory per task (sbatch --mem, e.g. 8G).
+    #[arg(long)]
+    pub slurm_mem: Option<String>,
+    /// A file of extra `#SBATCH` lines for the scripts (account, qos, constraint, ...).
+    #[arg(long)]
+    pub slurm_extra: Option<PathBuf>,
+    /// With --scheduler slurm: write the scripts and OUT/slurm/jobs.json, submit nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Train only this cell and compare nothing (what each array task runs); `robustlens
+    /// status OUT` lists the names.
+    #[arg(long, conflicts_with = "gather")]
+    pub cell: Option<String>,
+    /// Train nothing: compare the cells that have finished and name the ones that have not.
+    #[arg(long)]
+    pub gather: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct StatusArgs {
+    /// The folder of a grid submitted with --scheduler slurm (its --out).
+    pub dir: PathBuf,
+    /// Submit the failed and missing cells again (a killed cell continues from its
+    /// checkpoint).
+    #[arg(long)]
+    pub resubmit: bool,
+}
+
 #[derive(Args, Clone)]
 pub struct SweepArgs {
     #[command(flatten)]
@@ -558,6 +610,8 @@ pub struct SweepArgs {
     pub train_attack_steps: usize,
     #[command(flatten)]
     pub compare: CompareOpts,
+    #[command(flatten)]
+    pub grid: GridArgs,
 }
 
 #[derive(Args, Clone)]
@@ -607,6 +661,8 @@ pub struct BenchmarkArgs {
     /// Bootstrap resamples of the per-image intervals.
     #[arg(long, default_value_t = 1000)]
     pub bootstrap: usize,
+    #[command(flatten)]
+    pub grid: GridArgs,
 }
 
 impl BenchmarkArgs {
@@ -659,7 +715,26 @@ impl BenchmarkArgs {
                 best_by: "rma".into(),
                 bootstrap: self.bootstrap,
             },
+            cell: self.grid.cell.clone(),
+            gather: self.grid.gather,
         }
+    }
+}
+
+impl GridArgs {
+    pub fn slurm(&self) -> Result<robustlens::scheduler::slurm::SlurmOptions, robustlens::Error> {
+        Ok(robustlens::scheduler::slurm::SlurmOptions {
+            partition: self.slurm_partition.clone(),
+            time: self.slurm_time.clone(),
+            gpus: self.slurm_gpus,
+            cpus: self.slurm_cpus,
+            mem: self.slurm_mem.clone(),
+            extra: match &self.slurm_extra {
+                Some(p) => robustlens::scheduler::slurm::extra_lines(p)?,
+                None => Vec::new(),
+            },
+            dry_run: self.dry_run,
+        })
     }
 }
 

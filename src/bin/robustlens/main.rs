@@ -3,6 +3,7 @@
 
 mod args;
 mod errors;
+mod grid;
 mod process;
 
 use anyhow::Result;
@@ -11,10 +12,11 @@ use clap::{CommandFactory, Parser};
 use robustlens::commands::{self as cmd, train::TrainOptions};
 use robustlens::config::Recipe;
 use robustlens::interrupt::Interrupt;
+use robustlens::train::cv::CvPart;
 
 /// What the first Ctrl-C (or SIGTERM) prints while training.
 const STOPPING: &str =
-    "Ctrl-C: finishing the current step, then writing a checkpoint (again to stop at once)";
+    "stop requested (Ctrl-C or SIGTERM): finishing the current step, then writing a checkpoint (Ctrl-C again stops at once)";
 
 fn train(opts: &TrainOptions) -> Result<()> {
     cmd::train::run(opts, &Interrupt::install(STOPPING))?;
@@ -57,8 +59,16 @@ fn cv(a: &args::CvArgs) -> Result<()> {
         batch_sizes: a.batch_sizes.clone(),
         folds: a.folds,
         final_train: a.final_train,
+        part: match (&a.grid.cell, a.grid.gather) {
+            (Some(c), _) => CvPart::Cell(c.clone()),
+            (None, true) => CvPart::Gather,
+            (None, false) => CvPart::All,
+        },
     };
-    cmd::cv::run(&opts, &Interrupt::install(STOPPING))?;
+    let out = opts.train.out.as_deref();
+    if !grid::submit("cv", out, || cmd::cv::grid(&opts), &a.grid)? {
+        cmd::cv::run(&opts, &Interrupt::install(STOPPING))?;
+    }
     Ok(())
 }
 
@@ -106,6 +116,7 @@ fn demo(a: &args::DemoArgs) -> Result<()> {
         device: a.device.device,
         robust_epochs: a.robust_epochs,
         control: !a.no_control,
+        tiny: false,
     };
     cmd::demo::run(&opts, &Interrupt::install(STOPPING))?;
     println!(
@@ -140,13 +151,22 @@ fn sweep(a: &args::SweepArgs) -> Result<()> {
         eps,
         train_attack_steps: a.train_attack_steps,
         compare: a.compare.settings(),
+        cell: a.grid.cell.clone(),
+        gather: a.grid.gather,
     };
-    cmd::sweep::run(&opts, &Interrupt::install(STOPPING))?;
+    let out = opts.train.out.as_deref();
+    if !grid::submit("sweep-eps", out, || cmd::sweep::grid(&opts), &a.grid)? {
+        cmd::sweep::run(&opts, &Interrupt::install(STOPPING))?;
+    }
     Ok(())
 }
 
 fn benchmark(a: &args::BenchmarkArgs) -> Result<()> {
-    cmd::benchmark::run(&a.options(), &Interrupt::install(STOPPING))?;
+    let opts = a.options();
+    let out = opts.train.out.as_deref();
+    if !grid::submit("benchmark", out, || cmd::benchmark::grid(&opts), &a.grid)? {
+        cmd::benchmark::run(&opts, &Interrupt::install(STOPPING))?;
+    }
     Ok(())
 }
 
@@ -217,6 +237,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Compare(a) => compare(&a),
         Command::SweepEps(a) => sweep(&a),
         Command::Benchmark(a) => benchmark(&a),
+        Command::Status(a) => grid::status(&a),
         Command::Sanity(a) => sanity(&a),
         Command::Bench(a) => Ok(cmd::bench::run(&a.options()).map(|_| ())?),
         Command::Report(a) => report(&a),
@@ -245,6 +266,7 @@ fn init_logging(verbose: u8) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .without_time()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 

@@ -74,6 +74,45 @@ pub struct BenchmarkOptions {
     pub finetune_lr: f64,
     pub train_attack_steps: usize,
     pub compare: CompareSettings,
+    /// Train only this cell (`seed-<S>/<cell>`, e.g. `seed-1/robust-eps2`) and compare
+    /// nothing: one task of a job array.
+    pub cell: Option<String>,
+    /// Train nothing: summarise the seeds whose every cell has finished, and name the cells
+    /// that have not.
+    pub gather: bool,
+}
+
+/// The settings shared by every cell (the standard recipe's: image size, device, data) and
+/// the cells.
+fn probe_cells(opts: &BenchmarkOptions) -> Result<(TrainConfig, Vec<Cell>)> {
+    let probe = layered(
+        Recipe::TrainStandard,
+        opts.train.preset,
+        opts.train.config.as_deref(),
+        &opts.train.overrides,
+    )?;
+    let cells = cells(opts, probe.image_size)?;
+    Ok((probe, cells))
+}
+
+/// One (seed, cell) of the grid for a scheduler: its name (`seed-<S>/<cell>`), its run folder
+/// and the cell it needs first (a fine-tuned cell's robust parent of the same seed).
+pub fn grid(opts: &BenchmarkOptions) -> Result<Vec<(String, PathBuf, Option<String>)>> {
+    let out = opts.train.out.clone().ok_or_else(|| {
+        Error::conflict("a benchmark on a scheduler needs its folder: give --out")
+    })?;
+    let (_, cells) = probe_cells(opts)?;
+    let mut v = Vec::new();
+    for &seed in &opts.seeds {
+        for c in &cells {
+            cell_config(opts, c, seed, &out.join(format!("seed-{seed}")))?.validate()?;
+            let name = format!("seed-{seed}/{}", c.name);
+            let after = (c.recipe == Recipe::Finetune)
+                .then(|| format!("seed-{seed}/robust-eps{}", c.eps_at_224));
+            v.push((name.clone(), out.join(&name), after));
+        }
+    }
+    Ok(v)
 }
 
 /// The cells, in the order they are trained and compared.
@@ -629,23 +668,41 @@ impl Benchmark {
 }
 
 /// Trains the missing cells of every seed (finished ones kept, interrupted ones resumed),
-/// compares every run, and writes the benchmark's tables into the output folder.
-pub fn run(opts: &BenchmarkOptions, interrupt: &Interrupt) -> Result<Benchmark> {
+/// compares every run, and writes the benchmark's tables into the output folder. With
+/// [`BenchmarkOptions::cell`] it trains that cell only and returns `None`; with
+/// [`BenchmarkOptions::gather`] it trains nothing and summarises the complete seeds.
+pub fn run(opts: &BenchmarkOptions, interrupt: &Interrupt) -> Result<Option<Benchmark>> {
     if opts.seeds.is_empty() {
         return Err(Error::config("seeds", "", "give at least one seed"));
     }
-    let probe = layered(
-        Recipe::TrainStandard,
-        opts.train.preset,
-        opts.train.config.as_deref(),
-        &opts.train.overrides,
-    )?;
-    let cells = cells(opts, probe.image_size)?;
-    let out: PathBuf = opts
-        .train
-        .out
-        .clone()
-        .unwrap_or_else(|| default_out("benchmark"));
+    let (probe, cells) = probe_cells(opts)?;
+    let out: PathBuf = match (&opts.train.out, opts.cell.is_some() || opts.gather) {
+        (Some(o), _) => o.clone(),
+        (None, false) => default_out("benchmark"),
+        (None, true) => {
+            return Err(Error::conflict(
+                "--cell and --gather work on an existing benchmark: give its folder with --out",
+            ))
+        }
+    };
+    if let Some(only) = &opts.cell {
+        let known = opts.seeds.iter().any(|s| {
+            cells
+                .iter()
+                .any(|c| only == &format!("seed-{s}/{}", c.name))
+        });
+        if !known {
+            let names: Vec<&str> = cells.iter().map(|c| c.name.as_str()).collect();
+            return Err(Error::config(
+                "cell",
+                only,
+                format!(
+                    "give seed-<S>/<cell> with a seed of --seeds and a cell of {}",
+                    names.join(", ")
+                ),
+            ));
+        }
+    }
     // Every configuration and the comparison's settings are checked before any training.
     let copts = opts
         .compare
@@ -659,10 +716,38 @@ pub fn run(opts: &BenchmarkOptions, interrupt: &Interrupt) -> Result<Benchmark> 
     }
     crate::fsutil::check_output_dir(&out)?;
     let mut runs = Vec::new();
+    let mut seeds = Vec::new();
+    let mut missing = Vec::new();
     for &seed in &opts.seeds {
         let sd = out.join(format!("seed-{seed}"));
+        if opts.gather {
+            let open: Vec<String> = cells
+                .iter()
+                .filter(|c| !sd.join(&c.name).join("summary.json").exists())
+                .map(|c| format!("seed-{seed}/{}", c.name))
+                .collect();
+            if open.is_empty() {
+                seeds.push(seed);
+                runs.extend(
+                    cells
+                        .iter()
+                        .map(|c| (run_name(seed, &c.name), sd.join(&c.name))),
+                );
+            } else {
+                missing.extend(open);
+            }
+            continue;
+        }
+        seeds.push(seed);
         for cell in &cells {
             let dir = sd.join(&cell.name);
+            if opts
+                .cell
+                .as_ref()
+                .is_some_and(|c| c != &format!("seed-{seed}/{}", cell.name))
+            {
+                continue;
+            }
             runs.push((run_name(seed, &cell.name), dir.clone()));
             if dir.join("summary.json").exists() {
                 eprintln!(
@@ -691,15 +776,31 @@ pub fn run(opts: &BenchmarkOptions, interrupt: &Interrupt) -> Result<Benchmark> 
             }
         }
     }
+    if opts.cell.is_some() {
+        return Ok(None);
+    }
+    if !missing.is_empty() {
+        eprintln!(
+            "gather: left out the seeds with unfinished cells ({}); summarising seeds {:?}",
+            missing.join(", "),
+            seeds
+        );
+    }
+    if seeds.is_empty() {
+        return Err(Error::conflict(format!(
+            "no seed of {} has all its cells finished: nothing to summarise",
+            out.display()
+        )));
+    }
     let cmp = super::compare::run(&runs, &copts, probe.device, &out)?;
-    let b = summarise(&cmp, &cells, &opts.seeds, &probe.data.source)?;
+    let b = summarise(&cmp, &cells, &seeds, &probe.data.source)?;
     b.write(&out)?;
     print!("{}", b.markdown());
     println!(
         "wrote {}, benchmark.csv, benchmark.md, figures/ and report.html",
         out.join("benchmark.json").display()
     );
-    Ok(b)
+    Ok(Some(b))
 }
 
 /// A named size of the benchmark. Every part can still be set by its own flag. The training
@@ -787,6 +888,21 @@ impl Budget {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_fine_tuned_cell_waits_for_its_robust_parent_of_the_same_seed() {
+        let mut o = opts();
+        o.train.out = Some(PathBuf::from("bm"));
+        let g = grid(&o).unwrap();
+        let names: Vec<&str> = g.iter().map(|c| c.0.as_str()).collect();
+        assert!(names.contains(&"seed-1/robust-eps8"), "{names:?}");
+        let ft = g.iter().find(|c| c.0 == "seed-1/finetune-3-5").unwrap();
+        assert_eq!(ft.1, PathBuf::from("bm/seed-1/finetune-3-5"));
+        assert_eq!(ft.2.as_deref(), Some("seed-1/robust-eps8"));
+        assert!(g.iter().filter(|c| c.2.is_none()).count() == 2 * 3);
+        o.train.out = None;
+        assert!(grid(&o).is_err(), "a scheduler needs --out");
+    }
+
     fn opts() -> BenchmarkOptions {
         BenchmarkOptions {
             train: TrainOptions::new(Recipe::TrainStandard),
@@ -808,6 +924,8 @@ mod tests {
                 best_by: "rma".into(),
                 bootstrap: 100,
             },
+            cell: None,
+            gather: false,
         }
     }
 

@@ -6,7 +6,8 @@
 use super::{interval, num, Benchmark, Cell, CellMetric};
 use crate::config::Recipe;
 use crate::eval::compare::Metric;
-use crate::report::html::{esc, interval_chart, page, IntervalSeries};
+use crate::report::html::{esc, page};
+use crate::report::plot::{histogram_chart, interval_chart, IntervalSeries, SIGNED_UNIT, UNIT};
 
 /// The metrics drawn against eps, when measured: the lesion-mask ones and artifact mass.
 const FRONTIER_METRICS: [Metric; 4] = [
@@ -84,6 +85,7 @@ impl Benchmark {
             &series,
             "training eps (paper eps at 224 px; 0 = standard)",
             "test accuracy",
+            UNIT,
         )
     }
 
@@ -116,6 +118,7 @@ impl Benchmark {
             &series,
             "training eps (paper eps at 224 px; 0 = standard)",
             "mean over images",
+            UNIT,
         )
     }
 
@@ -138,11 +141,12 @@ impl Benchmark {
         if series.is_empty() {
             return String::new();
         }
-        interval_chart(
+        histogram_chart(
             "Best eps per image",
             &series,
             "training eps (paper eps at 224 px; 0 = standard)",
             "share of images",
+            UNIT,
         )
     }
 
@@ -178,6 +182,7 @@ impl Benchmark {
             &series,
             "training eps (paper eps at 224 px; 0 = standard)",
             "similarity across seeds",
+            SIGNED_UNIT,
         )
     }
 

@@ -10,7 +10,8 @@ use crate::fsutil::file_stem;
 use crate::model::Classifier;
 use crate::report::display::{draw_contour, heatmap, tensor_to_image, DisplayOptions};
 use crate::report::grid::{captioned, Grid};
-use crate::report::html::{esc, figure, interval_chart, IntervalSeries};
+use crate::report::html::{esc, figure};
+use crate::report::plot::{interval_chart, IntervalSeries, SIGNED_UNIT};
 use crate::report::png::{save_png, upscale};
 use crate::report::raster::write_chart;
 use crate::rng::SeededRng;
@@ -111,7 +112,14 @@ pub(super) fn adversarial(
                 &picture(&adv, i)?,
                 &format!("{} {:.2}", class_names[c1], p1[i][c1]),
             ));
-            row.push(captioned(&pert, &format!("L2 {norm:.3}, x{gain:.0}")));
+            // a saturated softmax (p = 1 in float32) has a loss gradient of exactly 0, and
+            // PGD cannot take a step from it
+            let label = if norm > 0.0 {
+                format!("L2 {norm:.3}, x{gain:.0}")
+            } else {
+                "L2 0: zero loss gradient".to_string()
+            };
+            row.push(captioned(&pert, &label));
             per_image.push(serde_json::json!({
                 "label": class_names[labels[i]], "clean": class_names[c0], "clean_p": p0[i][c0],
                 "attacked": class_names[c1], "attacked_p": p1[i][c1], "l2": norm, "gain": gain,
@@ -267,8 +275,14 @@ pub(super) fn sanity(
         json.push(serde_json::json!({ "name": m.name, "steps": steps }));
     }
     let xlabel = "layer groups randomised, top down (1: fc, 2: + layer4, … 5: all)";
-    let a = interval_chart("Spearman rank correlation", &spearman, xlabel, "Spearman");
-    let b = interval_chart("structural similarity", &ssim, xlabel, "SSIM");
+    let a = interval_chart(
+        "Spearman rank correlation",
+        &spearman,
+        xlabel,
+        "Spearman",
+        SIGNED_UNIT,
+    );
+    let b = interval_chart("structural similarity", &ssim, xlabel, "SSIM", SIGNED_UNIT);
     write_chart(figdir, "sanity_spearman", &a)?;
     write_chart(figdir, "sanity_ssim", &b)?;
     let html = format!(

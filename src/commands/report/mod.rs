@@ -18,9 +18,9 @@ use crate::report::display::{
     beside, draw_contour, heatmap, tensor_to_image, Colormap, DisplayOptions,
 };
 use crate::report::grid::Grid;
-use crate::report::html::{
-    band_chart, bar_chart, confusion_chart, esc, figure, figure_index, interval_chart, page,
-    IntervalSeries,
+use crate::report::html::{esc, figure, figure_index, page};
+use crate::report::plot::{
+    band_chart, bar_chart, confusion_chart, interval_chart, IntervalSeries, UNIT,
 };
 use crate::report::png::{save_png, upscale};
 use crate::report::raster::write_chart;
@@ -164,6 +164,7 @@ fn curve_charts(c: &Comparison, method: &str, figdir: &Path) -> Result<String> {
             &series,
             &format!("share of pixels {what}"),
             "probability of the true class",
+            UNIT,
         );
         write_chart(figdir, &format!("{kind}_curve"), &svg)?;
         out.push_str(&svg);
@@ -332,7 +333,16 @@ fn metric_table(c: &Comparison, mi: usize, summary: &mut serde_json::Value) -> S
         for ms in &r.metrics {
             let p = ms
                 .wilcoxon_vs_first
-                .map(|w| format!("<br><small>p = {:.3}</small>", w.p_value))
+                .map(|w| {
+                    let p = if w.p_value < 1e-4 {
+                        "p &lt; 1e-4".to_string()
+                    } else if w.p_value < 1e-3 {
+                        "p &lt; 0.001".to_string()
+                    } else {
+                        format!("p = {:.3}", w.p_value)
+                    };
+                    format!("<br><small>{p}</small>")
+                })
                 .unwrap_or_default();
             out.push_str(&format!(
                 "<td>{:.3}<br><small>[{:.3}, {:.3}]</small>{p}</td>",
@@ -496,7 +506,7 @@ pub fn section(
     } else {
         "robust training trades clean accuracy for robustness"
     };
-    body.push_str(&format!("<figure>{}<figcaption>Balanced accuracy on the test split (blue) and accuracy under an L2 PGD attack (red), as in the paper's Figure 13, where {reading}.</figcaption></figure>\n", bar_chart("balanced accuracy (blue) and robust accuracy (red)", &bars)));
+    body.push_str(&format!("<figure>{}<figcaption>Balanced accuracy on the test split (blue) and accuracy under an L2 PGD attack (red), as in the paper's Figure 13, where {reading}.</figcaption></figure>\n", bar_chart("Accuracy per model", ["balanced accuracy", "accuracy under PGD"], &bars)));
     body.push_str(&format!("<figure>{confusions}<figcaption>Confusion matrices on the test split: rows are the true classes, columns the predictions; each cell gives its count and its share of the row (files: <code>figures/confusion_*.svg</code>).</figcaption></figure>\n"));
     if opts.adversarial_images > 0 && !attack_idx.is_empty() {
         let shown: Vec<usize> = attack_idx
@@ -536,12 +546,13 @@ pub fn section(
             })
             .collect()
     };
-    let loss = interval_chart("training loss", &curve("train_loss"), "epoch", "loss");
+    let loss = interval_chart("training loss", &curve("train_loss"), "epoch", "loss", None);
     let val = interval_chart(
         "validation accuracy",
         &curve("val_acc"),
         "epoch",
         "accuracy",
+        UNIT,
     );
     write_chart(&figdir, "training_loss", &loss)?;
     write_chart(&figdir, "validation_accuracy", &val)?;
