@@ -242,6 +242,17 @@ fn report_writes_every_figure_and_renders_in_chromium() {
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     let runs = s["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2);
+    // at 32 px ResNet-18's last stage is 1x1: Grad-CAM's maps are constant, and the page says so
+    assert_eq!(
+        s["constant_maps"]["gradcam"], true,
+        "{}",
+        s["constant_maps"]
+    );
+    assert!(s["constant_maps"].get("gradient").is_none());
+    assert!(
+        html.contains("maps are constant over every image") && html.contains("1x1"),
+        "the constant Grad-CAM maps are not flagged"
+    );
     for r in runs {
         let acc = r["test"]["accuracy"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&acc));

@@ -324,3 +324,28 @@ pub fn table(r: &CvResult) -> String {
     ));
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grid_is_lr_by_batch_by_fold_and_the_final_training_needs_the_folds() {
+        let c = cells(&[1e-3, 1e-4], &[8], 2, Path::new("cv"), true);
+        let names: Vec<&str> = c.iter().map(|c| c.0.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "lr0.001-bs8/fold1",
+                "lr0.001-bs8/fold2",
+                "lr0.0001-bs8/fold1",
+                "lr0.0001-bs8/fold2",
+                "final"
+            ]
+        );
+        assert_eq!(c[1].1, Path::new("cv/lr0.001-bs8/fold2"));
+        assert!(c[..4].iter().all(|c| c.2.is_none()));
+        assert!(c[4].2.is_some(), "final waits for the folds");
+        assert_eq!(cells(&[1e-3], &[8], 2, Path::new("cv"), false).len(), 2);
+    }
+}

@@ -688,6 +688,16 @@ pub fn section(
         save_png(&img, &figdir.join(format!("saliency_{method}.png")))?;
         body.push_str(&format!("<h3>{}</h3>\n", esc(&att.describe())));
         body.push_str(&figure(&img, &format!("saliency grid {method}"), &format!("{}: the paper's Figure 1 for this method. Sharper maps that stay inside the red outline are what robust training promises. File: figures/saliency_{method}.png.", att.describe()))?);
+        if constant_maps(&maps)? {
+            let why = if method == "gradcam" {
+                let s = size.div_ceil(32);
+                format!(" At {size} px the last stage's feature map is {s}x{s}, so Grad-CAM can only paint one value per cell of it: give a larger --image-size (64 px: 2x2, 224 px: 7x7).")
+            } else {
+                String::new()
+            };
+            body.push_str(&format!("<p class=\"warn\"><strong>Warning:</strong> the {} maps are constant over every image: their pictures and mask metrics say nothing about where the models look.{why}</p>\n", esc(&att.describe())));
+            summary["constant_maps"][method] = serde_json::json!(true);
+        }
         if !convergence.is_empty() {
             let (html, json) = ig_convergence(&convergence, mopts.ig_steps);
             body.push_str(&html);
@@ -787,4 +797,21 @@ pub fn section(
         body.push_str(&curve_charts(&c, &first, &figdir)?);
     }
     Ok((body, summary))
+}
+
+/// Whether every map of every model is constant over its image (Grad-CAM on a 1x1 stage).
+fn constant_maps(maps: &[Tensor]) -> Result<bool> {
+    for a in maps {
+        let flat = a.flatten_from(1)?;
+        let hi: Vec<f32> = flat.max(1)?.to_vec1()?;
+        let lo: Vec<f32> = flat.min(1)?.to_vec1()?;
+        let varies = hi
+            .iter()
+            .zip(&lo)
+            .any(|(h, l)| h - l > 1e-6 * h.abs().max(l.abs()).max(f32::MIN_POSITIVE));
+        if varies {
+            return Ok(false);
+        }
+    }
+    Ok(!maps.is_empty())
 }
