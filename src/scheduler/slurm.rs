@@ -297,14 +297,11 @@ pub fn read_manifest(out: &Path) -> Result<Manifest> {
     let p = manifest_path(out);
     let text = std::fs::read_to_string(&p).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            Error::config(
-                "DIR",
-                out.display(),
-                format!(
-                    "no {} here: give the folder of a grid submitted with --scheduler slurm",
-                    p.display()
-                ),
-            )
+            Error::scheduler(format!(
+                "{}: no slurm/jobs.json here: give the folder of a grid submitted with \
+                 --scheduler slurm (its --out)",
+                out.display()
+            ))
         } else {
             Error::io(&p, e)
         }
