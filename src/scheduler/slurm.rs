@@ -73,6 +73,10 @@ pub struct Array {
     /// The Slurm job id, once submitted.
     #[serde(default)]
     pub job_id: Option<String>,
+    /// The jobs of earlier submissions of this array's tasks (before a resubmission): their
+    /// tasks may still be queued or running.
+    #[serde(default)]
+    pub earlier_jobs: Vec<String>,
     /// The index of the array this one starts after (`afterok`).
     #[serde(default)]
     pub after: Option<usize>,
@@ -107,6 +111,7 @@ pub fn plan(out: &Path, job: &str, cells: &[Cell], workdir: &Path) -> Manifest {
         name: "train".into(),
         script: dir.join("train.sbatch"),
         job_id: None,
+        earlier_jobs: Vec::new(),
         after: None,
         cells: first,
     }];
@@ -115,6 +120,7 @@ pub fn plan(out: &Path, job: &str, cells: &[Cell], workdir: &Path) -> Manifest {
             name: "after-train".into(),
             script: dir.join("after-train.sbatch"),
             job_id: None,
+            earlier_jobs: Vec::new(),
             after: Some(0),
             cells: second,
         });
@@ -318,7 +324,8 @@ fn queue(m: &Manifest) -> BTreeMap<String, String> {
     let ids: Vec<&str> = m
         .arrays
         .iter()
-        .filter_map(|a| a.job_id.as_deref())
+        .flat_map(|a| a.job_id.iter().chain(&a.earlier_jobs))
+        .map(|s| s.as_str())
         .collect();
     if ids.is_empty() {
         return BTreeMap::new();
@@ -374,8 +381,9 @@ pub fn status(out: &Path) -> Result<(Manifest, Vec<CellStatus>)> {
             let dir = m.workdir.join(&c.dir);
             let queued = a
                 .job_id
-                .as_ref()
-                .and_then(|id| q.get(&format!("{id}_{ti}")));
+                .iter()
+                .chain(&a.earlier_jobs)
+                .find_map(|id| q.get(&format!("{id}_{ti}")));
             let state = if dir.join("summary.json").exists() {
                 CellState::Finished
             } else if let Some(st) = queued {
@@ -465,7 +473,9 @@ pub fn resubmit(out: &Path) -> Result<Vec<String>> {
             tasks.join(",")
         ));
         new_ids.insert(ai, id.clone());
-        m.arrays[ai].job_id = Some(id);
+        if let Some(old) = m.arrays[ai].job_id.replace(id) {
+            m.arrays[ai].earlier_jobs.push(old);
+        }
         write_json_atomic(&manifest_path(out), &m)?;
     }
     Ok(done)

@@ -141,6 +141,12 @@ pub fn cross_validate(
             ));
         }
     }
+    if *part == CvPart::Gather && !out.join("split.csv").exists() {
+        return Err(Error::conflict(format!(
+            "{}: no cross-validation grid here to gather (no split.csv)",
+            out.display()
+        )));
+    }
     let (_, split) = open_data_with_folds(&base, folds)?;
     if split
         .rows
