@@ -1,8 +1,8 @@
 //! `cv`: k-fold cross-validation over learning rates x batch sizes ([`crate::train::cv`]).
 
 use super::train::TrainOptions;
+use super::{grid_out, GridCells};
 use crate::interrupt::Interrupt;
-use crate::run::default_out;
 use crate::train::cv::{cross_validate, table, CvPart, CvResult};
 use crate::Result;
 use std::path::PathBuf;
@@ -21,34 +21,24 @@ pub struct CvOptions {
     pub part: CvPart,
 }
 
-/// The grid's cells for a scheduler: (name, run folder, the cell it needs first).
-pub fn grid(opts: &CvOptions) -> Result<Vec<(String, PathBuf, Option<String>)>> {
+/// The grid's folder and its cells for a scheduler (the final training after the folds).
+pub fn grid(opts: &CvOptions) -> Result<(PathBuf, GridCells)> {
     super::train::config(&opts.train)?;
-    let out =
-        opts.train.out.clone().ok_or_else(|| {
-            crate::Error::conflict("cv on a scheduler needs its folder: give --out")
-        })?;
-    Ok(crate::train::cv::cells(
+    let out = grid_out(opts.train.out.as_deref(), "cv", false)?;
+    let cells = crate::train::cv::cells(
         &opts.lrs,
         &opts.batch_sizes,
         opts.folds,
         &out,
         opts.final_train,
-    ))
+    );
+    Ok((out, cells))
 }
 
 /// Runs the grid into the output folder (resumable) and prints the table.
 pub fn run(opts: &CvOptions, interrupt: &Interrupt) -> Result<Option<CvResult>> {
     let cfg = super::train::config(&opts.train)?;
-    let out: PathBuf = match (&opts.train.out, &opts.part) {
-        (Some(o), _) => o.clone(),
-        (None, CvPart::All) => default_out("cv"),
-        (None, _) => {
-            return Err(crate::Error::conflict(
-                "--cell and --gather work on an existing grid: give its folder with --out",
-            ))
-        }
-    };
+    let out = grid_out(opts.train.out.as_deref(), "cv", opts.part == CvPart::All)?;
     let Some(r) = cross_validate(
         &cfg,
         &opts.lrs,

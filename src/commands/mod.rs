@@ -30,7 +30,9 @@ pub mod saliency;
 pub mod sweep;
 pub mod train;
 
+use crate::run::default_out;
 use crate::{Error, Result};
+use std::path::PathBuf;
 
 /// Checks a working resolution before any work.
 pub fn check_image_size(n: usize) -> Result<()> {
@@ -57,6 +59,41 @@ pub fn list(s: &str) -> Vec<String> {
         .map(|m| m.trim().to_string())
         .filter(|m| !m.is_empty())
         .collect()
+}
+
+/// A grid's cells for a scheduler: (name, run folder, the cell it needs first) in order.
+pub type GridCells = Vec<(String, PathBuf, Option<String>)>;
+
+/// The folder of a grid command (`sweep-eps`, `benchmark`, `cv`): `--out`, or a new default
+/// one when the whole grid runs here (`whole`). One cell, a gather and a submission to a
+/// scheduler all work on the one folder that every cell shares, so they need `--out`.
+pub fn grid_out(out: Option<&std::path::Path>, command: &str, whole: bool) -> Result<PathBuf> {
+    match (out, whole) {
+        (Some(o), _) => Ok(o.to_path_buf()),
+        (None, true) => Ok(default_out(command)),
+        (None, false) => Err(Error::conflict(format!(
+            "{command}: --cell, --gather and --scheduler slurm work on the folder that every \
+             cell shares: give it with --out"
+        ))),
+    }
+}
+
+/// The first `n` entries of a batch `[n, ...]`, each flattened: per image its values.
+pub(crate) fn per_image(t: &candle_core::Tensor, n: usize) -> Result<Vec<Vec<f32>>> {
+    Ok((0..n)
+        .map(|i| t.get(i)?.flatten_all()?.to_vec1())
+        .collect::<candle_core::Result<_>>()?)
+}
+
+/// The index of a row's largest value (the first of equal ones).
+pub(crate) fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+        )
+        .0
 }
 
 /// The file stem of a path, or `fallback`.

@@ -1,5 +1,6 @@
 //! `predict` (classify images) and `info` (describe a weights file).
 
+use super::argmax;
 use crate::data::preprocess;
 use crate::device::DeviceSpec;
 use crate::model::{load_model_spec, read_tensors, Classifier};
@@ -20,17 +21,6 @@ pub struct PredictOptions {
     pub batch_size: usize,
     pub device: DeviceSpec,
     pub images: Vec<PathBuf>,
-}
-
-/// The argmax of a row.
-fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
-        )
-        .0
 }
 
 /// Classifies the images and prints one line (or JSON object) per image.

@@ -1,6 +1,7 @@
 //! `saliency`: attribute images with several methods for several models, and write heat
 //! maps, overlays, one labelled grid and (optionally) raw attributions as NPY.
 
+use super::per_image;
 use crate::attribution::{by_name, Attribution, MethodOptions, Target};
 use crate::fsutil::file_stem;
 use crate::model::Classifier;
@@ -117,9 +118,12 @@ pub fn run(job: &ExplainJob) -> Result<Vec<Explained>> {
     }
     pb.finish_and_clear();
     if let Some(dir) = &job.out_dir {
-        let imgs: Vec<Vec<f32>> = (0..n)
-            .map(|i| job.images.get(i)?.flatten_all()?.to_vec1())
-            .collect::<candle_core::Result<_>>()?;
+        let imgs = per_image(&job.images, n)?;
+        // every map's values, once: for a shared scale and for the pictures
+        let values: Vec<Vec<Vec<f32>>> = results
+            .iter()
+            .map(|r| per_image(&r.attributions, n))
+            .collect::<Result<_>>()?;
         let mut grid = Grid {
             title: String::new(),
             col_labels: vec!["image".into()],
@@ -135,26 +139,19 @@ pub fn run(job: &ExplainJob) -> Result<Vec<Explained>> {
                 by_method.push((m.clone(), job.display));
                 continue;
             }
-            let maps: Vec<Vec<f32>> = results
+            let refs: Vec<&[f32]> = results
                 .iter()
-                .filter(|r| &r.method == m)
-                .map(|r| {
-                    (0..n)
-                        .map(|i| r.attributions.get(i)?.flatten_all()?.to_vec1::<f32>())
-                        .collect::<candle_core::Result<Vec<_>>>()
-                })
-                .collect::<candle_core::Result<Vec<_>>>()?
-                .into_iter()
-                .flatten()
+                .zip(&values)
+                .filter(|(r, _)| &r.method == m)
+                .flat_map(|(_, v)| v.iter().map(|a| a.as_slice()))
                 .collect();
-            let refs: Vec<&[f32]> = maps.iter().map(|v| v.as_slice()).collect();
             let ac = results
                 .iter()
                 .find(|r| &r.method == m)
                 .map_or(Ok(3), |r| r.attributions.dim(1))?;
             by_method.push((m.clone(), job.display.sharing(&refs, ac, h, w)));
         }
-        for r in &results {
+        for (r, maps) in results.iter().zip(&values) {
             let ac = r.attributions.dim(1)?;
             let display = by_method
                 .iter()
@@ -165,9 +162,8 @@ pub fn run(job: &ExplainJob) -> Result<Vec<Explained>> {
             } else {
                 r.method.clone()
             });
-            for (i, px) in imgs.iter().enumerate() {
-                let a: Vec<f32> = r.attributions.get(i)?.flatten_all()?.to_vec1()?;
-                let hm = heatmap(&a, ac, h, w, &display);
+            for (i, (px, a)) in imgs.iter().zip(maps).enumerate() {
+                let hm = heatmap(a, ac, h, w, &display);
                 let base = format!(
                     "{}_{}_{}",
                     file_stem(&job.image_names[i]),
@@ -177,11 +173,11 @@ pub fn run(job: &ExplainJob) -> Result<Vec<Explained>> {
                 save_png(&hm, &dir.join(format!("{base}.png")))?;
                 let img = tensor_to_image(px, h, w);
                 save_png(
-                    &overlay(&img, &a, ac, &display),
+                    &overlay(&img, a, ac, &display),
                     &dir.join(format!("{base}_overlay.png")),
                 )?;
                 save_png(
-                    &masked_image(&img, &a, ac, &display),
+                    &masked_image(&img, a, ac, &display),
                     &dir.join(format!("{base}_masked.png")),
                 )?;
                 grid.cells[i].push(hm);

@@ -3,11 +3,12 @@
 
 use super::compare::CompareSettings;
 use super::train::TrainOptions;
+use super::{grid_out, GridCells};
 use crate::config::{eps_from_224, layered, AdvConfig, Recipe, TrainConfig};
 use crate::data::split::Part;
 use crate::eval::compare::Comparison;
 use crate::interrupt::Interrupt;
-use crate::run::{default_out, RunConfig};
+use crate::run::RunConfig;
 use crate::train::{train, Stop};
 use crate::{Error, Result};
 use std::path::PathBuf;
@@ -37,34 +38,20 @@ pub struct SweepOptions {
     pub gather: bool,
 }
 
-/// The sweep's folder: `--out`, which a single cell and a gather need (a default folder is
-/// new each time).
-fn out_dir(opts: &SweepOptions) -> Result<PathBuf> {
-    match (&opts.train.out, opts.cell.is_some() || opts.gather) {
-        (Some(o), _) => Ok(o.clone()),
-        (None, false) => Ok(default_out("sweep-eps")),
-        (None, true) => Err(Error::conflict(
-            "--cell and --gather work on an existing sweep: give its folder with --out",
-        )),
-    }
-}
-
-/// The grid's cells for a scheduler, their configurations checked: (name, run folder, the
-/// cell it needs first: none) in order.
-pub fn grid(opts: &SweepOptions) -> Result<Vec<(String, PathBuf, Option<String>)>> {
-    let out =
-        opts.train.out.clone().ok_or_else(|| {
-            Error::conflict("a sweep on a scheduler needs its folder: give --out")
-        })?;
+/// The sweep's folder and its cells for a scheduler, their configurations checked (a sweep's
+/// cells need no other cell first).
+pub fn grid(opts: &SweepOptions) -> Result<(PathBuf, GridCells)> {
+    let out = grid_out(opts.train.out.as_deref(), "sweep-eps", false)?;
     let cells = cells(opts)?;
     configs(opts, &cells)?;
-    Ok(cells
+    let grid = cells
         .into_iter()
         .map(|(n, _, _)| {
             let d = out.join(&n);
             (n, d, None)
         })
-        .collect())
+        .collect();
+    Ok((out, grid))
 }
 
 /// The sweep's cells: (folder name, recipe, L2 eps at the working size).
@@ -150,7 +137,8 @@ pub fn run(opts: &SweepOptions, interrupt: &Interrupt) -> Result<Option<Comparis
         .compare
         .options(Some("run".into()), Part::Test, configs[0].seed)?;
     let device = configs[0].device;
-    let out = out_dir(opts)?;
+    let whole = opts.cell.is_none() && !opts.gather;
+    let out = grid_out(opts.train.out.as_deref(), "sweep-eps", whole)?;
     crate::fsutil::check_output_dir(&out)?;
     let mut runs = Vec::new();
     let mut missing = Vec::new();

@@ -410,28 +410,35 @@ pub fn status(out: &Path) -> Result<(Manifest, Vec<CellStatus>)> {
     Ok((m, rows))
 }
 
+/// The tasks of array `ai` that have failed or never started: the ones to submit again.
+fn to_redo(rows: &[CellStatus], ai: usize) -> Vec<usize> {
+    rows.iter()
+        .filter(|r| r.0 == ai)
+        .filter(|r| matches!(r.3, CellState::Failed { .. } | CellState::Missing))
+        .map(|r| r.1)
+        .collect()
+}
+
+/// `--array=`'s list of `tasks`.
+fn array_list(tasks: &[usize]) -> String {
+    tasks
+        .iter()
+        .map(|t| t.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The shell commands that resubmit only the failed and missing cells (the second array after
 /// the resubmitted part of the first, when both have some): empty when there are none.
 pub fn resubmit_commands(m: &Manifest, rows: &[CellStatus]) -> Vec<String> {
-    let redo = |ai: usize| -> Vec<usize> {
-        rows.iter()
-            .filter(|r| r.0 == ai)
-            .filter(|r| matches!(r.3, CellState::Failed { .. } | CellState::Missing))
-            .map(|r| r.1)
-            .collect()
-    };
     let mut cmds = Vec::new();
     let mut var_of = BTreeMap::new();
     for (ai, a) in m.arrays.iter().enumerate() {
-        let tasks = redo(ai);
+        let tasks = to_redo(rows, ai);
         if tasks.is_empty() {
             continue;
         }
-        let list = tasks
-            .iter()
-            .map(|t| t.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
+        let list = array_list(&tasks);
         let dep = a
             .after
             .and_then(|j| var_of.get(&j))
@@ -453,24 +460,20 @@ pub fn resubmit(out: &Path) -> Result<Vec<String>> {
     let mut new_ids: BTreeMap<usize, String> = BTreeMap::new();
     let mut done = Vec::new();
     for ai in 0..m.arrays.len() {
-        let tasks: Vec<String> = rows
-            .iter()
-            .filter(|r| r.0 == ai && matches!(r.3, CellState::Failed { .. } | CellState::Missing))
-            .map(|r| r.1.to_string())
-            .collect();
+        let tasks = to_redo(&rows, ai);
         if tasks.is_empty() {
             continue;
         }
-        let mut args = vec![format!("--array={}", tasks.join(","))];
+        let list = array_list(&tasks);
+        let mut args = vec![format!("--array={list}")];
         if let Some(id) = m.arrays[ai].after.and_then(|j| new_ids.get(&j)) {
             args.push(format!("--dependency=afterok:{id}"));
         }
         args.push(m.arrays[ai].script.to_string_lossy().into_owned());
         let id = sbatch(&args)?;
         done.push(format!(
-            "array {} tasks {} as job {id}",
-            m.arrays[ai].name,
-            tasks.join(",")
+            "array {} tasks {list} as job {id}",
+            m.arrays[ai].name
         ));
         new_ids.insert(ai, id.clone());
         if let Some(old) = m.arrays[ai].job_id.replace(id) {

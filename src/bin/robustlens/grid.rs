@@ -2,17 +2,16 @@
 
 use crate::args::{GridArgs, StatusArgs};
 use anyhow::{bail, Context, Result};
+use robustlens::commands::GridCells;
 use robustlens::scheduler::{slurm, status_table, SchedulerKind};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-type Grid = Vec<(String, PathBuf, Option<String>)>;
-
-/// With `--scheduler slurm`: submits the grid's cells as job arrays (or writes them, with
-/// `--dry-run`) and says what to do next; `Ok(false)` with `--scheduler local`.
+/// With `--scheduler slurm`: submits the grid's cells (from `grid`: the grid's folder and its
+/// cells) as job arrays, or writes them with `--dry-run`, and says what to do next;
+/// `Ok(false)` with `--scheduler local`.
 pub fn submit(
     job: &str,
-    out: Option<&Path>,
-    grid: impl FnOnce() -> robustlens::Result<Grid>,
+    grid: impl FnOnce() -> robustlens::Result<(PathBuf, GridCells)>,
     a: &GridArgs,
 ) -> Result<bool> {
     if a.scheduler == SchedulerKind::Local {
@@ -21,8 +20,8 @@ pub fn submit(
     if a.cell.is_some() || a.gather {
         bail!("--cell and --gather run here: give them without --scheduler slurm");
     }
-    let out = out.context("--scheduler slurm needs the grid's folder: give --out DIR")?;
-    let cells = grid()?;
+    let (out, cells) = grid()?;
+    let out = out.as_path();
     let program = std::env::current_exe().context("the path of this program")?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let m = slurm::submit_grid(

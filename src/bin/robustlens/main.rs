@@ -65,8 +65,7 @@ fn cv(a: &args::CvArgs) -> Result<()> {
             (None, false) => CvPart::All,
         },
     };
-    let out = opts.train.out.as_deref();
-    if !grid::submit("cv", out, || cmd::cv::grid(&opts), &a.grid)? {
+    if !grid::submit("cv", || cmd::cv::grid(&opts), &a.grid)? {
         cmd::cv::run(&opts, &Interrupt::install(STOPPING))?;
     }
     Ok(())
@@ -154,8 +153,7 @@ fn sweep(a: &args::SweepArgs) -> Result<()> {
         cell: a.grid.cell.clone(),
         gather: a.grid.gather,
     };
-    let out = opts.train.out.as_deref();
-    if !grid::submit("sweep-eps", out, || cmd::sweep::grid(&opts), &a.grid)? {
+    if !grid::submit("sweep-eps", || cmd::sweep::grid(&opts), &a.grid)? {
         cmd::sweep::run(&opts, &Interrupt::install(STOPPING))?;
     }
     Ok(())
@@ -163,8 +161,7 @@ fn sweep(a: &args::SweepArgs) -> Result<()> {
 
 fn benchmark(a: &args::BenchmarkArgs) -> Result<()> {
     let opts = a.options();
-    let out = opts.train.out.as_deref();
-    if !grid::submit("benchmark", out, || cmd::benchmark::grid(&opts), &a.grid)? {
+    if !grid::submit("benchmark", || cmd::benchmark::grid(&opts), &a.grid)? {
         cmd::benchmark::run(&opts, &Interrupt::install(STOPPING))?;
     }
     Ok(())

@@ -20,6 +20,7 @@ mod report;
 
 use super::compare::CompareSettings;
 use super::train::TrainOptions;
+use super::{grid_out, GridCells};
 use crate::config::{
     eps_from_224, layered, AdvConfig, Init, Overrides, PhaseConfig, Recipe, Schedule, TrainConfig,
 };
@@ -28,7 +29,7 @@ use crate::eval::compare::{Comparison, Metric};
 use crate::eval::stats::t_interval;
 use crate::interrupt::Interrupt;
 use crate::model::GroupSet;
-use crate::run::{default_out, RunConfig};
+use crate::run::RunConfig;
 use crate::train::{train, Stop};
 use crate::{Error, Result};
 use serde::Serialize;
@@ -97,10 +98,8 @@ fn probe_cells(opts: &BenchmarkOptions) -> Result<(TrainConfig, Vec<Cell>)> {
 
 /// One (seed, cell) of the grid for a scheduler: its name (`seed-<S>/<cell>`), its run folder
 /// and the cell it needs first (a fine-tuned cell's robust parent of the same seed).
-pub fn grid(opts: &BenchmarkOptions) -> Result<Vec<(String, PathBuf, Option<String>)>> {
-    let out = opts.train.out.clone().ok_or_else(|| {
-        Error::conflict("a benchmark on a scheduler needs its folder: give --out")
-    })?;
+pub fn grid(opts: &BenchmarkOptions) -> Result<(PathBuf, GridCells)> {
+    let out = grid_out(opts.train.out.as_deref(), "benchmark", false)?;
     let (_, cells) = probe_cells(opts)?;
     let mut v = Vec::new();
     for &seed in &opts.seeds {
@@ -112,7 +111,7 @@ pub fn grid(opts: &BenchmarkOptions) -> Result<Vec<(String, PathBuf, Option<Stri
             v.push((name.clone(), out.join(&name), after));
         }
     }
-    Ok(v)
+    Ok((out, v))
 }
 
 /// The cells, in the order they are trained and compared.
@@ -676,15 +675,8 @@ pub fn run(opts: &BenchmarkOptions, interrupt: &Interrupt) -> Result<Option<Benc
         return Err(Error::config("seeds", "", "give at least one seed"));
     }
     let (probe, cells) = probe_cells(opts)?;
-    let out: PathBuf = match (&opts.train.out, opts.cell.is_some() || opts.gather) {
-        (Some(o), _) => o.clone(),
-        (None, false) => default_out("benchmark"),
-        (None, true) => {
-            return Err(Error::conflict(
-                "--cell and --gather work on an existing benchmark: give its folder with --out",
-            ))
-        }
-    };
+    let whole = opts.cell.is_none() && !opts.gather;
+    let out = grid_out(opts.train.out.as_deref(), "benchmark", whole)?;
     if let Some(only) = &opts.cell {
         let known = opts.seeds.iter().any(|s| {
             cells
@@ -892,7 +884,8 @@ mod tests {
     fn a_fine_tuned_cell_waits_for_its_robust_parent_of_the_same_seed() {
         let mut o = opts();
         o.train.out = Some(PathBuf::from("bm"));
-        let g = grid(&o).unwrap();
+        let (dir, g) = grid(&o).unwrap();
+        assert_eq!(dir, PathBuf::from("bm"));
         let names: Vec<&str> = g.iter().map(|c| c.0.as_str()).collect();
         assert!(names.contains(&"seed-1/robust-eps8"), "{names:?}");
         let ft = g.iter().find(|c| c.0 == "seed-1/finetune-3-5").unwrap();

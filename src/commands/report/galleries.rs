@@ -4,6 +4,7 @@
 
 use crate::adversarial::Pgd;
 use crate::attribution::{by_name, Attribution, MethodOptions};
+use crate::commands::argmax;
 use crate::eval::sanity::cascading_randomisation;
 use crate::eval::stats::t_interval;
 use crate::fsutil::file_stem;
@@ -30,18 +31,10 @@ fn probabilities(model: &dyn Classifier, x: &Tensor) -> Result<Vec<Vec<f32>>> {
     Ok(candle_nn::ops::softmax_last_dim(&logits)?.to_vec2()?)
 }
 
-/// The index of the largest value.
-fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| {
-            if x > bv {
-                (i, x)
-            } else {
-                (bi, bv)
-            }
-        })
-        .0
+/// The images `idx` (in that order) of a batch.
+pub(super) fn rows(x: &Tensor, idx: &[usize]) -> Result<Tensor> {
+    let idx: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
+    Ok(x.index_select(&Tensor::new(idx.as_slice(), x.device())?, 0)?)
 }
 
 /// Image `i` of a `[n, 3, h, w]` batch as a picture at display size.
@@ -177,15 +170,7 @@ pub(super) fn failures(
             continue;
         }
         let shown: Vec<usize> = wrong.iter().copied().take(max).collect();
-        let idx = Tensor::new(
-            shown
-                .iter()
-                .map(|&i| i as u32)
-                .collect::<Vec<_>>()
-                .as_slice(),
-            x.device(),
-        )?;
-        let xs = x.index_select(&idx, 0)?;
+        let xs = rows(x, &shown)?;
         let targets: Vec<usize> = shown.iter().map(|&i| pred[i]).collect();
         let maps = gradient.attribute(&m.model, &xs, &targets)?;
         let probs = probabilities(&m.model, &xs)?;

@@ -590,15 +590,7 @@ pub fn section(
             k += 1;
         }
     }
-    let idx = Tensor::new(
-        chosen
-            .iter()
-            .map(|&i| i as u32)
-            .collect::<Vec<_>>()
-            .as_slice(),
-        device,
-    )?;
-    let xs = x_all.index_select(&idx, 0)?;
+    let xs = galleries::rows(&x_all, &chosen)?;
     let targets: Vec<usize> = chosen.iter().map(|&i| labels[test[i]]).collect();
     let mopts = MethodOptions {
         ig_steps: opts.ig_steps,
@@ -639,20 +631,14 @@ pub fn section(
                 Ok(a)
             })
             .collect::<Result<_>>()?;
+        // every map's values, once: for a shared scale and for the tiles
+        let values: Vec<Vec<Vec<f32>>> = maps
+            .iter()
+            .map(|a| crate::commands::per_image(a, chosen.len()))
+            .collect::<Result<_>>()?;
         let display = if opts.shared_scale {
             let c = maps.first().map_or(Ok(3), |a| a.dim(1))?;
-            let flat: Vec<Vec<f32>> = maps
-                .iter()
-                .map(|a| {
-                    (0..chosen.len())
-                        .map(|r| a.get(r)?.flatten_all()?.to_vec1::<f32>())
-                        .collect::<candle_core::Result<Vec<_>>>()
-                })
-                .collect::<candle_core::Result<Vec<_>>>()?
-                .into_iter()
-                .flatten()
-                .collect();
-            let refs: Vec<&[f32]> = flat.iter().map(|v| v.as_slice()).collect();
+            let refs: Vec<&[f32]> = values.iter().flatten().map(|v| v.as_slice()).collect();
             base_display.sharing(&refs, c, size, size)
         } else {
             base_display
@@ -673,10 +659,9 @@ pub fn section(
                     k,
                 ),
             ];
-            for a in &maps {
+            for (a, v) in maps.iter().zip(&values) {
                 let c = a.dim(1)?;
-                let v: Vec<f32> = a.get(r)?.flatten_all()?.to_vec1()?;
-                let mut tile = upscale(&heatmap(&v, c, size, size, &display), k);
+                let mut tile = upscale(&heatmap(&v[r], c, size, size, &display), k);
                 if has_mask {
                     draw_contour(&mut tile, &inside, size, size, [255, 40, 40]);
                 }
