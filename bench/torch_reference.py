@@ -1,13 +1,16 @@
-"""The cells of `robustlens bench` in PyTorch (torchvision resnet18, 3 classes), measured the
-same way: median images/s of timed iterations after warm-up, one JSON object per line
-({"what", "size", "batch", "img_per_s"}).
+"""The cells of `robustlens bench` in PyTorch (torchvision resnet18 / efficientnet_b0, timm
+convnext and vit; 3 classes), measured the same way: median images/s of timed iterations after
+warm-up, one JSON object per line ({"arch", "what", "size", "batch", "img_per_s",
+"peak_rss_mb"}).
 
     python bench/torch_reference.py --json > torch.jsonl
     robustlens bench --json > ours.jsonl
     python bench/torch_reference.py --compare ours.jsonl torch.jsonl   # the ratio table
 
-Needs torch and torchvision (pip install torch torchvision). Threads = CPU cores unless
---threads is given.
+    python bench/torch_reference.py --arch convnext_atto --json    # other architectures
+
+Needs torch and torchvision (pip install torch torchvision; timm for convnext and vit).
+Threads = CPU cores unless --threads is given.
 """
 import argparse
 import json
@@ -23,9 +26,19 @@ def cells(args):
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = torchvision.models.resnet18(num_classes=3)
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    if args.arch in ("resnet18", "efficientnet_b0"):
+        model = getattr(torchvision.models, args.arch)(num_classes=3)
+    else:
+        import timm
+
+        # dynamic_img_size: the ViTs run at 64 px with a resampled position embedding, as
+        # robustlens does.
+        extra = {"dynamic_img_size": True} if args.arch.startswith("vit_") else {}
+        model = timm.create_model(args.arch, pretrained=False, num_classes=3, **extra)
+    m, s = ([0.5] * 3, [0.5] * 3) if args.arch.startswith("vit_") else (
+        [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    mean = torch.tensor(m).view(1, 3, 1, 1)
+    std = torch.tensor(s).view(1, 3, 1, 1)
 
     def fwd(x):
         return model((x - mean) / std)
@@ -112,7 +125,12 @@ def cells(args):
         }
         for what in args.what:
             n, fn = work[what]
-            yield {"what": what, "size": size, "batch": n, "img_per_s": timed(n, fn)}
+            ips = timed(n, fn)
+            import resource
+
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            yield {"arch": args.arch, "what": what, "size": size, "batch": n, "img_per_s": ips,
+                   "peak_rss_mb": round(rss, 1)}
 
 
 def compare(ours_path, torch_path):
@@ -123,7 +141,7 @@ def compare(ours_path, torch_path):
                 line = line.strip()
                 if line.startswith("{"):
                     d = json.loads(line)
-                    out[(d["what"], d["size"])] = d["img_per_s"]
+                    out[(d.get("arch", "resnet18"), d["what"], d["size"])] = d["img_per_s"]
         return out
 
     ours, ref = load(ours_path), load(torch_path)
@@ -131,11 +149,12 @@ def compare(ours_path, torch_path):
     print("|---|---|---|---|")
     for key in ours:
         if key in ref:
-            print(f"| {key[0]} @{key[1]} | {ours[key]:.2f} | {ref[key]:.2f} | {ours[key] / ref[key]:.2f} |")
+            print(f"| {key[0]} {key[1]} @{key[2]} | {ours[key]:.2f} | {ref[key]:.2f} | {ours[key] / ref[key]:.2f} |")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="resnet18")
     p.add_argument("--what", default="eval,train,input-grad,pgd7,ig")
     p.add_argument("--sizes", default="64,224")
     p.add_argument("--batch-size", type=int, default=16)

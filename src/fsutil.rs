@@ -183,6 +183,20 @@ pub fn file_stem(s: &str) -> String {
         .collect()
 }
 
+/// The process's peak resident memory in MB (`getrusage`'s high-water mark; 0 where it is
+/// not available).
+pub fn peak_rss_mb() -> f64 {
+    #[cfg(unix)]
+    {
+        // SAFETY: getrusage writes into the zeroed struct we own.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } == 0 {
+            return u.ru_maxrss as f64 / 1024.0;
+        }
+    }
+    0.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,3 +223,4 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap(), b"good");
     }
 }
+

@@ -130,7 +130,7 @@ fn checkpoint_round_trip_gives_identical_logits() {
     save_checkpoint(&m, &ModelConfig::default(), dir.path(), "model.safetensors").unwrap();
     let (m2, cfg) = robustlens::model::load_checkpoint(dir.path(), &Device::Cpu).unwrap();
     assert_eq!(cfg.class_names, vec!["nv", "mel", "bkl"]);
-    let after = m2.forward(&x, Mode::Eval).unwrap();
+    let after = m2.forward_mode(&x, Mode::Eval).unwrap();
     assert_eq!(max_abs_diff(&before, &after), 0.0);
     let sd: std::collections::HashMap<_, _> = m2.state_dict().unwrap().into_iter().collect();
     assert_eq!(
@@ -151,7 +151,8 @@ fn checkpoint_round_trip_gives_identical_logits() {
 fn new_head_keeps_backbone() {
     let dir = tempfile::tempdir().unwrap();
     let weights = saved_model(dir.path());
-    let (m, report) = robustlens::model::load_weights(&weights, Some(5), 0, &Device::Cpu).unwrap();
+    let (m, report) =
+        robustlens::model::load_weights(None, &weights, Some(5), 0, &Device::Cpu).unwrap();
     assert_eq!(report.head_replaced_from, Some(3));
     assert_eq!(m.num_classes(), 5);
     let orig = formula_model(3);
@@ -373,7 +374,10 @@ fn info_lists_tensors() {
         "{out}"
     );
     assert!(out.contains("11178051 parameters"), "{out}");
-    assert!(out.contains("fits a ResNet-18 with 3 classes"), "{out}");
+    assert!(
+        out.contains("fits a torchvision resnet18 with 3 classes"),
+        "{out}"
+    );
 }
 
 #[test]

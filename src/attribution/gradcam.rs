@@ -7,7 +7,7 @@
 use super::{select_targets, Attribution};
 use crate::model::{Classifier, LayeredClassifier};
 use crate::{Error, Result};
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Device, Tensor};
 
 /// Grad-CAM on a layer.
 #[derive(Debug, Clone, Default)]
@@ -34,9 +34,8 @@ impl GradCam {
             .layer
             .clone()
             .unwrap_or_else(|| net.default_cam_layer());
-        let acts = net.forward_to(x, &layer)?.detach();
-        let av = Var::from_tensor(&acts)?;
-        let logits = net.forward_from(av.as_tensor(), &layer)?;
+        let (av, logits) = net.forward_split(x, &layer)?;
+        let acts = av.as_tensor().detach();
         let g = select_targets(&logits, targets)?.sum_all()?.backward()?;
         let grad = g
             .get(av.as_tensor())

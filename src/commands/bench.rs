@@ -4,7 +4,7 @@
 
 use crate::adversarial::Pgd;
 use crate::attribution::{input_gradients, Attribution, Baseline, IgRule, IntegratedGradients};
-use crate::model::{GroupSet, Mode, ResNet18};
+use crate::model::{Arch, GroupSet, Mode};
 use crate::rng::SeededRng;
 use crate::train::optim::{Adam, OptimKind};
 use crate::{Error, Result};
@@ -14,10 +14,14 @@ use std::time::Instant;
 /// One benchmark cell.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Cell {
+    pub arch: Arch,
     pub what: String,
     pub size: usize,
     pub batch: usize,
     pub img_per_s: f64,
+    /// The process's peak resident memory after the cell (a high-water mark: run one
+    /// architecture per process to read it per architecture).
+    pub peak_rss_mb: f64,
 }
 
 /// The workloads: `eval` (forward, eval mode), `train` (forward, backward, Adam step),
@@ -53,6 +57,7 @@ fn time_it(
 
 /// Measures one workload at one size.
 pub fn run_cell(
+    arch: Arch,
     what: &str,
     size: usize,
     batch: usize,
@@ -63,7 +68,8 @@ pub fn run_cell(
     if batch == 0 {
         return Err(Error::config("batch-size", 0, "must be at least 1"));
     }
-    let model = ResNet18::new_random(3, 0, device)?;
+    arch.check_image_size(size)?;
+    let model = crate::model::build(arch, 3, 0, device)?;
     let mut rng = SeededRng::new(1);
     let x = Tensor::from_vec(
         rng.uniform_vec(batch * 3 * size * size, 0.0, 1.0),
@@ -80,7 +86,7 @@ pub fn run_cell(
         device,
     )?;
     let train_step = |opt: &mut Adam, xb: &Tensor| -> Result<()> {
-        let logits = model.forward(xb, Mode::Train)?;
+        let logits = model.forward_mode(xb, Mode::Train)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
         let grads = loss.backward()?;
         opt.step(&grads)?;
@@ -97,7 +103,7 @@ pub fn run_cell(
     let img_per_s = match what {
         "eval" => time_it(batch, warmup, iters, || {
             model
-                .forward(&x, Mode::InputGrad)?
+                .forward_mode(&x, Mode::InputGrad)?
                 .to_device(&Device::Cpu)?;
             Ok(())
         })?,
@@ -147,10 +153,12 @@ pub fn run_cell(
         }
     };
     Ok(Cell {
+        arch,
         what: what.to_string(),
         size,
         batch: if what == "ig" { 1 } else { batch },
         img_per_s,
+        peak_rss_mb: crate::fsutil::peak_rss_mb(),
     })
 }
 
@@ -184,6 +192,7 @@ impl Workload {
 /// Options of `bench`.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
+    pub arch: Arch,
     pub what: Vec<Workload>,
     pub sizes: Vec<usize>,
     pub batch_size: usize,
@@ -198,6 +207,7 @@ pub struct BenchOptions {
 pub fn run(o: &BenchOptions) -> Result<Vec<Cell>> {
     for &s in &o.sizes {
         super::check_image_size(s)?;
+        o.arch.check_image_size(s)?;
     }
     if o.batch_size == 0 {
         return Err(Error::config("batch-size", 0, "must be at least 1"));
@@ -208,14 +218,28 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Cell>> {
     let device = o.device.open()?;
     if !o.json {
         println!(
-            "{:<12} {:>5} {:>6} {:>10}",
-            "what", "size", "batch", "images/s"
+            "{} ({} layout)\n{:<12} {:>5} {:>6} {:>10} {:>13}",
+            o.arch,
+            o.arch.ecosystem(),
+            "what",
+            "size",
+            "batch",
+            "images/s",
+            "peak RSS MB"
         );
     }
     let mut cells = Vec::new();
     for &size in &o.sizes {
         for w in &o.what {
-            let c = run_cell(w.as_str(), size, o.batch_size, o.warmup, o.iters, &device)?;
+            let c = run_cell(
+                o.arch,
+                w.as_str(),
+                size,
+                o.batch_size,
+                o.warmup,
+                o.iters,
+                &device,
+            )?;
             if o.json {
                 println!(
                     "{}",
@@ -223,8 +247,8 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Cell>> {
                 );
             } else {
                 println!(
-                    "{:<12} {:>5} {:>6} {:>10.2}",
-                    c.what, c.size, c.batch, c.img_per_s
+                    "{:<12} {:>5} {:>6} {:>10.2} {:>13.0}",
+                    c.what, c.size, c.batch, c.img_per_s, c.peak_rss_mb
                 );
             }
             cells.push(c);

@@ -81,6 +81,8 @@ pub fn evaluate(o: &EvaluateOptions) -> Result<Evaluation> {
 pub struct AttackOptions {
     /// A weights file, a run folder or `hf:owner/repo`.
     pub model: String,
+    /// The architecture (`None`: the run's or the file's).
+    pub arch: Option<crate::model::Arch>,
     pub images: Vec<PathBuf>,
     pub image_size: usize,
     pub pgd: Pgd,
@@ -111,7 +113,8 @@ pub fn attack(o: &AttackOptions) -> Result<()> {
     super::check_image_size(o.image_size)?;
     o.pgd.validate()?;
     let device = o.device.open()?;
-    let (model, _) = load_model_spec(&o.model, None, 0, &device)?;
+    let (model, _) = load_model_spec(o.arch, &o.model, None, 0, &device)?;
+    model.kind().check_image_size(o.image_size)?;
     let xs = o
         .images
         .iter()
@@ -212,7 +215,7 @@ pub fn sanity(o: &SanityOptions) -> Result<Vec<SanityStep>> {
         &crate::eval::compare::method_options_for(data.size, o.seed),
     )?;
     let steps = crate::eval::sanity::cascading_randomisation(
-        &models[0].model,
+        models[0].model.as_ref(),
         method.as_ref(),
         &x,
         &hb.labels,

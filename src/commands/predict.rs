@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 pub struct PredictOptions {
     /// A weights file, a run folder, or `hf:owner/repo`.
     pub weights: String,
+    /// The architecture (`None`: the run's or the file's).
+    pub arch: Option<crate::model::Arch>,
     /// Replace the head by one with this many classes.
     pub num_classes: Option<usize>,
     pub image_size: usize,
@@ -30,7 +32,8 @@ pub fn predict(o: &PredictOptions) -> Result<()> {
         return Err(Error::config("batch-size", 0, "must be at least 1"));
     }
     let device = o.device.open()?;
-    let (model, class_names) = load_model_spec(&o.weights, o.num_classes, 0, &device)?;
+    let (model, class_names) = load_model_spec(o.arch, &o.weights, o.num_classes, 0, &device)?;
+    model.kind().check_image_size(o.image_size)?;
     for chunk in o.images.chunks(o.batch_size) {
         let xs = chunk
             .iter()
@@ -58,8 +61,9 @@ pub fn predict(o: &PredictOptions) -> Result<()> {
     Ok(())
 }
 
-/// Sort key giving torchvision's order (conv1, bn1, layer1.., fc) with natural numbering.
-fn tensor_order(name: &str) -> (u8, String) {
+/// Sort key giving torchvision's order (conv1, bn1, layer1.., fc) with natural numbering
+/// (`blocks.2` before `blocks.10`).
+fn tensor_order(name: &str) -> (u8, Vec<(u64, String)>) {
     let g = match name.split('.').next().unwrap_or("") {
         "conv1" => 0,
         "bn1" => 1,
@@ -70,12 +74,16 @@ fn tensor_order(name: &str) -> (u8, String) {
         "fc" => 7,
         _ => 6,
     };
-    (g, name.to_string())
+    let parts = name
+        .split('.')
+        .map(|p| (p.parse::<u64>().unwrap_or(u64::MAX), p.to_string()))
+        .collect();
+    (g, parts)
 }
 
 /// Lists the tensors of a weights file (or a run folder's model), their shapes and the
-/// parameter count, and says whether they fit a ResNet-18.
-pub fn info(weights: &str) -> Result<()> {
+/// parameter count, and says which architecture they fit.
+pub fn info(weights: &str, arch: Option<crate::model::Arch>) -> Result<()> {
     let p = Path::new(weights);
     let path = if p.is_dir() {
         p.join("model.safetensors")
@@ -113,9 +121,19 @@ pub fn info(weights: &str) -> Result<()> {
         params,
         params as f64 / 1e6
     );
-    match crate::model::load_weights(&path, None, 0, &candle_core::Device::Cpu) {
-        Ok((m, _)) => println!("fits a ResNet-18 with {} classes", m.num_classes()),
-        Err(e) => println!("does not load as a ResNet-18: {e}"),
+    match crate::model::load_weights(arch, &path, None, 0, &candle_core::Device::Cpu) {
+        Ok((m, _)) => println!(
+            "fits a {} {} with {} classes; layer groups {}",
+            m.kind().ecosystem(),
+            m.kind(),
+            m.num_classes(),
+            m.kind().groups_text()
+        ),
+        Err(e) => println!(
+            "does not load as a {}: {e}",
+            arch.map(|a| a.to_string())
+                .unwrap_or_else(|| "model robustlens knows".into())
+        ),
     }
     Ok(())
 }

@@ -213,6 +213,8 @@ pub fn run(job: &ExplainJob) -> Result<Vec<Explained>> {
 pub struct SaliencyOptions {
     /// Run folders to explain.
     pub runs: Vec<PathBuf>,
+    /// The architecture (`None`: the run's or the file's).
+    pub arch: Option<crate::model::Arch>,
     /// A weights file, a run folder or `hf:owner/repo`, instead of (or beside) runs.
     pub weights: Option<String>,
     /// With `weights`: replace the head by one with this many classes.
@@ -275,7 +277,7 @@ pub fn command(o: &SaliencyOptions) -> Result<Vec<Explained>> {
                 "not a folder; give a run folder (with model.safetensors) or a weights file",
             ));
         }
-        let (m, _) = crate::model::load_model_spec(&r.to_string_lossy(), None, 0, &device)?;
+        let (m, _) = crate::model::load_model_spec(o.arch, &r.to_string_lossy(), None, 0, &device)?;
         let name = r
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
@@ -286,7 +288,7 @@ pub fn command(o: &SaliencyOptions) -> Result<Vec<Explained>> {
         });
     }
     if let Some(w) = &o.weights {
-        let (m, _) = crate::model::load_model_spec(w, o.num_classes, 0, &device)?;
+        let (m, _) = crate::model::load_model_spec(o.arch, w, o.num_classes, 0, &device)?;
         models.push(NamedModel {
             name: super::stem(Path::new(w), "model"),
             model: Box::new(m),

@@ -144,6 +144,7 @@ pub fn parse(v: serde_json::Value, origin: &Path) -> Result<TrainConfig> {
     Ok(TrainConfig {
         recipe,
         preset,
+        arch: crate::model::Arch::Resnet18,
         image_size: f.image_size,
         seed: f.seed,
         device: DeviceSpec::parse(&f.device).map_err(in_file)?,

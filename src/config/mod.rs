@@ -32,7 +32,7 @@ pub mod legacy;
 
 use crate::adversarial::{Norm, Pgd};
 use crate::device::DeviceSpec;
-use crate::model::{GroupSet, WeightsSource};
+use crate::model::{Arch, GroupSet, WeightsSource};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -431,6 +431,8 @@ pub struct TrainConfig {
     pub recipe: Recipe,
     /// The preset this configuration started from (informational).
     pub preset: Option<Preset>,
+    /// The architecture (fine-tuning: the parent run's).
+    pub arch: Arch,
     /// Working resolution: images are N x N.
     pub image_size: usize,
     pub seed: u64,
@@ -456,6 +458,7 @@ impl Default for TrainConfig {
         TrainConfig {
             recipe: Recipe::TrainStandard,
             preset: None,
+            arch: Arch::Resnet18,
             image_size: 224,
             seed: 0,
             device: DeviceSpec::Cpu,
@@ -523,6 +526,7 @@ impl TrainConfig {
                 "use 32..4096 (a ResNet-18 needs at least 32 x 32)",
             ));
         }
+        self.arch.check_image_size(self.image_size)?;
         for (name, v) in [("lr", self.main.lr), ("head-lr", self.head.lr)] {
             if !(v.is_finite() && v > 0.0) {
                 return Err(Error::config(name, v, "the learning rate must be > 0"));
@@ -596,6 +600,7 @@ pub struct Overrides {
     pub val_per_class: Option<usize>,
     pub test_per_class: Option<usize>,
     pub seed: Option<u64>,
+    pub arch: Option<Arch>,
     pub weights: Option<WeightsSource>,
     pub device: Option<DeviceSpec>,
     pub head_epochs: Option<usize>,
@@ -626,7 +631,7 @@ impl Overrides {
             };
         }
         pick!(data, classes, split, image_size, train_per_class, val_per_class, test_per_class,
-              seed, weights, device, head_epochs, head_batch_size, head_lr, epochs, batch_size,
+              seed, arch, weights, device, head_epochs, head_batch_size, head_lr, epochs, batch_size,
               lr, schedule, early_stop, optimizer, weight_decay, groups;
               skip_bad_images, no_augment, freeze_bn_stats)
     }
@@ -646,6 +651,7 @@ impl Overrides {
             test_per_class => data.test_per_class,
             image_size => image_size,
             seed => seed,
+            arch => arch,
             device => device,
             head_epochs => head.epochs,
             head_batch_size => head.batch_size,
@@ -731,6 +737,28 @@ pub fn layer(base: TrainConfig, file: Option<&Path>, overrides: &Overrides) -> R
     };
     cfg.recipe = recipe;
     overrides.apply(&mut cfg);
+    // The default weights follow the architecture.
+    if cfg.arch != Arch::Resnet18 && cfg.init == Init::default() {
+        cfg.init = match cfg.arch.default_hub_repo() {
+            Some(repo) => Init::Weights(WeightsSource::Hub {
+                repo: repo.into(),
+                file: "model.safetensors".into(),
+            }),
+            None => {
+                return Err(Error::config(
+                    "weights",
+                    "default",
+                    format!(
+                        "{} has no ImageNet weights on the Hugging Face hub; download \
+                         torchvision's (https://download.pytorch.org/models/\
+                         efficientnet_b0_rwightman-7f5810bc.pth) and give --weights FILE, or \
+                         --weights none for a random start",
+                        cfg.arch
+                    ),
+                ))
+            }
+        };
+    }
     Ok(cfg)
 }
 

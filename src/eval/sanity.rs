@@ -7,7 +7,7 @@
 
 use super::stats::{spearman, ssim};
 use crate::attribution::Attribution;
-use crate::model::{group_of, ResNet18};
+use crate::model::Network;
 use crate::report::display::{reduce_channels, Reduce};
 use crate::Result;
 use candle_core::Tensor;
@@ -31,13 +31,14 @@ pub struct SanityStep {
 /// Kaiming-normal convolutions, BatchNorm weight 1, bias 0, running statistics reset. The
 /// seed is mixed so that the new weights never coincide with the initialisation a training
 /// run with the same seed started from.
-pub fn randomise_groups(model: &ResNet18, groups: &[u8], seed: u64) -> Result<ResNet18> {
+pub fn randomise_groups(model: &dyn Network, groups: &[u8], seed: u64) -> Result<Box<dyn Network>> {
     let seed = seed ^ 0x5EED_5A17_C0DE_0001;
-    let fresh = ResNet18::new_random(model.num_classes(), seed, model.device())?;
+    let arch = model.kind();
+    let fresh = crate::model::build(arch, model.num_classes(), seed, model.device())?;
     let keep: HashMap<String, Tensor> = model
         .state_dict()?
         .into_iter()
-        .filter(|(name, _)| !groups.contains(&group_of(name)))
+        .filter(|(name, _)| !groups.contains(&arch.group_of(name)))
         .collect();
     let mut all: HashMap<String, Tensor> = fresh.state_dict()?.into_iter().collect();
     all.extend(keep);
@@ -71,7 +72,7 @@ pub fn map_similarity(a: &[f32], b: &[f32], h: usize, w: usize) -> (f64, f64) {
 
 /// Runs the cascading randomisation on images `x` (`[N, 3, H, W]`) with their targets.
 pub fn cascading_randomisation(
-    model: &ResNet18,
+    model: &dyn Network,
     method: &dyn Attribution,
     x: &Tensor,
     targets: &[usize],
@@ -84,7 +85,8 @@ pub fn cascading_randomisation(
     for g in [5u8, 4, 3, 2, 1] {
         groups.push(g);
         let m = randomise_groups(model, &groups, seed)?;
-        let maps = abs_maps(&method.attribute(&m, x, targets)?)?;
+        let m = m.as_ref();
+        let maps = abs_maps(&method.attribute(m, x, targets)?)?;
         let (sp, ss): (Vec<f64>, Vec<f64>) = reference
             .iter()
             .zip(&maps)

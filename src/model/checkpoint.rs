@@ -1,10 +1,12 @@
-//! Checkpoints: `model.safetensors` in torchvision names (loadable by
-//! `torchvision.models.resnet18(num_classes=K).load_state_dict`) and `config.json` beside it.
+//! Checkpoints: `model.safetensors` in the architecture's own names (loadable by
+//! `torchvision.models.resnet18(num_classes=K).load_state_dict`, or timm's
+//! `create_model(arch, num_classes=K).load_state_dict`) and `config.json` beside it.
 //! Every write is atomic (temp file, fsync, rename): an interrupted write never leaves a
 //! partial checkpoint under the final name.
 
 use crate::fsutil::{read_json, write_atomic, write_json_atomic};
-use crate::model::resnet::ResNet18;
+use crate::model::arch::Arch;
+use crate::model::network::Network;
 use crate::model::weights::load_weights;
 use crate::{Error, Result};
 use candle_core::Device;
@@ -15,8 +17,8 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct ModelConfig {
-    /// Always `resnet18`.
-    pub arch: String,
+    /// The architecture.
+    pub arch: Arch,
     pub num_classes: usize,
     /// Class names in label order (e.g. `["nv", "mel", "bkl"]`).
     pub class_names: Vec<String>,
@@ -29,7 +31,7 @@ pub struct ModelConfig {
 impl Default for ModelConfig {
     fn default() -> Self {
         ModelConfig {
-            arch: "resnet18".into(),
+            arch: Arch::Resnet18,
             num_classes: 3,
             class_names: vec!["nv".into(), "mel".into(), "bkl".into()],
             image_size: 224,
@@ -39,7 +41,7 @@ impl Default for ModelConfig {
 }
 
 /// Serialises the model's state dict to safetensors bytes.
-pub fn model_to_bytes(model: &ResNet18) -> Result<Vec<u8>> {
+pub fn model_to_bytes(model: &dyn Network) -> Result<Vec<u8>> {
     let sd = model.state_dict()?;
     let sd: Vec<(String, candle_core::Tensor)> = sd
         .into_iter()
@@ -52,14 +54,14 @@ pub fn model_to_bytes(model: &ResNet18) -> Result<Vec<u8>> {
 }
 
 /// Writes `model` to `path` (a `.safetensors` file) atomically.
-pub fn save_weights(model: &ResNet18, path: &Path) -> Result<()> {
+pub fn save_weights(model: &dyn Network, path: &Path) -> Result<()> {
     let bytes = model_to_bytes(model)?;
     write_atomic(path, &bytes)
 }
 
 /// Saves `dir/<name>` (e.g. `model.safetensors`) and `dir/config.json`, both atomically.
 pub fn save_checkpoint(
-    model: &ResNet18,
+    model: &dyn Network,
     config: &ModelConfig,
     dir: &Path,
     name: &str,
@@ -69,13 +71,14 @@ pub fn save_checkpoint(
     save_weights(model, &path)?;
     let mut cfg = config.clone();
     cfg.num_classes = model.num_classes();
+    cfg.arch = model.kind();
     write_json_atomic(&dir.join("config.json"), &cfg)?;
     Ok(path)
 }
 
 /// Loads a checkpoint: `path` is a run folder (its `model.safetensors` and `config.json`) or
 /// a weights file (with `config.json` beside it when there is one).
-pub fn load_checkpoint(path: &Path, device: &Device) -> Result<(ResNet18, ModelConfig)> {
+pub fn load_checkpoint(path: &Path, device: &Device) -> Result<(Box<dyn Network>, ModelConfig)> {
     let (weights, cfg_path) = if path.is_dir() {
         let w = path.join("model.safetensors");
         if !w.exists() {
@@ -92,11 +95,17 @@ pub fn load_checkpoint(path: &Path, device: &Device) -> Result<(ResNet18, ModelC
             .unwrap_or_else(|| PathBuf::from("config.json"));
         (path.to_path_buf(), cfg)
     };
-    let (model, _) = load_weights(&weights, None, 0, device)?;
-    let mut config = if cfg_path.exists() {
-        read_json::<ModelConfig>(&cfg_path)?
+    let saved = if cfg_path.exists() {
+        Some(read_json::<ModelConfig>(&cfg_path)?)
+    } else {
+        None
+    };
+    let (model, _) = load_weights(saved.as_ref().map(|c| c.arch), &weights, None, 0, device)?;
+    let mut config = if let Some(c) = saved {
+        c
     } else {
         ModelConfig {
+            arch: model.kind(),
             class_names: (0..model.num_classes())
                 .map(|i| format!("class{i}"))
                 .collect(),

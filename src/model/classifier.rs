@@ -78,12 +78,11 @@ pub trait LayeredClassifier: Classifier {
     /// The layer Grad-CAM uses by default (the last spatial one).
     fn default_cam_layer(&self) -> String;
 
-    /// The activation `[N, C, h, w]` at `layer` (a ViT returns its patch tokens reshaped to the
-    /// patch grid, class token dropped). Eval mode, weights constant.
-    fn forward_to(&self, x: &Tensor, layer: &str) -> Result<Tensor>;
-
-    /// Logits from an activation at `layer`, as returned by [`LayeredClassifier::forward_to`].
-    fn forward_from(&self, acts: &Tensor, layer: &str) -> Result<Tensor>;
+    /// The activation `[N, C, h, w]` at `layer` as a differentiation leaf, and the logits
+    /// computed from it: `logits.backward()` gives `d logits / d activation` (captum's layer
+    /// hook). A ViT returns its patch tokens reshaped to the patch grid, class token dropped.
+    /// Eval mode, weights constant.
+    fn forward_split(&self, x: &Tensor, layer: &str) -> Result<(Var, Tensor)>;
 }
 
 impl Classifier for ResNet18 {
@@ -128,15 +127,35 @@ impl LayeredClassifier for ResNet18 {
     fn default_cam_layer(&self) -> String {
         "layer4".into()
     }
-    fn forward_to(&self, x: &Tensor, layer: &str) -> Result<Tensor> {
-        self.forward_range(x, Stage::Input, Self::cam_stage(layer)?, Mode::InputGrad)
+    fn forward_split(&self, x: &Tensor, layer: &str) -> Result<(Var, Tensor)> {
+        let stage = Self::cam_stage(layer)?;
+        let acts = self
+            .forward_range(x, Stage::Input, stage, Mode::InputGrad)?
+            .detach();
+        let av = Var::from_tensor(&acts)?;
+        let logits = self.forward_range(av.as_tensor(), stage, Stage::Logits, Mode::InputGrad)?;
+        Ok((av, logits))
     }
-    fn forward_from(&self, acts: &Tensor, layer: &str) -> Result<Tensor> {
-        self.forward_range(
-            acts,
-            Self::cam_stage(layer)?,
-            Stage::Logits,
-            Mode::InputGrad,
-        )
+}
+
+/// A boxed network is a classifier (so `&model` works wherever `&dyn Classifier` is taken).
+impl<T: Classifier + ?Sized> Classifier for Box<T> {
+    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        (**self).logits(x)
+    }
+    fn num_classes(&self) -> usize {
+        (**self).num_classes()
+    }
+    fn device(&self) -> &Device {
+        (**self).device()
+    }
+    fn arch(&self) -> &str {
+        (**self).arch()
+    }
+    fn input_gradient(&self, x: &Tensor, targets: &[usize]) -> Result<Tensor> {
+        (**self).input_gradient(x, targets)
+    }
+    fn layers(&self) -> Option<&dyn LayeredClassifier> {
+        (**self).layers()
     }
 }

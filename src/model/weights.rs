@@ -1,4 +1,4 @@
-//! Loading ImageNet (or any ResNet-18) weights: local safetensors in torchvision or timm naming,
+//! Loading ImageNet (or any) weights of every architecture: local safetensors in torchvision or timm naming,
 //! PyTorch `.pth` state dicts (read by candle's pickle parser, which never executes code), and
 //! the Hugging Face hub (`hf:timm/resnet18.tv_in1k`).
 //!
@@ -6,7 +6,8 @@
 //! header length and every offset are checked against the real file size, so a hostile or
 //! truncated file gives a named error, never a panic or an allocation sized by its claims.
 
-use crate::model::resnet::{new_head, ResNet18};
+use crate::model::arch::Arch;
+use crate::model::network::Network;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
@@ -141,6 +142,13 @@ pub enum WeightsFormat {
 /// Judges the format of a weights file by its first bytes; a safetensors header length that
 /// exceeds the file is an error here, before anything is parsed.
 pub fn sniff(path: &Path, bytes: &[u8]) -> Result<WeightsFormat> {
+    // A safetensors file first: its header length's low byte may be 0x80, a pickle's first.
+    if bytes.len() >= 9 && bytes[8] == b'{' {
+        let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+        if n <= (bytes.len() - 8) as u64 {
+            return Ok(WeightsFormat::Safetensors);
+        }
+    }
     if bytes.starts_with(b"PK\x03\x04") || bytes.first() == Some(&0x80) {
         return Ok(WeightsFormat::Pth);
     }
@@ -267,51 +275,95 @@ pub struct LoadReport {
     pub head_missing: bool,
 }
 
-/// Builds a ResNet-18 from a weights file. With `num_classes = None` the class count comes
-/// from the file's `fc.weight`; with `Some(k)` a head of another size (or no head) is replaced
-/// by a fresh Kaiming-normal one and the backbone kept. Every other missing, extra,
+/// Builds a network from a weights file. The architecture is `arch`, or, when `None`, the one
+/// the file's tensors belong to ([`crate::model::zoo::detect`]; ResNet-18 when none is recognised). Weights
+/// of another architecture than `arch` are an error naming both. With `num_classes = None`
+/// the class count comes from the file's head; with `Some(k)` a head of another size (or no
+/// head) is replaced by a fresh one and the backbone kept. Every other missing, extra,
 /// mis-shaped or non-float tensor is an error naming the tensor and both shapes.
 pub fn load_weights(
+    arch: Option<Arch>,
     path: &Path,
     num_classes: Option<usize>,
     seed: u64,
     device: &Device,
-) -> Result<(ResNet18, LoadReport)> {
+) -> Result<(Box<dyn Network>, LoadReport)> {
     let mut tensors = read_tensors(path)?;
+    let detected = crate::model::zoo::detect(&tensors);
+    let arch = match (arch, &detected) {
+        (Some(a), Some((b, why))) if a != *b => {
+            return Err(Error::weights(
+                path,
+                format!(
+                    "holds {b} weights ({why}), not {a}; load it with --arch {b} \
+                     (or give {a} weights)"
+                ),
+            ))
+        }
+        (Some(a), _) => a,
+        (None, Some((b, _))) => *b,
+        (None, None) => Arch::Resnet18,
+    };
     let mut report = LoadReport::default();
-    let file_classes = tensors.get("fc.weight").map(|t| t.dims().to_vec());
-    let k = match (num_classes, &file_classes) {
+    let head_w = format!("{}.weight", arch.head_prefix());
+    let head_b = format!("{}.bias", arch.head_prefix());
+    let file_head = tensors.get(&head_w).map(|t| t.dims().to_vec());
+    let k = match (num_classes, &file_head) {
         (Some(k), _) => k,
         (None, Some(d)) if d.len() == 2 => d[0],
         (None, Some(d)) => {
-            return Err(Error::weights(path, format!("tensor `fc.weight` has shape {d:?}, expected [num_classes, 512]")))
+            return Err(Error::weights(
+                path,
+                format!("tensor `{head_w}` has shape {d:?}, expected [num_classes, features]"),
+            ))
         }
         (None, None) => {
             return Err(Error::weights(
                 path,
-                "has no `fc.weight`, so the number of classes is unknown; set num-classes K to add a new head",
+                format!(
+                    "has no `{head_w}`, so the number of classes is unknown; set num-classes K \
+                     to add a new head"
+                ),
             ))
         }
     };
-    let model = ResNet18::new_random(k, seed, device)?;
-    match &file_classes {
-        Some(d) if d.len() == 2 && d[1] == 512 && d[0] != k => {
+    let model = crate::model::zoo::build(arch, k, seed, device)?;
+    let features = model.var(&head_w).map(|v| v.dims()[1]).unwrap_or(0);
+    let fresh_head = |t: &mut HashMap<String, Tensor>| -> Result<()> {
+        for n in [&head_w, &head_b] {
+            let v = model
+                .var(n)
+                .ok_or_else(|| Error::internal(format!("{arch}: no `{n}`")))?;
+            t.insert(n.clone(), v.as_tensor().copy()?);
+        }
+        Ok(())
+    };
+    match &file_head {
+        Some(d) if d.len() == 2 && d[1] == features && d[0] != k => {
             report.head_replaced_from = Some(d[0]);
-            let (w, b) = new_head(k, 512, seed, device)?;
-            tensors.insert("fc.weight".into(), w);
-            tensors.insert("fc.bias".into(), b);
+            fresh_head(&mut tensors)?;
         }
         None => {
             report.head_missing = true;
-            let (w, b) = new_head(k, 512, seed, device)?;
-            tensors.insert("fc.weight".into(), w);
-            tensors.insert("fc.bias".into(), b);
+            fresh_head(&mut tensors)?;
         }
         _ => {}
     }
-    // Check names, dtypes and shapes, naming everything that is wrong.
+    check_tensors(model.as_ref(), &tensors, path)?;
+    model.load_tensors(&tensors, path)?;
+    Ok((model, report))
+}
+
+/// Names every missing, mis-shaped, non-float or unexpected tensor (8 at most).
+fn check_tensors(
+    model: &dyn Network,
+    tensors: &HashMap<String, Tensor>,
+    path: &Path,
+) -> Result<()> {
+    let arch = model.kind();
+    let names = model.tensor_names();
     let mut problems = Vec::new();
-    for (name, _) in model.tensor_names() {
+    for (name, _) in &names {
         let want = model
             .var(name)
             .map(|v| v.dims().to_vec())
@@ -338,38 +390,38 @@ pub fn load_weights(
             }
         }
     }
-    let known: std::collections::HashSet<&str> = model
-        .tensor_names()
-        .iter()
-        .map(|(n, _)| n.as_str())
-        .collect();
+    let known: std::collections::HashSet<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
     let mut extras: Vec<String> = tensors
         .iter()
         .filter(|(n, _)| !known.contains(n.as_str()) && !n.ends_with("num_batches_tracked"))
         .map(|(n, t)| {
             format!(
-                "unexpected tensor `{n}` with shape {:?} (not part of a torchvision ResNet-18)",
-                t.dims()
+                "unexpected tensor `{n}` with shape {:?} (not part of a {} {arch})",
+                t.dims(),
+                arch.ecosystem()
             )
         })
         .collect();
     extras.sort();
     problems.extend(extras);
-    if !problems.is_empty() {
-        let n = problems.len();
-        let shown: Vec<String> = problems.into_iter().take(8).collect();
-        let more = if n > 8 {
-            format!("\n  ... and {} more", n - 8)
-        } else {
-            String::new()
-        };
-        return Err(Error::weights(
-            path,
-            format!("does not fit a ResNet-18:\n  {}{more}", shown.join("\n  ")),
-        ));
+    if problems.is_empty() {
+        return Ok(());
     }
-    model.load_tensors(&tensors, path)?;
-    Ok((model, report))
+    let n = problems.len();
+    let shown: Vec<String> = problems.into_iter().take(8).collect();
+    let more = if n > 8 {
+        format!("\n  ... and {} more", n - 8)
+    } else {
+        String::new()
+    };
+    Err(Error::weights(
+        path,
+        format!(
+            "does not fit a {} {arch}:\n  {}{more}",
+            arch.ecosystem(),
+            shown.join("\n  ")
+        ),
+    ))
 }
 
 #[cfg(test)]
@@ -390,6 +442,21 @@ mod tests {
         assert_eq!(
             WeightsSource::parse("a.pth").unwrap(),
             WeightsSource::File("a.pth".into())
+        );
+    }
+
+    #[test]
+    fn a_header_length_ending_in_0x80_is_still_safetensors() {
+        // 0x0580 = 1408 header bytes: the first byte is a pickle's 0x80.
+        let mut b = vec![0x80u8, 0x05, 0, 0, 0, 0, 0, 0, b'{'];
+        b.resize(8 + 0x580, b' ');
+        assert_eq!(
+            sniff(Path::new("m.safetensors"), &b).unwrap(),
+            WeightsFormat::Safetensors
+        );
+        assert_eq!(
+            sniff(Path::new("m.pth"), &[0x80, 0x02, b'}', b'q']).unwrap(),
+            WeightsFormat::Pth
         );
     }
 

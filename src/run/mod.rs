@@ -15,7 +15,7 @@ use crate::data::cache::ImageCache;
 use crate::data::loader::{make_batch, HostBatch};
 use crate::data::split::{make_split, Part, Split, SplitSpec};
 use crate::data::{DataOptions, Dataset};
-use crate::model::{load_checkpoint, ModelConfig, ResNet18};
+use crate::model::{load_checkpoint, ModelConfig, Network};
 use crate::{Error, Result};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
@@ -142,7 +142,7 @@ pub fn resume_config(dir: &Path, recipe: Recipe) -> Result<TrainConfig> {
 pub struct RunModel {
     pub name: String,
     pub dir: PathBuf,
-    pub model: ResNet18,
+    pub model: Box<dyn Network>,
     pub cfg: RunConfig,
 }
 

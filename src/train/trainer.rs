@@ -18,7 +18,7 @@ use crate::eval::classification::{evaluate_model, Evaluation};
 use crate::fsutil::{write_atomic, write_json_atomic};
 use crate::interrupt::Interrupt;
 use crate::model::checkpoint::{model_to_bytes, save_weights};
-use crate::model::{load_model_source, GroupSet, Mode, ModelConfig, ResNet18};
+use crate::model::{load_model_source, GroupSet, Mode, ModelConfig, Network};
 use crate::rng::SeededRng;
 use crate::run::{open_data, RunConfig};
 use crate::train::optim::Adam;
@@ -90,7 +90,7 @@ fn append_metrics(dir: &Path, line: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
-fn save_resume(dir: &Path, model: &ResNet18, opt: &Adam, state: &TrainState) -> Result<()> {
+fn save_resume(dir: &Path, model: &dyn Network, opt: &Adam, state: &TrainState) -> Result<()> {
     let mut tensors: Vec<(String, Tensor)> = model
         .state_dict()?
         .into_iter()
@@ -174,6 +174,17 @@ pub fn train(cfg: &TrainConfig, dir: &Path, resume: bool, interrupt: &Interrupt)
         Init::From(from) => {
             crate::run::check_trained(from)?;
             let (m, mc) = crate::model::load_checkpoint(from, &device)?;
+            if m.kind() != cfg.arch && cfg.arch != crate::model::Arch::default() {
+                return Err(Error::config(
+                    "arch",
+                    cfg.arch,
+                    format!(
+                        "the run {} holds a {} model; fine-tuning keeps its architecture",
+                        from.display(),
+                        m.kind()
+                    ),
+                ));
+            }
             if mc.num_classes != class_names.len() {
                 return Err(Error::config(
                     "from",
@@ -187,11 +198,25 @@ pub fn train(cfg: &TrainConfig, dir: &Path, resume: bool, interrupt: &Interrupt)
             }
             m
         }
-        Init::Weights(w) => load_model_source(w, Some(class_names.len()), cfg.seed, &device)?.0,
+        Init::Weights(w) => {
+            load_model_source(
+                Some(cfg.arch),
+                w,
+                Some(class_names.len()),
+                cfg.seed,
+                &device,
+            )?
+            .0
+        }
     };
+    model.kind().check_image_size(cfg.image_size)?;
     crate::fsutil::ensure_output_dir(dir)?;
     crate::fsutil::remove_stale_temp_files(dir);
+    let mut cfg = cfg.clone();
+    cfg.arch = model.kind();
+    let cfg = &cfg;
     let model_cfg = ModelConfig {
+        arch: model.kind(),
         num_classes: class_names.len(),
         class_names: class_names.clone(),
         image_size: cfg.image_size,
@@ -323,7 +348,7 @@ pub fn train(cfg: &TrainConfig, dir: &Path, resume: bool, interrupt: &Interrupt)
                                 ^ ((epoch as u64) << 24)
                                 ^ step as u64,
                         );
-                        let clean = model.forward(&x, Mode::InputGrad)?.detach();
+                        let clean = model.forward_mode(&x, Mode::InputGrad)?.detach();
                         let cp: Vec<u32> = clean.argmax(D::Minus1)?.to_vec1()?;
                         sums.clean_correct += cp
                             .iter()
@@ -334,7 +359,7 @@ pub fn train(cfg: &TrainConfig, dir: &Path, resume: bool, interrupt: &Interrupt)
                     }
                     None => x,
                 };
-                let logits = model.forward(&x_train, Mode::Train)?;
+                let logits = model.forward_mode(&x_train, Mode::Train)?;
                 let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
                 let lv = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
                 if !lv.is_finite() {
@@ -370,7 +395,7 @@ pub fn train(cfg: &TrainConfig, dir: &Path, resume: bool, interrupt: &Interrupt)
                     sums.seconds += t0.elapsed().as_secs_f64();
                     state.partial = sums;
                     state.optimizer_step = opt.step;
-                    save_resume(dir, &model, &opt, &state)?;
+                    save_resume(dir, model.as_ref(), &opt, &state)?;
                     pb.finish_and_clear();
                     tracing::info!("interrupted: checkpoint written to {}", dir.display());
                     return Ok(Stop::Interrupted);
@@ -428,13 +453,16 @@ pub fn train(cfg: &TrainConfig, dir: &Path, resume: bool, interrupt: &Interrupt)
             crate::report::curves::write_run_curves(dir, &title)?;
             // Best checkpoint: lowest validation loss (without validation: the latest).
             let improved = monitored < state.best_val_loss;
-            save_weights(&model, &dir.join("last.safetensors"))?;
+            save_weights(model.as_ref(), &dir.join("last.safetensors"))?;
             if improved || val.is_none() {
                 if improved {
                     state.best_val_loss = monitored;
                     state.bad_epochs = 0;
                 }
-                write_atomic(&dir.join("model.safetensors"), &model_to_bytes(&model)?)?;
+                write_atomic(
+                    &dir.join("model.safetensors"),
+                    &model_to_bytes(model.as_ref())?,
+                )?;
                 state.best = Some(format!("{name} epoch {}", epoch + 1));
             } else {
                 state.bad_epochs += 1;
@@ -446,7 +474,7 @@ pub fn train(cfg: &TrainConfig, dir: &Path, resume: bool, interrupt: &Interrupt)
                 }
             }
             state.partial = EpochSums::default();
-            save_resume(dir, &model, &opt, &state)?;
+            save_resume(dir, model.as_ref(), &opt, &state)?;
         }
         state.phase += 1;
         state.epoch = 0;
@@ -458,7 +486,7 @@ pub fn train(cfg: &TrainConfig, dir: &Path, resume: bool, interrupt: &Interrupt)
         } else {
             state.finished = true;
         }
-        save_resume(dir, &model, &opt, &state)?;
+        save_resume(dir, model.as_ref(), &opt, &state)?;
     }
     model.set_trainable_groups(GroupSet::all());
     // Test the best checkpoint.

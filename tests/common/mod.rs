@@ -187,3 +187,39 @@ pub fn check_figure_files(dir: &std::path::Path, page: &str) -> usize {
     }
     n
 }
+
+/// The closed-form weights of `tests/fixtures/make_arch_fixtures.py` for any architecture.
+pub fn formula_network(
+    arch: robustlens::model::Arch,
+    num_classes: usize,
+) -> Box<dyn robustlens::model::Network> {
+    let m = robustlens::model::build(arch, num_classes, 0, &Device::Cpu).unwrap();
+    for (name, _) in m.tensor_names() {
+        let var = m.var(&name).unwrap();
+        let dims = var.dims().to_vec();
+        let n: usize = dims.iter().product();
+        let s = name_seed(&name);
+        let v: Vec<f32> = (0..n as u64)
+            .map(|j| {
+                let f = (2.0 * splitmix(j, s) - 1.0) * 3f64.sqrt();
+                let v = if name.ends_with("running_var") {
+                    1.0 + 0.5 * f.abs()
+                } else if name.ends_with("running_mean") {
+                    0.1 * f
+                } else if name == "pos_embed" || name == "cls_token" {
+                    0.2 * f
+                } else if name.ends_with("weight") && dims.len() >= 2 {
+                    f / (dims[1..].iter().product::<usize>() as f64).sqrt()
+                } else if name.ends_with("bias") {
+                    0.1 * f
+                } else {
+                    1.0 + 0.2 * f
+                };
+                v as f32
+            })
+            .collect();
+        var.set(&Tensor::from_vec(v, dims, &Device::Cpu).unwrap())
+            .unwrap();
+    }
+    m
+}

@@ -11,7 +11,7 @@ use robustlens::commands::train::{FinetuneOptions, RobustOptions, TrainOptions};
 use robustlens::config::{OptimKind, Overrides, Preset, Recipe, Schedule};
 use robustlens::data::split::Part;
 use robustlens::device::DeviceSpec;
-use robustlens::model::{GroupSet, WeightsSource};
+use robustlens::model::{Arch, GroupSet, WeightsSource};
 use robustlens::report::{Cap, Colormap, DisplayOptions, DisplayPreset, Reduce};
 use std::ffi::OsStr;
 use std::marker::PhantomData;
@@ -97,6 +97,10 @@ impl<T: Clone + Send + Sync + 'static> TypedValueParser for Parsed<T> {
 
 fn device_parser() -> Parsed<DeviceSpec> {
     Parsed(DeviceSpec::parse)
+}
+fn arch_parser() -> impl TypedValueParser<Value = Arch> {
+    clap::builder::PossibleValuesParser::new(Arch::ALL.map(|a| a.name()))
+        .map(|s| Arch::parse(&s).expect("a listed architecture"))
 }
 fn groups_parser() -> Parsed<GroupSet> {
     Parsed(GroupSet::parse)
@@ -234,8 +238,14 @@ pub struct TrainArgs {
     /// Seed of the split, initialisation, shuffling, augmentation and attacks [default: 0].
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Architecture: resnet18, convnext_atto, convnext_tiny, efficientnet_b0,
+    /// vit_tiny_patch16_224 or vit_small_patch16_224 [default: resnet18; fine-tuning: the
+    /// parent run's]. The default --weights follow it.
+    #[arg(long, value_parser = arch_parser())]
+    pub arch: Option<Arch>,
     /// ImageNet start: hf:owner/repo[/file], a .safetensors or .pth file, or none
-    /// [default: none (quick), hf:timm/resnet18.tv_in1k (paper)].
+    /// [default: none (quick), the arch's ImageNet weights on the hub (paper):
+    /// hf:timm/resnet18.tv_in1k for resnet18].
     #[arg(long, value_parser = weights_parser())]
     pub weights: Option<WeightsSource>,
     /// auto, cpu, cuda[:N] or metal[:N] (GPUs need a build with --features cuda/metal)
@@ -299,6 +309,7 @@ impl TrainArgs {
                 val_per_class: self.val_per_class,
                 test_per_class: self.test_per_class,
                 seed: self.seed,
+                arch: self.arch,
                 weights: self.weights.clone(),
                 device: self.device,
                 head_epochs: self.head_epochs,
@@ -387,8 +398,10 @@ pub struct FinetuneArgs {
     /// The run to start from (normally a robust one); its data, split and size are kept.
     #[arg(long)]
     pub from: Option<PathBuf>,
-    /// Layer groups to train (1 = conv1+bn1+layer1, 2..4 = layer2..4, 5 = fc), e.g. 3-5,
-    /// 5, 1,3, all.
+    /// Layer groups to train, e.g. 3-5, 5, 1,3, all. resnet18: 1 = conv1+bn1+layer1, 2..4 =
+    /// layer2..4, 5 = fc; convnext: 1 = stem+stages.0, 2..4 = stages.1..3, 5 = head; vit: 1 =
+    /// embeddings+blocks.0-2, 2..4 = blocks.3-5, 6-8, 9-11, 5 = norm+head; efficientnet_b0:
+    /// 1 = features.0-2, 2 = features.3, 3 = features.4-5, 4 = features.6-8, 5 = classifier.
     #[arg(long, default_value = "3-5", value_parser = groups_parser())]
     pub groups: GroupSet,
     /// Also freeze BatchNorm running statistics of frozen groups.
@@ -740,6 +753,10 @@ impl GridArgs {
 
 #[derive(Args, Clone)]
 pub struct BenchArgs {
+    /// Architecture: resnet18, convnext_atto, convnext_tiny, efficientnet_b0,
+    /// vit_tiny_patch16_224 or vit_small_patch16_224 (random weights).
+    #[arg(long, default_value = "resnet18", value_parser = arch_parser())]
+    pub arch: Arch,
     /// Workloads, comma-separated.
     #[arg(
         long,
@@ -770,6 +787,7 @@ pub struct BenchArgs {
 impl BenchArgs {
     pub fn options(&self) -> BenchOptions {
         BenchOptions {
+            arch: self.arch,
             what: self.what.clone(),
             sizes: self.sizes.clone(),
             batch_size: self.batch_size,
@@ -852,6 +870,12 @@ pub struct AttackArgs {
     /// A weights file (.safetensors or .pth) or hf:owner/repo.
     #[arg(long, conflicts_with = "run")]
     pub weights: Option<String>,
+    /// Architecture: resnet18, convnext_atto, convnext_tiny, efficientnet_b0,
+    /// vit_tiny_patch16_224 or vit_small_patch16_224 [default: the run's or the weights
+    /// file's, else resnet18].
+    #[arg(long, value_parser = arch_parser())]
+    pub arch: Option<Arch>,
+
     /// A run folder.
     #[arg(long)]
     pub run: Option<PathBuf>,
@@ -1025,16 +1049,6 @@ impl DataArgs {
     }
 }
 
-/// Grad-CAM layers of a ResNet-18.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Layer {
-    Stem,
-    Layer1,
-    Layer2,
-    Layer3,
-    Layer4,
-}
-
 /// Colour maps of the PNG heat maps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Cmap {
@@ -1076,6 +1090,12 @@ pub struct SaliencyArgs {
     /// Run folders to explain (repeatable); each gives one column per method.
     #[arg(long = "run")]
     pub runs: Vec<PathBuf>,
+    /// Architecture: resnet18, convnext_atto, convnext_tiny, efficientnet_b0,
+    /// vit_tiny_patch16_224 or vit_small_patch16_224 [default: the run's or the weights
+    /// file's, else resnet18].
+    #[arg(long, value_parser = arch_parser())]
+    pub arch: Option<Arch>,
+
     /// A weights file (.safetensors or .pth) or hf:owner/repo, instead of --run.
     #[arg(long)]
     pub weights: Option<String>,
@@ -1151,9 +1171,11 @@ pub struct SaliencyArgs {
     /// Occluded images per forward pass.
     #[arg(long, default_value_t = 16)]
     pub perturbations_per_eval: usize,
-    /// Grad-CAM layer.
-    #[arg(long, default_value = "layer4", value_parser = words::<Layer>())]
-    pub layer: Layer,
+    /// Grad-CAM layer [default: the architecture's last spatial one: layer4 (resnet18),
+    /// stages.3 (convnext), features.8 (efficientnet_b0), blocks.11.norm1 (vit: the patch
+    /// tokens as a grid, class token dropped)]. stem, layer1..layer4 for resnet18.
+    #[arg(long)]
+    pub layer: Option<String>,
     /// Seed for random baselines and SmoothGrad noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -1201,7 +1223,7 @@ impl SaliencyArgs {
             stride: self.stride,
             occlusion_baseline: self.occlusion_baseline,
             perturbations_per_eval: self.perturbations_per_eval,
-            layer: Some(value_name(self.layer)),
+            layer: self.layer.clone(),
             seed: self.seed,
         };
         let preset = self.display.options();
@@ -1218,6 +1240,7 @@ impl SaliencyArgs {
         Ok(robustlens::commands::saliency::SaliencyOptions {
             runs: self.runs.clone(),
             weights: self.weights.clone(),
+            arch: self.arch,
             num_classes: self.num_classes,
             images: self.images.clone(),
             data: self.data.clone(),
@@ -1249,6 +1272,12 @@ pub struct PredictArgs {
     /// A weights file (.safetensors or .pth), a run folder, or hf:owner/repo.
     #[arg(long)]
     pub weights: String,
+    /// Architecture: resnet18, convnext_atto, convnext_tiny, efficientnet_b0,
+    /// vit_tiny_patch16_224 or vit_small_patch16_224 [default: the run's or the weights
+    /// file's, else resnet18].
+    #[arg(long, value_parser = arch_parser())]
+    pub arch: Option<Arch>,
+
     /// Replace the head with a new one of this many classes [default: read from the weights].
     #[arg(long)]
     pub num_classes: Option<usize>,
@@ -1273,6 +1302,11 @@ pub struct InfoArgs {
     /// A weights file (.safetensors or .pth), a run folder, or hf:owner/repo.
     #[arg(long)]
     pub weights: String,
+    /// Architecture: resnet18, convnext_atto, convnext_tiny, efficientnet_b0,
+    /// vit_tiny_patch16_224 or vit_small_patch16_224 [default: the run's or the weights
+    /// file's, else resnet18].
+    #[arg(long, value_parser = arch_parser())]
+    pub arch: Option<Arch>,
 }
 
 #[cfg(test)]

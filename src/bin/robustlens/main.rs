@@ -91,6 +91,7 @@ fn attack(a: &args::AttackArgs) -> Result<()> {
     };
     let opts = cmd::evaluate::AttackOptions {
         model,
+        arch: a.arch,
         images: a.images.clone(),
         image_size: a.image_size,
         pgd: a.pgd(),
@@ -207,6 +208,7 @@ fn report(a: &args::ReportArgs) -> Result<()> {
 fn predict(a: &args::PredictArgs) -> Result<()> {
     let opts = cmd::predict::PredictOptions {
         weights: a.weights.clone(),
+        arch: a.arch,
         num_classes: a.num_classes,
         image_size: a.image_size,
         json: a.json,
@@ -221,7 +223,7 @@ fn predict(a: &args::PredictArgs) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Predict(a) => predict(&a),
-        Command::Info(a) => Ok(cmd::predict::info(&a.weights)?),
+        Command::Info(a) => Ok(cmd::predict::info(&a.weights, a.arch)?),
         Command::Saliency(a) => saliency(&a),
         Command::Data(c) => data(c),
         Command::TrainStandard(a) => train(&a.options(Recipe::TrainStandard)),

@@ -244,7 +244,7 @@ pub(super) fn sanity(
     let mut ssim: Vec<IntervalSeries> = Vec::new();
     let mut json = Vec::new();
     for m in models {
-        let steps = cascading_randomisation(&m.model, method, x, targets, seed)?;
+        let steps = cascading_randomisation(m.model.as_ref(), method, x, targets, seed)?;
         let pts = |values: &dyn Fn(&crate::eval::sanity::SanityStep) -> &[f64]| {
             steps
                 .iter()
