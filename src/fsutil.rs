@@ -223,4 +223,3 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap(), b"good");
     }
 }
-

@@ -162,6 +162,7 @@ fn tiny_options(out: &std::path::Path) -> BenchmarkOptions {
     };
     BenchmarkOptions {
         train,
+        archs: Vec::new(),
         seeds: vec![3],
         eps_at_224: vec![4.0],
         groups: vec![GroupSet::parse("5").unwrap()],
@@ -207,4 +208,43 @@ fn a_stopped_benchmark_resumes_to_the_same_tables() {
     );
     let b = json(&parts.join("benchmark.json"));
     assert!(b["accuracy"][1]["robust"].is_array(), "{b}");
+}
+
+/// `benchmark --arch resnet18,convnext_atto`: one complete benchmark per architecture in its
+/// own folder, and the page across them; each cell trained the architecture of its folder.
+#[test]
+fn one_benchmark_per_architecture() {
+    use robustlens::model::Arch;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("archs");
+    let mut o = tiny_options(&out);
+    o.archs = vec![Arch::Resnet18, Arch::ConvnextAtto];
+    let done = robustlens::commands::benchmark_archs::run(&o, &Interrupt::new()).unwrap();
+    assert_eq!(done.len(), 2);
+    for (arch, b) in &done {
+        let folder = out.join(arch.name());
+        assert!(folder.join("benchmark.json").exists() && folder.join("report.html").exists());
+        let cfg = json(&folder.join("seed-3/robust-eps4/config.json"));
+        assert_eq!(cfg["arch"], arch.name(), "{cfg}");
+        assert_eq!(b.seeds, vec![3]);
+    }
+    let md = std::fs::read_to_string(out.join("architectures.md")).unwrap();
+    assert!(
+        md.contains("| resnet18 | gradient |") && md.contains("| convnext_atto | gradient |"),
+        "{md}"
+    );
+    assert!(md.contains("## convnext_atto (timm layout)"), "{md}");
+    let html = std::fs::read_to_string(out.join("architectures.html")).unwrap();
+    assert!(html.contains("convnext_atto/report.html"), "{html}");
+    // The scheduler's cells carry the architecture; an unknown one is named.
+    let (_, cells) = robustlens::commands::benchmark_archs::grid(&o).unwrap();
+    assert!(cells
+        .iter()
+        .any(|(n, _, after)| n == "convnext_atto/seed-3/finetune-5"
+            && after.as_deref() == Some("convnext_atto/seed-3/robust-eps4")));
+    o.cell = Some("vit_small_patch16_224/seed-3/standard".into());
+    let e = robustlens::commands::benchmark_archs::run(&o, &Interrupt::new())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("resnet18, convnext_atto"), "{e}");
 }

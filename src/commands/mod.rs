@@ -18,6 +18,7 @@
 
 pub mod bench;
 pub mod benchmark;
+pub mod benchmark_archs;
 pub mod compare;
 pub mod cv;
 pub mod data;

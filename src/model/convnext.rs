@@ -17,8 +17,6 @@ pub struct ConvNext {
     pub(crate) arch: Arch,
     pub(crate) params: Params,
     blocks: [usize; 4],
-    /// Pointwise convolutions (atto) or linear layers in channels-last (tiny).
-    conv_mlp: bool,
 }
 
 fn dims(arch: Arch) -> ([usize; 4], [usize; 4], bool) {
@@ -68,7 +66,6 @@ impl ConvNext {
             arch,
             params: p,
             blocks,
-            conv_mlp,
         })
     }
 
@@ -76,23 +73,15 @@ impl ConvNext {
         let p = &self.params;
         let h = p.depthwise(x, &format!("{q}.conv_dw"), 1, 3, mode)?;
         let gamma = p.t(&format!("{q}.gamma"), mode)?;
-        let c = gamma.dims()[0];
-        let h = if self.conv_mlp {
-            let h = p.layer_norm_2d(&h, &format!("{q}.norm"), EPS, mode)?;
-            let h = p
-                .conv(&h, &format!("{q}.mlp.fc1"), 1, 0, mode)?
-                .gelu_erf()?;
-            let h = p.conv(&h, &format!("{q}.mlp.fc2"), 1, 0, mode)?;
-            h.broadcast_mul(&gamma.reshape((1, c, 1, 1))?)?
-        } else {
-            let h = h.permute((0, 2, 3, 1))?;
-            let h = p.layer_norm(&h, &format!("{q}.norm"), EPS, mode)?;
-            let h = p
-                .linear_fwd(&h, &format!("{q}.mlp.fc1"), mode)?
-                .gelu_erf()?;
-            let h = p.linear_fwd(&h, &format!("{q}.mlp.fc2"), mode)?;
-            h.broadcast_mul(&gamma)?.permute((0, 3, 1, 2))?
-        };
+        // Channels-last for the norm and the MLP: LayerNorm2d + 1x1 convolutions (atto's
+        // conv_mlp) are the same layers as LayerNorm + linear on [N, H, W, C].
+        let h = h.permute((0, 2, 3, 1))?;
+        let h = p.layer_norm(&h, &format!("{q}.norm"), EPS, mode)?;
+        let h = p
+            .linear_fwd(&h, &format!("{q}.mlp.fc1"), mode)?
+            .gelu_erf()?;
+        let h = p.linear_fwd(&h, &format!("{q}.mlp.fc2"), mode)?;
+        let h = h.broadcast_mul(&gamma)?.permute((0, 3, 1, 2))?;
         Ok((h + x)?)
     }
 

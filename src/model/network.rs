@@ -217,9 +217,14 @@ impl Params {
         }
     }
 
-    /// `x @ W^T + b` over the last dimension.
+    /// `x @ W^T + b` over the last dimension (a 1x1 convolution's `[O, I, 1, 1]` weight is
+    /// read as `[O, I]`: the same layer on channels-last data).
     pub fn linear_fwd(&self, x: &Tensor, prefix: &str, mode: Mode) -> Result<Tensor> {
         let w = self.t(&format!("{prefix}.weight"), mode)?;
+        let w = match w.dims() {
+            &[o, i, 1, 1] => w.reshape((o, i))?,
+            _ => w,
+        };
         let b = self.t(&format!("{prefix}.bias"), mode)?;
         let dims = x.dims().to_vec();
         let k = dims[dims.len() - 1];
@@ -247,7 +252,8 @@ impl Params {
         Ok(y.permute((0, 3, 1, 2))?.contiguous()?)
     }
 
-    /// A dense convolution (`groups` 1), with the bias when the store has one.
+    /// A dense convolution (`groups` 1) with robustlens's kernels, with the bias when the
+    /// store has one.
     pub fn conv(
         &self,
         x: &Tensor,
@@ -257,7 +263,14 @@ impl Params {
         mode: Mode,
     ) -> Result<Tensor> {
         let w = self.t(&format!("{prefix}.weight"), mode)?;
-        let y = x.contiguous()?.conv2d(&w, padding, stride, 1, 1)?;
+        let (_, _, h, wd) = x.dims4()?;
+        let k = w.dims()[2];
+        if k > 1 && k == stride && padding == 0 && h % k == 0 && wd % k == 0 {
+            return self.conv_bias(patchify(x, &w)?, prefix, mode);
+        }
+        // robustlens's convolution (its backward computes only the gradients autograd needs;
+        // candle's runs a naive transposed convolution for the input gradient).
+        let y = crate::ops::conv2d(&x.contiguous()?, &w, stride, padding)?;
         self.conv_bias(y, prefix, mode)
     }
 
@@ -272,10 +285,10 @@ impl Params {
         }
     }
 
-    /// A depthwise convolution (weight `[C, 1, k, k]`), as a sum of `k * k` shifted, scaled
-    /// copies of the padded input: differentiable in candle with memory linear in the taps
-    /// (candle's grouped convolution splits into `C` convolutions, and its backward is
-    /// quadratic in `C`).
+    /// A depthwise convolution (weight `[C, 1, k, k]`): robustlens's kernel on the CPU
+    /// ([`crate::ops::depthwise`]), elsewhere a sum of `k * k` shifted, scaled copies of the
+    /// padded input (candle's grouped convolution splits into `C` convolutions, and its
+    /// backward is quadratic in `C`).
     pub fn depthwise(
         &self,
         x: &Tensor,
@@ -285,6 +298,10 @@ impl Params {
         mode: Mode,
     ) -> Result<Tensor> {
         let w = self.t(&format!("{prefix}.weight"), mode)?;
+        if crate::ops::depthwise::depthwise_supported(x, &w) {
+            let y = crate::ops::depthwise_conv2d(x, &w, stride, padding)?;
+            return self.conv_bias(y, prefix, mode);
+        }
         let (n, c, h, wd) = x.dims4()?;
         let k = w.dims()[2];
         let xp = x.pad_with_zeros(2, padding, padding)?;
@@ -486,6 +503,23 @@ impl Params {
     pub fn rows(&self, name: &str) -> usize {
         self.get(name).map(|v| v.dims()[0]).unwrap_or(0)
     }
+}
+
+/// A convolution whose kernel equals its stride (non-overlapping patches: ConvNeXt's stem and
+/// downsampling, the ViT's patch embedding) as one matrix product over the patches.
+fn patchify(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (n, c, h, wd) = x.dims4()?;
+    let (o, k) = (w.dims()[0], w.dims()[2]);
+    let (ho, wo) = (h / k, wd / k);
+    let patches = x
+        .reshape((n, c, ho, k, wo, k))?
+        .permute((0, 2, 4, 1, 3, 5))?
+        .contiguous()?
+        .reshape((n * ho * wo, c * k * k))?;
+    let y = patches.matmul(&w.reshape((o, c * k * k))?.t()?)?;
+    Ok(y.reshape((n, ho, wo, o))?
+        .permute((0, 3, 1, 2))?
+        .contiguous()?)
 }
 
 /// Implements [`Network`] for a struct with a `params: Params` field, a `head: &'static str`

@@ -11,6 +11,7 @@ use robustlens::commands::train::{FinetuneOptions, RobustOptions, TrainOptions};
 use robustlens::config::{OptimKind, Overrides, Preset, Recipe, Schedule};
 use robustlens::data::split::Part;
 use robustlens::device::DeviceSpec;
+use robustlens::error::{ConfigError, Setting};
 use robustlens::model::{Arch, GroupSet, WeightsSource};
 use robustlens::report::{Cap, Colormap, DisplayOptions, DisplayPreset, Reduce};
 use std::ffi::OsStr;
@@ -240,9 +241,10 @@ pub struct TrainArgs {
     pub seed: Option<u64>,
     /// Architecture: resnet18, convnext_atto, convnext_tiny, efficientnet_b0,
     /// vit_tiny_patch16_224 or vit_small_patch16_224 [default: resnet18; fine-tuning: the
-    /// parent run's]. The default --weights follow it.
-    #[arg(long, value_parser = arch_parser())]
-    pub arch: Option<Arch>,
+    /// parent run's]. The default --weights follow it. benchmark takes several,
+    /// comma-separated: one benchmark per architecture.
+    #[arg(long, value_delimiter = ',', value_parser = arch_parser())]
+    pub arch: Vec<Arch>,
     /// ImageNet start: hf:owner/repo[/file], a .safetensors or .pth file, or none
     /// [default: none (quick), the arch's ImageNet weights on the hub (paper):
     /// hf:timm/resnet18.tv_in1k for resnet18].
@@ -292,7 +294,25 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
-    pub fn options(&self, recipe: Recipe) -> TrainOptions {
+    /// The options of a command that trains one architecture.
+    pub fn options(&self, recipe: Recipe) -> robustlens::Result<TrainOptions> {
+        if self.arch.len() > 1 {
+            let given: Vec<&str> = self.arch.iter().map(|a| a.name()).collect();
+            return Err(robustlens::Error::Config(ConfigError::Invalid(
+                Setting::new(
+                    "arch",
+                    given.join(","),
+                    format!(
+                        "{recipe} trains one architecture; `benchmark --arch A,B` compares several"
+                    ),
+                ),
+            )));
+        }
+        Ok(self.options_any(recipe))
+    }
+
+    /// The options, with the first architecture given.
+    pub fn options_any(&self, recipe: Recipe) -> TrainOptions {
         TrainOptions {
             recipe,
             config: self.config.clone(),
@@ -309,7 +329,7 @@ impl TrainArgs {
                 val_per_class: self.val_per_class,
                 test_per_class: self.test_per_class,
                 seed: self.seed,
-                arch: self.arch,
+                arch: self.arch.first().copied(),
                 weights: self.weights.clone(),
                 device: self.device,
                 head_epochs: self.head_epochs,
@@ -357,8 +377,8 @@ pub struct RobustArgs {
 }
 
 impl RobustArgs {
-    pub fn options(&self) -> TrainOptions {
-        let mut o = self.train.options(Recipe::TrainRobust);
+    pub fn options(&self) -> robustlens::Result<TrainOptions> {
+        let mut o = self.train.options(Recipe::TrainRobust)?;
         o.robust = Some(RobustOptions {
             eps: self.eps,
             eps_at_224: self.eps_at_224,
@@ -367,7 +387,7 @@ impl RobustArgs {
             step_size: self.attack_step_size,
             random_start: !self.no_random_start,
         });
-        o
+        Ok(o)
     }
 }
 
@@ -410,14 +430,14 @@ pub struct FinetuneArgs {
 }
 
 impl FinetuneArgs {
-    pub fn options(&self) -> TrainOptions {
-        let mut o = self.train.options(Recipe::Finetune);
+    pub fn options(&self) -> robustlens::Result<TrainOptions> {
+        let mut o = self.train.options(Recipe::Finetune)?;
         o.finetune = Some(FinetuneOptions {
             from: self.from.clone(),
             groups: self.groups,
             freeze_bn_stats: self.freeze_bn_stats,
         });
-        o
+        Ok(o)
     }
 }
 
@@ -686,7 +706,7 @@ impl BenchmarkArgs {
             .clone()
             .unwrap_or_else(|| "synthetic".into());
         let plan = self.budget.plan(&data);
-        let mut train = self.train.options(Recipe::TrainStandard);
+        let mut train = self.train.options_any(Recipe::TrainStandard);
         if self.train.config.is_none() {
             train.overrides = train.overrides.or(&plan.training);
         }
@@ -706,6 +726,7 @@ impl BenchmarkArgs {
         });
         robustlens::commands::benchmark::BenchmarkOptions {
             train,
+            archs: self.train.arch.clone(),
             seeds: self.seeds.clone().unwrap_or(plan.seeds),
             eps_at_224: self.eps_at_224.clone().unwrap_or(plan.eps_at_224),
             groups: self.groups.clone().unwrap_or(plan.groups),
@@ -1171,9 +1192,10 @@ pub struct SaliencyArgs {
     /// Occluded images per forward pass.
     #[arg(long, default_value_t = 16)]
     pub perturbations_per_eval: usize,
-    /// Grad-CAM layer [default: the architecture's last spatial one: layer4 (resnet18),
-    /// stages.3 (convnext), features.8 (efficientnet_b0), blocks.11.norm1 (vit: the patch
-    /// tokens as a grid, class token dropped)]. stem, layer1..layer4 for resnet18.
+    /// Grad-CAM layer: resnet18 stem, layer1, layer2, layer3 or layer4; convnext stem or
+    /// stages.0..stages.3; efficientnet_b0 features.0..features.8; vit blocks.<i> or
+    /// blocks.<i>.norm1 (the patch tokens as a grid, class token dropped) [default: the last
+    /// spatial one: layer4, stages.3, features.8, blocks.11.norm1].
     #[arg(long)]
     pub layer: Option<String>,
     /// Seed for random baselines and SmoothGrad noise.

@@ -54,7 +54,7 @@ fn saliency(a: &args::SaliencyArgs) -> Result<()> {
 
 fn cv(a: &args::CvArgs) -> Result<()> {
     let opts = cmd::cv::CvOptions {
-        train: a.train.options(Recipe::TrainStandard),
+        train: a.train.options(Recipe::TrainStandard)?,
         lrs: a.lrs.clone(),
         batch_sizes: a.batch_sizes.clone(),
         folds: a.folds,
@@ -147,7 +147,7 @@ fn sweep(a: &args::SweepArgs) -> Result<()> {
         ),
     };
     let opts = cmd::sweep::SweepOptions {
-        train: a.train.options(Recipe::TrainStandard),
+        train: a.train.options(Recipe::TrainStandard)?,
         eps,
         train_attack_steps: a.train_attack_steps,
         compare: a.compare.settings(),
@@ -162,8 +162,8 @@ fn sweep(a: &args::SweepArgs) -> Result<()> {
 
 fn benchmark(a: &args::BenchmarkArgs) -> Result<()> {
     let opts = a.options();
-    if !grid::submit("benchmark", || cmd::benchmark::grid(&opts), &a.grid)? {
-        cmd::benchmark::run(&opts, &Interrupt::install(STOPPING))?;
+    if !grid::submit("benchmark", || cmd::benchmark_archs::grid(&opts), &a.grid)? {
+        cmd::benchmark_archs::run(&opts, &Interrupt::install(STOPPING))?;
     }
     Ok(())
 }
@@ -226,9 +226,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Info(a) => Ok(cmd::predict::info(&a.weights, a.arch)?),
         Command::Saliency(a) => saliency(&a),
         Command::Data(c) => data(c),
-        Command::TrainStandard(a) => train(&a.options(Recipe::TrainStandard)),
-        Command::TrainRobust(a) => train(&a.options()),
-        Command::Finetune(a) => train(&a.options()),
+        Command::TrainStandard(a) => train(&a.options(Recipe::TrainStandard)?),
+        Command::TrainRobust(a) => train(&a.options()?),
+        Command::Finetune(a) => train(&a.options()?),
         Command::Cv(a) => cv(&a),
         Command::Evaluate(a) => evaluate(&a),
         Command::Attack(a) => attack(&a),

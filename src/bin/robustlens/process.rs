@@ -26,6 +26,18 @@ fn candle_threads() {
     }
 }
 
+/// candle asks for its thread count on every matrix product and, without
+/// `RAYON_NUM_THREADS`, parses `/proc/cpuinfo` each time (`num_cpus::get_physical`): 17% of
+/// a ConvNeXt-atto training step at 64 px, whose layers are mostly matrix products. Set it
+/// to rayon's own default (the available parallelism) before any pool starts; a value the
+/// user set is kept.
+fn thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}
+
 /// `ROBUSTLENS_AVX512=1` lets robustlens's own kernels run their AVX-512 code on a CPU that
 /// has it (off by default: it measured no faster, see `robustlens::ops::set_avx512`).
 fn instruction_sets() {
@@ -41,6 +53,7 @@ fn instruction_sets() {
 pub fn tune() {
     allocator();
     candle_threads();
+    thread_count();
     instruction_sets();
     robustlens::ops::flush_denormals();
     #[cfg(unix)]

@@ -65,6 +65,9 @@ fn groups_text<S: serde::Serializer>(
 pub struct BenchmarkOptions {
     /// Data, sizes, epochs and the rest of every cell's training (the recipe is per cell).
     pub train: TrainOptions,
+    /// The architectures: with more than one, [`crate::commands::benchmark_archs`] runs one
+    /// benchmark per architecture (empty: the training options' `--arch`).
+    pub archs: Vec<crate::model::Arch>,
     pub seeds: Vec<u64>,
     /// Robust cells, as paper eps values at 224 px.
     pub eps_at_224: Vec<f32>,
@@ -899,6 +902,7 @@ mod tests {
     fn opts() -> BenchmarkOptions {
         BenchmarkOptions {
             train: TrainOptions::new(Recipe::TrainStandard),
+            archs: Vec::new(),
             seeds: vec![0, 1],
             eps_at_224: vec![2.0, 8.0],
             groups: vec![
