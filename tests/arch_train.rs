@@ -174,6 +174,19 @@ fn vit_trains_robustly_and_finetunes() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(stdout.to_lowercase().contains("robust"), "{stdout}");
+    // --arch on a run folder is a check that names both architectures.
+    let (code, _, err) = run(&[
+        "evaluate",
+        "--run",
+        c.to_str().unwrap(),
+        "--arch",
+        "convnext_atto",
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("holds a vit_tiny_patch16_224 model") && err.contains("--arch convnext_atto"),
+        "{err}"
+    );
 }
 
 #[test]

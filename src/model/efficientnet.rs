@@ -43,7 +43,8 @@ pub struct EfficientNet {
 
 impl EfficientNet {
     /// torchvision's initialisation: Kaiming-normal (fan-out) convolutions, BatchNorm 1/0,
-    /// uniform(+-1/sqrt(K)) classifier, zero biases.
+    /// zero biases; the classifier normal with the variance of torchvision's
+    /// uniform(+-1/sqrt(K)).
     pub fn new(num_classes: usize, seed: u64, device: &Device) -> Result<Self> {
         let mut p = Params::new(Arch::EfficientnetB0, seed, device)?;
         p.weight("features.0.0.weight", &[32, 3, 3, 3], None)?;

@@ -235,10 +235,14 @@ impl Params {
         Ok(y.reshape(out)?)
     }
 
-    /// LayerNorm over the last dimension (biased variance, as torch).
+    /// LayerNorm over the last dimension (biased variance, as torch): robustlens's one-pass
+    /// op on the CPU ([`crate::ops::layernorm`]), tensor ops elsewhere.
     pub fn layer_norm(&self, x: &Tensor, prefix: &str, eps: f64, mode: Mode) -> Result<Tensor> {
         let w = self.t(&format!("{prefix}.weight"), mode)?;
         let b = self.t(&format!("{prefix}.bias"), mode)?;
+        if let Some(y) = crate::ops::layernorm::layer_norm(x, &w, &b, eps)? {
+            return Ok(y);
+        }
         let mean = x.mean_keepdim(D::Minus1)?;
         let xc = x.broadcast_sub(&mean)?;
         let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
@@ -276,7 +280,7 @@ impl Params {
 
     fn conv_bias(&self, y: Tensor, prefix: &str, mode: Mode) -> Result<Tensor> {
         let name = format!("{prefix}.bias");
-        if self.names.iter().any(|(n, _)| *n == name) {
+        if self.get(&name).is_some() {
             let b = self.t(&name, mode)?;
             let c = b.dims()[0];
             Ok(y.broadcast_add(&b.reshape((1, c, 1, 1))?)?)

@@ -91,7 +91,7 @@ impl Vit {
     /// The position embedding for a `gh` x `gw` grid.
     fn pos_embed(&self, gh: usize, gw: usize, mode: Mode) -> Result<Tensor> {
         let pos = self.params.t("pos_embed", mode)?;
-        let (_, l, d) = pos.dims3()?;
+        let (_, l, _) = pos.dims3()?;
         let old = ((l - 1) as f64).sqrt().round() as usize;
         if old * old != l - 1 {
             return Err(Error::model(format!(
@@ -106,7 +106,6 @@ impl Vit {
         let m = resample_matrix(old, gh, old, gw, pos.device())?; // [gh*gw, old*old]
         let grid = pos.narrow(1, 1, l - 1)?.squeeze(0)?; // [old*old, D]
         let new = m.matmul(&grid)?.unsqueeze(0)?;
-        let _ = d;
         Ok(Tensor::cat(&[&pos.narrow(1, 0, 1)?, &new], 1)?)
     }
 

@@ -7,6 +7,7 @@ pub mod conv;
 mod denormals;
 pub mod depthwise;
 mod direct;
+pub mod layernorm;
 mod layout;
 pub mod maxpool;
 #[cfg(test)]

@@ -48,6 +48,24 @@ impl RunConfig {
     }
 }
 
+/// Checks that the run in `dir` holds a model of `arch` (when one is asked for), naming both
+/// when it does not.
+pub fn check_arch(arch: Option<crate::model::Arch>, dir: &Path) -> Result<()> {
+    let Some(a) = arch else { return Ok(()) };
+    let held = RunConfig::read(dir)?.model.arch;
+    if held != a {
+        return Err(Error::config(
+            "arch",
+            a,
+            format!(
+                "the run {} holds a {held} model; drop --arch or give --arch {held}",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Opens the data and split of a configuration (writing nothing).
 pub fn open_data(cfg: &TrainConfig) -> Result<(Dataset, Split)> {
     open_data_with_folds(cfg, 1)

@@ -453,6 +453,9 @@ pub struct EvaluateArgs {
     /// The run folder.
     #[arg(long)]
     pub run: PathBuf,
+    /// Only runs of this architecture (a check: the runs' config.json names theirs).
+    #[arg(long, value_parser = arch_parser())]
+    pub arch: Option<Arch>,
     /// Other data [default: the run's own data and split].
     #[arg(long)]
     pub data: Option<String>,
@@ -563,6 +566,9 @@ pub struct CompareArgs {
     /// Run folders (repeatable; the first is the reference of the tests); NAME=DIR names one.
     #[arg(long = "run", required = true)]
     pub runs: Vec<String>,
+    /// Only runs of this architecture (a check: the runs' config.json names theirs).
+    #[arg(long, value_parser = arch_parser())]
+    pub arch: Option<Arch>,
     /// Where comparison.json, comparison.csv and comparison.md go.
     #[arg(long, default_value = "models/compare")]
     pub out: PathBuf,

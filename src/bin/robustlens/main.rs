@@ -72,6 +72,7 @@ fn cv(a: &args::CvArgs) -> Result<()> {
 }
 
 fn evaluate(a: &args::EvaluateArgs) -> Result<()> {
+    robustlens::run::check_arch(a.arch, &a.run)?;
     let opts = cmd::evaluate::EvaluateOptions {
         run: a.run.clone(),
         data: a.data.clone(),
@@ -129,6 +130,8 @@ fn demo(a: &args::DemoArgs) -> Result<()> {
 
 fn compare(a: &args::CompareArgs) -> Result<()> {
     let runs = robustlens::run::name_runs(&a.runs);
+    runs.iter()
+        .try_for_each(|(_, d)| robustlens::run::check_arch(a.arch, d))?;
     let opts = a
         .opts
         .settings()

@@ -105,12 +105,13 @@ pub(super) fn adversarial(
                 &picture(&adv, i)?,
                 &format!("{} {:.2}", class_names[c1], p1[i][c1]),
             ));
-            // a saturated softmax (p = 1 in float32) has a loss gradient of exactly 0, and
-            // PGD cannot take a step from it
+            // PGD keeps the clean image when no step raised its loss (use_best): a saturated
+            // softmax (p = 1 in float32) has a loss gradient of exactly 0, and a model whose
+            // output barely depends on the input (an untrained one) may gain nothing either
             let label = if norm > 0.0 {
                 format!("L2 {norm:.3}, x{gain:.0}")
             } else {
-                "L2 0: zero loss gradient".to_string()
+                "L2 0: no step raised the loss".to_string()
             };
             row.push(captioned(&pert, &label));
             per_image.push(serde_json::json!({
@@ -259,7 +260,7 @@ pub(super) fn sanity(
         ssim.push((m.name.clone(), pts(&|s| &s.per_image_ssim)));
         json.push(serde_json::json!({ "name": m.name, "steps": steps }));
     }
-    let xlabel = "layer groups randomised, top down (1: fc, 2: + layer4, … 5: all)";
+    let xlabel = "layer groups randomised, top down (1: the head, 2: + group 4, … 5: all)";
     let a = interval_chart(
         "Spearman rank correlation",
         &spearman,

@@ -675,8 +675,8 @@ pub fn section(
         body.push_str(&figure(&img, &format!("saliency grid {method}"), &format!("{}: the paper's Figure 1 for this method. Sharper maps that stay inside the red outline are what robust training promises. File: figures/saliency_{method}.png.", att.describe()))?);
         if constant_maps(&maps)? {
             let why = if method == "gradcam" {
-                let s = size.div_ceil(32);
-                format!(" At {size} px the last stage's feature map is {s}x{s}, so Grad-CAM can only paint one value per cell of it: give a larger --image-size (64 px: 2x2, 224 px: 7x7).")
+                let (s, v) = (size.div_ceil(32), size / 16);
+                format!(" At {size} px the last stage's feature map is {s}x{s} (a ViT's patch grid {v}x{v}), so Grad-CAM can only paint one value per cell of it: give a larger --image-size (64 px: 2x2, 224 px: 7x7).")
             } else {
                 String::new()
             };
