@@ -230,7 +230,9 @@ fn one_benchmark_per_architecture() {
     }
     let md = std::fs::read_to_string(out.join("architectures.md")).unwrap();
     assert!(
-        md.contains("| resnet18 | gradient |") && md.contains("| convnext_atto | gradient |"),
+        md.contains("| resnet18 | ")
+            && md.contains(" | gradient | ")
+            && md.contains("| convnext_atto | "),
         "{md}"
     );
     assert!(md.contains("## convnext_atto (timm layout)"), "{md}");

@@ -93,9 +93,10 @@ pub fn run(opts: &BenchmarkOptions, interrupt: &Interrupt) -> Result<Vec<(Arch, 
     Ok(done)
 }
 
-/// The first method's RMA of the standard model and the largest-eps robust model, with the
-/// difference and its interval, for the table across architectures.
-fn rma_row(b: &Benchmark) -> Option<(String, String, String, String)> {
+/// The clean accuracy of the standard and the largest-eps robust model, and the first
+/// method's RMA of both with the difference and its interval, for the table across
+/// architectures.
+fn rma_row(b: &Benchmark) -> Option<[String; 5]> {
     let method = b.metrics.first()?.method.clone();
     let find = |cell: &str| {
         b.metrics.iter().find(|m| {
@@ -110,7 +111,14 @@ fn rma_row(b: &Benchmark) -> Option<(String, String, String, String)> {
         .max_by(|x, y| x.eps_at_224.total_cmp(&y.eps_at_224))?;
     let r = find(&robust.name)?;
     let f = |v: f64| format!("{v:.3}");
-    Some((
+    let clean = |cell: &str| {
+        b.accuracy
+            .iter()
+            .find(|a| a.cell == cell)
+            .map_or("-".to_string(), |a| f(a.clean[0]))
+    };
+    Some([
+        format!("{} / {}", clean("standard"), clean(&robust.name)),
         method,
         f(std.mean),
         format!("{} (eps {})", f(r.mean), robust.eps_at_224),
@@ -120,7 +128,7 @@ fn rma_row(b: &Benchmark) -> Option<(String, String, String, String)> {
             f(r.diff_ci95_seeds[0]),
             f(r.diff_ci95_seeds[1])
         ),
-    ))
+    ])
 }
 
 /// `architectures.md` and `architectures.html`: per architecture its findings and a link to
@@ -129,8 +137,10 @@ fn write_page(out: &Path, done: &[(Arch, Benchmark)]) -> Result<()> {
     let mut md = String::from(
         "# Does robust training change where the maps sit? One benchmark per architecture\n\n\
          RMA: the share of a map's mass on the lesion mask; Δ: robust minus standard of the \
-         same seed, with its 95% interval across seeds.\n\n\
-         | architecture | method | standard RMA | robust RMA | Δ RMA |\n|---|---|---|---|---|\n",
+         same seed, with its 95% interval across seeds. A model near chance accuracy answers \
+         nothing.\n\n\
+         | architecture | clean accuracy, standard / robust | method | standard RMA | robust RMA \
+         | Δ RMA |\n|---|---|---|---|---|---|\n",
     );
     let mut html = String::from(
         "<!doctype html><meta charset=\"utf-8\"><title>robustlens: architectures</title>\
@@ -139,14 +149,15 @@ fn write_page(out: &Path, done: &[(Arch, Benchmark)]) -> Result<()> {
          <h1>Does robust training change where the maps sit?</h1><p>One benchmark per \
          architecture. RMA: the share of a map's mass on the lesion mask; Δ: robust minus \
          standard of the same seed, with its 95% interval across seeds.</p><table><tr>\
-         <th>architecture</th><th>method</th><th>standard RMA</th><th>robust RMA</th>\
-         <th>Δ RMA</th></tr>",
+         <th>architecture</th><th>clean accuracy, standard / robust</th><th>method</th>\
+         <th>standard RMA</th><th>robust RMA</th><th>Δ RMA</th></tr>",
     );
     for (a, b) in done {
-        if let Some((m, s, r, d)) = rma_row(b) {
-            md.push_str(&format!("| {a} | {m} | {s} | {r} | {d} |\n"));
+        if let Some(row) = rma_row(b) {
+            md.push_str(&format!("| {a} | {} |\n", row.join(" | ")));
             html.push_str(&format!(
-                "<tr><td>{a}</td><td>{m}</td><td>{s}</td><td>{r}</td><td>{d}</td></tr>"
+                "<tr><td>{a}</td><td>{}</td></tr>",
+                row.join("</td><td>")
             ));
         }
     }
