@@ -11,6 +11,7 @@ pub mod groups;
 pub mod load;
 pub mod network;
 pub mod resnet;
+pub mod state;
 pub mod vit;
 pub mod weights;
 pub mod zoo;

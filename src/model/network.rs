@@ -394,18 +394,7 @@ impl Params {
             .lock()
             .map_err(|_| Error::model("internal: parameter store poisoned"))?
             .clone();
-        let mut out = Vec::with_capacity(self.names.len());
-        for (name, _) in &self.names {
-            out.push((name.clone(), self.var(name)?.as_tensor().detach().copy()?));
-            if let Some(prefix) = name.strip_suffix(".running_var") {
-                let n = batches.get(prefix).copied().unwrap_or(0);
-                out.push((
-                    format!("{prefix}.num_batches_tracked"),
-                    Tensor::new(n, &self.device)?,
-                ));
-            }
-        }
-        Ok(out)
+        crate::model::state::write(&self.names, |n| self.get(n), &batches, &self.device)
     }
 
     /// Copies every tensor in; each must be present with the model's shape.
@@ -414,33 +403,11 @@ impl Params {
         tensors: &HashMap<String, Tensor>,
         origin: &std::path::Path,
     ) -> Result<()> {
-        for (name, _) in &self.names {
-            let t = tensors
-                .get(name)
-                .ok_or_else(|| Error::weights(origin, format!("tensor `{name}` is missing")))?;
-            let v = self.var(name)?;
-            if t.dims() != v.dims() {
-                return Err(Error::weights(
-                    origin,
-                    format!(
-                        "tensor `{name}` has shape {:?}, the model needs {:?}",
-                        t.dims(),
-                        v.dims()
-                    ),
-                ));
-            }
-            v.set(&t.to_dtype(DType::F32)?.to_device(&self.device)?)?;
-        }
+        crate::model::state::read(&self.names, |n| self.get(n), tensors, origin, &self.device)?;
         if let Ok(mut b) = self.batches.lock() {
             for (prefix, n) in b.iter_mut() {
-                let t = tensors.get(&format!("{prefix}.num_batches_tracked"));
-                if let Some(v) = t.and_then(|t| {
-                    t.flatten_all()
-                        .and_then(|t| t.to_dtype(DType::I64))
-                        .and_then(|t| t.to_vec1::<i64>())
-                        .ok()
-                }) {
-                    *n = v.first().copied().unwrap_or(*n);
+                if let Some(v) = crate::model::state::batches_tracked(tensors, prefix) {
+                    *n = v;
                 }
             }
         }

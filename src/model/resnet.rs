@@ -358,14 +358,7 @@ impl BasicBlock {
     }
 }
 
-/// What a tensor of the state dict is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TensorKind {
-    /// A trainable parameter (weights, biases).
-    Parameter,
-    /// A BatchNorm running statistic (not trained by the optimiser).
-    Buffer,
-}
+pub use crate::model::state::TensorKind;
 
 /// torchvision's ResNet-18 (BasicBlock, [2, 2, 2, 2]).
 pub struct ResNet18 {
@@ -726,21 +719,7 @@ impl ResNet18 {
             .into_iter()
             .map(|(n, b)| (n, b.num_batches_tracked.load(Ordering::Relaxed)))
             .collect();
-        let mut out = Vec::with_capacity(self.names.len() + bns.len());
-        for (name, _) in &self.names {
-            let v = self
-                .var(name)
-                .ok_or_else(|| Error::model(format!("internal: missing {name}")))?;
-            out.push((name.clone(), v.as_tensor().detach().copy()?));
-            if let Some(prefix) = name.strip_suffix(".running_var") {
-                let n = bns.get(prefix).copied().unwrap_or(0);
-                out.push((
-                    format!("{prefix}.num_batches_tracked"),
-                    Tensor::new(n, &self.device)?,
-                ));
-            }
-        }
-        Ok(out)
+        crate::model::state::write(&self.names, |n| self.var(n), &bns, &self.device)
     }
 
     /// Copies tensors into the model. Every tensor of the model must be present with the
@@ -751,36 +730,10 @@ impl ResNet18 {
         tensors: &HashMap<String, Tensor>,
         origin: &std::path::Path,
     ) -> Result<()> {
-        for (name, _) in &self.names {
-            let t = tensors
-                .get(name)
-                .ok_or_else(|| Error::weights(origin, format!("tensor `{name}` is missing")))?;
-            let v = self
-                .var(name)
-                .ok_or_else(|| Error::model(format!("internal: missing {name}")))?;
-            if t.dims() != v.dims() {
-                return Err(Error::weights(
-                    origin,
-                    format!(
-                        "tensor `{name}` has shape {:?}, the model needs {:?}",
-                        t.dims(),
-                        v.dims()
-                    ),
-                ));
-            }
-            v.set(&t.to_dtype(DType::F32)?.to_device(&self.device)?)?;
-        }
+        crate::model::state::read(&self.names, |n| self.var(n), tensors, origin, &self.device)?;
         for (name, bn) in self.all_bns() {
-            if let Some(t) = tensors.get(&format!("{name}.num_batches_tracked")) {
-                if let Ok(n) = t
-                    .flatten_all()
-                    .and_then(|t| t.to_dtype(DType::I64))
-                    .and_then(|t| t.to_vec1::<i64>())
-                {
-                    if let Some(&n) = n.first() {
-                        bn.num_batches_tracked.store(n, Ordering::Relaxed);
-                    }
-                }
+            if let Some(n) = crate::model::state::batches_tracked(tensors, &name) {
+                bn.num_batches_tracked.store(n, Ordering::Relaxed);
             }
         }
         Ok(())
