@@ -590,28 +590,18 @@ pub(super) fn conv_input_grad(
         ho: g.h,
         wo: g.w,
     });
-    if let Some(flipped) =
-        flipped.filter(|f| 4 * g.o <= g.n * g.hw_out() || super::winograd::usable(f))
-    {
+    if let Some(flipped) = flipped.filter(|f| {
+        4 * g.o <= g.n * g.hw_out() || super::winograd::usable(f) || super::layout::use_avx512()
+    }) {
         // A stride-1 convolution's input gradient is the convolution of the output
         // gradient with the flipped, transposed kernel (padding k-1-p): one matrix product
         // summing over o*k*k (instead of one summing over o into a k*k times larger
         // column matrix, then scattered back). Not where the maps are small beside the
         // weight, whose flipped copy would then cost more than the scatter it saves, unless
-        // the flipped convolution runs Winograd's kernel (layer 4 at 224 px: 7x7 maps).
-        let kk = g.k * g.k;
-        let mut wt = vec![0f32; g.o * ckk];
-        wt.par_chunks_mut(g.o * kk)
-            .enumerate()
-            .for_each(|(c, dst)| {
-                for o in 0..g.o {
-                    let a = scale.map_or(1.0, |s| s[o]);
-                    let src = &w[(o * g.c + c) * kk..][..kk];
-                    for (q, d) in dst[o * kk..(o + 1) * kk].iter_mut().enumerate() {
-                        *d = src[kk - 1 - q] * a;
-                    }
-                }
-            });
+        // the flipped convolution runs Winograd's kernel (layer 4 at 224 px: 7x7 maps) or
+        // `gemm`'s AVX-512 products: with AVX-512 the scatter is the slower part (measured
+        // per layer with the flipped copy included: the README's "AVX-512 routing").
+        let wt = flip_kernel(w, g.o, g.c, g.k * g.k, scale);
         return conv_forward(gr, &wt, &flipped, &Epilogue::default(), None);
     }
     let mut dx = vec![0f32; g.n * g.plane_in()];
@@ -641,6 +631,43 @@ pub(super) fn conv_input_grad(
         }
     });
     dx
+}
+
+/// The flipped, transposed kernel of `w` `[o, c, kk]`: `[c, o, kk]`, entry `(c, o, q)` =
+/// `w[o][c][kk - 1 - q] * scale[o]` (1 without `scale`). Copied in blocks of 16 x 16
+/// kernels, so that both the reads and the writes run along rows that stay in the cache,
+/// with the 3x3 reversal unrolled (element by element along `o`, every read was a cache miss
+/// on the wide layers: 4% of a training step at 64 px in `perf`).
+fn flip_kernel(w: &[f32], o: usize, c: usize, kk: usize, scale: Option<&[f32]>) -> Vec<f32> {
+    const B: usize = 16;
+    let mut wt = vec![0f32; o * c * kk];
+    wt.par_chunks_mut(B * o * kk)
+        .enumerate()
+        .for_each(|(cb, dst)| {
+            let c0 = cb * B;
+            let cn = B.min(c - c0);
+            for o0 in (0..o).step_by(B) {
+                for oi in o0..(o0 + B).min(o) {
+                    let a = scale.map_or(1.0, |s| s[oi]);
+                    let src = &w[(oi * c + c0) * kk..][..cn * kk];
+                    for (ci, s) in src.chunks_exact(kk).enumerate() {
+                        let d = &mut dst[(ci * o + oi) * kk..][..kk];
+                        if let (Ok(d), Ok(s)) =
+                            (<&mut [f32; 9]>::try_from(&mut *d), <&[f32; 9]>::try_from(s))
+                        {
+                            // 3x3 (nearly all of them): a fixed-size reversal, no loop
+                            *d = [s[8], s[7], s[6], s[5], s[4], s[3], s[2], s[1], s[0]]
+                                .map(|v| v * a);
+                        } else {
+                            for (d, s) in d.iter_mut().zip(s.iter().rev()) {
+                                *d = *s * a;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    wt
 }
 
 /// dL/dW from the input and dL/dy: sum over images of g im2col(x)^T.
@@ -785,13 +812,56 @@ mod tests {
     }
 
     #[test]
+    fn routing_follows_the_instruction_set() {
+        use crate::ops::layout::tests_isa::each_isa;
+        if !crate::ops::layout::has_fma() {
+            return;
+        }
+        let g = |c: usize, h: usize| {
+            geometry(
+                &Shape::from((16, c, h, h)),
+                &Shape::from((c, c, 3, 3)),
+                1,
+                1,
+            )
+            .unwrap()
+        };
+        each_isa(|wide| {
+            // Winograd below 256 channels on both, from 256 only with AVX2
+            assert!(crate::ops::winograd::usable(&g(128, 28)));
+            assert_eq!(crate::ops::winograd::usable(&g(256, 14)), !wide);
+            // the direct weight gradient up to 64 channels on both, 128 only with AVX2
+            assert!(crate::ops::direct::usable_for_weights(&g(64, 56)));
+            assert_eq!(crate::ops::direct::usable_for_weights(&g(128, 28)), !wide);
+        });
+    }
+
+    #[test]
+    fn flipped_kernel_is_the_definition() {
+        // block edges inside and past both dimensions (16), with and without a scale
+        for (o, c, kk) in [(1, 1, 9), (20, 37, 9), (16, 16, 1), (33, 5, 49)] {
+            let w = crate::ops::testing::values(o * c * kk, 3);
+            let scale = crate::ops::testing::values(o, 4);
+            for s in [None, Some(scale.as_slice())] {
+                let wt = flip_kernel(&w, o, c, kk, s);
+                for (oi, ci, q) in
+                    (0..o).flat_map(|a| (0..c).flat_map(move |b| (0..kk).map(move |q| (a, b, q))))
+                {
+                    let want = w[(oi * c + ci) * kk + kk - 1 - q] * s.map_or(1.0, |s| s[oi]);
+                    assert_eq!(wt[(ci * o + oi) * kk + q].to_bits(), want.to_bits());
+                }
+            }
+        }
+    }
+
+    #[test]
     fn matches_candle_forward_and_backward() {
         // the ResNet-18 shapes: 7x7/2 pad 3, 3x3/1 pad 1, 3x3/2 pad 1, 1x1/2 pad 0; batches
         // of 1 (parallel matrix products) and 5 (parallel images). Sizes where the strided
         // window ends on the last row: candle's own backward fails on the others (its
         // transposed convolution comes out one pixel short), which the finite-difference test
-        // below covers.
-        for (n, c, h, o, k, s, p) in [
+        // below covers. Once per instruction set: their routings differ.
+        let shapes = [
             (1, 3, 21, 8, 7, 2, 3),
             (5, 4, 9, 6, 3, 1, 1),
             (3, 5, 11, 7, 3, 2, 1),
@@ -799,25 +869,34 @@ mod tests {
             (2, 3, 7, 2, 3, 1, 0),
             // 3x3/1 pad 1 with 16+ channels: Winograd's kernel, forward and input gradient
             (2, 16, 9, 20, 3, 1, 1),
-        ] {
-            let x = Var::from_tensor(&rand(&[n, c, h, h], 1)).unwrap();
-            let w = Var::from_tensor(&rand(&[o, c, k, k], 2)).unwrap();
-            let ours = conv2d(x.as_tensor(), w.as_tensor(), s, p).unwrap();
-            let theirs = x.as_tensor().conv2d(w.as_tensor(), p, s, 1, 1).unwrap();
-            assert_eq!(ours.dims(), theirs.dims());
-            assert!(
-                max_rel(&ours, &theirs) < 1e-5,
-                "forward {n} {c} {h} {o} {k} {s} {p}"
-            );
-            let probe = rand(ours.dims(), 3);
-            let g1 = probe_grads(ours, &probe);
-            let g2 = probe_grads(theirs, &probe);
-            for v in [&x, &w] {
-                let a = g1.get(v.as_tensor()).unwrap();
-                let b = g2.get(v.as_tensor()).unwrap();
-                assert!(max_rel(a, b) < 1e-5, "backward {n} {c} {h} {o} {k} {s} {p}");
+            // small maps beside wide weights: the input gradient scatters with AVX2 and runs
+            // the flipped convolution with AVX-512
+            (2, 24, 2, 40, 3, 1, 1),
+        ];
+        crate::ops::layout::tests_isa::each_isa(|wide| {
+            for &(n, c, h, o, k, s, p) in &shapes {
+                let x = Var::from_tensor(&rand(&[n, c, h, h], 1)).unwrap();
+                let w = Var::from_tensor(&rand(&[o, c, k, k], 2)).unwrap();
+                let ours = conv2d(x.as_tensor(), w.as_tensor(), s, p).unwrap();
+                let theirs = x.as_tensor().conv2d(w.as_tensor(), p, s, 1, 1).unwrap();
+                assert_eq!(ours.dims(), theirs.dims());
+                assert!(
+                    max_rel(&ours, &theirs) < 1e-5,
+                    "forward {n} {c} {h} {o} {k} {s} {p}"
+                );
+                let probe = rand(ours.dims(), 3);
+                let g1 = probe_grads(ours, &probe);
+                let g2 = probe_grads(theirs, &probe);
+                for v in [&x, &w] {
+                    let a = g1.get(v.as_tensor()).unwrap();
+                    let b = g2.get(v.as_tensor()).unwrap();
+                    assert!(
+                        max_rel(a, b) < 1e-5,
+                        "backward {n} {c} {h} {o} {k} {s} {p} (AVX-512: {wide})"
+                    );
+                }
             }
-        }
+        });
     }
 
     /// candle's own composition of what [`conv2d_fused`] does.
@@ -983,5 +1062,119 @@ mod tests {
                 gxs[i]
             );
         }
+    }
+}
+
+/// Per-layer timings of ResNet-18's convolutions with the AVX2 and the AVX-512 routing,
+/// interleaved in one process (the development VM's timings move by up to 2x from minute to
+/// minute; interleaving and the best of many runs see through most of it). A measurement,
+/// not a test: it prints and asserts nothing.
+///
+/// `cargo test --release --lib layer_timings -- --ignored --nocapture`, with
+/// `RAYON_NUM_THREADS=2` and optionally `TIMING_SIZE=224` (image size, default 64),
+/// `TIMING_BATCH` (16), `TIMING_RUNS` (30).
+#[cfg(test)]
+mod layer_timings {
+    use super::*;
+
+    fn env(name: &str, default: usize) -> usize {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
+    #[test]
+    #[ignore = "a measurement: run it with --ignored --nocapture"]
+    fn layer_timings() {
+        if !crate::ops::layout::has_avx512() {
+            eprintln!("this CPU has no AVX-512F: both routings are the AVX2 one");
+        }
+        let (n, size, runs) = (
+            env("TIMING_BATCH", 16),
+            env("TIMING_SIZE", 64),
+            env("TIMING_RUNS", 30),
+        );
+        let q = size / 4;
+        // (name, c, o, h, stride, k, times per network)
+        let layers = [
+            ("stem 7x7/2", 3, 64, size, 2, 7, 1),
+            ("layer1 3x3", 64, 64, q, 1, 3, 4),
+            ("layer2 3x3/2", 64, 128, q, 2, 3, 1),
+            ("layer2 3x3", 128, 128, q / 2, 1, 3, 3),
+            ("layer3 3x3/2", 128, 256, q / 2, 2, 3, 1),
+            ("layer3 3x3", 256, 256, q / 4, 1, 3, 3),
+            ("layer4 3x3/2", 256, 512, q / 4, 2, 3, 1),
+            ("layer4 3x3", 512, 512, q / 8, 1, 3, 3),
+        ];
+        let values = |len: usize, m: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| ((i * m) % 1000) as f32 / 1000.0 - 0.5)
+                .collect()
+        };
+        // per pass (forward, input gradient, weight gradient) and routing (AVX2, AVX-512)
+        let mut total = [[0f64; 2]; 3];
+        for (name, c, o, h, s, k, times) in layers {
+            let g = geometry(
+                &Shape::from((n, c, h, h)),
+                &Shape::from((o, c, k, k)),
+                s,
+                k / 2,
+            )
+            .unwrap();
+            let x = values(n * c * h * h, 7919);
+            let w = values(o * c * k * k, 104729);
+            let gr = values(n * o * g.hw_out(), 31);
+            let passes: [Box<dyn Fn()>; 3] = [
+                Box::new(|| {
+                    std::hint::black_box(conv_forward(&x, &w, &g, &Epilogue::default(), None));
+                }),
+                Box::new(|| {
+                    std::hint::black_box(conv_input_grad(&gr, &w, &g, None));
+                }),
+                Box::new(|| {
+                    std::hint::black_box(if super::super::direct::usable_for_weights(&g) {
+                        super::super::direct::weight_grad3x3(&x, &gr, &g, None)
+                    } else {
+                        weight_grad_im2col(&x, &gr, &g, None)
+                    });
+                }),
+            ];
+            let mut best = [[f64::MAX; 2]; 3];
+            for _ in 0..runs {
+                for (p, f) in passes.iter().enumerate() {
+                    for wide in [false, true] {
+                        crate::ops::set_avx512(wide);
+                        let t = std::time::Instant::now();
+                        f();
+                        let e = t.elapsed().as_secs_f64();
+                        best[p][wide as usize] = best[p][wide as usize].min(e);
+                    }
+                }
+            }
+            crate::ops::set_avx512(true);
+            let mut line = format!("{name:14} {h:3} px x{times}");
+            for (p, what) in ["forward", "input grad", "weight grad"].iter().enumerate() {
+                line += &format!(
+                    " | {what} {:6.2} / {:6.2} ms",
+                    best[p][0] * 1e3,
+                    best[p][1] * 1e3
+                );
+                for r in 0..2 {
+                    total[p][r] += times as f64 * best[p][r];
+                }
+            }
+            eprintln!("{line}");
+        }
+        eprintln!(
+            "network (ms, AVX2 / AVX-512 routing): forward {:.1} / {:.1}, input gradients \
+             {:.1} / {:.1}, weight gradients {:.1} / {:.1}",
+            total[0][0] * 1e3,
+            total[0][1] * 1e3,
+            total[1][0] * 1e3,
+            total[1][1] * 1e3,
+            total[2][0] * 1e3,
+            total[2][1] * 1e3
+        );
     }
 }

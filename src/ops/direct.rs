@@ -34,9 +34,8 @@
 //! Each output is one chain of fused multiply-adds in a fixed order (channel, then taps), so
 //! results do not depend on the number of threads.
 //!
-//! With [`super::set_avx512`] on and a CPU with AVX-512F (off by default: it measured no
-//! faster), the forward tile holds its 16 outputs per channel in one AVX-512 register instead of two AVX
-//! ones, with the same sums in the same order (identical results), and the weight gradient
+//! On a CPU with AVX-512F (unless [`super::set_avx512`] turned it off), the forward tile
+//! holds its 16 outputs per channel in one AVX-512 register instead of two AVX ones, with the same sums in the same order (identical results), and the weight gradient
 //! runs 16 positions at a time (its lanes are added in another order than the AVX2 kernel's:
 //! results differ from it by rounding).
 
@@ -79,10 +78,19 @@ pub(super) fn usable(g: &Geometry) -> bool {
 }
 
 /// Whether [`weight_grad3x3`] runs geometry `g`: 3x3, stride 1, as [`usable`], up to 128
-/// channels (with 256 and more the maps are 14 px or less, too short a sum per register
-/// tile; im2col and `gemm` were faster there: 158 against 114 GFLOP/s at 256 channels,
-/// 14 px).
+/// channels with AVX2 (with 256 and more the maps are 14 px or less, too short a sum per
+/// register tile; im2col and `gemm` were faster there: 158 against 114 GFLOP/s at 256
+/// channels, 14 px), up to 64 with AVX-512, where `gemm`'s AVX-512 products overtake it at
+/// 128 channels (batch 16, 2 threads, best of 15 interleaved runs on the AVX-512 VM: 44.0
+/// against 33.6 ms at 28 px, 12.1 against 3.1 ms at 8 px) and it stays ahead at 64 (38.3
+/// against 47.5 ms at 56 px, level at 16 px).
 pub(super) fn usable_for_weights(g: &Geometry) -> bool {
+    supports_weights(g) && (g.c <= 64 || !use_avx512())
+}
+
+/// Whether [`weight_grad3x3`] can run geometry `g` (up to 128 channels); whether it is
+/// chosen: [`usable_for_weights`].
+fn supports_weights(g: &Geometry) -> bool {
     usable(g) && g.k == 3 && g.stride == 1 && g.c <= 128
 }
 
@@ -312,7 +320,7 @@ pub(super) fn weight_grad3x3(
     scale: Option<&[f32]>,
 ) -> Vec<f32> {
     assert!(
-        usable_for_weights(g),
+        supports_weights(g),
         "direct 3x3 weight gradient: unsupported geometry {g:?}"
     );
     let (n, c, o) = (g.n, g.c, g.o);
@@ -719,6 +727,8 @@ mod tests {
                 (3, 13, 5, 9, 13),
                 (2, 16, 7, 20, 17),
                 (2, 64, 12, 8, 8),
+                // past the AVX-512 routing's 64 channels (the AVX2 routing runs it)
+                (1, 128, 6, 8, 8),
             ],
             3,
             1,
@@ -727,7 +737,7 @@ mod tests {
         };
         assert!(cases.len() >= 8, "only {} geometries", cases.len());
         for (g, seed) in cases {
-            assert!(usable_for_weights(&g), "{g:?} should run the direct kernel");
+            assert!(supports_weights(&g), "{g:?} should run the direct kernel");
             let x = values(g.n * g.c * g.h * g.w, seed);
             let gr = values(g.n * g.o * g.ho * g.wo, seed + 1);
             let scale = values(g.o, seed + 2);

@@ -18,21 +18,24 @@ pub(super) fn has_fma() -> bool {
     false
 }
 
-static AVX512: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static AVX512: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
 /// Lets robustlens's own kernels (Winograd's products, the direct tile, the 3x3 weight
-/// gradient) use their AVX-512 code where the CPU has it, or keeps them on their AVX2 code
-/// (the default) for the whole process. Off by default because it measured no faster: on the
-/// 2-core AVX-512 VM, five alternating rounds gave a median of 0.91x (train step, 64 px) and
-/// 0.87x (PGD-7 step) against the AVX2 code, with ranges of 0.85-1.09 and 0.81-1.09. The
-/// matrix products of the `gemm` crate choose their instructions themselves (AVX-512 where
-/// present) and are not affected.
+/// gradient) use their AVX-512 code and AVX-512 routing where the CPU has it (the default),
+/// or keeps them on their AVX2 code and routing for the whole process (`false`, as on a CPU
+/// without AVX-512F: the same kernels, the same sums, bit for bit).
+///
+/// With AVX-512 the `gemm` crate's matrix products (which choose their instructions
+/// themselves and are not affected by this switch) overtake Winograd's tile from 256
+/// channels and the direct weight gradient at 128, so those layers go to im2col and `gemm`
+/// on AVX-512 and stay where they were on AVX2; stride-1 input gradients of small maps run as
+/// the flipped convolution. Per layer and in `bench`: see the README's performance section.
 pub fn set_avx512(enabled: bool) {
     AVX512.store(enabled, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Whether the kernels run their AVX-512 code: the CPU has AVX-512F (and AVX2 and FMA) and
-/// [`set_avx512`] turned it on.
+/// Whether the kernels run their AVX-512 code and routing: the CPU has AVX-512F (and AVX2
+/// and FMA) and [`set_avx512`] left it on.
 #[cfg(target_arch = "x86_64")]
 pub(super) fn use_avx512() -> bool {
     #[cfg(test)]

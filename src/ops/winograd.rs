@@ -23,10 +23,13 @@
 //! indexing across several slices of one buffer they ran scalar and took as long as the
 //! products.
 //!
-//! With [`super::set_avx512`] on (`ROBUSTLENS_AVX512=1`) and a CPU with AVX-512F, the
-//! products run 32 tiles x 6 output channels in 12 AVX-512 registers. Each lane adds the same
-//! products in the same order, so the results are identical bit for bit. It is off by
-//! default: it measured no faster than the AVX2 tile.
+//! On a CPU with AVX-512F (unless [`super::set_avx512`] turned it off, `ROBUSTLENS_AVX512=0`)
+//! the products run 32 tiles x 6 output channels in 12 AVX-512 registers. Each lane adds the
+//! same products in the same order, so the results are identical bit for bit. Measured
+//! interleaved with the AVX2 tile in one process (batch 16, 2 threads, best of 30 runs at
+//! 64 px and of 6 at 224 px): 1.20-1.34 against 1.68-1.85 ms at 64 channels, 16 px; 20.9
+//! against 25.0 ms at 56 px; 15.6 against 21.1 ms at 128 channels, 28 px. With AVX-512 the layers of 256 channels and more go to
+//! im2col and `gemm` instead ([`usable`]).
 //!
 //! Numerics: the transforms only add, subtract and halve, so the results differ from a
 //! direct sum by rounding (a few units in the last place of the inputs' scale), like any
@@ -54,17 +57,23 @@ pub fn set_winograd(enabled: bool) {
 }
 
 /// Whether geometry `g` runs here: 3x3, stride 1, padding 1, on a CPU with AVX2 and FMA,
-/// outputs at least 7 wide (layer 4 at 224 px) and at least 16 input channels.
+/// outputs at least 7 wide (layer 4 at 224 px) and at least 16 input channels, fewer than
+/// [`WIDE_GEMM_CHANNELS`] with AVX-512.
 pub(super) fn usable(g: &Geometry) -> bool {
-    g.k == 3
-        && g.stride == 1
-        && g.pad == 1
-        && g.wo >= 7
-        && g.ho >= 2
-        && g.c >= 16
-        && ENABLED.load(Ordering::Relaxed)
-        && has_fma()
+    supports(g) && (g.c < WIDE_GEMM_CHANNELS || !use_avx512()) && ENABLED.load(Ordering::Relaxed)
 }
+
+/// Whether the kernel can run geometry `g` on this CPU (whether it is chosen: [`usable`]).
+fn supports(g: &Geometry) -> bool {
+    g.k == 3 && g.stride == 1 && g.pad == 1 && g.wo >= 7 && g.ho >= 2 && g.c >= 16 && has_fma()
+}
+
+/// Input channels from which, with AVX-512, im2col and `gemm`'s AVX-512 products beat this
+/// kernel's AVX-512 tile (batch 16, 2 threads, best of 15 interleaved runs on the AVX-512
+/// VM: 29.9 against 25.4 ms at 256 channels, 14 px; 43.5 against 28.8 ms at 512, 7 px).
+/// With AVX2 only, Winograd keeps them (it measured ahead of im2col there: 144 against 109
+/// GFLOP/s at 512 channels, 7 px).
+const WIDE_GEMM_CHANNELS: usize = 256;
 
 /// The weights `[o, c, 3, 3]` transformed (`G g Gᵀ`) and packed as `U[ob][ξ][c][6]`
 /// (output channels past `o` zero): one block of 6 output channels per parallel task.
@@ -130,7 +139,7 @@ pub(super) fn conv_winograd(
     out: &mut [f32],
 ) {
     assert!(
-        usable(g),
+        supports(g),
         "winograd convolution: unsupported geometry {g:?}"
     );
     let (th, tw) = (g.ho.div_ceil(2), g.wo.div_ceil(2));
@@ -501,7 +510,7 @@ mod tests {
         ];
         for (si, &(n, c, o, h, w)) in shapes.iter().enumerate() {
             let g = geometry(&Shape::from((n, c, h, w)), &Shape::from((o, c, 3, 3)), 1, 1).unwrap();
-            assert!(usable(&g), "{g:?}");
+            assert!(supports(&g), "{g:?}");
             let x = values(n * c * h * w, si as u64);
             let wt = values(o * c * 9, 100 + si as u64);
             let res = values(n * o * h * w, 200 + si as u64);

@@ -38,11 +38,12 @@ fn thread_count() {
     }
 }
 
-/// `ROBUSTLENS_AVX512=1` lets robustlens's own kernels run their AVX-512 code on a CPU that
-/// has it (off by default: it measured no faster, see `robustlens::ops::set_avx512`).
+/// robustlens's own kernels run their AVX-512 code and routing on a CPU that has it;
+/// `ROBUSTLENS_AVX512=0` keeps them on their AVX2 code and routing (the default of the
+/// releases before issue 23, bit for bit), see `robustlens::ops::set_avx512`.
 fn instruction_sets() {
-    if std::env::var("ROBUSTLENS_AVX512").is_ok_and(|v| v.trim() == "1") {
-        robustlens::ops::set_avx512(true);
+    if let Ok(v) = std::env::var("ROBUSTLENS_AVX512") {
+        robustlens::ops::set_avx512(v.trim() != "0");
     }
 }
 
