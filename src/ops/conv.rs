@@ -591,7 +591,9 @@ pub(super) fn conv_input_grad(
         wo: g.w,
     });
     if let Some(flipped) = flipped.filter(|f| {
-        4 * g.o <= g.n * g.hw_out() || super::winograd::usable(f) || super::layout::use_avx512()
+        4 * g.o <= g.n * g.hw_out()
+            || super::winograd::usable(f)
+            || (g.k > 1 && super::layout::use_avx512())
     }) {
         // A stride-1 convolution's input gradient is the convolution of the output
         // gradient with the flipped, transposed kernel (padding k-1-p): one matrix product
@@ -599,8 +601,9 @@ pub(super) fn conv_input_grad(
         // column matrix, then scattered back). Not where the maps are small beside the
         // weight, whose flipped copy would then cost more than the scatter it saves, unless
         // the flipped convolution runs Winograd's kernel (layer 4 at 224 px: 7x7 maps) or
-        // `gemm`'s AVX-512 products: with AVX-512 the scatter is the slower part (measured
-        // per layer with the flipped copy included: the README's "AVX-512 routing").
+        // `gemm`'s AVX-512 products: with AVX-512 the 3x3 scatter is the slower part
+        // (measured per layer with the flipped copy included: the README's "AVX-512
+        // routing"; 1x1 kernels, whose scatter is a plain copy, keep the rule above).
         let wt = flip_kernel(w, g.o, g.c, g.k * g.k, scale);
         return conv_forward(gr, &wt, &flipped, &Epilogue::default(), None);
     }
