@@ -701,12 +701,19 @@ impl CustomOp2 for ConvWeightGrad {
             candle_core::bail!("conv2d backward: gradient shape does not match the forward");
         }
         let scale = self.scale.as_deref().map(|v| v.as_slice());
-        let dw = if super::direct::usable_for_weights(&g) {
-            super::direct::weight_grad3x3(x, gr, &g, scale)
-        } else {
-            weight_grad_im2col(x, gr, &g, scale)
-        };
+        let dw = conv_weight_grad(x, gr, &g, scale);
         Ok((CpuStorage::F32(dw), self.w_shape.clone()))
+    }
+}
+
+/// The weight gradient `[o, c, k, k]` of the convolution of `x` in geometry `g` from the
+/// output gradient `gr`, each channel `o` times `scale[o]` when given: the direct 3x3 kernel
+/// where [`super::direct::usable_for_weights`] routes it, im2col and `gemm` otherwise.
+fn conv_weight_grad(x: &[f32], gr: &[f32], g: &Geometry, scale: Option<&[f32]>) -> Vec<f32> {
+    if super::direct::usable_for_weights(g) {
+        super::direct::weight_grad3x3(x, gr, g, scale)
+    } else {
+        weight_grad_im2col(x, gr, g, scale)
     }
 }
 
@@ -1110,11 +1117,6 @@ mod layer_timings {
             ("layer4 3x3/2", 256, 512, q / 4, 2, 3, 1),
             ("layer4 3x3", 512, 512, q / 8, 1, 3, 3),
         ];
-        let values = |len: usize, m: usize| -> Vec<f32> {
-            (0..len)
-                .map(|i| ((i * m) % 1000) as f32 / 1000.0 - 0.5)
-                .collect()
-        };
         // per pass (forward, input gradient, weight gradient) and routing (AVX2, AVX-512)
         let mut total = [[0f64; 2]; 3];
         for (name, c, o, h, s, k, times) in layers {
@@ -1125,9 +1127,9 @@ mod layer_timings {
                 k / 2,
             )
             .unwrap();
-            let x = values(n * c * h * h, 7919);
-            let w = values(o * c * k * k, 104729);
-            let gr = values(n * o * g.hw_out(), 31);
+            let x = crate::ops::testing::values(n * c * h * h, 1);
+            let w = crate::ops::testing::values(o * c * k * k, 2);
+            let gr = crate::ops::testing::values(n * o * g.hw_out(), 3);
             let passes: [Box<dyn Fn()>; 3] = [
                 Box::new(|| {
                     std::hint::black_box(conv_forward(&x, &w, &g, &Epilogue::default(), None));
@@ -1136,11 +1138,7 @@ mod layer_timings {
                     std::hint::black_box(conv_input_grad(&gr, &w, &g, None));
                 }),
                 Box::new(|| {
-                    std::hint::black_box(if super::super::direct::usable_for_weights(&g) {
-                        super::super::direct::weight_grad3x3(&x, &gr, &g, None)
-                    } else {
-                        weight_grad_im2col(&x, &gr, &g, None)
-                    });
+                    std::hint::black_box(conv_weight_grad(&x, &gr, &g, None));
                 }),
             ];
             let mut best = [[f64::MAX; 2]; 3];

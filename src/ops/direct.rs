@@ -35,8 +35,9 @@
 //! results do not depend on the number of threads.
 //!
 //! On a CPU with AVX-512F (unless [`super::set_avx512`] turned it off), the forward tile
-//! holds its 16 outputs per channel in one AVX-512 register instead of two AVX ones, with the same sums in the same order (identical results), and the weight gradient
-//! runs 16 positions at a time (its lanes are added in another order than the AVX2 kernel's:
+//! holds its 16 outputs per channel in one AVX-512 register instead of two AVX ones, with the
+//! same sums in the same order (identical results), and the weight gradient runs 16
+//! positions at a time (its lanes are added in another order than the AVX2 kernel's:
 //! results differ from it by rounding).
 
 use super::layout::{has_fma, use_avx512, with_padded, Epilogue, Geometry, PlaneFn};
