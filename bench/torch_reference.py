@@ -8,9 +8,13 @@ warm-up, one JSON object per line ({"arch", "what", "size", "batch", "img_per_s"
     python bench/torch_reference.py --compare ours.jsonl torch.jsonl   # the ratio table
 
     python bench/torch_reference.py --arch convnext_atto --json    # other architectures
+    python bench/torch_reference.py --device cuda --sizes 224 --json   # on a GPU
 
 Needs torch and torchvision (pip install torch torchvision; timm for convnext and vit).
-Threads = CPU cores unless --threads is given.
+Threads = CPU cores unless --threads is given. On CUDA: cuDNN with
+`torch.backends.cudnn.benchmark = True`, TF32 off (as robustlens) unless --tf32, every
+timed iteration ends with `torch.cuda.synchronize()`; the JSON adds "device" and
+"peak_gpu_mb".
 """
 import argparse
 import json
@@ -20,14 +24,60 @@ import sys
 import time
 
 
+def resnet18(num_classes):
+    """torchvision's ResNet-18 (the same layers, shapes and initialisation), for machines
+    whose PyTorch comes without torchvision (a GPU machine without network)."""
+    import torch
+    from torch import nn
+
+    def conv_bn(cin, cout, k, stride):
+        return [nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout)]
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.body = nn.Sequential(*conv_bn(cin, cout, 3, stride), nn.ReLU(inplace=True),
+                                      *conv_bn(cout, cout, 3, 1))
+            self.down = (nn.Sequential(*conv_bn(cin, cout, 1, stride))
+                         if stride != 1 or cin != cout else nn.Identity())
+
+        def forward(self, x):
+            return torch.relu(self.body(x) + self.down(x))
+
+    layers = [*conv_bn(3, 64, 7, 2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
+    cin = 64
+    for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        layers += [Block(cin, cout, stride), Block(cout, cout, 1)]
+        cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, num_classes)]
+    model = nn.Sequential(*layers)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return model
+
+
 def cells(args):
     import torch
-    import torchvision
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    dev = torch.device(args.device)
+    cuda = dev.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = args.tf32
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
     if args.arch in ("resnet18", "efficientnet_b0"):
-        model = getattr(torchvision.models, args.arch)(num_classes=3)
+        try:
+            import torchvision
+
+            model = getattr(torchvision.models, args.arch)(num_classes=3)
+        except ImportError:
+            if args.arch != "resnet18":
+                raise
+            print("torchvision not installed: the built-in ResNet-18", file=sys.stderr)
+            model = resnet18(3)
     else:
         import timm
 
@@ -37,8 +87,13 @@ def cells(args):
         model = timm.create_model(args.arch, pretrained=False, num_classes=3, **extra)
     m, s = ([0.5] * 3, [0.5] * 3) if args.arch.startswith("vit_") else (
         [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    mean = torch.tensor(m).view(1, 3, 1, 1)
-    std = torch.tensor(s).view(1, 3, 1, 1)
+    model = model.to(dev)
+    mean = torch.tensor(m, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(s, device=dev).view(1, 3, 1, 1)
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(dev)
 
     def fwd(x):
         return model((x - mean) / std)
@@ -46,18 +101,20 @@ def cells(args):
     def timed(images, fn):
         for _ in range(args.warmup):
             fn()
+        sync()
         secs = []
         for _ in range(max(1, args.iters)):
             t = time.perf_counter()
             fn()
+            sync()
             secs.append(time.perf_counter() - t)
         return images / statistics.median(secs)
 
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=5e-4)
     for size in args.sizes:
         b = args.batch_size
-        x = torch.rand(b, 3, size, size)
-        y = torch.arange(b) % 3
+        x = torch.rand(b, 3, size, size, device=dev)
+        y = torch.arange(b, device=dev) % 3
 
         def train_step(xb):
             model.train()
@@ -104,7 +161,7 @@ def cells(args):
             for p in model.parameters():
                 p.requires_grad_(False)
             x1 = x[:1]
-            alphas = (torch.arange(50, dtype=torch.float32) + 0.5) / 50
+            alphas = (torch.arange(50, dtype=torch.float32, device=dev) + 0.5) / 50
             total = torch.zeros_like(x1)
             for i in range(0, 50, b):
                 a = alphas[i:i + b].view(-1, 1, 1, 1)
@@ -129,8 +186,12 @@ def cells(args):
             import resource
 
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            yield {"arch": args.arch, "what": what, "size": size, "batch": n, "img_per_s": ips,
-                   "peak_rss_mb": round(rss, 1)}
+            cell = {"arch": args.arch, "what": what, "size": size, "batch": n, "img_per_s": ips,
+                    "peak_rss_mb": round(rss, 1)}
+            if cuda:
+                cell["device"] = str(dev)
+                cell["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
+            yield cell
 
 
 def compare(ours_path, torch_path):
@@ -162,6 +223,8 @@ def main():
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--tf32", action="store_true", help="CUDA: allow TF32 (off by default)")
     p.add_argument("--compare", nargs=2, metavar=("OURS", "TORCH"))
     args = p.parse_args()
     if args.compare:

@@ -4,6 +4,7 @@
 use crate::{Error, Result};
 use candle_core::Device;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A device as the user names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -105,6 +106,37 @@ impl std::str::FromStr for DeviceSpec {
     fn from_str(s: &str) -> Result<Self> {
         DeviceSpec::parse(s)
     }
+}
+
+static TF32: AtomicBool = AtomicBool::new(false);
+static DETERMINISTIC: AtomicBool = AtomicBool::new(false);
+
+/// Allows TF32 (10-bit mantissa products, f32 sums) in the f32 convolutions and matrix
+/// products on CUDA: cuDNN's default math and cuBLAS's `CUBLAS_COMPUTE_32F_FAST_TF32`. Off by
+/// default, so GPU results match the CPU's to about 1e-6 (PyTorch's
+/// `torch.backends.cudnn.allow_tf32 = False` and `torch.backends.cuda.matmul.allow_tf32 =
+/// False`). No effect on the CPU.
+pub fn set_tf32(on: bool) {
+    TF32.store(on, Ordering::Relaxed);
+    #[cfg(feature = "cuda")]
+    candle_core::cuda_backend::set_gemm_reduced_precision_f32(on);
+}
+
+/// Whether TF32 is allowed (see [`set_tf32`]).
+pub fn tf32() -> bool {
+    TF32.load(Ordering::Relaxed)
+}
+
+/// Restricts cuDNN to deterministic algorithms (its fastest weight- and input-gradient
+/// algorithms may add in an order that changes from run to run). CPU results are always
+/// deterministic and independent of the thread count.
+pub fn set_deterministic(on: bool) {
+    DETERMINISTIC.store(on, Ordering::Relaxed);
+}
+
+/// Whether only deterministic GPU algorithms are used (see [`set_deterministic`]).
+pub fn deterministic() -> bool {
+    DETERMINISTIC.load(Ordering::Relaxed)
 }
 
 /// Opens the device named by `spec` (see [`DeviceSpec::parse`]).

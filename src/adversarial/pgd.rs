@@ -225,20 +225,13 @@ impl Pgd {
         let sign: f32 = if targeted { -1.0 } else { 1.0 };
         let mut x = if self.random_start {
             let shape = x0.shape().clone();
+            // drawn on the images' device (on the CPU, the same values as ever)
             let delta = match self.norm {
                 Norm::L2 => renorm_l2(
-                    &Tensor::from_vec(
-                        rng.uniform_vec(shape.elem_count(), -0.5, 0.5),
-                        shape,
-                        x0.device(),
-                    )?,
+                    &rng.uniform_tensor(&shape, -0.5, 0.5, x0.device())?,
                     self.eps,
                 )?,
-                Norm::Linf => Tensor::from_vec(
-                    rng.uniform_vec(shape.elem_count(), -self.eps, self.eps),
-                    shape,
-                    x0.device(),
-                )?,
+                Norm::Linf => rng.uniform_tensor(&shape, -self.eps, self.eps, x0.device())?,
             };
             (&x0 + delta)?.clamp(0f32, 1f32)?
         } else {

@@ -7,7 +7,7 @@ use super::Attribution;
 use crate::model::Classifier;
 use crate::rng::SeededRng;
 use crate::{Error, Result};
-use candle_core::Tensor;
+use candle_core::{Shape, Tensor};
 
 /// The aggregation of the noisy samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -94,16 +94,36 @@ impl Attribution for NoiseTunnel {
         let (n, c, h, w) = x.dims4()?;
         let mut rng = SeededRng::new(self.seed ^ 0x5eed_5300);
         let flat = x.flatten_from(1)?;
-        let range: Vec<f32> = (flat.max(1)? - flat.min(1)?)?.to_vec1()?;
+        let range = (flat.max(1)? - flat.min(1)?)?;
+        // On the CPU from the seeded host generator; elsewhere drawn on the device (one
+        // standard normal per value, scaled per image), nothing copied to or from the host.
+        enum Spread {
+            /// The range of each image, on the host.
+            Host(Vec<f32>),
+            /// noise * range of each image, `[n, 1, 1, 1]` on the device.
+            Device(Tensor),
+        }
+        let spread = if x.device().is_cpu() {
+            Spread::Host(range.to_vec1()?)
+        } else {
+            Spread::Device((range * self.noise as f64)?.reshape((n, 1, 1, 1))?)
+        };
         // Sample-major layout, as captum: [s0: img0..imgN-1, s1: ...].
         let mut noisy = Vec::with_capacity(self.samples);
         let mut tg = Vec::with_capacity(self.samples * n);
         for _ in 0..self.samples {
-            let mut noise = Vec::with_capacity(n * c * h * w);
-            for r in &range {
-                noise.extend(rng.normal_vec(c * h * w, self.noise * r));
-            }
-            let noise = Tensor::from_vec(noise, (n, c, h, w), x.device())?;
+            let noise = match &spread {
+                Spread::Host(range) => {
+                    let mut noise = Vec::with_capacity(n * c * h * w);
+                    for r in range {
+                        noise.extend(rng.normal_vec(c * h * w, self.noise * r));
+                    }
+                    Tensor::from_vec(noise, (n, c, h, w), x.device())?
+                }
+                Spread::Device(std) => rng
+                    .normal_tensor(&Shape::from((n, c, h, w)), 1.0, x.device())?
+                    .broadcast_mul(std)?,
+            };
             noisy.push((x + noise)?);
             tg.extend_from_slice(targets);
         }

@@ -37,7 +37,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Runs `f` `warmup` times untimed, then `iters` times timed; images/s of the median run.
+/// Each run ends when `device` has finished its work (GPUs queue kernels asynchronously).
 fn time_it(
+    device: &Device,
     images: usize,
     warmup: usize,
     iters: usize,
@@ -46,10 +48,12 @@ fn time_it(
     for _ in 0..warmup {
         f()?;
     }
+    device.synchronize()?;
     let mut secs = Vec::new();
     for _ in 0..iters.max(1) {
         let t = Instant::now();
         f()?;
+        device.synchronize()?;
         secs.push(t.elapsed().as_secs_f64());
     }
     Ok(images as f64 / median(secs))
@@ -101,7 +105,7 @@ pub fn run_cell(
         )
     };
     let img_per_s = match what {
-        "eval" => time_it(batch, warmup, iters, || {
+        "eval" => time_it(device, batch, warmup, iters, || {
             model
                 .forward_mode(&x, Mode::InputGrad)?
                 .to_device(&Device::Cpu)?;
@@ -109,9 +113,9 @@ pub fn run_cell(
         })?,
         "train" => {
             let mut opt = new_adam()?;
-            time_it(batch, warmup, iters, || train_step(&mut opt, &x))?
+            time_it(device, batch, warmup, iters, || train_step(&mut opt, &x))?
         }
-        "input-grad" => time_it(batch, warmup, iters, || {
+        "input-grad" => time_it(device, batch, warmup, iters, || {
             input_gradients(&model, &x, &labels, batch)?.to_device(&Device::Cpu)?;
             Ok(())
         })?,
@@ -124,7 +128,7 @@ pub fn run_cell(
                 ..Pgd::training(eps, 7)
             };
             let mut r = SeededRng::new(2);
-            time_it(batch, warmup, iters, || {
+            time_it(device, batch, warmup, iters, || {
                 let adv = pgd.attack_images(&model, &x, &labels, None, &mut r)?;
                 train_step(&mut opt, &adv)
             })?
@@ -138,7 +142,7 @@ pub fn run_cell(
                 seed: 0,
             };
             let xi = x.narrow(0, 0, 1)?;
-            time_it(1, warmup, iters, || {
+            time_it(device, 1, warmup, iters, || {
                 ig.attribute(&model, &xi, &labels[..1])?
                     .to_device(&Device::Cpu)?;
                 Ok(())

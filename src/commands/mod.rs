@@ -13,6 +13,7 @@
 //! | `compare`, `sweep-eps` | [`compare`], [`sweep`] |
 //! | `report`, `demo` | [`report`], [`demo`] |
 //! | `bench` | [`bench`](mod@bench) |
+//! | `device-check` | [`device_check`] |
 //! | `benchmark` | [`benchmark`] |
 //! | `data synth / split / inspect / bench` | [`data`] |
 
@@ -23,6 +24,7 @@ pub mod compare;
 pub mod cv;
 pub mod data;
 pub mod demo;
+pub mod device_check;
 pub mod evaluate;
 pub mod frontier;
 pub mod predict;

@@ -129,8 +129,8 @@ impl Conv {
             weight: self.weight.as_tensor().detach(),
             stride: self.stride,
             padding: self.padding,
-            scale: std::sync::Arc::new(scale),
-            shift: std::sync::Arc::new(shift),
+            scale,
+            shift,
         })
     }
 }
@@ -169,25 +169,45 @@ impl BatchNorm {
 
     /// The running-statistics BatchNorm as one affine map per channel, `x * scale + shift`
     /// (`scale = weight / sqrt(running_var + eps)`, `shift = bias - running_mean * scale`),
-    /// computed in f64.
-    fn folded(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-        let get = |v: &Var| -> Result<Vec<f64>> {
-            Ok(v.as_tensor().to_dtype(DType::F64)?.to_vec1::<f64>()?)
+    /// computed in f64 and rounded to f32: `[C]` tensors on the layer's device. On the CPU
+    /// on the host; elsewhere with device ops (no copy to the host, no synchronisation), in
+    /// f64 too where the device has it (CUDA: the same correctly rounded operations, so the
+    /// same values), in f32 on Metal.
+    fn folded(&self) -> Result<(Tensor, Tensor)> {
+        let dev = self.weight.device();
+        if dev.is_cpu() {
+            let get = |v: &Var| -> Result<Vec<f64>> {
+                Ok(v.as_tensor().to_dtype(DType::F64)?.to_vec1::<f64>()?)
+            };
+            let (w, b) = (get(&self.weight)?, get(&self.bias)?);
+            let (rm, rv) = (get(&self.running_mean)?, get(&self.running_var)?);
+            let scale: Vec<f64> = w
+                .iter()
+                .zip(&rv)
+                .map(|(w, v)| w / (v + BN_EPS).sqrt())
+                .collect();
+            let shift: Vec<f32> = b
+                .iter()
+                .zip(&rm)
+                .zip(&scale)
+                .map(|((b, m), s)| (b - m * s) as f32)
+                .collect();
+            let scale: Vec<f32> = scale.into_iter().map(|s| s as f32).collect();
+            let c = scale.len();
+            return Ok((
+                Tensor::from_vec(scale, c, dev)?,
+                Tensor::from_vec(shift, c, dev)?,
+            ));
+        }
+        let dt = if dev.is_metal() {
+            DType::F32
+        } else {
+            DType::F64
         };
-        let (w, b) = (get(&self.weight)?, get(&self.bias)?);
-        let (rm, rv) = (get(&self.running_mean)?, get(&self.running_var)?);
-        let scale: Vec<f64> = w
-            .iter()
-            .zip(&rv)
-            .map(|(w, v)| w / (v + BN_EPS).sqrt())
-            .collect();
-        let shift = b
-            .iter()
-            .zip(&rm)
-            .zip(&scale)
-            .map(|((b, m), s)| (b - m * s) as f32)
-            .collect();
-        Ok((scale.into_iter().map(|s| s as f32).collect(), shift))
+        let get = |v: &Var| v.as_tensor().detach().to_dtype(dt);
+        let scale = (get(&self.weight)? / (get(&self.running_var)? + BN_EPS)?.sqrt()?)?;
+        let shift = (get(&self.bias)? - (get(&self.running_mean)? * &scale)?)?;
+        Ok((scale.to_dtype(DType::F32)?, shift.to_dtype(DType::F32)?))
     }
 
     fn forward(&self, x: &Tensor, mode: Mode, track: bool) -> Result<Tensor> {

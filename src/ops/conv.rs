@@ -492,6 +492,24 @@ impl CustomOp2 for Conv2d {
         self.cpu_forward((s1, l1), (s2, l2), None)
     }
 
+    /// cuDNN's forward; the epilogue (folded BatchNorm, residual, ReLU) runs as candle ops
+    /// after it (see [`conv2d_fused`]), so this op carries none on CUDA.
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        if self.epi.scale.is_some() || self.epi.shift.is_some() || self.epi.relu {
+            candle_core::bail!("conv2d: the fused epilogue runs on the CPU only");
+        }
+        let g = geometry(l1.shape(), l2.shape(), self.stride, self.pad)?;
+        let y = super::cudnn::forward(&g, (s1, l1), (s2, l2))?;
+        Ok((y, Shape::from((g.n, g.o, g.ho, g.wo))))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -535,6 +553,19 @@ impl CustomOp3 for Conv2d {
     }
 }
 
+/// A cuDNN backward pass takes no folded scale (the CUDA path applies BatchNorm as candle
+/// ops) and an output gradient `grad` of the forward's output shape.
+#[cfg(feature = "cudnn")]
+fn cudnn_backward_fits(scale: Option<&Arc<Vec<f32>>>, grad: &Layout, g: &Geometry) -> Result<()> {
+    if scale.is_some() {
+        candle_core::bail!("conv2d backward: the folded scale runs on the CPU only");
+    }
+    if grad.shape().dims() != [g.n, g.o, g.ho, g.wo] {
+        candle_core::bail!("conv2d backward: gradient shape does not match the forward");
+    }
+    Ok(())
+}
+
 /// dL/dx from dL/dy and the weight: per image, col2im(W^T g).
 struct ConvInputGrad {
     stride: usize,
@@ -563,6 +594,21 @@ impl CustomOp2 for ConvInputGrad {
         }
         let dx = conv_input_grad(gr, w, &g, self.scale.as_deref().map(|v| v.as_slice()));
         Ok((CpuStorage::F32(dx), self.x_shape.clone()))
+    }
+
+    /// cuDNN's backward-data.
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let g = geometry(&self.x_shape, l2.shape(), self.stride, self.pad)?;
+        cudnn_backward_fits(self.scale.as_ref(), l1, &g)?;
+        let dx = super::cudnn::input_grad(&g, (s1, l1), (s2, l2))?;
+        Ok((dx, self.x_shape.clone()))
     }
 }
 
@@ -704,6 +750,21 @@ impl CustomOp2 for ConvWeightGrad {
         let dw = conv_weight_grad(x, gr, &g, scale);
         Ok((CpuStorage::F32(dw), self.w_shape.clone()))
     }
+
+    /// cuDNN's backward-filter.
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let g = geometry(l1.shape(), &self.w_shape, self.stride, self.pad)?;
+        cudnn_backward_fits(self.scale.as_ref(), l2, &g)?;
+        let dw = super::cudnn::weight_grad(&g, (s1, l1), (s2, l2))?;
+        Ok((dw, self.w_shape.clone()))
+    }
 }
 
 /// The weight gradient `[o, c, k, k]` of the convolution of `x` in geometry `g` from the
@@ -759,17 +820,18 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Res
 }
 
 /// `act(conv2d(x, weight) * scale[o] + shift[o] + residual)`: a convolution followed by a
-/// folded eval-mode BatchNorm (`scale`, `shift`: constants, one per output channel), an
+/// folded eval-mode BatchNorm (`scale`, `shift`: `[O]` constants on the input's device), an
 /// optional residual (differentiable) and an optional ReLU, in one pass over the output and,
 /// backward, one pass for the ReLU mask (the scale folds into the gradient gather). The
 /// gradients of `x`, `weight` and `residual` are computed when they are tracked.
-/// Off the CPU, candle ops.
+/// On CUDA with the `cudnn` feature, the convolution is cuDNN's (with the same rule for the
+/// gradients) and the rest candle ops; elsewhere candle ops.
 pub fn conv2d_fused(
     x: &Tensor,
     weight: &Tensor,
     stride: usize,
     padding: usize,
-    bn: Option<(&[f32], &[f32])>,
+    bn: Option<(&Tensor, &Tensor)>,
     residual: Option<&Tensor>,
     relu: bool,
 ) -> Result<Tensor> {
@@ -779,12 +841,17 @@ pub fn conv2d_fused(
     let mut all = vec![x, weight];
     all.extend(residual);
     if super::on_cpu_f32(&all) {
+        let host = |t: &Tensor| -> Result<Arc<Vec<f32>>> {
+            Ok(Arc::new(
+                t.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?,
+            ))
+        };
         let op = Conv2d {
             stride,
             pad: padding,
             epi: Epilogue {
-                scale: bn.map(|b| Arc::new(b.0.to_vec())),
-                shift: bn.map(|b| Arc::new(b.1.to_vec())),
+                scale: bn.map(|b| host(b.0)).transpose()?,
+                shift: bn.map(|b| host(b.1)).transpose()?,
                 relu,
             },
         };
@@ -794,11 +861,20 @@ pub fn conv2d_fused(
             Some(r) => x.apply_op3(&w, &r.contiguous()?, op),
         }
     } else {
-        let mut y = x.conv2d(weight, padding, stride, 1, 1)?;
+        let mut y = if on_cuda_f32(&[x, weight]) {
+            let op = Conv2d {
+                stride,
+                pad: padding,
+                epi: Epilogue::default(),
+            };
+            x.contiguous()?.apply_op2(&weight.contiguous()?, op)?
+        } else {
+            x.conv2d(weight, padding, stride, 1, 1)?
+        };
         if let Some((scale, shift)) = bn {
-            let o = scale.len();
-            let s = Tensor::from_slice(scale, (1, o, 1, 1), x.device())?.to_dtype(y.dtype())?;
-            let b = Tensor::from_slice(shift, (1, o, 1, 1), x.device())?.to_dtype(y.dtype())?;
+            let o = scale.elem_count();
+            let s = scale.reshape((1, o, 1, 1))?.to_dtype(y.dtype())?;
+            let b = shift.reshape((1, o, 1, 1))?.to_dtype(y.dtype())?;
             y = y.broadcast_mul(&s)?.broadcast_add(&b)?;
         }
         if let Some(r) = residual {
@@ -809,6 +885,25 @@ pub fn conv2d_fused(
         }
         Ok(y)
     }
+}
+
+static CUDNN_OP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns robustlens's cuDNN convolution op on or off for the process (on by default in a
+/// `cudnn` build; off, CUDA convolutions run candle's `conv2d` and its backward, which
+/// computes both gradients always). A diagnostic switch: `ROBUSTLENS_CUDNN=0`.
+pub fn set_cudnn(enabled: bool) {
+    CUDNN_OP.store(enabled, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the cuDNN convolution runs: a build with the `cudnn` feature, the op on (see
+/// [`set_cudnn`]), and f32 tensors on a CUDA device.
+fn on_cuda_f32(ts: &[&Tensor]) -> bool {
+    cfg!(feature = "cudnn")
+        && CUDNN_OP.load(std::sync::atomic::Ordering::Relaxed)
+        && ts
+            .iter()
+            .all(|t| t.device().is_cuda() && t.dtype() == candle_core::DType::F32)
 }
 
 #[cfg(test)]
@@ -847,6 +942,53 @@ mod tests {
     }
 
     #[test]
+    fn candle_strided_backward_against_ours_square_and_not() {
+        // What candle 0.11's own CPU conv2d backward does for ResNet's strided layers (the
+        // fallback off the CPU custom ops): compared with this op at square sizes and at a
+        // non-square size whose stride remainders differ per axis (32 x 33).
+        let mut report = Vec::new();
+        let cases = [
+            (32, 32, 3, 2, 1),
+            (9, 9, 3, 2, 1),
+            (10, 10, 3, 2, 1),
+            (9, 9, 1, 2, 0),
+            (22, 22, 7, 2, 3),
+            (64, 64, 7, 2, 3),
+            (32, 33, 3, 2, 1),
+            (33, 32, 3, 2, 1),
+        ];
+        for (h, w, k, s, p) in cases {
+            let x = Var::from_tensor(&rand(&[1, 3, h, w], 31)).unwrap();
+            let wt = Var::from_tensor(&rand(&[4, 3, k, k], 32)).unwrap();
+            let theirs = x.as_tensor().conv2d(wt.as_tensor(), p, s, 1, 1).unwrap();
+            let ours = conv2d(x.as_tensor(), wt.as_tensor(), s, p).unwrap();
+            let probe = rand(ours.dims(), 33);
+            let g1 = probe_grads(ours, &probe);
+            let ok = x
+                .as_tensor()
+                .conv2d(wt.as_tensor(), p, s, 1, 1)
+                .and_then(|t| (t * &probe)?.sum_all()?.backward())
+                .ok()
+                .and_then(|g2| g2.get(x.as_tensor()).cloned())
+                .is_some_and(|gx| {
+                    gx.dims() == x.dims() && max_rel(&gx, g1.get(x.as_tensor()).unwrap()) < 1e-5
+                });
+            assert_eq!(
+                theirs.dims()[2..],
+                [conv_out(h, k, s, p), conv_out(w, k, s, p)]
+            );
+            report.push(((h, w), ok));
+        }
+        // square, either remainder: correct (its out_padding is the stride remainder, the
+        // same on both axes); remainders that differ per axis: wrong
+        assert_eq!(
+            report,
+            cases.map(|(h, w, ..)| ((h, w), h == w)),
+            "candle's strided conv2d backward"
+        );
+    }
+
+    #[test]
     fn flipped_kernel_is_the_definition() {
         // block edges inside and past both dimensions (16), with and without a scale
         for (o, c, kk) in [(1, 1, 9), (20, 37, 9), (16, 16, 1), (33, 5, 49)] {
@@ -867,10 +1009,10 @@ mod tests {
     #[test]
     fn matches_candle_forward_and_backward() {
         // the ResNet-18 shapes: 7x7/2 pad 3, 3x3/1 pad 1, 3x3/2 pad 1, 1x1/2 pad 0; batches
-        // of 1 (parallel matrix products) and 5 (parallel images). Sizes where the strided
-        // window ends on the last row: candle's own backward fails on the others (its
-        // transposed convolution comes out one pixel short), which the finite-difference test
-        // below covers. Once per instruction set: their routings differ.
+        // of 1 (parallel matrix products) and 5 (parallel images). Square inputs: candle's own
+        // backward is right for those and wrong where the stride remainders differ per axis
+        // (`candle_strided_backward_against_ours_square_and_not`); the finite-difference test
+        // below covers every shape. Once per instruction set: their routings differ.
         let shapes = [
             (1, 3, 21, 8, 7, 2, 3),
             (5, 4, 9, 6, 3, 1, 1),
@@ -960,7 +1102,10 @@ mod tests {
                     w.as_tensor().detach()
                 };
                 let bn = (scale.as_slice(), shift.as_slice());
-                let ours = conv2d_fused(x.as_tensor(), &wt, s, p, Some(bn), rr, relu).unwrap();
+                let st = Tensor::new(bn.0, &Device::Cpu).unwrap();
+                let sh = Tensor::new(bn.1, &Device::Cpu).unwrap();
+                let ours =
+                    conv2d_fused(x.as_tensor(), &wt, s, p, Some((&st, &sh)), rr, relu).unwrap();
                 let theirs = composed(x.as_tensor(), &wt, s, p, bn, rr, relu);
                 let case = format!("{n} {c} {h} {o} {k} {s} {p} res={res} relu={relu}");
                 assert!(max_rel(&ours, &theirs) < 1e-5, "forward {case}");

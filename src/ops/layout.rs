@@ -86,7 +86,7 @@ pub(super) fn use_avx512() -> bool {
     false
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) struct Geometry {
     pub(super) n: usize,
     pub(super) c: usize,

@@ -4,6 +4,8 @@ pub mod act;
 pub mod batchnorm;
 pub mod block;
 pub mod conv;
+#[cfg(feature = "cudnn")]
+mod cudnn;
 mod denormals;
 pub mod depthwise;
 mod direct;
@@ -15,7 +17,7 @@ mod testing;
 mod winograd;
 
 pub use act::{add_relu, relu};
-pub use conv::{conv2d, conv2d_fused};
+pub use conv::{conv2d, conv2d_fused, set_cudnn};
 pub use denormals::flush_denormals;
 pub use depthwise::depthwise_conv2d;
 pub use direct::set_direct_conv;

@@ -136,6 +136,14 @@ pub struct Cli {
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// CUDA: allow TF32 in f32 convolutions and matrix products (faster on Ampere and
+    /// newer, about 1e-3 relative error). Off by default; no effect on the CPU.
+    #[arg(long, global = true, env = "ROBUSTLENS_TF32")]
+    pub tf32: bool,
+    /// CUDA: only deterministic cuDNN algorithms, so that a run repeats bit for bit on one
+    /// GPU (may be slower). CPU runs are always deterministic.
+    #[arg(long, global = true, env = "ROBUSTLENS_DETERMINISTIC")]
+    pub deterministic: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -181,6 +189,10 @@ pub enum Command {
     /// Images per second of eval, train, input-grad, pgd7 and IG (compare with
     /// bench/torch_reference.py).
     Bench(BenchArgs),
+    /// The same model on a device (GPU) and on the CPU: logits, input gradients, a PGD-7
+    /// attack, one training step's gradients and statistics, as JSON lines; fails when a
+    /// relative difference exceeds --tolerance.
+    DeviceCheck(DeviceCheckArgs),
     /// The cascading model-randomisation sanity check (Adebayo et al. 2018) for a run.
     Sanity(Box<SanityArgs>),
     /// PGD adversarial examples of images: PNG files and (with --raw-out) float32 NPY.
@@ -811,6 +823,40 @@ pub struct BenchArgs {
     pub device: DeviceArg,
 }
 
+#[derive(Args)]
+pub struct DeviceCheckArgs {
+    /// Architecture (random weights, the same on both sides).
+    #[arg(long, default_value = "resnet18", value_parser = arch_parser())]
+    pub arch: Arch,
+    /// Image size, N x N.
+    #[arg(long, default_value_t = 64)]
+    pub image_size: usize,
+    /// Images per batch (at least 2).
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    /// The largest relative difference (max |device - cpu| / max |cpu|) that passes.
+    #[arg(long, default_value_t = 1e-4)]
+    pub tolerance: f64,
+    /// Seed of the weights and images.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub device: DeviceArg,
+}
+
+impl DeviceCheckArgs {
+    pub fn options(&self) -> robustlens::commands::device_check::DeviceCheckOptions {
+        robustlens::commands::device_check::DeviceCheckOptions {
+            arch: self.arch,
+            device: self.device.device,
+            image_size: self.image_size,
+            batch_size: self.batch_size,
+            tolerance: self.tolerance,
+            seed: self.seed,
+        }
+    }
+}
+
 impl BenchArgs {
     pub fn options(&self) -> BenchOptions {
         BenchOptions {
@@ -1420,5 +1466,16 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("unknown device `tpu`"), "{e}");
+    }
+
+    /// --tf32 and --deterministic go before or after the command, off unless given.
+    #[test]
+    fn gpu_flags_are_global_and_off_by_default() {
+        let c = Cli::try_parse_from(["robustlens", "bench"]).unwrap();
+        assert!(!c.tf32 && !c.deterministic);
+        let c = Cli::try_parse_from(["robustlens", "--tf32", "device-check", "--deterministic"])
+            .unwrap();
+        assert!(c.tf32 && c.deterministic);
+        assert!(matches!(c.command, Command::DeviceCheck(_)));
     }
 }

@@ -242,6 +242,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Status(a) => grid::status(&a),
         Command::Sanity(a) => sanity(&a),
         Command::Bench(a) => Ok(cmd::bench::run(&a.options()).map(|_| ())?),
+        Command::DeviceCheck(a) => Ok(cmd::device_check::run(&a.options()).map(|_| ())?),
         Command::Report(a) => report(&a),
         Command::Completions { shell } => {
             clap_complete::generate(
@@ -253,23 +254,6 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
-}
-
-fn init_logging(verbose: u8) {
-    use tracing_subscriber::EnvFilter;
-    let default = match verbose {
-        0 => "warn,robustlens=info",
-        1 => "info",
-        _ => "debug",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .without_time()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
 }
 
 fn main() {
@@ -288,7 +272,7 @@ fn main() {
             std::process::exit(code);
         }
     };
-    init_logging(cli.verbose);
+    process::init(cli.verbose, cli.tf32, cli.deterministic);
     if let Err(e) = run(cli) {
         let (msg, code) = errors::report(&e);
         eprintln!("Error: {msg}");

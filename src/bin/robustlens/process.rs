@@ -45,6 +45,10 @@ fn instruction_sets() {
     if let Ok(v) = std::env::var("ROBUSTLENS_AVX512") {
         robustlens::ops::set_avx512(v.trim() != "0");
     }
+    // a diagnostic switch of `cudnn` builds: candle's CUDA convolution instead of the op
+    if let Ok(v) = std::env::var("ROBUSTLENS_CUDNN") {
+        robustlens::ops::set_cudnn(v.trim() != "0");
+    }
 }
 
 /// All of the above, subnormal floats flushed to zero (`robustlens::ops::flush_denormals`: a
@@ -61,4 +65,25 @@ pub fn tune() {
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
+}
+
+/// Logging to standard error (`-v`, `-vv`, `RUST_LOG`) and the GPU settings of the global
+/// flags `--tf32` and `--deterministic`.
+pub fn init(verbose: u8, tf32: bool, deterministic: bool) {
+    use tracing_subscriber::EnvFilter;
+    robustlens::device::set_tf32(tf32);
+    robustlens::device::set_deterministic(deterministic);
+    let default = match verbose {
+        0 => "warn,robustlens=info",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
 }
