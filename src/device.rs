@@ -113,7 +113,7 @@ static DETERMINISTIC: AtomicBool = AtomicBool::new(false);
 
 /// Allows TF32 (10-bit mantissa products, f32 sums) in the f32 convolutions and matrix
 /// products on CUDA: cuDNN's default math and cuBLAS's `CUBLAS_COMPUTE_32F_FAST_TF32`. Off by
-/// default, so GPU results match the CPU's to about 1e-6 (PyTorch's
+/// default, so GPU arithmetic is plain f32 as the CPU's (PyTorch's
 /// `torch.backends.cudnn.allow_tf32 = False` and `torch.backends.cuda.matmul.allow_tf32 =
 /// False`). No effect on the CPU.
 pub fn set_tf32(on: bool) {

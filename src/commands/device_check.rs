@@ -111,6 +111,13 @@ pub fn run(o: &DeviceCheckOptions) -> Result<Vec<Check>> {
         ));
     }
     let device = o.device.open()?;
+    if device.is_cpu() {
+        tracing::warn!(
+            "device-check: the device is the CPU ({} in a build or on a machine without a GPU), \
+             so the CPU is compared with itself",
+            o.device
+        );
+    }
     let cpu = Device::Cpu;
     let (b, s) = (o.batch_size, o.image_size);
     let cpu_model = crate::model::build(o.arch, 3, o.seed, &cpu)?;

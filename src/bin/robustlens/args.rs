@@ -840,19 +840,21 @@ pub struct DeviceCheckArgs {
     /// Seed of the weights and images.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[command(flatten)]
-    pub device: DeviceArg,
+    /// The device compared with the CPU: auto (CUDA if built and present, else Metal, else
+    /// the CPU itself), cuda[:N], metal[:N] or cpu.
+    #[arg(long, default_value = "auto", value_parser = device_parser())]
+    pub device: DeviceSpec,
 }
 
 impl DeviceCheckArgs {
     pub fn options(&self) -> robustlens::commands::device_check::DeviceCheckOptions {
         robustlens::commands::device_check::DeviceCheckOptions {
             arch: self.arch,
-            device: self.device.device,
             image_size: self.image_size,
             batch_size: self.batch_size,
             tolerance: self.tolerance,
             seed: self.seed,
+            device: self.device,
         }
     }
 }
