@@ -7,7 +7,7 @@
 use super::{target_logits, Attribution};
 use crate::model::Classifier;
 use crate::{Error, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 /// Occlusion with square windows.
 #[derive(Debug, Clone)]
@@ -68,7 +68,6 @@ impl Attribution for Occlusion {
             .flat_map(|&x0| ys.iter().map(move |&y0| (y0, x0)))
             .collect();
         let base_logits = target_logits(model, x, targets, self.perturbations_per_eval)?;
-        let src: Vec<f32> = x.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
         let plane = h * w;
         let mut total = vec![0f32; n * plane];
         let mut count = vec![0f32; plane];
@@ -79,22 +78,25 @@ impl Attribution for Occlusion {
                 }
             }
         }
-        for i in 0..n {
-            let img = &src[i * c * plane..(i + 1) * c * plane];
-            for chunk in windows.chunks(self.perturbations_per_eval.max(1)) {
-                let mut batch = Vec::with_capacity(chunk.len() * c * plane);
-                for &(y0, x0) in chunk {
-                    let mut v = img.to_vec();
-                    for ch in 0..c {
-                        for y in y0..(y0 + self.window).min(h) {
-                            for xx in x0..(x0 + self.window).min(w) {
-                                v[ch * plane + y * w + xx] = self.baseline;
-                            }
-                        }
-                    }
-                    batch.extend(v);
+        // The occluded images are made where the images are (no copy to the host and back on
+        // a GPU): per chunk of windows one mask `[k, 1, h, w]` (1 inside the window), shared by
+        // every image, selecting the baseline value or the image's own, bit for bit.
+        let fill = Tensor::new(self.baseline, x.device())?.to_dtype(x.dtype())?;
+        for chunk in windows.chunks(self.perturbations_per_eval.max(1)) {
+            let mut mask = vec![0u8; chunk.len() * plane];
+            for (j, &(y0, x0)) in chunk.iter().enumerate() {
+                for y in y0..(y0 + self.window).min(h) {
+                    let row = j * plane + y * w;
+                    mask[row + x0..row + (x0 + self.window).min(w)].fill(1);
                 }
-                let bt = Tensor::from_vec(batch, (chunk.len(), c, h, w), x.device())?;
+            }
+            let shape = (chunk.len(), c, h, w);
+            let mask =
+                Tensor::from_vec(mask, (chunk.len(), 1, h, w), x.device())?.broadcast_as(shape)?;
+            let fill = fill.broadcast_as(shape)?;
+            for i in 0..n {
+                let img = x.narrow(0, i, 1)?.broadcast_as(shape)?;
+                let bt = mask.where_cond(&fill, &img)?;
                 let tg = vec![targets[i]; chunk.len()];
                 let out = target_logits(model, &bt, &tg, chunk.len())?;
                 for (&(y0, x0), o) in chunk.iter().zip(out) {
