@@ -247,8 +247,9 @@ impl Pgd {
                 .get(xv.as_tensor())
                 .ok_or_else(|| Error::internal("no input gradient in PGD"))?
                 .clone();
-            let lv: Vec<f32> = losses.detach().to_vec1()?;
             if self.use_best {
+                // read on the host only here (on a GPU, a synchronisation per step)
+                let lv: Vec<f32> = losses.detach().to_vec1()?;
                 best = Some(replace_best(best, &x, &lv, sign)?);
             }
             let stepped = match self.norm {
