@@ -299,22 +299,36 @@ pub fn cross_entropy_per_example(logits: &Tensor, labels: &[usize]) -> Result<Te
 /// maxnorm / (norm + 1e-7).
 pub fn renorm_l2(t: &Tensor, maxnorm: f32) -> Result<Tensor> {
     let n = t.dim(0)?;
-    let norms: Vec<f32> = t.flatten_from(1)?.sqr()?.sum(1)?.sqrt()?.to_vec1()?;
-    let factors: Vec<f32> = norms
-        .iter()
-        .map(|&nm| {
-            if nm > maxnorm {
-                maxnorm / (nm + 1e-7)
-            } else {
-                1.0
-            }
-        })
-        .collect();
-    let f = Tensor::from_vec(factors, n, t.device())?;
+    let norms = t.flatten_from(1)?.sqr()?.sum(1)?.sqrt()?;
+    let f = if t.device().is_cpu() {
+        let factors: Vec<f32> = norms
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|&nm| {
+                if nm > maxnorm {
+                    maxnorm / (nm + 1e-7)
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        Tensor::from_vec(factors, n, t.device())?
+    } else {
+        renorm_factors(&norms, maxnorm)?
+    };
     let shape: Vec<usize> = std::iter::once(n)
         .chain(std::iter::repeat_n(1, t.rank() - 1))
         .collect();
     Ok(t.broadcast_mul(&f.reshape(shape)?)?)
+}
+
+/// [`renorm_l2`]'s factors from the row norms with tensor ops, where the rows are (on a GPU:
+/// no synchronisation per attack step); to rounding, the CPU's.
+fn renorm_factors(norms: &Tensor, maxnorm: f32) -> Result<Tensor> {
+    let scaled = ((norms.clone() + 1e-7)?.recip()? * maxnorm as f64)?;
+    Ok(norms
+        .gt(maxnorm as f64)?
+        .where_cond(&scaled, &norms.ones_like()?)?)
 }
 
 fn replace_best(
@@ -351,4 +365,34 @@ fn select_rows(take_a: &[bool], a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let m = Tensor::from_vec(m, shape, a.device())?;
     let inv = (1.0 - &m)?;
     Ok((a.broadcast_mul(&m)? + b.broadcast_mul(&inv)?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn device_renorm_factors_are_the_host_ones() {
+        // below, at and above the bound; what a GPU computes, run here on the CPU
+        let maxnorm = 1.5f32;
+        let norms = [0.2f32, 1.5, 1.5000001, 2.0, 37.25, 0.0];
+        let host: Vec<f32> = norms
+            .iter()
+            .map(|&nm| {
+                if nm > maxnorm {
+                    maxnorm / (nm + 1e-7)
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        let t = Tensor::new(&norms, &Device::Cpu).unwrap();
+        let dev: Vec<f32> = renorm_factors(&t, maxnorm).unwrap().to_vec1().unwrap();
+        for (a, b) in dev.iter().zip(&host) {
+            assert!((a - b).abs() <= 2.0 * f32::EPSILON * b.abs(), "{a} vs {b}");
+        }
+        assert_eq!(dev[0], 1.0);
+        assert_eq!(dev[1], 1.0);
+    }
 }
