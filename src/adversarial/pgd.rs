@@ -237,7 +237,7 @@ impl Pgd {
         } else {
             x0.clone()
         };
-        let mut best: Option<(Tensor, Vec<f32>)> = None;
+        let mut best: Option<(Tensor, Tensor)> = None;
         for _ in 0..self.steps {
             let xv = Var::from_tensor(&x)?;
             let logits = model.logits(xv.as_tensor())?;
@@ -248,9 +248,7 @@ impl Pgd {
                 .ok_or_else(|| Error::internal("no input gradient in PGD"))?
                 .clone();
             if self.use_best {
-                // read on the host only here (on a GPU, a synchronisation per step)
-                let lv: Vec<f32> = losses.detach().to_vec1()?;
-                best = Some(replace_best(best, &x, &lv, sign)?);
+                best = Some(replace_best(best, &x, &losses.detach(), sign)?);
             }
             let stepped = match self.norm {
                 Norm::L2 => {
@@ -277,12 +275,13 @@ impl Pgd {
             return Ok((x, Vec::new()));
         }
         let logits = model.logits(&x)?.detach();
-        let lv: Vec<f32> = cross_entropy_per_example(&logits, goal)?.to_vec1()?;
+        let lv = cross_entropy_per_example(&logits, goal)?;
+        // the losses come to the host once per run, at the end
         if self.use_best {
             let (bx, bl) = replace_best(best, &x, &lv, sign)?;
-            Ok((bx, bl))
+            Ok((bx, bl.to_vec1()?))
         } else {
-            Ok((x, lv))
+            Ok((x, lv.to_vec1()?))
         }
     }
 }
@@ -331,26 +330,28 @@ fn renorm_factors(norms: &Tensor, maxnorm: f32) -> Result<Tensor> {
         .where_cond(&scaled, &norms.ones_like()?)?)
 }
 
+/// `use_best`'s step: per example, the iterate `x` with its `losses` `[n]` where it beats the
+/// kept one (`sign * kept < sign * loss`, `sign` = -1 for targeted attacks), else the kept one.
+/// Tensor ops where the images are (on a GPU, no synchronisation per step); the selection
+/// copies values, so the result is the same on every device.
 fn replace_best(
-    best: Option<(Tensor, Vec<f32>)>,
+    best: Option<(Tensor, Tensor)>,
     x: &Tensor,
-    losses: &[f32],
+    losses: &Tensor,
     sign: f32,
-) -> Result<(Tensor, Vec<f32>)> {
+) -> Result<(Tensor, Tensor)> {
     match best {
-        None => Ok((x.clone(), losses.to_vec())),
-        Some((bx, mut bl)) => {
-            let replace: Vec<bool> = bl
-                .iter()
-                .zip(losses)
-                .map(|(b, l)| sign * b < sign * l)
+        None => Ok((x.clone(), losses.clone())),
+        Some((bx, bl)) => {
+            let take = (losses * sign as f64)?.gt(&(&bl * sign as f64)?)?;
+            let rows: Vec<usize> = std::iter::once(x.dim(0)?)
+                .chain(std::iter::repeat_n(1, x.rank() - 1))
                 .collect();
-            for (i, r) in replace.iter().enumerate() {
-                if *r {
-                    bl[i] = losses[i];
-                }
-            }
-            Ok((select_rows(&replace, x, &bx)?, bl))
+            let bx = take
+                .reshape(rows)?
+                .broadcast_as(x.shape())?
+                .where_cond(x, &bx)?;
+            Ok((bx, take.where_cond(losses, &bl)?))
         }
     }
 }
