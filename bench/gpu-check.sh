@@ -34,8 +34,9 @@ PARITY=${PARITY:-64:8 224:4}
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 
-# The run-time libraries (CUDA 13 runtime, cuBLAS, cuRAND, NVRTC, cuDNN 9) from PyTorch's pip
-# packages: nvidia/cu13/lib and nvidia/cudnn/lib.
+# The run-time libraries (CUDA 13 runtime, cuBLAS, cuDNN 9; cuRAND where installed) from
+# PyTorch's pip packages: nvidia/cu13/lib and nvidia/cudnn/lib. PyTorch has no cuRAND: the
+# carried copy is unpacked below where no other is found.
 LIBS=$("$PY" - <<'EOF' 2>/dev/null
 import os
 import nvidia
