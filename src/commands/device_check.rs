@@ -1,8 +1,8 @@
 //! `robustlens device-check`: one model on a device against the same model on the CPU, on the
 //! computations training and saliency rest on: eval-mode logits, input gradients (eval mode,
 //! detached weights, folded BatchNorms), one training step's weight gradients and updated
-//! BatchNorm statistics, and a PGD-7 attack. Prints one JSON object per check (`bench/gpu-check.sh`
-//! runs it on a GPU machine).
+//! BatchNorm statistics, and a PGD-7 attack. Prints one JSON object per check
+//! (`bench/gpu-check.sh` runs it on a GPU machine).
 //!
 //! The difference is measured as `max |device - cpu| / max |cpu|` per tensor (the largest
 //! over a model's parameters for the weight gradients). The attack starts at the images
