@@ -134,6 +134,14 @@ bench:
     {{bin}} data bench --image-size 224 --per-class 100
     {{bin}} data bench --image-size 64 --per-class 200
 
+# The CUDA build, no GPU needed: target/cuda/ and a device run's carry target/cuda-carry/
+build-cuda *args:
+    tools/build-cuda.sh {{args}}
+
+# On a GPU machine, after build-cuda: parity with the CPU and speed against PyTorch (JSON lines)
+gpu-check:
+    bench/gpu-check.sh
+
 # Format, lint and test, as before a commit
 ci:
     cargo fmt --check
