@@ -201,7 +201,9 @@ impl Pgd {
                             prev_loss[i] = losses[i];
                         }
                     }
-                    (select_rows(&replace, &adv, &prev)?, prev_loss)
+                    let take: Vec<u8> = replace.iter().map(|&r| r as u8).collect();
+                    let take = Tensor::from_vec(take, n, adv.device())?;
+                    (select_rows(&take, &adv, &prev)?, prev_loss)
                 }
             });
         }
@@ -303,22 +305,29 @@ pub fn renorm_l2(t: &Tensor, maxnorm: f32) -> Result<Tensor> {
         let factors: Vec<f32> = norms
             .to_vec1::<f32>()?
             .iter()
-            .map(|&nm| {
-                if nm > maxnorm {
-                    maxnorm / (nm + 1e-7)
-                } else {
-                    1.0
-                }
-            })
+            .map(|&nm| renorm_factor(nm, maxnorm))
             .collect();
         Tensor::from_vec(factors, n, t.device())?
     } else {
         renorm_factors(&norms, maxnorm)?
     };
-    let shape: Vec<usize> = std::iter::once(n)
+    Ok(t.broadcast_mul(&f.reshape(row_shape(t)?)?)?)
+}
+
+/// [`renorm_l2`]'s factor for a row of L2 norm `norm`, on the host.
+fn renorm_factor(norm: f32, maxnorm: f32) -> f32 {
+    if norm > maxnorm {
+        maxnorm / (norm + 1e-7)
+    } else {
+        1.0
+    }
+}
+
+/// `[n, 1, ..., 1]` for `t` of shape `[n, ...]`: one value per row, broadcast along it.
+fn row_shape(t: &Tensor) -> Result<Vec<usize>> {
+    Ok(std::iter::once(t.dim(0)?)
         .chain(std::iter::repeat_n(1, t.rank() - 1))
-        .collect();
-    Ok(t.broadcast_mul(&f.reshape(shape)?)?)
+        .collect())
 }
 
 /// [`renorm_l2`]'s factors from the row norms with tensor ops, where the rows are (on a GPU:
@@ -344,28 +353,18 @@ fn replace_best(
         None => Ok((x.clone(), losses.clone())),
         Some((bx, bl)) => {
             let take = (losses * sign as f64)?.gt(&(&bl * sign as f64)?)?;
-            let rows: Vec<usize> = std::iter::once(x.dim(0)?)
-                .chain(std::iter::repeat_n(1, x.rank() - 1))
-                .collect();
-            let bx = take
-                .reshape(rows)?
-                .broadcast_as(x.shape())?
-                .where_cond(x, &bx)?;
-            Ok((bx, take.where_cond(losses, &bl)?))
+            Ok((select_rows(&take, x, &bx)?, take.where_cond(losses, &bl)?))
         }
     }
 }
 
-/// Row i from `a` where `take_a[i]`, else from `b`.
-fn select_rows(take_a: &[bool], a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let n = take_a.len();
-    let m: Vec<f32> = take_a.iter().map(|&t| if t { 1.0 } else { 0.0 }).collect();
-    let shape: Vec<usize> = std::iter::once(n)
-        .chain(std::iter::repeat_n(1, a.rank() - 1))
-        .collect();
-    let m = Tensor::from_vec(m, shape, a.device())?;
-    let inv = (1.0 - &m)?;
-    Ok((a.broadcast_mul(&m)? + b.broadcast_mul(&inv)?)?)
+/// Row i from `a` where `take[i]` (a `u8` tensor `[n]`) is not 0, else from `b`: values
+/// copied, on the rows' device.
+fn select_rows(take: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Ok(take
+        .reshape(row_shape(a)?)?
+        .broadcast_as(a.shape())?
+        .where_cond(a, b)?)
 }
 
 #[cfg(test)]
@@ -378,16 +377,7 @@ mod tests {
         // below, at and above the bound; what a GPU computes, run here on the CPU
         let maxnorm = 1.5f32;
         let norms = [0.2f32, 1.5, 1.5000001, 2.0, 37.25, 0.0];
-        let host: Vec<f32> = norms
-            .iter()
-            .map(|&nm| {
-                if nm > maxnorm {
-                    maxnorm / (nm + 1e-7)
-                } else {
-                    1.0
-                }
-            })
-            .collect();
+        let host: Vec<f32> = norms.iter().map(|&nm| renorm_factor(nm, maxnorm)).collect();
         let t = Tensor::new(&norms, &Device::Cpu).unwrap();
         let dev: Vec<f32> = renorm_factors(&t, maxnorm).unwrap().to_vec1().unwrap();
         for (a, b) in dev.iter().zip(&host) {
