@@ -28,8 +28,8 @@
 //! same products in the same order, so the results are identical bit for bit. Measured
 //! interleaved with the AVX2 tile in one process (batch 16, 2 threads, best of 30 runs at
 //! 64 px and of 6 at 224 px): 1.20-1.34 against 1.68-1.85 ms at 64 channels, 16 px; 20.9
-//! against 25.0 ms at 56 px; 15.6 against 21.1 ms at 128 channels, 28 px. With AVX-512 the layers of 256 channels and more go to
-//! im2col and `gemm` instead ([`usable`]).
+//! against 25.0 ms at 56 px; 15.6 against 21.1 ms at 128 channels, 28 px. With AVX-512 the
+//! layers of 256 channels and more go to im2col and `gemm` instead ([`usable`]).
 //!
 //! Numerics: the transforms only add, subtract and halve, so the results differ from a
 //! direct sum by rounding (a few units in the last place of the inputs' scale), like any
