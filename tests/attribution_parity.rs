@@ -274,3 +274,55 @@ fn gradient_at_black_and_dark_images() {
         &f["saliency_tiny"],
     );
 }
+
+/// Integrated Gradients, the noise tunnel (SmoothGrad) and Occlusion run many passes with one model; the
+/// weights' derived forms (flipped, Winograd-transformed, packed) are made once per call.
+/// Made afresh for every pass instead, the attributions are the same bits.
+#[test]
+fn reused_derived_weights_change_no_bit() {
+    let m = robustlens::model::ResNet18::new_random(3, 8, &Device::Cpu).unwrap();
+    let x = Tensor::from_vec(
+        robustlens::rng::SeededRng::new(2).uniform_vec(2 * 3 * 64 * 64, 0.0, 1.0),
+        (2, 3, 64, 64),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let methods: Vec<Box<dyn Attribution>> = vec![
+        Box::new(IntegratedGradients {
+            steps: 5,
+            rule: IgRule::GaussLegendre,
+            baseline: Baseline::Black,
+            internal_batch_size: 4,
+            seed: 0,
+        }),
+        Box::new(NoiseTunnel {
+            base: Box::new(Gradient { batch: 2 }),
+            kind: SmoothKind::SmoothGrad,
+            samples: 3,
+            noise: 0.1,
+            seed: 1,
+        }),
+        Box::new(Occlusion {
+            window: 32,
+            stride: 32,
+            baseline: 0.0,
+            perturbations_per_eval: 4,
+        }),
+    ];
+    for method in &methods {
+        let run = |reuse: bool| {
+            robustlens::ops::set_weight_reuse(reuse);
+            let a = method.attribute(&m, &x, &[0, 1]).unwrap();
+            robustlens::ops::set_weight_reuse(true);
+            a.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        let (kept, fresh) = (run(true), run(false));
+        assert!(
+            kept.iter()
+                .zip(&fresh)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{}",
+            method.name()
+        );
+    }
+}

@@ -282,3 +282,48 @@ fn attack_images_equals_attack_without_the_final_forward() {
         .to_string();
     assert!(err.contains("1 labels for 2 images"), "{err}");
 }
+
+#[test]
+fn reused_derived_weights_change_no_bit_and_never_outlive_the_attack() {
+    // 64 px: the stem's direct kernel, Winograd's layers 1 and 2 and the flipped kernels of
+    // every input gradient all derive weights
+    let m = random_model(6);
+    let mut rng = SeededRng::new(3);
+    let x = Tensor::from_vec(
+        rng.uniform_vec(2 * 3 * 64 * 64, 0.0, 1.0),
+        (2, 3, 64, 64),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let attack = Pgd {
+        norm: Norm::Linf,
+        eps: 8.0 / 255.0,
+        steps: 3,
+        step_size: 2.0 / 255.0,
+        random_start: true,
+        use_best: true,
+        restarts: 1,
+    };
+    let run = |reuse: bool| {
+        robustlens::ops::set_weight_reuse(reuse);
+        let adv = attack
+            .attack(&m, &x, &[0, 2], None, &mut SeededRng::new(4))
+            .unwrap();
+        robustlens::ops::set_weight_reuse(true);
+        adv
+    };
+    let (kept, fresh) = (run(true), run(false));
+    assert_eq!(max_abs_diff(&kept.images, &fresh.images), 0.0);
+    assert_eq!(kept.losses, fresh.losses);
+    // weights changed between two attacks (as a training step does): the second attack sees
+    // them, nothing derived from the old ones is left over
+    let (name, w) = m
+        .trainable_vars(robustlens::model::GroupSet::all())
+        .into_iter()
+        .find(|(n, _)| n.contains("layer1") && n.contains("conv"))
+        .unwrap();
+    w.set(&(w.as_tensor() * 1.5).unwrap()).unwrap();
+    let (kept2, fresh2) = (run(true), run(false));
+    assert_eq!(max_abs_diff(&kept2.images, &fresh2.images), 0.0, "{name}");
+    assert_ne!(kept2.losses, kept.losses, "{name}: the change must matter");
+}

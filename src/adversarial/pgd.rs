@@ -165,50 +165,53 @@ impl Pgd {
         rng: &mut SeededRng,
         final_losses: bool,
     ) -> Result<PgdResult> {
-        self.validate()?;
-        let n = x0.dim(0)?;
-        let goal = targets.unwrap_or(labels);
-        if goal.len() != n {
-            return Err(Error::attack(format!(
-                "PGD: {} labels for {n} images",
-                goal.len()
-            )));
-        }
-        let targeted = targets.is_some();
-        let runs = self.restarts.max(1);
-        // restarts keep, per image, the losses of the run they keep
-        let want_losses = final_losses || runs > 1;
-        let mut kept: Option<(Tensor, Vec<f32>)> = None;
-        for _ in 0..runs {
-            let (adv, losses) = self.run_once(model, x0, goal, targeted, rng, want_losses)?;
-            kept = Some(match kept {
-                None => (adv, losses),
-                Some((prev, mut prev_loss)) => {
-                    // Replace where this run succeeds.
-                    let logits = model.logits(&adv)?.detach();
-                    let pred: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
-                    let replace: Vec<bool> = (0..n)
-                        .map(|i| {
-                            if targeted {
-                                pred[i] as usize == goal[i]
-                            } else {
-                                pred[i] as usize != goal[i]
+        // constant weights for the whole call: their derived forms computed once
+        crate::ops::with_frozen_weights(|| {
+            self.validate()?;
+            let n = x0.dim(0)?;
+            let goal = targets.unwrap_or(labels);
+            if goal.len() != n {
+                return Err(Error::attack(format!(
+                    "PGD: {} labels for {n} images",
+                    goal.len()
+                )));
+            }
+            let targeted = targets.is_some();
+            let runs = self.restarts.max(1);
+            // restarts keep, per image, the losses of the run they keep
+            let want_losses = final_losses || runs > 1;
+            let mut kept: Option<(Tensor, Vec<f32>)> = None;
+            for _ in 0..runs {
+                let (adv, losses) = self.run_once(model, x0, goal, targeted, rng, want_losses)?;
+                kept = Some(match kept {
+                    None => (adv, losses),
+                    Some((prev, mut prev_loss)) => {
+                        // Replace where this run succeeds.
+                        let logits = model.logits(&adv)?.detach();
+                        let pred: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
+                        let replace: Vec<bool> = (0..n)
+                            .map(|i| {
+                                if targeted {
+                                    pred[i] as usize == goal[i]
+                                } else {
+                                    pred[i] as usize != goal[i]
+                                }
+                            })
+                            .collect();
+                        for i in 0..n {
+                            if replace[i] {
+                                prev_loss[i] = losses[i];
                             }
-                        })
-                        .collect();
-                    for i in 0..n {
-                        if replace[i] {
-                            prev_loss[i] = losses[i];
                         }
+                        let take: Vec<u8> = replace.iter().map(|&r| r as u8).collect();
+                        let take = Tensor::from_vec(take, n, adv.device())?;
+                        (select_rows(&take, &adv, &prev)?, prev_loss)
                     }
-                    let take: Vec<u8> = replace.iter().map(|&r| r as u8).collect();
-                    let take = Tensor::from_vec(take, n, adv.device())?;
-                    (select_rows(&take, &adv, &prev)?, prev_loss)
-                }
-            });
-        }
-        let (images, losses) = kept.expect("at least one run");
-        Ok(PgdResult { images, losses })
+                });
+            }
+            let (images, losses) = kept.expect("at least one run");
+            Ok(PgdResult { images, losses })
+        })
     }
 
     /// One run; the losses of the returned images are measured when `final_losses` (empty

@@ -346,44 +346,47 @@ impl IntegratedGradients {
         x: &Tensor,
         targets: &[usize],
     ) -> Result<(Tensor, Vec<Convergence>)> {
-        let (n, c, h, w) = x.dims4()?;
-        let baseline = self.baseline.make(x, self.seed)?;
-        let (step_sizes, alphas) = self.rule.nodes(self.steps)?;
-        let diff = (x - &baseline)?;
-        let mut acc: Vec<Tensor> = (0..n)
-            .map(|_| Tensor::zeros((1, c, h, w), x.dtype(), x.device()))
-            .collect::<candle_core::Result<_>>()?;
-        // Group (alpha, image) pairs into chunks of internal_batch_size scaled inputs.
-        let per_chunk = self.internal_batch_size.max(1);
-        let pairs: Vec<(usize, usize)> = (0..alphas.len())
-            .flat_map(|a| (0..n).map(move |i| (a, i)))
-            .collect();
-        for chunk in pairs.chunks(per_chunk) {
-            let mut rows = Vec::with_capacity(chunk.len());
-            let mut tg = Vec::with_capacity(chunk.len());
-            for &(a, i) in chunk {
-                let b = baseline.narrow(0, i, 1)?;
-                let d = diff.narrow(0, i, 1)?;
-                rows.push((b + (d * alphas[a])?)?);
-                tg.push(targets[i]);
+        // constant weights for the whole call: their derived forms computed once
+        crate::ops::with_frozen_weights(|| {
+            let (n, c, h, w) = x.dims4()?;
+            let baseline = self.baseline.make(x, self.seed)?;
+            let (step_sizes, alphas) = self.rule.nodes(self.steps)?;
+            let diff = (x - &baseline)?;
+            let mut acc: Vec<Tensor> = (0..n)
+                .map(|_| Tensor::zeros((1, c, h, w), x.dtype(), x.device()))
+                .collect::<candle_core::Result<_>>()?;
+            // Group (alpha, image) pairs into chunks of internal_batch_size scaled inputs.
+            let per_chunk = self.internal_batch_size.max(1);
+            let pairs: Vec<(usize, usize)> = (0..alphas.len())
+                .flat_map(|a| (0..n).map(move |i| (a, i)))
+                .collect();
+            for chunk in pairs.chunks(per_chunk) {
+                let mut rows = Vec::with_capacity(chunk.len());
+                let mut tg = Vec::with_capacity(chunk.len());
+                for &(a, i) in chunk {
+                    let b = baseline.narrow(0, i, 1)?;
+                    let d = diff.narrow(0, i, 1)?;
+                    rows.push((b + (d * alphas[a])?)?);
+                    tg.push(targets[i]);
+                }
+                let scaled = Tensor::cat(&rows, 0)?;
+                let g = input_gradients(model, &scaled, &tg, per_chunk)?;
+                for (r, &(a, i)) in chunk.iter().enumerate() {
+                    acc[i] = (&acc[i] + (g.narrow(0, r, 1)? * step_sizes[a])?)?;
+                }
             }
-            let scaled = Tensor::cat(&rows, 0)?;
-            let g = input_gradients(model, &scaled, &tg, per_chunk)?;
-            for (r, &(a, i)) in chunk.iter().enumerate() {
-                acc[i] = (&acc[i] + (g.narrow(0, r, 1)? * step_sizes[a])?)?;
-            }
-        }
-        let attr = (Tensor::cat(&acc, 0)? * &diff)?;
-        let fx = target_logits(model, x, targets, per_chunk)?;
-        let fb = target_logits(model, &baseline, targets, per_chunk)?;
-        let sums: Vec<f32> = attr.flatten_from(1)?.sum(1)?.to_vec1()?;
-        let conv = (0..n)
-            .map(|i| Convergence {
-                delta: sums[i] - (fx[i] - fb[i]),
-                logit_change: fx[i] - fb[i],
-            })
-            .collect();
-        Ok((attr, conv))
+            let attr = (Tensor::cat(&acc, 0)? * &diff)?;
+            let fx = target_logits(model, x, targets, per_chunk)?;
+            let fb = target_logits(model, &baseline, targets, per_chunk)?;
+            let sums: Vec<f32> = attr.flatten_from(1)?.sum(1)?.to_vec1()?;
+            let conv = (0..n)
+                .map(|i| Convergence {
+                    delta: sums[i] - (fx[i] - fb[i]),
+                    logit_change: fx[i] - fb[i],
+                })
+                .collect();
+            Ok((attr, conv))
+        })
     }
 }
 

@@ -81,61 +81,64 @@ impl Attribution for NoiseTunnel {
     }
 
     fn attribute(&self, model: &dyn Classifier, x: &Tensor, targets: &[usize]) -> Result<Tensor> {
-        if self.samples == 0 {
-            return Err(Error::config(
-                "samples",
-                0,
-                "SmoothGrad needs at least one sample",
-            ));
-        }
-        if !(self.noise.is_finite() && self.noise >= 0.0) {
-            return Err(Error::config("noise", self.noise, "must be a number >= 0"));
-        }
-        let (n, c, h, w) = x.dims4()?;
-        let mut rng = SeededRng::new(self.seed ^ 0x5eed_5300);
-        let flat = x.flatten_from(1)?;
-        let range = (flat.max(1)? - flat.min(1)?)?;
-        // On the CPU from the seeded host generator; elsewhere drawn on the device (one
-        // standard normal per value, scaled per image), nothing copied to or from the host.
-        enum Spread {
-            /// The range of each image, on the host.
-            Host(Vec<f32>),
-            /// noise * range of each image, `[n, 1, 1, 1]` on the device.
-            Device(Tensor),
-        }
-        let spread = if x.device().is_cpu() {
-            Spread::Host(range.to_vec1()?)
-        } else {
-            Spread::Device((range * self.noise as f64)?.reshape((n, 1, 1, 1))?)
-        };
-        // Sample-major layout, as captum: [s0: img0..imgN-1, s1: ...].
-        let mut noisy = Vec::with_capacity(self.samples);
-        let mut tg = Vec::with_capacity(self.samples * n);
-        for _ in 0..self.samples {
-            let noise = match &spread {
-                Spread::Host(range) => {
-                    let mut noise = Vec::with_capacity(n * c * h * w);
-                    for r in range {
-                        noise.extend(rng.normal_vec(c * h * w, self.noise * r));
-                    }
-                    Tensor::from_vec(noise, (n, c, h, w), x.device())?
-                }
-                Spread::Device(std) => rng
-                    .normal_tensor(&Shape::from((n, c, h, w)), 1.0, x.device())?
-                    .broadcast_mul(std)?,
+        // constant weights for the whole call: their derived forms computed once
+        crate::ops::with_frozen_weights(|| {
+            if self.samples == 0 {
+                return Err(Error::config(
+                    "samples",
+                    0,
+                    "SmoothGrad needs at least one sample",
+                ));
+            }
+            if !(self.noise.is_finite() && self.noise >= 0.0) {
+                return Err(Error::config("noise", self.noise, "must be a number >= 0"));
+            }
+            let (n, c, h, w) = x.dims4()?;
+            let mut rng = SeededRng::new(self.seed ^ 0x5eed_5300);
+            let flat = x.flatten_from(1)?;
+            let range = (flat.max(1)? - flat.min(1)?)?;
+            // On the CPU from the seeded host generator; elsewhere drawn on the device (one
+            // standard normal per value, scaled per image), nothing copied to or from the host.
+            enum Spread {
+                /// The range of each image, on the host.
+                Host(Vec<f32>),
+                /// noise * range of each image, `[n, 1, 1, 1]` on the device.
+                Device(Tensor),
+            }
+            let spread = if x.device().is_cpu() {
+                Spread::Host(range.to_vec1()?)
+            } else {
+                Spread::Device((range * self.noise as f64)?.reshape((n, 1, 1, 1))?)
             };
-            noisy.push((x + noise)?);
-            tg.extend_from_slice(targets);
-        }
-        let all = Tensor::cat(&noisy, 0)?;
-        let a = self.base.attribute(model, &all, &tg)?;
-        let dims = a.dims().to_vec();
-        let a = a.reshape([vec![self.samples, n], dims[1..].to_vec()].concat())?;
-        let mean = a.mean(0)?;
-        Ok(match self.kind {
-            SmoothKind::SmoothGrad => mean,
-            SmoothKind::SmoothGradSq => a.sqr()?.mean(0)?,
-            SmoothKind::VarGrad => (a.sqr()?.mean(0)? - mean.sqr()?)?,
+            // Sample-major layout, as captum: [s0: img0..imgN-1, s1: ...].
+            let mut noisy = Vec::with_capacity(self.samples);
+            let mut tg = Vec::with_capacity(self.samples * n);
+            for _ in 0..self.samples {
+                let noise = match &spread {
+                    Spread::Host(range) => {
+                        let mut noise = Vec::with_capacity(n * c * h * w);
+                        for r in range {
+                            noise.extend(rng.normal_vec(c * h * w, self.noise * r));
+                        }
+                        Tensor::from_vec(noise, (n, c, h, w), x.device())?
+                    }
+                    Spread::Device(std) => rng
+                        .normal_tensor(&Shape::from((n, c, h, w)), 1.0, x.device())?
+                        .broadcast_mul(std)?,
+                };
+                noisy.push((x + noise)?);
+                tg.extend_from_slice(targets);
+            }
+            let all = Tensor::cat(&noisy, 0)?;
+            let a = self.base.attribute(model, &all, &tg)?;
+            let dims = a.dims().to_vec();
+            let a = a.reshape([vec![self.samples, n], dims[1..].to_vec()].concat())?;
+            let mean = a.mean(0)?;
+            Ok(match self.kind {
+                SmoothKind::SmoothGrad => mean,
+                SmoothKind::SmoothGradSq => a.sqr()?.mean(0)?,
+                SmoothKind::VarGrad => (a.sqr()?.mean(0)? - mean.sqr()?)?,
+            })
         })
     }
 }

@@ -146,56 +146,60 @@ pub fn evaluate_model(
     attack: Option<(&Pgd, u64)>,
     device: &Device,
 ) -> Result<Evaluation> {
-    let mut truth = Vec::new();
-    let mut pred = Vec::new();
-    let mut loss = 0f64;
-    let mut adv_pred = Vec::new();
-    let mut adv_loss = 0f64;
-    let pb = crate::progress::bar(
-        indices.len() as u64,
-        if attack.is_some() {
-            "robust eval"
-        } else {
-            "evaluating"
-        },
-    );
-    for (bi, chunk) in indices.chunks(batch.max(1)).enumerate() {
-        let b = make_batch(cache, labels, chunk, None, &vec![0; chunk.len()]);
-        let x = b.images(device)?;
-        let logits = model.logits(&x)?.detach();
-        let l = crate::adversarial::pgd::cross_entropy_per_example(&logits, &b.labels)?;
-        loss += l
-            .sum_all()?
-            .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()?;
-        let p: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
-        pred.extend(p.into_iter().map(|v| v as usize));
-        truth.extend_from_slice(&b.labels);
-        if let Some((pgd, seed)) = attack {
-            let mut rng = SeededRng::new(seed ^ (bi as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
-            let adv = pgd.attack(model, &x, &b.labels, None, &mut rng)?;
-            let logits = model.logits(&adv.images)?.detach();
+    // constant weights for the whole call: their derived forms computed once
+    crate::ops::with_frozen_weights(|| {
+        let mut truth = Vec::new();
+        let mut pred = Vec::new();
+        let mut loss = 0f64;
+        let mut adv_pred = Vec::new();
+        let mut adv_loss = 0f64;
+        let pb = crate::progress::bar(
+            indices.len() as u64,
+            if attack.is_some() {
+                "robust eval"
+            } else {
+                "evaluating"
+            },
+        );
+        for (bi, chunk) in indices.chunks(batch.max(1)).enumerate() {
+            let b = make_batch(cache, labels, chunk, None, &vec![0; chunk.len()]);
+            let x = b.images(device)?;
+            let logits = model.logits(&x)?.detach();
             let l = crate::adversarial::pgd::cross_entropy_per_example(&logits, &b.labels)?;
-            adv_loss += l
+            loss += l
                 .sum_all()?
                 .to_dtype(candle_core::DType::F64)?
                 .to_scalar::<f64>()?;
             let p: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
-            adv_pred.extend(p.into_iter().map(|v| v as usize));
+            pred.extend(p.into_iter().map(|v| v as usize));
+            truth.extend_from_slice(&b.labels);
+            if let Some((pgd, seed)) = attack {
+                let mut rng =
+                    SeededRng::new(seed ^ (bi as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
+                let adv = pgd.attack(model, &x, &b.labels, None, &mut rng)?;
+                let logits = model.logits(&adv.images)?.detach();
+                let l = crate::adversarial::pgd::cross_entropy_per_example(&logits, &b.labels)?;
+                adv_loss += l
+                    .sum_all()?
+                    .to_dtype(candle_core::DType::F64)?
+                    .to_scalar::<f64>()?;
+                let p: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
+                adv_pred.extend(p.into_iter().map(|v| v as usize));
+            }
+            pb.inc(chunk.len() as u64);
         }
-        pb.inc(chunk.len() as u64);
-    }
-    pb.finish_and_clear();
-    let mut e = Evaluation::from_predictions(&truth, &pred, loss, class_names);
-    if attack.is_some() {
-        e.robust = Some(Box::new(Evaluation::from_predictions(
-            &truth,
-            &adv_pred,
-            adv_loss,
-            class_names,
-        )));
-    }
-    Ok(e)
+        pb.finish_and_clear();
+        let mut e = Evaluation::from_predictions(&truth, &pred, loss, class_names);
+        if attack.is_some() {
+            e.robust = Some(Box::new(Evaluation::from_predictions(
+                &truth,
+                &adv_pred,
+                adv_loss,
+                class_names,
+            )));
+        }
+        Ok(e)
+    })
 }
 
 #[cfg(test)]

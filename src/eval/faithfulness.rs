@@ -138,60 +138,63 @@ pub fn deletion_insertion<C: Classifier + ?Sized>(
     map: &[f32],
     opts: &CurveOptions,
 ) -> Result<(Curve, Curve)> {
-    let (px, h, w) = image_pixels(x)?;
-    let hw = h * w;
-    if map.len() != hw {
-        return Err(Error::data(format!(
-            "deletion/insertion: the map has {} values for a {h}x{w} image",
-            map.len()
-        )));
-    }
-    if opts.steps == 0 {
-        return Err(Error::data("deletion/insertion: steps must be at least 1"));
-    }
-    let blurred: Vec<f32> = gaussian_blur(
-        &Tensor::from_slice(&px, (1, 3, h, w), &Device::Cpu)?,
-        opts.blur_kernel,
-        opts.blur_sigma,
-    )?
-    .flatten_all()?
-    .to_vec1()?;
-    let order = order_desc(map);
-    let per_step = hw.div_ceil(opts.steps);
-    let points = hw.div_ceil(per_step) + 1;
-    let mut del = Vec::with_capacity(points * 3 * hw);
-    let mut ins = Vec::with_capacity(points * 3 * hw);
-    let mut cur_del = px.clone();
-    let mut cur_ins = blurred;
-    let mut fractions = Vec::with_capacity(points);
-    for k in 0..points {
-        if k > 0 {
-            for &p in order.iter().skip((k - 1) * per_step).take(per_step) {
-                for c in 0..3 {
-                    cur_del[c * hw + p] = 0.0;
-                    cur_ins[c * hw + p] = px[c * hw + p];
+    // constant weights for the whole call: their derived forms computed once
+    crate::ops::with_frozen_weights(|| {
+        let (px, h, w) = image_pixels(x)?;
+        let hw = h * w;
+        if map.len() != hw {
+            return Err(Error::data(format!(
+                "deletion/insertion: the map has {} values for a {h}x{w} image",
+                map.len()
+            )));
+        }
+        if opts.steps == 0 {
+            return Err(Error::data("deletion/insertion: steps must be at least 1"));
+        }
+        let blurred: Vec<f32> = gaussian_blur(
+            &Tensor::from_slice(&px, (1, 3, h, w), &Device::Cpu)?,
+            opts.blur_kernel,
+            opts.blur_sigma,
+        )?
+        .flatten_all()?
+        .to_vec1()?;
+        let order = order_desc(map);
+        let per_step = hw.div_ceil(opts.steps);
+        let points = hw.div_ceil(per_step) + 1;
+        let mut del = Vec::with_capacity(points * 3 * hw);
+        let mut ins = Vec::with_capacity(points * 3 * hw);
+        let mut cur_del = px.clone();
+        let mut cur_ins = blurred;
+        let mut fractions = Vec::with_capacity(points);
+        for k in 0..points {
+            if k > 0 {
+                for &p in order.iter().skip((k - 1) * per_step).take(per_step) {
+                    for c in 0..3 {
+                        cur_del[c * hw + p] = 0.0;
+                        cur_ins[c * hw + p] = px[c * hw + p];
+                    }
                 }
             }
+            fractions.push(((k * per_step).min(hw)) as f64 / hw as f64);
+            del.extend_from_slice(&cur_del);
+            ins.extend_from_slice(&cur_ins);
         }
-        fractions.push(((k * per_step).min(hw)) as f64 / hw as f64);
-        del.extend_from_slice(&cur_del);
-        ins.extend_from_slice(&cur_ins);
-    }
-    let device = x.device();
-    let pd = scores(model, &del, (h, w), target, opts.batch, true, device)?;
-    let pi = scores(model, &ins, (h, w), target, opts.batch, true, device)?;
-    Ok((
-        Curve {
-            fractions: fractions.clone(),
-            auc: trapezoid_auc(&pd),
-            probs: pd,
-        },
-        Curve {
-            fractions,
-            auc: trapezoid_auc(&pi),
-            probs: pi,
-        },
-    ))
+        let device = x.device();
+        let pd = scores(model, &del, (h, w), target, opts.batch, true, device)?;
+        let pi = scores(model, &ins, (h, w), target, opts.batch, true, device)?;
+        Ok((
+            Curve {
+                fractions: fractions.clone(),
+                auc: trapezoid_auc(&pd),
+                probs: pd,
+            },
+            Curve {
+                fractions,
+                auc: trapezoid_auc(&pi),
+                probs: pi,
+            },
+        ))
+    })
 }
 
 /// Options of the faithfulness correlation (Quantus's defaults: 100 runs of 224 features).
@@ -257,44 +260,47 @@ pub fn faithfulness_correlation_with<C: Classifier + ?Sized>(
     subsets: &[Vec<usize>],
     batch: usize,
 ) -> Result<f64> {
-    let (px, h, w) = image_pixels(x)?;
-    let hw = h * w;
-    let n = px.len();
-    let attr = |i: usize| -> f64 {
-        if map.len() == n {
-            map[i] as f64
-        } else {
-            map[i % hw] as f64
-        }
-    };
-    if map.len() != n && map.len() != hw {
-        return Err(Error::data(format!(
-            "faithfulness correlation: the map has {} values for a 3x{h}x{w} image",
-            map.len()
-        )));
-    }
-    let black = px.iter().copied().fold(f32::INFINITY, f32::min);
-    let mut images = Vec::with_capacity((subsets.len() + 1) * n);
-    images.extend_from_slice(&px);
-    let mut sums = Vec::with_capacity(subsets.len());
-    for s in subsets {
-        let mut p = px.clone();
-        let mut sum = 0.0;
-        for &i in s {
-            if i >= n {
-                return Err(Error::data(format!(
-                    "faithfulness correlation: feature {i} outside the image"
-                )));
+    // constant weights for the whole call: their derived forms computed once
+    crate::ops::with_frozen_weights(|| {
+        let (px, h, w) = image_pixels(x)?;
+        let hw = h * w;
+        let n = px.len();
+        let attr = |i: usize| -> f64 {
+            if map.len() == n {
+                map[i] as f64
+            } else {
+                map[i % hw] as f64
             }
-            p[i] = black;
-            sum += attr(i);
+        };
+        if map.len() != n && map.len() != hw {
+            return Err(Error::data(format!(
+                "faithfulness correlation: the map has {} values for a 3x{h}x{w} image",
+                map.len()
+            )));
         }
-        sums.push(sum);
-        images.extend_from_slice(&p);
-    }
-    let y = scores(model, &images, (h, w), target, batch, false, x.device())?;
-    let deltas: Vec<f64> = y[1..].iter().map(|v| y[0] - v).collect();
-    Ok(super::stats::pearson(&sums, &deltas))
+        let black = px.iter().copied().fold(f32::INFINITY, f32::min);
+        let mut images = Vec::with_capacity((subsets.len() + 1) * n);
+        images.extend_from_slice(&px);
+        let mut sums = Vec::with_capacity(subsets.len());
+        for s in subsets {
+            let mut p = px.clone();
+            let mut sum = 0.0;
+            for &i in s {
+                if i >= n {
+                    return Err(Error::data(format!(
+                        "faithfulness correlation: feature {i} outside the image"
+                    )));
+                }
+                p[i] = black;
+                sum += attr(i);
+            }
+            sums.push(sum);
+            images.extend_from_slice(&p);
+        }
+        let y = scores(model, &images, (h, w), target, batch, false, x.device())?;
+        let deltas: Vec<f64> = y[1..].iter().map(|v| y[0] - v).collect();
+        Ok(super::stats::pearson(&sums, &deltas))
+    })
 }
 
 #[cfg(test)]

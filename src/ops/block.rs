@@ -40,6 +40,8 @@ struct HostConv {
 
 impl HostConv {
     fn new(f: &FoldedConv) -> Result<HostConv> {
+        // constant for the pass: inside a frozen-weights scope, derived once per scope
+        super::frozen::pin(&f.weight);
         Ok(HostConv {
             weight: f.weight.clone(),
             stride: f.stride,

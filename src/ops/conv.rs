@@ -13,9 +13,11 @@
 //! splits rows and columns, never the summed dimension, so results do not depend on
 //! scheduling.
 
+use super::frozen::Derivation;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 pub(super) use super::layout::{with_padded, with_scratch, Epilogue, Geometry, PlaneFn};
@@ -650,7 +652,12 @@ pub(super) fn conv_input_grad(
         // `gemm`'s AVX-512 products: with AVX-512 the 3x3 scatter is the slower part
         // (measured per layer with the flipped copy included: the README's "AVX-512
         // routing"; 1x1 kernels, whose scatter is a plain copy, keep the rule above).
-        let wt = flip_kernel(w, g.o, g.c, g.k * g.k, scale);
+        let kk = g.k * g.k;
+        let mut params = vec![g.o as u32, g.c as u32, kk as u32];
+        params.extend(super::frozen::scale_params(scale));
+        let wt = super::frozen::derive(Derivation::Flipped, w, &params, || {
+            flip_kernel(w, g.o, g.c, kk, scale)
+        });
         return conv_forward(gr, &wt, &flipped, &Epilogue::default(), None);
     }
     let mut dx = vec![0f32; g.n * g.plane_in()];
@@ -689,8 +696,10 @@ pub(super) fn conv_input_grad(
 /// on the wide layers: 4% of a training step at 64 px in `perf`).
 fn flip_kernel(w: &[f32], o: usize, c: usize, kk: usize, scale: Option<&[f32]>) -> Vec<f32> {
     const B: usize = 16;
-    let mut wt = vec![0f32; o * c * kk];
-    wt.par_chunks_mut(B * o * kk)
+    // every entry is written below: no zero fill first (it showed up in `perf`)
+    let mut wt: Vec<f32> = Vec::with_capacity(o * c * kk);
+    wt.spare_capacity_mut()[..o * c * kk]
+        .par_chunks_mut(B * o * kk)
         .enumerate()
         .for_each(|(cb, dst)| {
             let c0 = cb * B;
@@ -701,21 +710,25 @@ fn flip_kernel(w: &[f32], o: usize, c: usize, kk: usize, scale: Option<&[f32]>) 
                     let src = &w[(oi * c + c0) * kk..][..cn * kk];
                     for (ci, s) in src.chunks_exact(kk).enumerate() {
                         let d = &mut dst[(ci * o + oi) * kk..][..kk];
-                        if let (Ok(d), Ok(s)) =
-                            (<&mut [f32; 9]>::try_from(&mut *d), <&[f32; 9]>::try_from(s))
-                        {
+                        if let (Ok(d), Ok(s)) = (
+                            <&mut [MaybeUninit<f32>; 9]>::try_from(&mut *d),
+                            <&[f32; 9]>::try_from(s),
+                        ) {
                             // 3x3 (nearly all of them): a fixed-size reversal, no loop
                             *d = [s[8], s[7], s[6], s[5], s[4], s[3], s[2], s[1], s[0]]
-                                .map(|v| v * a);
+                                .map(|v| MaybeUninit::new(v * a));
                         } else {
                             for (d, s) in d.iter_mut().zip(s.iter().rev()) {
-                                *d = *s * a;
+                                d.write(*s * a);
                             }
                         }
                     }
                 }
             }
         });
+    // SAFETY: the chunks cover all o * c * kk entries (c blocks of B x o x kk, the last
+    // shorter), and every (ci, oi, q) of each was written above
+    unsafe { wt.set_len(o * c * kk) };
     wt
 }
 

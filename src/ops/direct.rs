@@ -36,10 +36,13 @@
 //!
 //! On a CPU with AVX-512F (unless [`super::set_avx512`] turned it off), the forward tile
 //! holds its 16 outputs per channel in one AVX-512 register instead of two AVX ones, with the
-//! same sums in the same order (identical results), and the weight gradient runs 16
-//! positions at a time (its lanes are added in another order than the AVX2 kernel's:
-//! results differ from it by rounding).
+//! same sums in the same order (identical results). The weight gradient keeps its AVX2 tile
+//! there: an AVX-512 tile of 16 positions (every input load then straddles two cache lines)
+//! measured slower, layer by layer (`layer_timings`, batch 16, 2 threads, best of 20
+//! interleaved runs): 2.96 against 2.40 ms at 64 channels, 16 px, and 33.45 against 32.60 ms
+//! at 56 px.
 
+use super::frozen::Derivation;
 use super::layout::{has_fma, use_avx512, with_padded, Epilogue, Geometry, PlaneFn};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -137,7 +140,10 @@ pub(super) fn conv_direct(
     assert!(usable(g), "direct convolution: unsupported geometry {g:?}");
     let (k, p) = (g.k, g.pad);
     let x = &x[..g.n * g.c * g.h * g.w];
-    let wpk = pack(w, g.o, g.c, k * k);
+    let params = [g.o as u32, g.c as u32, (k * k) as u32];
+    let wpk = super::frozen::derive(Derivation::DirectPack, w, &params, || {
+        pack(w, g.o, g.c, k * k)
+    });
     if g.stride == 1 {
         // rows of the padded plane are `w + p` wide: one row's right padding is the next
         // row's left padding (both zero), so only `k - 1 - p` discarded outputs per row
@@ -345,7 +351,6 @@ pub(super) fn weight_grad3x3(
         .map(|i| (i / 9) * plane + (i % 9 / 3) * wp + i % 3)
         .collect();
     let mut dw = vec![0f32; o * ct];
-    let wide = use_avx512();
     with_padded(&x[..n * c * g.h * g.w], (g.h, g.w), p, wp, plane, |xp| {
         dw.par_chunks_mut(WG_O * ct)
             .enumerate()
@@ -368,15 +373,8 @@ pub(super) fn weight_grad3x3(
                             unsafe { img.as_ptr().add(offsets[t0 + k.min(nt - 1)]) }
                         });
                         // SAFETY: rows hold `q_len` floats (a multiple of 8), each xs[k] is
-                        // readable for `q_len` floats, AVX2 and FMA are present (`usable`),
-                        // AVX-512F when `wide`.
-                        unsafe {
-                            if wide {
-                                wg_tile_avx512(&rows, &xs, q_len, &mut acc)
-                            } else {
-                                wg_tile(&rows, &xs, q_len, &mut acc)
-                            }
-                        };
+                        // readable for `q_len` floats, AVX2 and FMA are present (`usable`).
+                        unsafe { wg_tile(&rows, &xs, q_len, &mut acc) };
                         for (j, a) in acc.iter().enumerate().take(no) {
                             for (k, v) in a.iter().enumerate().take(nt) {
                                 dst[j * ct + t0 + k] += v;
@@ -428,59 +426,6 @@ unsafe fn wg_tile(
 
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn wg_tile(
-    _: &[&[f32]; WG_O],
-    _: &[*const f32; WG_T],
-    _: usize,
-    _: &mut [[f32; WG_T]; WG_O],
-) {
-    unreachable!("the direct convolution runs only on x86-64 with AVX2 and FMA")
-}
-
-/// [`wg_tile`] sixteen positions at a time (the last eight, when `len` is an odd multiple of
-/// 8, through a masked load), the sixteen lanes added in a fixed order at the end.
-///
-/// # Safety
-/// As [`wg_tile`], and the CPU has AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn wg_tile_avx512(
-    dy: &[&[f32]; WG_O],
-    x: &[*const f32; WG_T],
-    len: usize,
-    acc: &mut [[f32; WG_T]; WG_O],
-) {
-    use std::arch::x86_64::*;
-    let mut a = [[_mm512_setzero_ps(); WG_T]; WG_O];
-    let (d0, d1) = (dy[0].as_ptr(), dy[1].as_ptr());
-    let mut step = |l: usize, mask: __mmask16| {
-        let g0 = _mm512_maskz_loadu_ps(mask, d0.add(l));
-        let g1 = _mm512_maskz_loadu_ps(mask, d1.add(l));
-        for k in 0..WG_T {
-            let v = _mm512_maskz_loadu_ps(mask, x[k].add(l));
-            a[0][k] = _mm512_fmadd_ps(g0, v, a[0][k]);
-            a[1][k] = _mm512_fmadd_ps(g1, v, a[1][k]);
-        }
-    };
-    let full = len / 16 * 16;
-    for l in (0..full).step_by(16) {
-        step(l, 0xffff);
-    }
-    if full < len {
-        // the masked-off lanes read nothing (no fault past the end) and add zeros
-        step(full, 0x00ff);
-    }
-    for (dst, src) in acc.iter_mut().zip(a) {
-        for (d, v) in dst.iter_mut().zip(src) {
-            let mut l = [0f32; 16];
-            _mm512_storeu_ps(l.as_mut_ptr(), v);
-            let q: [f32; 4] = std::array::from_fn(|i| (l[i] + l[i + 8]) + (l[i + 4] + l[i + 12]));
-            *d = (q[0] + q[1]) + (q[2] + q[3]);
-        }
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn wg_tile_avx512(
     _: &[&[f32]; WG_O],
     _: &[*const f32; WG_T],
     _: usize,

@@ -35,6 +35,7 @@
 //! direct sum by rounding (a few units in the last place of the inputs' scale), like any
 //! other summation order; [`set_winograd`] turns it off.
 
+use super::frozen::Derivation;
 use super::layout::{has_fma, use_avx512, with_scratch, Epilogue, Geometry};
 use super::SendPtr;
 use rayon::prelude::*;
@@ -112,13 +113,19 @@ fn transform_weights(w: &[f32], o: usize, c: usize) -> Vec<f32> {
     u
 }
 
-/// The scratch of a band of `band_rows` tile rows `tw` tiles wide with `c` channels: tiles
-/// rounded up to register tiles (`nb`), the strides of V per ξ and of M per output channel,
-/// and the lengths of V `[16][c][nb]`, M `[6][16][nb]`, E/O `[2][tw+1]`, R `[rows][4][tw]`
-/// and Y `[4][nb]`. The strides are 16 floats (a cache line) past a multiple of the page, so
-/// that the 16 (6) streams written together do not all map to the same L1 cache set.
-fn band_scratch(c: usize, tw: usize, band_rows: usize) -> (usize, (usize, usize), [usize; 5]) {
-    let nb = (band_rows * tw).div_ceil(TB) * TB;
+/// The scratch of a band of `band_rows` tile rows `tw` tiles wide with `c` channels, in each
+/// of `imgs` images: tiles rounded up to register tiles (`nb`), the strides of V per ξ and of
+/// M per output channel, and the lengths of V `[16][c][nb]`, M `[6][16][nb]`, E/O
+/// `[2][tw+1]`, R `[rows][4][tw]` (one image's) and Y `[4][nb]`. The strides are 16 floats
+/// (a cache line) past a multiple of the page, so that the 16 (6) streams written together
+/// do not all map to the same L1 cache set.
+fn band_scratch(
+    c: usize,
+    tw: usize,
+    band_rows: usize,
+    imgs: usize,
+) -> (usize, (usize, usize), [usize; 5]) {
+    let nb = (imgs * band_rows * tw).div_ceil(TB) * TB;
     let rows = 2 * band_rows + 2;
     let (vs, ms) = (c * nb + 16, 16 * nb + 16);
     (
@@ -143,28 +150,48 @@ pub(super) fn conv_winograd(
         "winograd convolution: unsupported geometry {g:?}"
     );
     let (th, tw) = (g.ho.div_ceil(2), g.wo.div_ceil(2));
-    let u = transform_weights(w, g.o, g.c);
+    let u = super::frozen::derive(Derivation::Winograd, w, &[g.o as u32, g.c as u32], || {
+        transform_weights(w, g.o, g.c)
+    });
     // band height: the most tile rows whose transformed inputs fit V_FLOATS, at least one
     let max_tiles = (V_FLOATS / (16 * g.c)).max(TB);
     let br = (max_tiles / tw).clamp(1, th);
     let bands = th.div_ceil(br);
-    let need: usize = band_scratch(g.c, tw, br).2.iter().sum();
+    let imgs = images_per_task(g.n, th * tw, max_tiles, bands);
+    let need: usize = band_scratch(g.c, tw, br, imgs).2.iter().sum();
     let outp = SendPtr(out.as_mut_ptr());
     assert!(out.len() >= g.n * g.o * g.hw_out());
     let wide = use_avx512();
-    (0..g.n * bands).into_par_iter().for_each(|task| {
-        let (img, band) = (task / bands, task % bands);
+    let groups = g.n.div_ceil(imgs);
+    (0..groups * bands).into_par_iter().for_each(|task| {
+        let (group, band) = (task / bands, task % bands);
+        let img0 = group * imgs;
+        let images = (img0, imgs.min(g.n - img0));
         let ty0 = band * br;
         let ty1 = (ty0 + br).min(th);
         with_scratch(need, 0, |buf, _| {
-            // SAFETY: AVX2/FMA checked by `usable`, AVX-512F by the caller when `wide`; bands
-            // of one image are disjoint rows
-            unsafe { run_band(x, &u, g, img, (ty0, ty1), epi, res, outp, buf, wide) };
+            // SAFETY: AVX2/FMA checked by `usable`, AVX-512F by the caller when `wide`; tasks
+            // write disjoint images, or disjoint rows of one image
+            unsafe { run_band(x, &u, g, images, (ty0, ty1), epi, res, outp, buf, wide) };
         });
     });
 }
 
-/// One task: image `img`, tile rows `ty0..ty1`. Compiled for AVX2 (the crate's baseline
+/// Images per task: where one image is a single band with fewer tiles than a task may hold
+/// (maps of 8 px and less: ResNet's layer 2 at 64 px), whole images side by side, so that the
+/// register tiles are full and the AVX-512 tile (32 tiles) runs; at most as many as leave a
+/// task for every thread. The sums of a tile do not depend on its neighbours, so the grouping
+/// changes no bit.
+fn images_per_task(n: usize, tiles_per_image: usize, max_tiles: usize, bands: usize) -> usize {
+    if bands > 1 {
+        return 1;
+    }
+    let fit = (max_tiles / tiles_per_image).max(1);
+    fit.min((n / rayon::current_num_threads()).max(1))
+}
+
+/// One task: images `img0 .. img0 + imgs` (`images`), tile rows `ty0..ty1` of each (all rows
+/// when there are several images). Compiled for AVX2 (the crate's baseline
 /// is SSE2), its element loops in small functions whose slices LLVM knows to be disjoint,
 /// so that they vectorise.
 ///
@@ -177,7 +204,7 @@ unsafe fn run_band(
     x: &[f32],
     u: &[f32],
     g: &Geometry,
-    img: usize,
+    (img0, imgs): (usize, usize),
     (ty0, ty1): (usize, usize),
     epi: &Epilogue,
     res: Option<&[f32]>,
@@ -188,10 +215,12 @@ unsafe fn run_band(
     let (c, h, w, o) = (g.c, g.h, g.w, g.o);
     let (ho, wo) = (g.ho, g.wo);
     let tw = wo.div_ceil(2);
-    let tiles = (ty1 - ty0) * tw;
+    // tiles of one image's band, and of the task (tile b of image k is k * per_img + b)
+    let per_img = (ty1 - ty0) * tw;
+    let tiles = imgs * per_img;
     let nob = o.div_ceil(OC);
     let rows = 2 * (ty1 - ty0) + 2;
-    let (nb, (vs, ms), [lv, lm, le, lr, ly]) = band_scratch(c, tw, ty1 - ty0);
+    let (nb, (vs, ms), [lv, lm, le, lr, ly]) = band_scratch(c, tw, ty1 - ty0, imgs);
     let (v, rest) = buf.split_at_mut(lv);
     let (m, rest) = rest.split_at_mut(lm);
     let (eo, rest) = rest.split_at_mut(le);
@@ -200,48 +229,53 @@ unsafe fn run_band(
 
     // 1. inputs: V[ξ][ci][b] = (Bᵀ d B)[ξ] of tile b. Padded rows 2ty0 .. 2ty1 + 2 (input
     // rows one above) are row-transformed once each (neighbouring tile rows share two).
-    let xi = &x[img * c * h * w..(img + 1) * c * h * w];
+    for (k, img) in (img0..img0 + imgs).enumerate() {
+        let xi = &x[img * c * h * w..(img + 1) * c * h * w];
+        for ci in 0..c {
+            let plane = &xi[ci * h * w..(ci + 1) * h * w];
+            let (e, od) = eo.split_at_mut(tw + 1);
+            let od = &mut od[..tw + 1];
+            for r in 0..rows {
+                let rrow = &mut rr[r * 4 * tw..(r + 1) * 4 * tw];
+                let y = (2 * ty0 + r) as isize - 1;
+                if y < 0 || y >= h as isize {
+                    rrow.fill(0.0);
+                    continue;
+                }
+                deinterleave(&plane[y as usize * w..(y as usize + 1) * w], e, od);
+                // row transform: R[r][j][tx] from d = (E[tx], O[tx], E[tx+1], O[tx+1])
+                let (r0, rest) = rrow.split_at_mut(tw);
+                let (r1, rest) = rest.split_at_mut(tw);
+                let (r2, r3) = rest.split_at_mut(tw);
+                row_transform(
+                    (&e[..tw], &e[1..tw + 1], &od[..tw], &od[1..tw + 1]),
+                    r0,
+                    r1,
+                    r2,
+                    r3,
+                );
+            }
+            for ty in ty0..ty1 {
+                let b0 = k * per_img + (ty - ty0) * tw;
+                let r0 = 2 * (ty - ty0);
+                // column transform: V[(i, j)] from R[r0 .. r0 + 4][j]
+                for j in 0..4 {
+                    let row = |r: usize| &rr[((r0 + r) * 4 + j) * tw..((r0 + r) * 4 + j + 1) * tw];
+                    let (a0, a1, a2, a3) = (row(0), row(1), row(2), row(3));
+                    let at = |i: usize| (i * 4 + j) * vs + ci * nb + b0;
+                    // the four destinations are nb floats apart at least (c >= 1): split them off
+                    let (d0, rest) = v[at(0)..].split_at_mut(at(1) - at(0));
+                    let (d1, rest) = rest.split_at_mut(at(2) - at(1));
+                    let (d2, d3) = rest.split_at_mut(at(3) - at(2));
+                    let (d0, d1, d2, d3) =
+                        (&mut d0[..tw], &mut d1[..tw], &mut d2[..tw], &mut d3[..tw]);
+                    row_transform((a0, a2, a1, a3), d0, d1, d2, d3);
+                }
+            }
+        }
+    }
+    // lanes past the task's tiles: zeros (their sums are never stored)
     for ci in 0..c {
-        let plane = &xi[ci * h * w..(ci + 1) * h * w];
-        let (e, od) = eo.split_at_mut(tw + 1);
-        let od = &mut od[..tw + 1];
-        for r in 0..rows {
-            let rrow = &mut rr[r * 4 * tw..(r + 1) * 4 * tw];
-            let y = (2 * ty0 + r) as isize - 1;
-            if y < 0 || y >= h as isize {
-                rrow.fill(0.0);
-                continue;
-            }
-            deinterleave(&plane[y as usize * w..(y as usize + 1) * w], e, od);
-            // row transform: R[r][j][tx] from d = (E[tx], O[tx], E[tx+1], O[tx+1])
-            let (r0, rest) = rrow.split_at_mut(tw);
-            let (r1, rest) = rest.split_at_mut(tw);
-            let (r2, r3) = rest.split_at_mut(tw);
-            row_transform(
-                (&e[..tw], &e[1..tw + 1], &od[..tw], &od[1..tw + 1]),
-                r0,
-                r1,
-                r2,
-                r3,
-            );
-        }
-        for ty in ty0..ty1 {
-            let b0 = (ty - ty0) * tw;
-            let r0 = 2 * (ty - ty0);
-            // column transform: V[(i, j)] from R[r0 .. r0 + 4][j]
-            for j in 0..4 {
-                let row = |r: usize| &rr[((r0 + r) * 4 + j) * tw..((r0 + r) * 4 + j + 1) * tw];
-                let (a0, a1, a2, a3) = (row(0), row(1), row(2), row(3));
-                let at = |i: usize| (i * 4 + j) * vs + ci * nb + b0;
-                // the four destinations are nb floats apart at least (c >= 1): split them off
-                let (d0, rest) = v[at(0)..].split_at_mut(at(1) - at(0));
-                let (d1, rest) = rest.split_at_mut(at(2) - at(1));
-                let (d2, d3) = rest.split_at_mut(at(3) - at(2));
-                let (d0, d1, d2, d3) = (&mut d0[..tw], &mut d1[..tw], &mut d2[..tw], &mut d3[..tw]);
-                row_transform((a0, a2, a1, a3), d0, d1, d2, d3);
-            }
-        }
-        // lanes past the band's tiles: zeros (their sums are never stored)
         for xi_ in 0..16 {
             v[xi_ * vs + ci * nb + tiles..xi_ * vs + (ci + 1) * nb].fill(0.0);
         }
@@ -292,27 +326,29 @@ unsafe fn run_band(
             let (y1, rest) = rest.split_at_mut(nb);
             let (y2, y3) = rest.split_at_mut(nb);
             output_transform(mj, nb, tiles, [y0, y1, y2, y3]);
-            let pbase = (img * o + oo) * ho * wo;
-            let rp = res.map(|r| &r[pbase..pbase + ho * wo]);
-            for ty in ty0..ty1 {
-                let b0 = (ty - ty0) * tw;
-                for dy in 0..2 {
-                    let oy = 2 * ty + dy;
-                    if oy >= ho {
-                        break;
+            for (k, img) in (img0..img0 + imgs).enumerate() {
+                let pbase = (img * o + oo) * ho * wo;
+                let rp = res.map(|r| &r[pbase..pbase + ho * wo]);
+                for ty in ty0..ty1 {
+                    let b0 = k * per_img + (ty - ty0) * tw;
+                    for dy in 0..2 {
+                        let oy = 2 * ty + dy;
+                        if oy >= ho {
+                            break;
+                        }
+                        // SAFETY: row oy of plane (img, oo) belongs to this task's band only
+                        let dst = unsafe { outp.slice(pbase + oy * wo, wo) };
+                        let (ya, yb) = (
+                            &yv[2 * dy * nb + b0..][..tw],
+                            &yv[(2 * dy + 1) * nb + b0..][..tw],
+                        );
+                        let rrow = rp.map(|r| &r[oy * wo..(oy + 1) * wo]);
+                        interleave(ya, yb, dst);
+                        if wo % 2 == 1 {
+                            dst[wo - 1] = ya[tw - 1];
+                        }
+                        epi.apply_in_place(oo, rrow, dst);
                     }
-                    // SAFETY: row oy of plane (img, oo) belongs to this task's band only
-                    let dst = unsafe { outp.slice(pbase + oy * wo, wo) };
-                    let (ya, yb) = (
-                        &yv[2 * dy * nb + b0..][..tw],
-                        &yv[(2 * dy + 1) * nb + b0..][..tw],
-                    );
-                    let rrow = rp.map(|r| &r[oy * wo..(oy + 1) * wo]);
-                    interleave(ya, yb, dst);
-                    if wo % 2 == 1 {
-                        dst[wo - 1] = ya[tw - 1];
-                    }
-                    epi.apply_in_place(oo, rrow, dst);
                 }
             }
         }
@@ -551,6 +587,56 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn images_side_by_side_change_no_bit() {
+        if !super::has_fma() {
+            eprintln!("skipped: this CPU has no AVX2/FMA, the Winograd kernel never runs");
+            return;
+        }
+        // (n, c, o, h): small maps, one band per image; a last task with fewer images
+        for (n, c, o, h) in [(7, 16, 13, 8), (5, 40, 6, 7), (3, 128, 7, 8)] {
+            let g = geometry(&Shape::from((n, c, h, h)), &Shape::from((o, c, 3, 3)), 1, 1).unwrap();
+            let x = values(n * c * h * h, n as u64);
+            let wt = values(o * c * 9, 10 + n as u64);
+            let res = values(n * o * h * h, 20 + n as u64);
+            let epi = Epilogue {
+                scale: Some(Arc::new(values(o, 30))),
+                shift: Some(Arc::new(values(o, 40))),
+                relu: true,
+            };
+            let plane = o * h * h;
+            let g1 = Geometry { n: 1, ..g };
+            each_isa(|wide| {
+                // one thread: as many images per task as fit
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .build()
+                    .unwrap();
+                let together = pool.install(|| {
+                    let t = h.div_ceil(2);
+                    let max_tiles = (V_FLOATS / (16 * c)).max(TB);
+                    assert!(images_per_task(n, t * t, max_tiles, 1) > 1, "{g:?}");
+                    let mut out = vec![f32::NAN; n * plane];
+                    conv_winograd(&x, &wt, &g, &epi, Some(&res), &mut out);
+                    out
+                });
+                for i in 0..n {
+                    let mut alone = vec![f32::NAN; plane];
+                    let xi = &x[i * c * h * h..(i + 1) * c * h * h];
+                    let ri = &res[i * plane..(i + 1) * plane];
+                    conv_winograd(xi, &wt, &g1, &epi, Some(ri), &mut alone);
+                    let got = &together[i * plane..(i + 1) * plane];
+                    assert!(
+                        got.iter()
+                            .zip(&alone)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{g:?} image {i} (AVX-512: {wide}): grouped and alone differ"
+                    );
+                }
+            });
         }
     }
 }

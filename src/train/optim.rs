@@ -4,13 +4,14 @@
 
 use crate::{Error, Result};
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, Var};
+use candle_core::{CpuStorage, InplaceOp2, Layout, Tensor, Var};
 use rayon::prelude::*;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-/// One fused Adam update on the CPU: reads p and g once, updates the moments in place and
-/// returns the new p (instead of a dozen full-size temporaries per parameter).
+/// One fused Adam update on the CPU, in place: reads p and g once and writes p and the
+/// moments where they are (no new parameter buffer, no copy back into the `Var`, no dozen
+/// full-size temporaries per parameter).
 struct AdamCpuStep {
     m: Arc<Mutex<Vec<f32>>>,
     v: Arc<Mutex<Vec<f32>>>,
@@ -25,36 +26,32 @@ struct AdamCpuStep {
     decay: f32,
 }
 
-fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    crate::ops::cpu_f32(s, l, "adam", "a parameter or moment")
-}
-
-impl CustomOp2 for AdamCpuStep {
+impl InplaceOp2 for AdamCpuStep {
     fn name(&self) -> &'static str {
         "robustlens-adam-step"
     }
+
     fn cpu_fwd(
         &self,
-        s1: &CpuStorage,
+        s1: &mut CpuStorage,
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let p = cpu_slice(s1, l1)?;
-        let g = cpu_slice(s2, l2)?;
-        let mut m = self
-            .m
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("adam state poisoned".into()))?;
-        let mut v = self
-            .v
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("adam state poisoned".into()))?;
-        if m.len() != p.len() || g.len() != p.len() {
+    ) -> candle_core::Result<()> {
+        let g = crate::ops::cpu_f32(s2, l2, "adam", "a gradient")?;
+        let p = match (s1, l1.contiguous_offsets()) {
+            (CpuStorage::F32(v), Some((a, b))) => &mut v[a..b],
+            _ => candle_core::bail!("adam: a parameter must be contiguous f32"),
+        };
+        fn lock(m: &Mutex<Vec<f32>>) -> candle_core::Result<MutexGuard<'_, Vec<f32>>> {
+            m.lock()
+                .map_err(|_| candle_core::Error::Msg("adam state poisoned".into()))
+        }
+        let (mut m, mut v) = (lock(&self.m)?, lock(&self.v)?);
+        if m.len() != p.len() || v.len() != p.len() || g.len() != p.len() {
             candle_core::bail!("adam: parameter, gradient and moments differ in size");
         }
-        let mut out = vec![0f32; p.len()];
-        let c = (
+        let (b1, b2, eps, ss, bc2s, l2, decay) = (
             self.beta1,
             self.beta2,
             self.eps,
@@ -63,24 +60,22 @@ impl CustomOp2 for AdamCpuStep {
             self.l2,
             self.decay,
         );
-        out.par_chunks_mut(1 << 14)
-            .zip(m.par_chunks_mut(1 << 14))
-            .zip(v.par_chunks_mut(1 << 14))
-            .enumerate()
-            .for_each(|(k, ((o, m), v))| {
-                let base = k << 14;
-                let (b1, b2, eps, ss, bc2s, l2, decay) = c;
-                for i in 0..o.len() {
-                    let pi = p[base + i] * decay;
-                    let gi = g[base + i] + l2 * p[base + i];
-                    let mi = b1 * m[i] + (1.0 - b1) * gi;
-                    let vi = b2 * v[i] + (1.0 - b2) * gi * gi;
-                    m[i] = mi;
-                    v[i] = vi;
-                    o[i] = pi - ss * mi / (vi.sqrt() / bc2s + eps);
+        const CHUNK: usize = 1 << 14;
+        p.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .for_each(|(((p, g), m), v)| {
+                for (((p, g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                    let gi = g + l2 * *p;
+                    let mi = b1 * *m + (1.0 - b1) * gi;
+                    let vi = b2 * *v + (1.0 - b2) * gi * gi;
+                    *m = mi;
+                    *v = vi;
+                    *p = *p * decay - ss * mi / (vi.sqrt() / bc2s + eps);
                 }
             });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok(())
     }
 }
 
@@ -185,11 +180,7 @@ impl Adam {
                     l2,
                     decay,
                 };
-                let new_p = p
-                    .as_tensor()
-                    .contiguous()?
-                    .apply_op2_no_bwd(&g.contiguous()?, &op)?;
-                p.set(&new_p)?;
+                p.as_tensor().inplace_op2(&g.contiguous()?, &op)?;
             }
             return Ok(());
         }

@@ -1,0 +1,250 @@
+//! Weights derived from constant parameters, computed once per attack or attribution.
+//!
+//! The convolution kernels rearrange their weights before they run: the input gradient
+//! flips and transposes the kernel (and multiplies in the folded BatchNorm scale),
+//! Winograd's kernel transforms it (`G g Gᵀ`), the direct kernel packs it in blocks of
+//! output channels. A PGD attack runs the same network 7 to 20 times, Integrated Gradients
+//! 50 times, with the same weights; each pass used to redo all of it (in `perf`, 6-8% of an
+//! input-gradient pass at 64 px, most of it the flipped copy of the wide layers).
+//!
+//! Inside [`with_frozen_weights`] the first pass keeps what it derived and later passes on
+//! the same thread reuse it. Only weights whose storage the scope holds on to qualify (the
+//! eval-mode blocks pin theirs, [`pin`]), and what was derived from them: a buffer address
+//! then names the same values for the whole scope, because nothing can free the storage and
+//! hand its address to another tensor. The caller's promise is that the parameters are not
+//! changed while the scope runs; outside a scope, and on other threads, everything is
+//! computed afresh as before. The results are the same bits either way.
+
+use candle_core::Tensor;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// What was derived from a weight buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Derivation {
+    /// The flipped, transposed and scaled kernel of an input gradient.
+    Flipped,
+    /// Winograd's transformed weights.
+    Winograd,
+    /// The direct kernel's packed weights.
+    DirectPack,
+}
+
+#[derive(PartialEq, Eq, Hash)]
+struct Key {
+    what: Derivation,
+    addr: usize,
+    len: usize,
+    /// Whatever else the result depends on (shape, scale bits).
+    params: Vec<u32>,
+}
+
+#[derive(Default)]
+struct Scope {
+    /// Tensors whose storage stays alive until the scope ends.
+    pinned: Vec<Tensor>,
+    /// `(address, length)` of the pinned tensors' values and of the derived buffers.
+    known: HashSet<(usize, usize)>,
+    derived: HashMap<Key, Arc<Vec<f32>>>,
+    hits: usize,
+}
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the reuse of derived weights inside [`with_frozen_weights`] on or off for the whole
+/// process (on by default). Off, every pass derives its weights afresh, as outside a scope;
+/// the results are the same bits either way.
+pub fn set_weight_reuse(enabled: bool) {
+    ENABLED.store(enabled, Ordering::Relaxed);
+}
+
+thread_local! {
+    static SCOPE: RefCell<Option<Scope>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with the weights' derived forms kept for reuse on this thread (see the module
+/// documentation); nested calls share the outermost scope. The model's parameters must not
+/// change while `f` runs (PGD, saliency and evaluation passes do not change them). Costs
+/// memory: about twice the convolution weights (about 100 MB for ResNet-18) until `f`
+/// returns.
+pub fn with_frozen_weights<R>(f: impl FnOnce() -> R) -> R {
+    if !ENABLED.load(Ordering::Relaxed) || SCOPE.with(|s| s.borrow().is_some()) {
+        return f();
+    }
+    /// Ends the scope on return and on unwind.
+    struct End;
+    impl Drop for End {
+        fn drop(&mut self) {
+            SCOPE.with(|s| s.borrow_mut().take());
+        }
+    }
+    SCOPE.with(|s| *s.borrow_mut() = Some(Scope::default()));
+    let _end = End;
+    f()
+}
+
+/// Whether a frozen-weights scope is open on this thread.
+pub(super) fn active() -> bool {
+    SCOPE.with(|s| s.borrow().is_some())
+}
+
+/// Keeps `t`'s storage alive until the scope ends, so that its values may be derived from
+/// once (a contiguous f32 CPU tensor; anything else, or no open scope: nothing happens).
+pub(super) fn pin(t: &Tensor) {
+    if !active() {
+        return;
+    }
+    let Ok(span) = super::with_cpu_f32(t, "frozen weights", "weight", |w| Ok(span(w))) else {
+        return;
+    };
+    SCOPE.with(|s| {
+        if let Some(s) = s.borrow_mut().as_mut() {
+            if s.known.insert(span) {
+                s.pinned.push(t.clone());
+            }
+        }
+    });
+}
+
+fn span(w: &[f32]) -> (usize, usize) {
+    (w.as_ptr() as usize, w.len())
+}
+
+/// A derived buffer: shared with the scope, or owned where nothing is kept.
+pub(super) enum Kept {
+    Shared(Arc<Vec<f32>>),
+    Owned(Vec<f32>),
+}
+
+impl Deref for Kept {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match self {
+            Kept::Shared(v) => v,
+            Kept::Owned(v) => v,
+        }
+    }
+}
+
+/// `make()`, the `what` of `src` (which also depends on `params`): inside a scope, and when
+/// `src` is a pinned weight or a buffer derived from one, computed once and then shared;
+/// otherwise computed afresh.
+pub(super) fn derive(
+    what: Derivation,
+    src: &[f32],
+    params: &[u32],
+    make: impl FnOnce() -> Vec<f32>,
+) -> Kept {
+    let src_span = span(src);
+    let key = Key {
+        what,
+        addr: src_span.0,
+        len: src_span.1,
+        params: params.to_vec(),
+    };
+    let found = SCOPE.with(|s| {
+        let mut s = s.borrow_mut();
+        let s = s.as_mut()?;
+        if !s.known.contains(&src_span) {
+            return None;
+        }
+        let hit = s.derived.get(&key).cloned();
+        s.hits += usize::from(hit.is_some());
+        Some(hit)
+    });
+    match found {
+        None => Kept::Owned(make()),
+        Some(Some(v)) => Kept::Shared(v),
+        Some(None) => {
+            // computed without the scope borrowed (`make` runs the rayon pool)
+            let v = Arc::new(make());
+            SCOPE.with(|s| {
+                if let Some(s) = s.borrow_mut().as_mut() {
+                    s.known.insert(span(&v));
+                    s.derived.insert(key, v.clone());
+                }
+            });
+            Kept::Shared(v)
+        }
+    }
+}
+
+/// The scale bits of an input gradient's flipped kernel, as [`derive`]'s params (a leading
+/// tag tells "no scale" from a scale).
+pub(super) fn scale_params(scale: Option<&[f32]>) -> Vec<u32> {
+    match scale {
+        None => vec![0],
+        Some(s) => std::iter::once(1)
+            .chain(s.iter().map(|v| v.to_bits()))
+            .collect(),
+    }
+}
+
+/// How many derived buffers this thread's scope has handed out again (tests).
+#[cfg(test)]
+pub(super) fn hits() -> usize {
+    SCOPE.with(|s| s.borrow().as_ref().map_or(0, |s| s.hits))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn derives_once_per_pinned_weight_and_never_for_others() {
+        let w = Tensor::new(&[1f32, 2., 3., 4.], &Device::Cpu).unwrap();
+        let calls = std::cell::Cell::new(0);
+        let make = || {
+            calls.set(calls.get() + 1);
+            vec![7.0]
+        };
+        let read = |t: &Tensor| t.to_vec1::<f32>().unwrap();
+        with_frozen_weights(|| {
+            // not pinned: computed each time
+            let v = read(&w);
+            derive(Derivation::Flipped, &v, &[], make);
+            derive(Derivation::Flipped, &v, &[], make);
+            assert_eq!((calls.get(), hits()), (2, 0));
+            pin(&w);
+            super::super::with_cpu_f32(&w, "t", "w", |s| {
+                let a = derive(Derivation::Flipped, s, &[1], make);
+                let b = derive(Derivation::Flipped, s, &[1], make);
+                assert_eq!((calls.get(), hits()), (3, 1));
+                assert!(
+                    matches!((&a, &b), (Kept::Shared(x), Kept::Shared(y)) if Arc::ptr_eq(x, y))
+                );
+                // other params or another derivation: computed again
+                derive(Derivation::Flipped, s, &[2], make);
+                derive(Derivation::Winograd, s, &[1], make);
+                assert_eq!(calls.get(), 5);
+                // a buffer derived from a pinned weight qualifies too
+                derive(Derivation::Winograd, &a, &[], make);
+                derive(Derivation::Winograd, &a, &[], make);
+                assert_eq!((calls.get(), hits()), (6, 2));
+                Ok(())
+            })
+            .unwrap();
+            // nested scopes share the outer one
+            with_frozen_weights(|| assert_eq!(hits(), 2));
+        });
+        assert!(!active());
+        // after the scope: nothing kept
+        super::super::with_cpu_f32(&w, "t", "w", |s| {
+            derive(Derivation::Flipped, s, &[1], make);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(calls.get(), 7);
+    }
+
+    #[test]
+    fn the_scope_ends_when_its_closure_panics() {
+        let r = std::panic::catch_unwind(|| with_frozen_weights(|| panic!("boom")));
+        assert!(r.is_err());
+        assert!(!active());
+    }
+}
