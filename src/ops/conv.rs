@@ -14,8 +14,8 @@
 //! scheduling.
 
 use super::frozen::Derivation;
+use super::matmul::matmul;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 use std::sync::Arc;
@@ -173,104 +173,6 @@ fn col2im_strided(col: &[f32], g: &Geometry, j: usize, m: usize, dx: &mut [f32])
             }
         }
     }
-}
-
-/// The longest sum one `gemm` call does (`gemm` never cuts sums of up to 512 terms).
-const K_SLICE: usize = 512;
-
-/// dst (m x n, row-major) = a (m x k) * b (k x n), given as (slice, row stride, column
-/// stride); `accumulate` adds to dst.
-///
-/// Parallel over blocks of columns, each block one single-threaded `gemm` call: `gemm`'s own
-/// threading splits the rows and columns of one call and reaches about half the speed on
-/// the shapes of convolutions with 64 channels (64 x 4096 x 576: 65 against 138 GFLOP/s on
-/// two cores).
-fn matmul(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    accumulate: bool,
-    a: (&[f32], isize, isize),
-    b: (&[f32], isize, isize),
-) {
-    let t = threads();
-    // a few blocks per thread for balance, each at least 32 columns wide where possible
-    let parts = if t <= 1 {
-        1
-    } else {
-        (n / 32).min(4 * t).max(t).min(n).max(1)
-    };
-    matmul_blocks(m, n, k, dst, accumulate, a, b, parts);
-}
-
-/// [`matmul`] in `parts` column blocks, the summed dimension in slices of at most
-/// [`K_SLICE`] added one after the other. `gemm` cuts a longer sum into pieces itself, but how
-/// depends on the whole problem's size, so the same column came out with different last bits
-/// when computed in blocks of different widths; with slices it never cuts, and every output
-/// has the same bits whatever the number of blocks (tested), hence whatever the number of
-/// threads.
-#[allow(clippy::too_many_arguments)]
-fn matmul_blocks(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    accumulate: bool,
-    a: (&[f32], isize, isize),
-    b: (&[f32], isize, isize),
-    parts: usize,
-) {
-    assert!(dst.len() >= m * n, "matmul: output buffer too small");
-    let width = n.div_ceil(parts.max(1)).max(1);
-    let dst_ptr = super::SendPtr(dst.as_mut_ptr());
-    let slices = k.div_ceil(K_SLICE).max(1);
-    let kw = k.div_ceil(slices).max(1);
-    let block = |j0: usize| {
-        let nb = width.min(n - j0);
-        let d = dst_ptr;
-        for s in 0..slices {
-            let k0 = s * kw;
-            let kn = kw.min(k.saturating_sub(k0));
-            // SAFETY: the slices hold the m x k, k x n and m x n matrices at the given
-            // strides (checked by the callers' geometry); columns j0..j0+nb of dst are
-            // written by this call only, and dst does not alias a or b.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    nb,
-                    kn,
-                    d.get().add(j0),
-                    1,
-                    n as isize,
-                    accumulate || s > 0,
-                    a.0.as_ptr().offset(k0 as isize * a.2),
-                    a.2,
-                    a.1,
-                    b.0.as_ptr().offset(j0 as isize * b.2 + k0 as isize * b.1),
-                    b.2,
-                    b.1,
-                    1.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                )
-            }
-        }
-    };
-    if width >= n {
-        block(0);
-    } else {
-        (0..n.div_ceil(width))
-            .into_par_iter()
-            .for_each(|p| block(p * width));
-    }
-}
-
-fn threads() -> usize {
-    rayon::current_num_threads().max(1)
 }
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -781,10 +683,13 @@ impl CustomOp2 for ConvWeightGrad {
 }
 
 /// The weight gradient `[o, c, k, k]` of the convolution of `x` in geometry `g` from the
-/// output gradient `gr`, each channel `o` times `scale[o]` when given: the direct 3x3 kernel
-/// where [`super::direct::usable_for_weights`] routes it, im2col and `gemm` otherwise.
+/// output gradient `gr`, each channel `o` times `scale[o]` when given: Winograd's where
+/// [`super::winograd::usable_for_weights`] routes it, the direct 3x3 kernel where
+/// [`super::direct::usable_for_weights`] does, im2col and `gemm` otherwise.
 fn conv_weight_grad(x: &[f32], gr: &[f32], g: &Geometry, scale: Option<&[f32]>) -> Vec<f32> {
-    if super::direct::usable_for_weights(g) {
+    if super::winograd::usable_for_weights(g) {
+        super::winograd::weight_grad(x, gr, g, scale)
+    } else if super::direct::usable_for_weights(g) {
         super::direct::weight_grad3x3(x, gr, g, scale)
     } else {
         weight_grad_im2col(x, gr, g, scale)
@@ -951,6 +856,11 @@ mod tests {
             // the direct weight gradient up to 64 channels on both, 128 only with AVX2
             assert!(crate::ops::direct::usable_for_weights(&g(64, 56)));
             assert_eq!(crate::ops::direct::usable_for_weights(&g(128, 28)), !wide);
+            // Winograd's weight gradient only with AVX-512, on maps of 8 px and more
+            for (c, h) in [(64, 56), (128, 8), (256, 14)] {
+                assert_eq!(crate::ops::winograd::usable_for_weights(&g(c, h)), wide);
+            }
+            assert!(!crate::ops::winograd::usable_for_weights(&g(512, 7)));
         });
     }
 
@@ -1137,50 +1047,6 @@ mod tests {
                         ),
                     }
                 }
-            }
-        }
-    }
-
-    #[test]
-    fn column_blocks_give_the_bits_of_one_call() {
-        let mut r = crate::rng::SeededRng::new(7);
-        for (m, n, k) in [
-            (64, 1000, 147),
-            (512, 64, 300),
-            (7, 97, 33),
-            (130, 2305, 64),
-            (128, 112, 1152),
-            (128, 20, 256),
-            (1152, 20, 256),
-            (64, 640, 576),
-            (64, 2560, 147),
-            (64, 4096, 576),
-            (128, 1024, 1152),
-        ] {
-            let a = r.normal_vec(m * k, 1.0);
-            let b = r.normal_vec(k * n, 1.0);
-            let mut one = vec![0f32; m * n];
-            matmul_blocks(
-                m,
-                n,
-                k,
-                &mut one,
-                false,
-                (&a, k as isize, 1),
-                (&b, n as isize, 1),
-                1,
-            );
-            for parts in [2, 3, 8, 64] {
-                let mut split = vec![0f32; m * n];
-                let (aa, bb) = ((&a[..], k as isize, 1), (&b[..], n as isize, 1));
-                matmul_blocks(m, n, k, &mut split, false, aa, bb, parts);
-                assert!(one == split, "{m}x{n}x{k} in {parts} blocks");
-                // accumulating, and the transposed left operand of the weight gradients
-                let (at, bt) = ((&a[..], 1, m as isize), (&b[..], n as isize, 1));
-                let (mut x, mut y) = (split.clone(), split.clone());
-                matmul_blocks(k.min(m), n, m.min(k), &mut x, true, at, bt, 1);
-                matmul_blocks(k.min(m), n, m.min(k), &mut y, true, at, bt, parts);
-                assert!(x == y, "{m}x{n}x{k} accumulated in {parts} blocks");
             }
         }
     }

@@ -12,6 +12,7 @@ mod direct;
 mod frozen;
 pub mod layernorm;
 mod layout;
+mod matmul;
 pub mod maxpool;
 #[cfg(test)]
 mod testing;

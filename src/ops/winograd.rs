@@ -37,6 +37,7 @@
 
 use super::frozen::Derivation;
 use super::layout::{has_fma, use_avx512, with_scratch, Epilogue, Geometry};
+use super::matmul::matmul_blocks;
 use super::SendPtr;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,6 +68,23 @@ pub(super) fn usable(g: &Geometry) -> bool {
 /// Whether the kernel can run geometry `g` on this CPU (whether it is chosen: [`usable`]).
 fn supports(g: &Geometry) -> bool {
     g.k == 3 && g.stride == 1 && g.pad == 1 && g.wo >= 7 && g.ho >= 2 && g.c >= 16 && has_fma()
+}
+
+/// Whether [`weight_grad`] can run geometry `g`: 3x3, stride 1, padding 1, on a CPU with
+/// AVX2 and FMA (any map size: the tiles past the map read zeros).
+fn supports_weights(g: &Geometry) -> bool {
+    g.k == 3 && g.stride == 1 && g.pad == 1 && has_fma()
+}
+
+/// Whether the weight gradient of geometry `g` runs [`weight_grad`]: with AVX-512 (its
+/// products are `gemm`'s, which run twice as wide there), on maps at least 8 wide. Measured
+/// against the routing before it (the direct kernel up to 64 channels, im2col and `gemm`
+/// above), batch 16, 2 threads, best of 5 interleaved runs on the AVX-512 VM, in ms: 23.1 →
+/// 13.8 / 16.5 → 9.2 / 12.4 → 8.7 at 64 / 128 / 256 channels and 56 / 28 / 14 px; 2.3 → 1.7 /
+/// 1.4 → 1.2 at 64 / 128 channels, 16 / 8 px; slower on smaller maps (10.8 → 12.1 at 512
+/// channels, 7 px; 1.2 → 1.6 at 256, 4 px). Without AVX-512 the routing stays as it was.
+pub(super) fn usable_for_weights(g: &Geometry) -> bool {
+    supports_weights(g) && use_avx512() && g.wo >= 8 && ENABLED.load(Ordering::Relaxed)
 }
 
 /// Input channels from which, with AVX-512, im2col and `gemm`'s AVX-512 products beat this
@@ -219,7 +237,6 @@ unsafe fn run_band(
     let per_img = (ty1 - ty0) * tw;
     let tiles = imgs * per_img;
     let nob = o.div_ceil(OC);
-    let rows = 2 * (ty1 - ty0) + 2;
     let (nb, (vs, ms), [lv, lm, le, lr, ly]) = band_scratch(c, tw, ty1 - ty0, imgs);
     let (v, rest) = buf.split_at_mut(lv);
     let (m, rest) = rest.split_at_mut(lm);
@@ -227,51 +244,13 @@ unsafe fn run_band(
     let (rr, rest) = rest.split_at_mut(lr);
     let yv = &mut rest[..ly];
 
-    // 1. inputs: V[ξ][ci][b] = (Bᵀ d B)[ξ] of tile b. Padded rows 2ty0 .. 2ty1 + 2 (input
-    // rows one above) are row-transformed once each (neighbouring tile rows share two).
+    // 1. inputs: V[ξ][ci][b] = (Bᵀ d B)[ξ] of tile b
     for (k, img) in (img0..img0 + imgs).enumerate() {
         let xi = &x[img * c * h * w..(img + 1) * c * h * w];
         for ci in 0..c {
             let plane = &xi[ci * h * w..(ci + 1) * h * w];
-            let (e, od) = eo.split_at_mut(tw + 1);
-            let od = &mut od[..tw + 1];
-            for r in 0..rows {
-                let rrow = &mut rr[r * 4 * tw..(r + 1) * 4 * tw];
-                let y = (2 * ty0 + r) as isize - 1;
-                if y < 0 || y >= h as isize {
-                    rrow.fill(0.0);
-                    continue;
-                }
-                deinterleave(&plane[y as usize * w..(y as usize + 1) * w], e, od);
-                // row transform: R[r][j][tx] from d = (E[tx], O[tx], E[tx+1], O[tx+1])
-                let (r0, rest) = rrow.split_at_mut(tw);
-                let (r1, rest) = rest.split_at_mut(tw);
-                let (r2, r3) = rest.split_at_mut(tw);
-                row_transform(
-                    (&e[..tw], &e[1..tw + 1], &od[..tw], &od[1..tw + 1]),
-                    r0,
-                    r1,
-                    r2,
-                    r3,
-                );
-            }
-            for ty in ty0..ty1 {
-                let b0 = k * per_img + (ty - ty0) * tw;
-                let r0 = 2 * (ty - ty0);
-                // column transform: V[(i, j)] from R[r0 .. r0 + 4][j]
-                for j in 0..4 {
-                    let row = |r: usize| &rr[((r0 + r) * 4 + j) * tw..((r0 + r) * 4 + j + 1) * tw];
-                    let (a0, a1, a2, a3) = (row(0), row(1), row(2), row(3));
-                    let at = |i: usize| (i * 4 + j) * vs + ci * nb + b0;
-                    // the four destinations are nb floats apart at least (c >= 1): split them off
-                    let (d0, rest) = v[at(0)..].split_at_mut(at(1) - at(0));
-                    let (d1, rest) = rest.split_at_mut(at(2) - at(1));
-                    let (d2, d3) = rest.split_at_mut(at(3) - at(2));
-                    let (d0, d1, d2, d3) =
-                        (&mut d0[..tw], &mut d1[..tw], &mut d2[..tw], &mut d3[..tw]);
-                    row_transform((a0, a2, a1, a3), d0, d1, d2, d3);
-                }
-            }
+            let base = ci * nb + k * per_img;
+            transform_plane(plane, (h, w), (ty0, ty1), (eo, rr), v, (vs, base));
         }
     }
     // lanes past the task's tiles: zeros (their sums are never stored)
@@ -351,6 +330,235 @@ unsafe fn run_band(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Floats of transformed inputs and gradients per chunk of images in [`weight_grad`]
+/// (`16 (c + o)` per tile): 4 M, 16 MB.
+const WG_FLOATS: usize = 4 << 20;
+
+/// The weight gradient `[o, c, 3, 3]` of the convolution of `x` in geometry `g` (which
+/// [`supports_weights`]) from the output gradient `gr` (`[n, o, ho, wo]`, channel `o` times
+/// `scale[o]` when given), by Winograd's F(3x3, 2x2), the forward F(2x2, 3x3) transposed:
+/// `dW[o][c] = Gᵀ [Σ_tiles (A dY A^T) ⊙ (Bᵀ d B)] G`, 16 multiplications per 2x2 tile of
+/// outputs and channel pair instead of 36.
+///
+/// Per chunk of images: the inputs' tiles transformed into `V[c][ξ][t]` (as the forward
+/// does), the output gradient's 2x2 tiles into `M[o][ξ][t]` (additions only), then for each
+/// of the 16 positions `ξ` one matrix product `P[ξ] += M[ξ] V[ξ]ᵀ` summing over the tiles
+/// (the crate's column-blocked products: the same bits whatever the number of threads),
+/// and at the end `Gᵀ P G` per channel pair (halvings and additions).
+pub(super) fn weight_grad(x: &[f32], gr: &[f32], g: &Geometry, scale: Option<&[f32]>) -> Vec<f32> {
+    assert!(
+        supports_weights(g),
+        "winograd weight gradient: unsupported geometry {g:?}"
+    );
+    let (n, c, o, h, w) = (g.n, g.c, g.o, g.h, g.w);
+    let (ho, wo) = (g.ho, g.wo);
+    let (th, tw) = (ho.div_ceil(2), wo.div_ceil(2));
+    let per_img = th * tw;
+    let chunk = (WG_FLOATS / (16 * (c + o) * per_img)).clamp(1, n);
+    let mut p = vec![0f32; 16 * o * c];
+    let tmax = chunk * per_img;
+    with_scratch(16 * c * tmax, 16 * o * tmax, |vbuf, mbuf| {
+        let mut i0 = 0;
+        while i0 < n {
+            let k = chunk.min(n - i0);
+            let t = k * per_img;
+            let (v, m) = (&mut vbuf[..16 * c * t], &mut mbuf[..16 * o * t]);
+            v.par_chunks_mut(16 * t).enumerate().for_each(|(ci, vc)| {
+                let mut eo = vec![0f32; 2 * (tw + 1)];
+                let mut rr = vec![0f32; (2 * th + 2) * 4 * tw];
+                for j in 0..k {
+                    let plane = &x[((i0 + j) * c + ci) * h * w..][..h * w];
+                    // SAFETY: AVX2 and FMA checked by `supports_weights`
+                    unsafe {
+                        input_tiles(plane, (h, w), th, (&mut eo, &mut rr), vc, t, j * per_img)
+                    };
+                }
+            });
+            m.par_chunks_mut(16 * t).enumerate().for_each(|(oi, mo)| {
+                let a = scale.map_or(1.0, |s| s[oi]);
+                let mut rows = vec![0f32; 4 * tw];
+                for j in 0..k {
+                    let plane = &gr[((i0 + j) * o + oi) * ho * wo..][..ho * wo];
+                    // SAFETY: AVX2 and FMA checked by `supports_weights`
+                    unsafe { grad_tiles(plane, (ho, wo), a, &mut rows, mo, t, j * per_img) };
+                }
+            });
+            let (v, m) = (&*v, &*m);
+            // P[ξ] (o x c) += M[ξ] (o x t) V[ξ]ᵀ (t x c): 16 products side by side, each in
+            // one block (the bits of any blocking)
+            p.par_chunks_mut(o * c).enumerate().for_each(|(xi, pd)| {
+                matmul_blocks(
+                    o,
+                    c,
+                    t,
+                    pd,
+                    i0 > 0,
+                    (&m[xi * t..], (16 * t) as isize, 1),
+                    (&v[xi * t..], 1, (16 * t) as isize),
+                    1,
+                )
+            });
+            i0 += k;
+        }
+    });
+    let mut dw = vec![0f32; o * c * 9];
+    dw.par_chunks_mut(c * 9).enumerate().for_each(|(oi, d)| {
+        for (ci, d) in d.chunks_exact_mut(9).enumerate() {
+            let q: [f32; 16] = std::array::from_fn(|xi| p[(xi * o + oi) * c + ci]);
+            // Gᵀ P (3x4), then (Gᵀ P) G (3x3); G's rows (1 0 0), ½(1 1 1), ½(1 -1 1), (0 0 1)
+            let gt = |r: usize| -> [f32; 3] {
+                let (a, b, cc, e) = (q[r], q[4 + r], q[8 + r], q[12 + r]);
+                [a + 0.5 * (b + cc), 0.5 * (b - cc), 0.5 * (b + cc) + e]
+            };
+            let cols = [gt(0), gt(1), gt(2), gt(3)];
+            for ky in 0..3 {
+                let (a, b, cc, e) = (cols[0][ky], cols[1][ky], cols[2][ky], cols[3][ky]);
+                d[ky * 3] = a + 0.5 * (b + cc);
+                d[ky * 3 + 1] = 0.5 * (b - cc);
+                d[ky * 3 + 2] = 0.5 * (b + cc) + e;
+            }
+        }
+    });
+    dw
+}
+
+/// [`transform_plane`] of a whole plane (tile rows `0..th`), compiled for AVX2.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
+unsafe fn input_tiles(
+    plane: &[f32],
+    hw: (usize, usize),
+    th: usize,
+    scratch: (&mut [f32], &mut [f32]),
+    v: &mut [f32],
+    vs: usize,
+    base: usize,
+) {
+    transform_plane(plane, hw, (0, th), scratch, v, (vs, base));
+}
+
+/// The 2x2 tiles of one output-gradient plane (`ho x wo`, times `a`) transformed, `A dY Aᵀ`:
+/// `m[ξ * vs + base + ty * tw + tx]`, zeros standing in for the positions past the plane.
+/// `rows`: `4 tw` floats of scratch. Compiled for AVX2, where its element loops vectorise.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
+unsafe fn grad_tiles(
+    plane: &[f32],
+    (ho, wo): (usize, usize),
+    a: f32,
+    rows: &mut [f32],
+    m: &mut [f32],
+    vs: usize,
+    base: usize,
+) {
+    let tw = wo.div_ceil(2);
+    for ty in 0..ho.div_ceil(2) {
+        // even and odd columns of rows 2ty and 2ty + 1: (a, b) and (c, d) of every tile
+        let (e0, rest) = rows.split_at_mut(tw);
+        let (o0, rest) = rest.split_at_mut(tw);
+        let (e1, o1) = rest.split_at_mut(tw);
+        let o1 = &mut o1[..tw];
+        for (dy, (e, od)) in [(0, (&mut *e0, &mut *o0)), (1, (&mut *e1, &mut *o1))] {
+            let y = 2 * ty + dy;
+            e.fill(0.0);
+            od.fill(0.0);
+            if y < ho {
+                let line = &plane[y * wo..(y + 1) * wo];
+                for ((pair, e), od) in line.chunks(2).zip(e.iter_mut()).zip(od.iter_mut()) {
+                    *e = pair[0] * a;
+                    if let Some(v) = pair.get(1) {
+                        *od = v * a;
+                    }
+                }
+            }
+        }
+        let b0 = base + ty * tw;
+        let (e0, o0, e1, o1) = (&*e0, &*o0, &*e1, &*o1);
+        // rows of A dY: (a, b), (a + c, b + d), (a - c, b - d), (-c, -d); each row (p, q)
+        // times Aᵀ: (p, p + q, p - q, -q)
+        for i in 0..4 {
+            let row = |j: usize| (i * 4 + j) * vs + b0;
+            let (d0, rest) = m[row(0)..].split_at_mut(row(1) - row(0));
+            let (d1, rest) = rest.split_at_mut(row(2) - row(1));
+            let (d2, d3) = rest.split_at_mut(row(3) - row(2));
+            let (d0, d1, d2, d3) = (&mut d0[..tw], &mut d1[..tw], &mut d2[..tw], &mut d3[..tw]);
+            for t in 0..tw {
+                let (p, q) = match i {
+                    0 => (e0[t], o0[t]),
+                    1 => (e0[t] + e1[t], o0[t] + o1[t]),
+                    2 => (e0[t] - e1[t], o0[t] - o1[t]),
+                    _ => (-e1[t], -o1[t]),
+                };
+                d0[t] = p;
+                d1[t] = p + q;
+                d2[t] = p - q;
+                d3[t] = -q;
+            }
+        }
+    }
+}
+
+/// The input transform of tile rows `ty0..ty1` of one `h x w` plane (tiles `tw = w / 2`
+/// rounded up wide): `v[ξ * vs + base + (ty - ty0) * tw + tx] = (Bᵀ d B)[ξ]` of tile
+/// `(ty, tx)`, `d` its 4x4 inputs (padding 1). Padded rows `2ty0 .. 2ty1 + 2` are
+/// row-transformed once each into `rr` (neighbouring tile rows share two), then the columns;
+/// `eo` (`2 (tw + 1)` floats) and `rr` (`(2 (ty1 - ty0) + 2) * 4 * tw`) are scratch. Inlined
+/// into callers compiled for AVX2, where its element loops vectorise.
+#[inline(always)]
+fn transform_plane(
+    plane: &[f32],
+    (h, w): (usize, usize),
+    (ty0, ty1): (usize, usize),
+    (eo, rr): (&mut [f32], &mut [f32]),
+    v: &mut [f32],
+    (vs, base): (usize, usize),
+) {
+    let tw = w.div_ceil(2);
+    let rows = 2 * (ty1 - ty0) + 2;
+    let (e, od) = eo.split_at_mut(tw + 1);
+    let od = &mut od[..tw + 1];
+    for r in 0..rows {
+        let rrow = &mut rr[r * 4 * tw..(r + 1) * 4 * tw];
+        let y = (2 * ty0 + r) as isize - 1;
+        if y < 0 || y >= h as isize {
+            rrow.fill(0.0);
+            continue;
+        }
+        deinterleave(&plane[y as usize * w..(y as usize + 1) * w], e, od);
+        // row transform: R[r][j][tx] from d = (E[tx], O[tx], E[tx+1], O[tx+1])
+        let (r0, rest) = rrow.split_at_mut(tw);
+        let (r1, rest) = rest.split_at_mut(tw);
+        let (r2, r3) = rest.split_at_mut(tw);
+        row_transform(
+            (&e[..tw], &e[1..tw + 1], &od[..tw], &od[1..tw + 1]),
+            r0,
+            r1,
+            r2,
+            r3,
+        );
+    }
+    for ty in ty0..ty1 {
+        let b0 = base + (ty - ty0) * tw;
+        let r0 = 2 * (ty - ty0);
+        // column transform: V[(i, j)] from R[r0 .. r0 + 4][j]
+        for j in 0..4 {
+            let row = |r: usize| &rr[((r0 + r) * 4 + j) * tw..((r0 + r) * 4 + j + 1) * tw];
+            let (a0, a1, a2, a3) = (row(0), row(1), row(2), row(3));
+            let at = |i: usize| (i * 4 + j) * vs + b0;
+            // the four destinations are vs >= tw floats apart: split them off
+            let (d0, rest) = v[at(0)..].split_at_mut(at(1) - at(0));
+            let (d1, rest) = rest.split_at_mut(at(2) - at(1));
+            let (d2, d3) = rest.split_at_mut(at(3) - at(2));
+            let (d0, d1, d2, d3) = (&mut d0[..tw], &mut d1[..tw], &mut d2[..tw], &mut d3[..tw]);
+            row_transform((a0, a2, a1, a3), d0, d1, d2, d3);
         }
     }
 }
@@ -586,6 +794,55 @@ mod tests {
                         "{g:?}: AVX2 and AVX-512 products differ"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn weight_gradient_matches_the_im2col_path_whatever_the_threads() {
+        if !super::has_fma() {
+            eprintln!("skipped: this CPU has no AVX2/FMA, the Winograd kernel never runs");
+            return;
+        }
+        // (n, c, o, h, w): odd and even sizes, maps of 1 to 3 tiles, several chunks of
+        // images (56 px, 64 + 64 channels: two images per chunk)
+        let shapes = [
+            (2, 16, 6, 8, 8),
+            (3, 24, 13, 9, 7),
+            (2, 32, 20, 2, 2),
+            (4, 16, 16, 3, 5),
+            (1, 17, 5, 1, 1),
+            (3, 64, 64, 56, 56),
+        ];
+        for (si, &(n, c, o, h, w)) in shapes.iter().enumerate() {
+            let g = geometry(&Shape::from((n, c, h, w)), &Shape::from((o, c, 3, 3)), 1, 1).unwrap();
+            let x = values(n * c * h * w, 500 + si as u64);
+            let gr = values(n * o * h * w, 600 + si as u64);
+            let scale = values(o, 700 + si as u64);
+            for s in [None, Some(&scale[..])] {
+                let want = super::super::conv::weight_grad_im2col(&x, &gr, &g, s);
+                let mut runs = Vec::new();
+                for threads in [1, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    runs.push(pool.install(|| weight_grad(&x, &gr, &g, s)));
+                }
+                let got = &runs[0];
+                let top = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(worst <= 2e-5 * top, "{g:?}: off by {worst} (largest {top})");
+                assert!(
+                    runs[1]
+                        .iter()
+                        .zip(got)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{g:?}: 1 and 3 threads differ"
+                );
             }
         }
     }
