@@ -68,8 +68,8 @@ thread_local! {
 /// Runs `f` with the weights' derived forms kept for reuse on this thread (see the module
 /// documentation); nested calls share the outermost scope. The model's parameters must not
 /// change while `f` runs (PGD, saliency and evaluation passes do not change them). Costs
-/// memory: about twice the convolution weights (about 100 MB for ResNet-18) until `f`
-/// returns.
+/// memory until `f` returns, about the convolution weights once more (Integrated Gradients
+/// with ResNet-18 at 224 px: peak 571 against 485 MB).
 pub fn with_frozen_weights<R>(f: impl FnOnce() -> R) -> R {
     if !ENABLED.load(Ordering::Relaxed) || SCOPE.with(|s| s.borrow().is_some()) {
         return f();

@@ -8,7 +8,8 @@
 //! position `ξ` of the 4x4 transformed tile) of the transformed inputs `V[ξ]` (tiles x
 //! channels) with the transformed weights `U[ξ]` (channels x output channels).
 //!
-//! A task is one image and a band of tile rows (about 64 tiles). It transforms the band's
+//! A task is one image and a band of tile rows (about 64 tiles), or several whole images
+//! where they are that small ([`images_per_task`]). It transforms the band's
 //! inputs into `V[ξ][c][tile]` (in the cache: at most ~256 KB), then for every 6 output
 //! channels runs a register tile of 16 tiles x 6 output channels (12 AVX registers, the
 //! shape of [`super::direct`]'s) over the channels for each `ξ`, and transforms the 16 x 6
@@ -30,6 +31,9 @@
 //! 64 px and of 6 at 224 px): 1.20-1.34 against 1.68-1.85 ms at 64 channels, 16 px; 20.9
 //! against 25.0 ms at 56 px; 15.6 against 21.1 ms at 128 channels, 28 px. With AVX-512 the
 //! layers of 256 channels and more go to im2col and `gemm` instead ([`usable`]).
+//!
+//! The weight gradients of these layers run the same transforms transposed, F(3x3, 2x2)
+//! ([`weight_grad`], on AVX-512 CPUs where [`usable_for_weights`] routes them).
 //!
 //! Numerics: the transforms only add, subtract and halve, so the results differ from a
 //! direct sum by rounding (a few units in the last place of the inputs' scale), like any
