@@ -345,13 +345,13 @@ const WG_FLOATS: usize = 4 << 20;
 /// The weight gradient `[o, c, 3, 3]` of the convolution of `x` in geometry `g` (which
 /// [`supports_weights`]) from the output gradient `gr` (`[n, o, ho, wo]`, channel `o` times
 /// `scale[o]` when given), by Winograd's F(3x3, 2x2), the forward F(2x2, 3x3) transposed:
-/// `dW[o][c] = Gᵀ [Σ_tiles (A dY A^T) ⊙ (Bᵀ d B)] G`, 16 multiplications per 2x2 tile of
+/// `dW[o][c] = Gᵀ [Σ_tiles (A dY Aᵀ) ⊙ (Bᵀ d B)] G`, 16 multiplications per 2x2 tile of
 /// outputs and channel pair instead of 36.
 ///
 /// Per chunk of images: the inputs' tiles transformed into `V[c][ξ][t]` (as the forward
 /// does), the output gradient's 2x2 tiles into `M[o][ξ][t]` (additions only), then for each
 /// of the 16 positions `ξ` one matrix product `P[ξ] += M[ξ] V[ξ]ᵀ` summing over the tiles
-/// (the crate's column-blocked products: the same bits whatever the number of threads),
+/// (the crate's products, sums in fixed slices: the same bits whatever the number of threads),
 /// and at the end `Gᵀ P G` per channel pair (halvings and additions).
 pub(super) fn weight_grad(x: &[f32], gr: &[f32], g: &Geometry, scale: Option<&[f32]>) -> Vec<f32> {
     assert!(
@@ -362,7 +362,7 @@ pub(super) fn weight_grad(x: &[f32], gr: &[f32], g: &Geometry, scale: Option<&[f
     let (ho, wo) = (g.ho, g.wo);
     let (th, tw) = (ho.div_ceil(2), wo.div_ceil(2));
     let per_img = th * tw;
-    let chunk = (WG_FLOATS / (16 * (c + o) * per_img)).clamp(1, n);
+    let chunk = (WG_FLOATS / (16 * (c + o) * per_img)).clamp(1, n.max(1));
     let mut p = vec![0f32; 16 * o * c];
     let tmax = chunk * per_img;
     with_scratch(16 * c * tmax, 16 * o * tmax, |vbuf, mbuf| {
