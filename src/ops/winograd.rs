@@ -9,9 +9,9 @@
 //! channels) with the transformed weights `U[ξ]` (channels x output channels).
 //!
 //! A task is one image and a band of tile rows (about 64 tiles), or several whole images
-//! where they are that small ([`images_per_task`]). It transforms the band's
-//! inputs into `V[ξ][c][tile]` (in the cache: at most ~256 KB), then for every 6 output
-//! channels runs a register tile of 16 tiles x 6 output channels (12 AVX registers, the
+//! where they are that small ([`images_per_task`]). It transforms the band's inputs into
+//! `V[ξ][c][tile]` (in the cache: at most ~256 KB, 512 KB with AVX-512), then for every 6
+//! output channels runs a register tile of 16 tiles x 6 output channels (12 AVX registers, the
 //! shape of [`super::direct`]'s) over the channels for each `ξ`, and transforms the 16 x 6
 //! sums back into 2x2 outputs with the epilogue applied. Every output is computed in a
 //! fixed order whatever the number of threads.
@@ -30,7 +30,7 @@
 //! interleaved with the AVX2 tile in one process (batch 16, 2 threads, best of 30 runs at
 //! 64 px and of 6 at 224 px): 1.20-1.34 against 1.68-1.85 ms at 64 channels, 16 px; 20.9
 //! against 25.0 ms at 56 px; 15.6 against 21.1 ms at 128 channels, 28 px. With AVX-512 the
-//! layers of 256 channels and more go to im2col and `gemm` instead ([`usable`]).
+//! layers of 512 channels go to im2col and `gemm` instead ([`usable`]).
 //!
 //! The weight gradients of these layers run the same transforms transposed, F(3x3, 2x2)
 //! ([`weight_grad`], on AVX-512 CPUs where [`usable_for_weights`] routes them).
@@ -50,8 +50,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 const TB: usize = 16;
 /// Output channels per register tile.
 const OC: usize = 6;
-/// Most floats of transformed inputs per task (`16 * c * tiles`): 64 K floats, 256 KB.
+/// Most floats of transformed inputs per task (`16 * c * tiles`): 64 K floats, 256 KB (for
+/// several small images per task: [`images_per_task`]).
 const V_FLOATS: usize = 64 << 10;
+/// The same for a band of tile rows with AVX-512: 128 K floats, 512 KB. Measured against
+/// 64 K (batch 16, 2 threads, best of 12, alternating, twice on the AVX-512 VM): 9.4-10.0
+/// against 16.9-17.6 ms at 256 channels, 14 px (im2col: 13.6-14.5); 10.5-10.9 against
+/// 13.6-14.3 ms at 64 channels, 56 px; level at 128 channels, 28 px.
+const V_FLOATS_WIDE: usize = 128 << 10;
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
@@ -92,11 +98,12 @@ pub(super) fn usable_for_weights(g: &Geometry) -> bool {
 }
 
 /// Input channels from which, with AVX-512, im2col and `gemm`'s AVX-512 products beat this
-/// kernel's AVX-512 tile (batch 16, 2 threads, best of 15 interleaved runs on the AVX-512
-/// VM: 29.9 against 25.4 ms at 256 channels, 14 px; 43.5 against 28.8 ms at 512, 7 px).
-/// With AVX2 only, Winograd keeps them (it measured ahead of im2col there: 144 against 109
+/// kernel's AVX-512 tile (batch 16, 2 threads, best of 12 interleaved runs on the AVX-512
+/// VM: 24.9-25.3 against 15.0-15.5 ms at 512 channels, 7 px). At 256 channels, 14 px,
+/// im2col was ahead (29.9 against 25.4 ms) until bands of [`V_FLOATS_WIDE`]. With AVX2
+/// only, Winograd keeps them all (it measured ahead of im2col there: 144 against 109
 /// GFLOP/s at 512 channels, 7 px).
-const WIDE_GEMM_CHANNELS: usize = 256;
+const WIDE_GEMM_CHANNELS: usize = 512;
 
 /// The weights `[o, c, 3, 3]` transformed (`G g Gᵀ`) and packed as `U[ob][ξ][c][6]`
 /// (output channels past `o` zero): one block of 6 output channels per parallel task.
@@ -175,15 +182,15 @@ pub(super) fn conv_winograd(
     let u = super::frozen::derive(Derivation::Winograd, w, &[g.o as u32, g.c as u32], || {
         transform_weights(w, g.o, g.c)
     });
-    // band height: the most tile rows whose transformed inputs fit V_FLOATS, at least one
-    let max_tiles = (V_FLOATS / (16 * g.c)).max(TB);
-    let br = (max_tiles / tw).clamp(1, th);
+    let wide = use_avx512();
+    // band height: the most tile rows whose transformed inputs fit the budget, at least one
+    let budget = if wide { V_FLOATS_WIDE } else { V_FLOATS };
+    let br = ((budget / (16 * g.c)).max(TB) / tw).clamp(1, th);
     let bands = th.div_ceil(br);
-    let imgs = images_per_task(g.n, th * tw, max_tiles, bands);
+    let imgs = images_per_task(g.n, th * tw, (V_FLOATS / (16 * g.c)).max(TB), bands);
     let need: usize = band_scratch(g.c, tw, br, imgs).2.iter().sum();
     let outp = SendPtr(out.as_mut_ptr());
     assert!(out.len() >= g.n * g.o * g.hw_out());
-    let wide = use_avx512();
     let groups = g.n.div_ceil(imgs);
     (0..groups * bands).into_par_iter().for_each(|task| {
         let (group, band) = (task / bands, task % bands);
