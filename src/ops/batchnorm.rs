@@ -247,18 +247,20 @@ fn normalize_plane(o: &mut [f32], xs: &[f32], r: Option<&[f32]>, (a, b): (f32, f
     }
 }
 
-/// `(S1, S2)` of channel `ch` over the images: [`grad_sums`] per plane, added in image order.
+/// `(S1, S2)` of channel `ch` over the images: `plane` (`(g, y, x, mu)` to the plane's sums,
+/// [`grad_sums`] or its AVX2 form) per plane, added in image order.
 #[inline(always)]
-fn channel_grad_sums<const RELU: bool>(
+fn channel_grad_sums(
     (gs, ys, xs): (&[f32], &[f32], &[f32]),
     (n, c, hw): (usize, usize, usize),
     ch: usize,
     mu: f32,
+    plane: impl Fn(&[f32], &[f32], &[f32], f32) -> (f64, f64),
 ) -> (f64, f64) {
     let (mut a, mut b) = (0f64, 0f64);
     for i in 0..n {
         let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-        let (s1, s2) = grad_sums::<RELU>(&gs[r.clone()], &ys[r.clone()], &xs[r], mu);
+        let (s1, s2) = plane(&gs[r.clone()], &ys[r.clone()], &xs[r], mu);
         a += s1;
         b += s2;
     }
@@ -319,20 +321,12 @@ mod avx2 {
     ) -> (f64, f64) {
         #[cfg(target_arch = "x86_64")]
         if has() {
-            let (gs, ys, xs) = v;
-            let (n, c, hw) = dims;
-            let (mut a, mut b) = (0f64, 0f64);
-            for i in 0..n {
-                let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-                // SAFETY: AVX2 checked
-                let (s1, s2) =
-                    unsafe { plane_sums::<RELU>(&gs[r.clone()], &ys[r.clone()], &xs[r], mu) };
-                a += s1;
-                b += s2;
-            }
-            return (a, b);
+            // SAFETY: AVX2 checked
+            let plane =
+                |g: &[f32], y: &[f32], x: &[f32], mu| unsafe { plane_sums::<RELU>(g, y, x, mu) };
+            return channel_grad_sums(v, dims, ch, mu, plane);
         }
-        channel_grad_sums::<RELU>(v, dims, ch, mu)
+        channel_grad_sums(v, dims, ch, mu, super::grad_sums::<RELU>)
     }
 
     /// [`super::grad_sums`] over one plane with the lanes as AVX2 vectors: multiply, then add
@@ -710,11 +704,11 @@ mod tests {
             let v = (&g[..], &y[..], &x[..]);
             assert!(same(
                 avx2::grad_sums::<true>(v, dims, ch, 0.3),
-                channel_grad_sums::<true>(v, dims, ch, 0.3)
+                channel_grad_sums(v, dims, ch, 0.3, grad_sums::<true>)
             ));
             assert!(same(
                 avx2::grad_sums::<false>(v, dims, ch, 0.3),
-                channel_grad_sums::<false>(v, dims, ch, 0.3)
+                channel_grad_sums(v, dims, ch, 0.3, grad_sums::<false>)
             ));
         }
         let (xs, gs, ys) = (&x[..hw], &g[..hw], &y[..hw]);

@@ -555,9 +555,12 @@ pub(super) fn conv_input_grad(
         // (measured per layer with the flipped copy included: the README's "AVX-512
         // routing"; 1x1 kernels, whose scatter is a plain copy, keep the rule above).
         let kk = g.k * g.k;
-        let mut params = vec![g.o as u32, g.c as u32, kk as u32];
-        params.extend(super::frozen::scale_params(scale));
-        let wt = super::frozen::derive(Derivation::Flipped, w, &params, || {
+        let params = || {
+            let mut p = vec![g.o as u32, g.c as u32, kk as u32];
+            p.extend(super::frozen::scale_params(scale));
+            p
+        };
+        let wt = super::frozen::derive(Derivation::Flipped, w, params, || {
             flip_kernel(w, g.o, g.c, kk, scale)
         });
         return conv_forward(gr, &wt, &flipped, &Epilogue::default(), None);

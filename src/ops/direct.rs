@@ -140,8 +140,8 @@ pub(super) fn conv_direct(
     assert!(usable(g), "direct convolution: unsupported geometry {g:?}");
     let (k, p) = (g.k, g.pad);
     let x = &x[..g.n * g.c * g.h * g.w];
-    let params = [g.o as u32, g.c as u32, (k * k) as u32];
-    let wpk = super::frozen::derive(Derivation::DirectPack, w, &params, || {
+    let params = || vec![g.o as u32, g.c as u32, (k * k) as u32];
+    let wpk = super::frozen::derive(Derivation::DirectPack, w, params, || {
         pack(w, g.o, g.c, k * k)
     });
     if g.stride == 1 {

@@ -71,7 +71,7 @@ thread_local! {
 /// memory until `f` returns, about the convolution weights once more (Integrated Gradients
 /// with ResNet-18 at 224 px: peak 571 against 485 MB).
 pub fn with_frozen_weights<R>(f: impl FnOnce() -> R) -> R {
-    if !ENABLED.load(Ordering::Relaxed) || SCOPE.with(|s| s.borrow().is_some()) {
+    if !ENABLED.load(Ordering::Relaxed) || active() {
         return f();
     }
     /// Ends the scope on return and on unwind.
@@ -129,36 +129,41 @@ impl Deref for Kept {
     }
 }
 
-/// `make()`, the `what` of `src` (which also depends on `params`): inside a scope, and when
+/// `make()`, the `what` of `src` (which also depends on `params()`): inside a scope, and when
 /// `src` is a pinned weight or a buffer derived from one, computed once and then shared;
-/// otherwise computed afresh.
+/// otherwise computed afresh (and `params` never called: outside a scope this adds nothing
+/// to the pass).
 pub(super) fn derive(
     what: Derivation,
     src: &[f32],
-    params: &[u32],
+    params: impl FnOnce() -> Vec<u32>,
     make: impl FnOnce() -> Vec<f32>,
 ) -> Kept {
     let src_span = span(src);
+    let known = SCOPE.with(|s| {
+        s.borrow()
+            .as_ref()
+            .is_some_and(|s| s.known.contains(&src_span))
+    });
+    if !known {
+        return Kept::Owned(make());
+    }
     let key = Key {
         what,
         addr: src_span.0,
         len: src_span.1,
-        params: params.to_vec(),
+        params: params(),
     };
-    let found = SCOPE.with(|s| {
+    let hit = SCOPE.with(|s| {
         let mut s = s.borrow_mut();
         let s = s.as_mut()?;
-        if !s.known.contains(&src_span) {
-            return None;
-        }
         let hit = s.derived.get(&key).cloned();
         s.hits += usize::from(hit.is_some());
-        Some(hit)
+        hit
     });
-    match found {
-        None => Kept::Owned(make()),
-        Some(Some(v)) => Kept::Shared(v),
-        Some(None) => {
+    match hit {
+        Some(v) => Kept::Shared(v),
+        None => {
             // computed without the scope borrowed (`make` runs the rayon pool)
             let v = Arc::new(make());
             SCOPE.with(|s| {
@@ -206,24 +211,24 @@ mod tests {
         with_frozen_weights(|| {
             // not pinned: computed each time
             let v = read(&w);
-            derive(Derivation::Flipped, &v, &[], make);
-            derive(Derivation::Flipped, &v, &[], make);
+            derive(Derivation::Flipped, &v, Vec::new, make);
+            derive(Derivation::Flipped, &v, Vec::new, make);
             assert_eq!((calls.get(), hits()), (2, 0));
             pin(&w);
             super::super::with_cpu_f32(&w, "t", "w", |s| {
-                let a = derive(Derivation::Flipped, s, &[1], make);
-                let b = derive(Derivation::Flipped, s, &[1], make);
+                let a = derive(Derivation::Flipped, s, || vec![1], make);
+                let b = derive(Derivation::Flipped, s, || vec![1], make);
                 assert_eq!((calls.get(), hits()), (3, 1));
                 assert!(
                     matches!((&a, &b), (Kept::Shared(x), Kept::Shared(y)) if Arc::ptr_eq(x, y))
                 );
                 // other params or another derivation: computed again
-                derive(Derivation::Flipped, s, &[2], make);
-                derive(Derivation::Winograd, s, &[1], make);
+                derive(Derivation::Flipped, s, || vec![2], make);
+                derive(Derivation::Winograd, s, || vec![1], make);
                 assert_eq!(calls.get(), 5);
                 // a buffer derived from a pinned weight qualifies too
-                derive(Derivation::Winograd, &a, &[], make);
-                derive(Derivation::Winograd, &a, &[], make);
+                derive(Derivation::Winograd, &a, Vec::new, make);
+                derive(Derivation::Winograd, &a, Vec::new, make);
                 assert_eq!((calls.get(), hits()), (6, 2));
                 Ok(())
             })
@@ -234,7 +239,7 @@ mod tests {
         assert!(!active());
         // after the scope: nothing kept
         super::super::with_cpu_f32(&w, "t", "w", |s| {
-            derive(Derivation::Flipped, s, &[1], make);
+            derive(Derivation::Flipped, s, || vec![1], make);
             Ok(())
         })
         .unwrap();

@@ -179,7 +179,8 @@ pub(super) fn conv_winograd(
         "winograd convolution: unsupported geometry {g:?}"
     );
     let (th, tw) = (g.ho.div_ceil(2), g.wo.div_ceil(2));
-    let u = super::frozen::derive(Derivation::Winograd, w, &[g.o as u32, g.c as u32], || {
+    let params = || vec![g.o as u32, g.c as u32];
+    let u = super::frozen::derive(Derivation::Winograd, w, params, || {
         transform_weights(w, g.o, g.c)
     });
     let wide = use_avx512();
@@ -187,7 +188,7 @@ pub(super) fn conv_winograd(
     let budget = if wide { V_FLOATS_WIDE } else { V_FLOATS };
     let br = ((budget / (16 * g.c)).max(TB) / tw).clamp(1, th);
     let bands = th.div_ceil(br);
-    let imgs = images_per_task(g.n, th * tw, (V_FLOATS / (16 * g.c)).max(TB), bands);
+    let imgs = images_per_task(g.n, g.c, th * tw, bands);
     let need: usize = band_scratch(g.c, tw, br, imgs).2.iter().sum();
     let outp = SendPtr(out.as_mut_ptr());
     assert!(out.len() >= g.n * g.o * g.hw_out());
@@ -208,13 +209,14 @@ pub(super) fn conv_winograd(
 
 /// Images per task: where one image is a single band with fewer tiles than a task may hold
 /// (maps of 8 px and less: ResNet's layer 2 at 64 px), whole images side by side, so that the
-/// register tiles are full and the AVX-512 tile (32 tiles) runs; at most as many as leave a
-/// task for every thread. The sums of a tile do not depend on its neighbours, so the grouping
-/// changes no bit.
-fn images_per_task(n: usize, tiles_per_image: usize, max_tiles: usize, bands: usize) -> usize {
+/// register tiles are full and the AVX-512 tile (32 tiles) runs; as many as [`V_FLOATS`]
+/// holds with `c` channels, at most as many as leave a task for every thread. The sums of a
+/// tile do not depend on its neighbours, so the grouping changes no bit.
+fn images_per_task(n: usize, c: usize, tiles_per_image: usize, bands: usize) -> usize {
     if bands > 1 {
         return 1;
     }
+    let max_tiles = (V_FLOATS / (16 * c)).max(TB);
     let fit = (max_tiles / tiles_per_image).max(1);
     fit.min((n / rayon::current_num_threads()).max(1))
 }
@@ -885,8 +887,7 @@ mod tests {
                     .unwrap();
                 let together = pool.install(|| {
                     let t = h.div_ceil(2);
-                    let max_tiles = (V_FLOATS / (16 * c)).max(TB);
-                    assert!(images_per_task(n, t * t, max_tiles, 1) > 1, "{g:?}");
+                    assert!(images_per_task(n, c, t * t, 1) > 1, "{g:?}");
                     let mut out = vec![f32::NAN; n * plane];
                     conv_winograd(&x, &wt, &g, &epi, Some(&res), &mut out);
                     out
