@@ -88,6 +88,56 @@ fn train_mode_logits_gradient_and_running_stats_match_torchvision() {
 }
 
 #[test]
+fn training_gradients_through_the_weight_gradient_sink_are_candles() {
+    // `ops::grad_sink::backward` (the training step's) hands the convolutions' weight
+    // gradients past candle's running sums: the same values as a plain backward, every
+    // parameter present, and torchvision's gradients.
+    let fx = fixtures();
+    let m = formula_model(3);
+    let x = &fx["input_train_64"];
+    let y = Tensor::new(&[0u32, 2, 1, 2], &Device::Cpu).unwrap();
+    let loss = || {
+        let logits = m.forward(x, Mode::Train).unwrap();
+        candle_nn::loss::cross_entropy(&logits, &y).unwrap()
+    };
+    let plain = loss().backward().unwrap();
+    let sunk = robustlens::ops::grad_sink::backward(&loss()).unwrap();
+    let vars = m.trainable_vars(robustlens::model::GroupSet::all());
+    assert_eq!(vars.len(), 62);
+    for (name, v) in &vars {
+        let values = |g: &candle_core::backprop::GradStore| -> Vec<f32> {
+            g.get(v.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {name}"))
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        assert_eq!(values(&plain), values(&sunk), "gradient of {name}");
+    }
+    // the sink is closed again: a plain backward gets the weight gradients from candle
+    let v = m.var("layer4.0.conv1.weight").unwrap();
+    let again = loss().backward().unwrap();
+    assert!(again.get(v.as_tensor()).is_some());
+    let g = logits_class_1_backward(&m, x);
+    let want = &fx["wgrad_train_64.layer4.0.conv1.weight"];
+    let ours = g.get(v.as_tensor()).unwrap();
+    let e = rel_err(&ours.narrow(0, 0, want.dim(0).unwrap()).unwrap(), want);
+    assert!(e < TOL, "train-mode gradient through the sink: rel err {e}");
+}
+
+/// The gradients of the class-1 logits' sum in train mode (the fixtures' objective), through
+/// the weight-gradient sink.
+fn logits_class_1_backward(
+    m: &robustlens::model::ResNet18,
+    x: &Tensor,
+) -> candle_core::backprop::GradStore {
+    let logits = m.forward(x, Mode::Train).unwrap();
+    let sel = logits.narrow(1, 1, 1).unwrap().sum_all().unwrap();
+    robustlens::ops::grad_sink::backward(&sel).unwrap()
+}
+
+#[test]
 fn full_model_input_gradient_matches_finite_differences() {
     let fx = fixtures();
     let m = formula_model(3);

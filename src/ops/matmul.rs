@@ -24,14 +24,40 @@ pub(super) fn matmul(
     a: (&[f32], isize, isize),
     b: (&[f32], isize, isize),
 ) {
+    matmul_blocks(m, n, k, dst, accumulate, a, b, default_parts(n));
+}
+
+/// A few column blocks per thread for balance, each at least 32 columns wide where possible.
+fn default_parts(n: usize) -> usize {
     let t = threads();
-    // a few blocks per thread for balance, each at least 32 columns wide where possible
-    let parts = if t <= 1 {
+    if t <= 1 {
         1
     } else {
         (n / 32).min(4 * t).max(t).min(n).max(1)
-    };
-    matmul_blocks(m, n, k, dst, accumulate, a, b, parts);
+    }
+}
+
+/// [`matmul`] into a new buffer: `a (m x k) * b (k x n)`, written without being zero-filled
+/// first.
+pub(super) fn matmul_new(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: (&[f32], isize, isize),
+    b: (&[f32], isize, isize),
+) -> Vec<f32> {
+    if k == 0 {
+        return vec![0.0; m * n];
+    }
+    let mut dst = Vec::with_capacity(m * n);
+    // SAFETY: the buffer has room for m * n values, and is only written (`accumulate` off);
+    // every one of them is written, since each column block's `gemm` call writes its whole
+    // m x nb block for a sum of k > 0 terms (the first slice of the sum overwrites).
+    unsafe {
+        matmul_to(m, n, k, dst.as_mut_ptr(), false, a, b, default_parts(n));
+        dst.set_len(m * n);
+    }
+    dst
 }
 
 /// [`matmul`] in `parts` column blocks, the summed dimension in slices of at most
@@ -58,13 +84,33 @@ pub(super) fn matmul_blocks(
     parts: usize,
 ) {
     assert!(dst.len() >= m * n, "matmul: output buffer too small");
+    // SAFETY: dst holds m * n initialised values.
+    unsafe { matmul_to(m, n, k, dst.as_mut_ptr(), accumulate, a, b, parts) }
+}
+
+/// [`matmul_blocks`] into `dst`.
+///
+/// # Safety
+/// `dst` is valid for writes of `m * n` values, and for reads of them with `accumulate`; it
+/// does not alias `a` or `b`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul_to(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    accumulate: bool,
+    a: (&[f32], isize, isize),
+    b: (&[f32], isize, isize),
+    parts: usize,
+) {
     let along_k = a.2 == 1 && b.1 == 1;
     let parts = match parts.clamp(1, n.max(1)) {
         _ if along_k && (m <= 1 || m * n <= 256) => 1,
         p if along_k => p.min(n / (256 / m + 1).max(2)).max(1),
         p => p,
     };
-    let dst_ptr = super::SendPtr(dst.as_mut_ptr());
+    let dst_ptr = super::SendPtr(dst);
     let slices = k.div_ceil(K_SLICE).max(1);
     let kw = k.div_ceil(slices).max(1);
     // columns j0 .. j1 of block p: p * n / parts onwards (widths differ by one at most)

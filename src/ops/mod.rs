@@ -10,6 +10,7 @@ mod denormals;
 pub mod depthwise;
 mod direct;
 mod frozen;
+pub mod grad_sink;
 pub mod layernorm;
 mod layout;
 mod matmul;
