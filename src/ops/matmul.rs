@@ -111,48 +111,73 @@ unsafe fn matmul_to(
         p => p,
     };
     let dst_ptr = super::SendPtr(dst);
-    let slices = k.div_ceil(K_SLICE).max(1);
-    let kw = k.div_ceil(slices).max(1);
     // columns j0 .. j1 of block p: p * n / parts onwards (widths differ by one at most)
     let block = |p: usize| {
         let (j0, j1) = (p * n / parts, (p + 1) * n / parts);
-        let nb = j1 - j0;
-        let d = dst_ptr;
-        for s in 0..slices {
-            let k0 = s * kw;
-            let kn = kw.min(k.saturating_sub(k0));
-            // SAFETY: the slices hold the m x k, k x n and m x n matrices at the given
-            // strides (checked by the callers' geometry); columns j0..j0+nb of dst are
-            // written by this call only, and dst does not alias a or b.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    nb,
-                    kn,
-                    d.get().add(j0),
-                    1,
-                    n as isize,
-                    accumulate || s > 0,
-                    a.0.as_ptr().offset(k0 as isize * a.2),
-                    a.2,
-                    a.1,
-                    b.0.as_ptr().offset(j0 as isize * b.2 + k0 as isize * b.1),
-                    b.2,
-                    b.1,
-                    1.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                )
-            }
+        // SAFETY: the slices hold the m x k, k x n and m x n matrices at the given strides
+        // (checked by the callers' geometry); columns j0..j1 of dst are written by this
+        // call only, and dst does not alias a or b.
+        unsafe {
+            gemm_into(
+                m,
+                j1 - j0,
+                k,
+                (dst_ptr.get().add(j0), n as isize, 1),
+                accumulate,
+                (a.0.as_ptr(), a.1, a.2),
+                (b.0.as_ptr().offset(j0 as isize * b.2), b.1, b.2),
+            )
         }
     };
     if parts == 1 {
         block(0);
     } else {
         (0..parts).into_par_iter().for_each(block);
+    }
+}
+
+/// One single-threaded product `dst (m x n) (+)= a (m x k) * b (k x n)`, every matrix given
+/// as (pointer, row stride, column stride), the sum in slices of at most [`K_SLICE`] (so
+/// that the bits do not depend on how the caller cuts the columns into blocks).
+///
+/// # Safety
+/// The pointers address the m x k, k x n and m x n matrices at their strides; `dst` is valid
+/// for writes of its entries, and for reads with `accumulate`; it aliases neither operand.
+unsafe fn gemm_into(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: (*mut f32, isize, isize),
+    accumulate: bool,
+    a: (*const f32, isize, isize),
+    b: (*const f32, isize, isize),
+) {
+    let slices = k.div_ceil(K_SLICE).max(1);
+    let kw = k.div_ceil(slices).max(1);
+    for s in 0..slices {
+        let k0 = s * kw;
+        let kn = kw.min(k.saturating_sub(k0));
+        gemm::gemm(
+            m,
+            n,
+            kn,
+            dst.0,
+            dst.2,
+            dst.1,
+            accumulate || s > 0,
+            a.0.offset(k0 as isize * a.2),
+            a.2,
+            a.1,
+            b.0.offset(k0 as isize * b.1),
+            b.2,
+            b.1,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
     }
 }
 
