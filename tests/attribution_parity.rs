@@ -275,7 +275,8 @@ fn gradient_at_black_and_dark_images() {
     );
 }
 
-/// Integrated Gradients, the noise tunnel (SmoothGrad) and Occlusion run many passes with one model; the
+/// Gradients over several batches, Integrated Gradients, the noise tunnel (SmoothGrad) and
+/// Occlusion run many passes with one model; the
 /// weights' derived forms (flipped, Winograd-transformed, packed) are made once per call.
 /// Made afresh for every pass instead, the attributions are the same bits.
 #[test]
@@ -288,6 +289,8 @@ fn reused_derived_weights_change_no_bit() {
     )
     .unwrap();
     let methods: Vec<Box<dyn Attribution>> = vec![
+        // two batches of one image: the second reuses
+        Box::new(Gradient { batch: 1 }),
         Box::new(IntegratedGradients {
             steps: 5,
             rule: IgRule::GaussLegendre,

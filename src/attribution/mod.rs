@@ -168,14 +168,17 @@ pub fn input_gradients(
             targets.len()
         )));
     }
-    let mut parts = Vec::new();
-    let mut i = 0;
-    while i < n {
-        let m = batch.max(1).min(n - i);
-        parts.push(model.input_gradient(&x.narrow(0, i, m)?, &targets[i..i + m])?);
-        i += m;
-    }
-    Ok(Tensor::cat(&parts, 0)?)
+    // the batches after the first reuse the weights' derived forms (flipped kernels, ...)
+    crate::ops::with_frozen_weights(|| {
+        let mut parts = Vec::new();
+        let mut i = 0;
+        while i < n {
+            let m = batch.max(1).min(n - i);
+            parts.push(model.input_gradient(&x.narrow(0, i, m)?, &targets[i..i + m])?);
+            i += m;
+        }
+        Ok(Tensor::cat(&parts, 0)?)
+    })
 }
 
 /// Builds a method by its command-line name.
