@@ -102,20 +102,10 @@ mod tests {
         let plain = loss().backward().unwrap();
         let sunk = backward(&loss()).unwrap();
         for (what, t) in [("weight", w.as_tensor()), ("input", xv.as_tensor())] {
-            let p: Vec<f32> = plain
-                .get(t)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let s: Vec<f32> = sunk
-                .get(t)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let values = |g: &GradStore| -> Vec<f32> {
+                g.get(t).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+            };
+            let (p, s) = (values(&plain), values(&sunk));
             let scale = p.iter().fold(0f32, |m, v| m.max(v.abs()));
             for (i, (p, s)) in p.iter().zip(&s).enumerate() {
                 // the same terms, possibly summed in another order
