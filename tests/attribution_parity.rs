@@ -276,9 +276,9 @@ fn gradient_at_black_and_dark_images() {
 }
 
 /// Gradients over several batches, Integrated Gradients, the noise tunnel (SmoothGrad) and
-/// Occlusion run many passes with one model; the
-/// weights' derived forms (flipped, Winograd-transformed, packed) are made once per call.
-/// Made afresh for every pass instead, the attributions are the same bits.
+/// Occlusion run many passes with one model; the weights' derived forms (flipped,
+/// Winograd-transformed, packed) are made once per call. Made afresh for every pass instead,
+/// the attributions are the same bits.
 #[test]
 fn reused_derived_weights_change_no_bit() {
     let m = robustlens::model::ResNet18::new_random(3, 8, &Device::Cpu).unwrap();
