@@ -1,6 +1,6 @@
-//! Matrix products for the convolutions: `gemm` in column blocks, one single-threaded call
-//! per block, sums cut into slices, so that every output has the same bits whatever the
-//! number of threads.
+//! Matrix products for the convolutions: `gemm` in column (or row) blocks, one
+//! single-threaded call per block, sums cut into slices, so that every output has the same
+//! bits whatever the number of threads.
 
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -51,8 +51,8 @@ pub(super) fn matmul_new(
     }
     let mut dst = Vec::with_capacity(m * n);
     // SAFETY: the buffer has room for m * n values, and is only written (`accumulate` off);
-    // every one of them is written, since each column block's `gemm` call writes its whole
-    // m x nb block for a sum of k > 0 terms (the first slice of the sum overwrites).
+    // every one of them is written, since each block's `gemm` call writes its whole block of
+    // dst for a sum of k > 0 terms (the first slice of the sum overwrites).
     unsafe {
         matmul_to(m, n, k, dst.as_mut_ptr(), false, a, b, default_parts(n));
         dst.set_len(m * n);
@@ -112,46 +112,32 @@ unsafe fn matmul_to(
         p => p,
     };
     let dst_ptr = super::SendPtr(dst);
-    if !along_k && parts > 1 && m >= 4 * n {
-        // tall and narrow (layer 4 at 64 px: 512 x 64): blocks of rows (from multiples of
-        // 16), so that each part of `a` is packed by one call only, where column blocks
-        // would each pack all of it. Measured in `layer_timings` (2 threads, best of 20,
-        // twice): layer 4's convolutions at 64 px 1.45-1.51 → 1.38-1.41 ms forward, 2.03-2.11
-        // → 1.91 ms input gradient; its strided one 0.85-0.89 → 0.75-0.82 and 1.11-1.16 →
-        // 0.92 ms. The same bits (tested).
-        let start = |p: usize| (p * m / parts) & !15;
-        let block = |p: usize| {
-            let (i0, i1) = (start(p), if p + 1 == parts { m } else { start(p + 1) });
-            // SAFETY: as below, for rows i0..i1 of dst and of a
-            unsafe {
-                gemm_into(
-                    i1 - i0,
-                    n,
-                    k,
-                    (dst_ptr.get().add(i0 * n), n as isize, 1),
-                    accumulate,
-                    (a.0.as_ptr().offset(i0 as isize * a.1), a.1, a.2),
-                    (b.0.as_ptr(), b.1, b.2),
-                )
-            }
-        };
-        (0..parts).into_par_iter().for_each(block);
-        return;
-    }
-    // columns j0 .. j1 of block p: p * n / parts onwards (widths differ by one at most)
+    // Tall and narrow products (layer 4 at 64 px: 512 x 64) in blocks of rows (from multiples
+    // of 16), so that each part of `a` is packed by one call only, where column blocks would
+    // each pack all of it. Measured in `layer_timings` (2 threads, best of 20, twice): layer
+    // 4's convolutions at 64 px 1.45-1.51 → 1.38-1.41 ms forward, 2.03-2.11 → 1.91 ms input
+    // gradient; its strided one 0.85-0.89 → 0.75-0.82 and 1.11-1.16 → 0.92 ms. The same bits
+    // (tested). Otherwise columns j0 .. j1 of block p: p * n / parts onwards (widths differ
+    // by one at most).
+    let rows = !along_k && parts > 1 && m >= 4 * n;
+    let row_start = |p: usize| if p == parts { m } else { (p * m / parts) & !15 };
     let block = |p: usize| {
-        let (j0, j1) = (p * n / parts, (p + 1) * n / parts);
+        let ((i0, i1), (j0, j1)) = if rows {
+            ((row_start(p), row_start(p + 1)), (0, n))
+        } else {
+            ((0, m), (p * n / parts, (p + 1) * n / parts))
+        };
         // SAFETY: the slices hold the m x k, k x n and m x n matrices at the given strides
-        // (checked by the callers' geometry); columns j0..j1 of dst are written by this
-        // call only, and dst does not alias a or b.
+        // (checked by the callers' geometry); rows i0..i1 and columns j0..j1 of dst are
+        // written by this call only, and dst does not alias a or b.
         unsafe {
             gemm_into(
-                m,
+                i1 - i0,
                 j1 - j0,
                 k,
-                (dst_ptr.get().add(j0), n as isize, 1),
+                (dst_ptr.get().add(i0 * n + j0), n as isize, 1),
                 accumulate,
-                (a.0.as_ptr(), a.1, a.2),
+                (a.0.as_ptr().offset(i0 as isize * a.1), a.1, a.2),
                 (b.0.as_ptr().offset(j0 as isize * b.2), b.1, b.2),
             )
         }
