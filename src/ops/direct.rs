@@ -35,8 +35,13 @@
 //! results do not depend on the number of threads.
 //!
 //! On a CPU with AVX-512F (unless [`super::set_avx512`] turned it off), the forward tile
-//! holds its 16 outputs per channel in one AVX-512 register instead of two AVX ones, with the
-//! same sums in the same order (identical results). The weight gradient keeps its AVX2 tile
+//! holds 32 outputs per channel in two AVX-512 registers instead of 16 in two AVX ones, with
+//! the same sums in the same order per output (identical results). Its first AVX-512 tile
+//! held 16 outputs in one register: six chains of multiply-adds and seven loads per six of
+//! them, about a quarter of the two cores' peak on the stem. With 32, `layer_timings` in one
+//! process, the two tiles alternating (batch 16, 2 threads, best of 20, three times): the
+//! stem's forward 2.73-2.94 → 2.14-2.28 ms at 64 px; at 224 px (best of 8, twice) 36.4 →
+//! 30.2 and 34.3 → 28.9 ms. The weight gradient keeps its AVX2 tile
 //! there: an AVX-512 tile of 16 positions (every input load then straddles two cache lines)
 //! measured slower, layer by layer (`layer_timings`, batch 16, 2 threads, best of 20
 //! interleaved runs): 2.96 against 2.40 ms at 64 channels, 16 px, and 33.45 against 32.60 ms
@@ -47,8 +52,10 @@ use super::layout::{has_fma, use_avx512, with_padded, Epilogue, Geometry, PlaneF
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Output pixels per register tile (three AVX registers).
+/// Output pixels per register tile (two AVX registers).
 const TILE: usize = 16;
+/// Output pixels per AVX-512 register tile (two AVX-512 registers).
+const WIDE_TILE: usize = 32;
 /// Output channels per register tile.
 const OC: usize = 6;
 /// Tiles per strip: every block of a task runs over a strip of tiles before the next strip,
@@ -121,7 +128,7 @@ struct Taps<'a> {
 /// The size of one plane (or phase plane): `rows` rows `wrow` wide, and at least what the
 /// tiles covering `outputs` positions read, with taps reaching `reach` floats past them.
 fn plane_len(rows: usize, wrow: usize, outputs: usize, reach: usize) -> usize {
-    (rows * wrow).max(outputs.div_ceil(TILE) * TILE + reach)
+    (rows * wrow).max(outputs.div_ceil(WIDE_TILE) * WIDE_TILE + reach)
 }
 
 /// Writes the convolution of `x` with `w` (geometry `g`, which [`usable`] accepted),
@@ -245,11 +252,13 @@ fn run(
 ) {
     let (c, cs, wrow, nt) = (taps.c, taps.cs, taps.wrow, taps.offs.len());
     assert!(wo <= wrow, "direct convolution: rows too short");
-    let tiles = (ho * wrow).div_ceil(TILE);
+    let wide = use_avx512();
+    let tw = if wide { WIDE_TILE } else { TILE };
+    let tiles = (ho * wrow).div_ceil(tw);
     let reach = taps.offs.iter().max().copied().unwrap_or(0);
     // the last tile of the last channel stays inside the input
     assert!(
-        taps.x.len() >= n * c * cs && (c - 1) * cs + tiles * TILE + reach <= c * cs,
+        taps.x.len() >= n * c * cs && (c - 1) * cs + tiles * tw + reach <= c * cs,
         "direct convolution: input buffer too small"
     );
     let blocks = o.div_ceil(OC);
@@ -264,7 +273,6 @@ fn run(
     );
     let group = GROUP.min(blocks);
     let groups = blocks.div_ceil(group);
-    let wide = use_avx512();
     let out_ptr = super::SendPtr(out.as_mut_ptr());
     (0..n * groups).into_par_iter().for_each(|task| {
         let (i, gi) = (task / groups, task % groups);
@@ -274,14 +282,14 @@ fn run(
         // SAFETY: task (i, gi) writes only the planes of image i, channels o_range.
         let dst =
             unsafe { out_ptr.slice((i * o + o_range.start) * ho * wo, o_range.len() * ho * wo) };
-        let mut acc = [[0f32; TILE]; OC];
+        let mut acc = [[0f32; WIDE_TILE]; OC];
         for strip in (0..tiles).step_by(STRIP) {
             for b in b_range.clone() {
                 let wb = &wpk[b * c * nt * OC..(b + 1) * c * nt * OC];
                 for t in strip..(strip + STRIP).min(tiles) {
-                    let q0 = t * TILE;
+                    let q0 = t * tw;
                     // SAFETY: the kernel reads img[ci * cs + q0 + offs[t] + l] for ci < c,
-                    // l < TILE: inside img (asserted above); and wb[..c * nt * OC]. AVX2 and
+                    // l < tw: inside img (asserted above); and wb[..c * nt * OC]. AVX2 and
                     // FMA are present (`usable`), AVX-512F when `wide`.
                     unsafe {
                         let args = (img.as_ptr().add(q0), wb.as_ptr(), c, cs, taps.offs);
@@ -289,7 +297,8 @@ fn run(
                     }
                     for (j, row) in acc.iter().enumerate().take(o.saturating_sub(b * OC)) {
                         let oc = b * OC + j - o_range.start;
-                        scatter(row, q0, wrow, wo, ho, &mut dst[oc * ho * wo..][..ho * wo]);
+                        let plane = &mut dst[oc * ho * wo..][..ho * wo];
+                        scatter(&row[..tw], q0, wrow, wo, ho, plane);
                     }
                 }
             }
@@ -434,12 +443,12 @@ unsafe fn wg_tile(
     unreachable!("the direct convolution runs only on x86-64 with AVX2 and FMA")
 }
 
-/// Copies the outputs of one tile (padded-row positions `q0..q0 + TILE`) that lie inside the
+/// Copies the outputs of one tile (padded-row positions `q0..q0 + acc.len()`) that lie inside the
 /// image into `plane` (`[ho, wo]`).
 #[inline]
-fn scatter(acc: &[f32; TILE], q0: usize, wp: usize, wo: usize, ho: usize, plane: &mut [f32]) {
+fn scatter(acc: &[f32], q0: usize, wp: usize, wo: usize, ho: usize, plane: &mut [f32]) {
     let mut q = q0;
-    let end = q0 + TILE;
+    let end = q0 + acc.len();
     while q < end {
         let (y, x) = (q / wp, q % wp);
         if y >= ho {
@@ -462,7 +471,7 @@ fn scatter(acc: &[f32; TILE], q0: usize, wp: usize, wo: usize, ho: usize, plane:
 ///
 /// # Safety
 /// As [`tile`], and the CPU has AVX-512F when `wide`.
-unsafe fn run_tile(nc: usize, args: TileArgs, acc: &mut [[f32; TILE]; OC], wide: bool) {
+unsafe fn run_tile(nc: usize, args: TileArgs, acc: &mut [[f32; WIDE_TILE]; OC], wide: bool) {
     macro_rules! by_taps {
         ($nc:literal) => {
             match (wide, args.4.len() == 9) {
@@ -497,7 +506,7 @@ type TileArgs<'a> = (*const f32, *const f32, usize, usize, &'a [usize]);
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile<const NC: usize, const T: usize>(
     (x, w, c, cs, offs): TileArgs,
-    acc: &mut [[f32; TILE]; OC],
+    acc: &mut [[f32; WIDE_TILE]; OC],
 ) {
     use std::arch::x86_64::*;
     let nt = if T == 0 { offs.len() } else { T };
@@ -525,41 +534,50 @@ unsafe fn tile<const NC: usize, const T: usize>(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile<const NC: usize, const T: usize>(_: TileArgs, _: &mut [[f32; TILE]; OC]) {
+unsafe fn tile<const NC: usize, const T: usize>(_: TileArgs, _: &mut [[f32; WIDE_TILE]; OC]) {
     unreachable!("the direct convolution runs only on x86-64 with AVX2 and FMA")
 }
 
-/// [`tile`] with one AVX-512 register per output channel (16 positions).
+/// [`tile`] for [`WIDE_TILE`] positions, two AVX-512 registers per output channel.
 ///
 /// # Safety
-/// As [`tile`], and the CPU has AVX-512F.
+/// As [`tile`] with `WIDE_TILE` in place of `TILE`, and the CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn tile_avx512<const NC: usize, const T: usize>(
     (x, w, c, cs, offs): TileArgs,
-    acc: &mut [[f32; TILE]; OC],
+    acc: &mut [[f32; WIDE_TILE]; OC],
 ) {
     use std::arch::x86_64::*;
     let nt = if T == 0 { offs.len() } else { T };
-    let mut a = [_mm512_setzero_ps(); NC];
+    let z = _mm512_setzero_ps();
+    let mut a = [[z; 2]; NC];
     for ci in 0..c {
         let base = x.add(ci * cs);
         let wc = w.add(ci * nt * OC);
         for t in 0..nt {
-            let xv = _mm512_loadu_ps(base.add(*offs.get_unchecked(t)));
+            let px = base.add(*offs.get_unchecked(t));
+            let x0 = _mm512_loadu_ps(px);
+            let x1 = _mm512_loadu_ps(px.add(16));
             let wt = wc.add(t * OC);
             for (j, aj) in a.iter_mut().enumerate() {
-                *aj = _mm512_fmadd_ps(xv, _mm512_set1_ps(*wt.add(j)), *aj);
+                let b = _mm512_set1_ps(*wt.add(j));
+                aj[0] = _mm512_fmadd_ps(x0, b, aj[0]);
+                aj[1] = _mm512_fmadd_ps(x1, b, aj[1]);
             }
         }
     }
-    for (dst, r) in acc.iter_mut().zip(a) {
-        _mm512_storeu_ps(dst.as_mut_ptr(), r);
+    for (dst, [r0, r1]) in acc.iter_mut().zip(a) {
+        _mm512_storeu_ps(dst.as_mut_ptr(), r0);
+        _mm512_storeu_ps(dst.as_mut_ptr().add(16), r1);
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile_avx512<const NC: usize, const T: usize>(_: TileArgs, _: &mut [[f32; TILE]; OC]) {
+unsafe fn tile_avx512<const NC: usize, const T: usize>(
+    _: TileArgs,
+    _: &mut [[f32; WIDE_TILE]; OC],
+) {
     unreachable!("the direct convolution runs only on x86-64 with AVX2 and FMA")
 }
 
