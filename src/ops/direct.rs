@@ -443,8 +443,8 @@ unsafe fn wg_tile(
     unreachable!("the direct convolution runs only on x86-64 with AVX2 and FMA")
 }
 
-/// Copies the outputs of one tile (padded-row positions `q0..q0 + acc.len()`) that lie inside the
-/// image into `plane` (`[ho, wo]`).
+/// Copies the outputs of one tile (padded-row positions `q0..q0 + acc.len()`) that lie
+/// inside the image into `plane` (`[ho, wo]`).
 #[inline]
 fn scatter(acc: &[f32], q0: usize, wp: usize, wo: usize, ho: usize, plane: &mut [f32]) {
     let mut q = q0;
