@@ -180,14 +180,12 @@ fn col2im_strided(col: &[f32], g: &Geometry, j: usize, m: usize, dx: &mut [f32])
     let (k, s, p) = (g.k, g.stride, g.pad);
     let hw = g.hw_out();
     let phased = s > 1 && g.wo >= PHASES_MIN_WO;
-    // phase planes `ph x pw`, `s * s` per channel
+    // phase planes `ph x pw`, `s * s` per channel; without them the sums go straight to dx
     let (ph, pw) = (g.h.div_ceil(s), g.w.div_ceil(s));
-    let mut phases = if phased {
-        vec![0f32; g.c * s * s * ph * pw]
-    } else {
+    let mut phases = vec![0f32; if phased { g.c * s * s * ph * pw } else { 0 }];
+    if !phased {
         dx.fill(0.0);
-        Vec::new()
-    };
+    }
     for c in 0..g.c {
         for ky in 0..k {
             for kx in 0..k {
