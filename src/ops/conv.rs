@@ -20,7 +20,9 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 use std::sync::Arc;
 
-pub(super) use super::layout::{with_padded, with_scratch, Epilogue, Geometry, PlaneFn};
+pub(super) use super::layout::{
+    with_padded, with_padded_batch_last, with_scratch, Epilogue, Geometry, PlaneFn,
+};
 
 /// Output size of a convolution.
 pub fn conv_out(input: usize, kernel: usize, stride: usize, padding: usize) -> usize {
@@ -126,15 +128,136 @@ fn im2col_chunk(x: &[f32], g: &Geometry, i0: usize, m: usize, col: &mut [f32]) {
     })
 }
 
-/// The output gradient of images `i0..i0+m` (`[m, o, hw]`) as one `[o, m*hw]` matrix, each
-/// output channel `o` multiplied by `scale[o]` when given (the folded BatchNorm scale of a
-/// fused convolution).
+/// How a column matrix orders the columns of a chunk of `m` images.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Columns {
+    /// Image by image: column `j * hw + t` ([`im2col_chunk`]).
+    ByImage,
+    /// The image index last: column `t * m + j` ([`im2col_batch_last`]).
+    BatchLast,
+}
+
+/// Output width up to which the im2col paths build their column matrices batch-last
+/// ([`Columns::BatchLast`]). `layer_timings`, by image and batch-last alternating in one
+/// process (batch 16, 2 threads, best of 20, twice), in ms, forward / input gradient / weight
+/// gradient: at 64 px, layer 4's 3x3 (2 wide) 1.31 → 0.98 / 1.75 → 1.45 / 1.32 → 0.98 and
+/// 1.21 → 0.90 / 1.62 → 1.33 / 1.24 → 0.94, layer 3's 3x3 (4 wide) 1.36 → 1.14 / 1.54 → 1.35 /
+/// 1.29 → 1.08, the 3x3/2 layers 7-25% faster (8, 4 and 2 wide). At 224 px (one run of
+/// 6): 7 wide level, 14 and 28 wide slower (11.9 → 12.9 and 15.0 → 20.4 ms forward).
+const BATCH_LAST_MAX_WO: usize = 8;
+
+impl Columns {
+    /// The order for geometry `g`: batch-last on maps at most [`BATCH_LAST_MAX_WO`] wide.
+    fn for_geometry(g: &Geometry) -> Columns {
+        if g.wo <= BATCH_LAST_MAX_WO {
+            Columns::BatchLast
+        } else {
+            Columns::ByImage
+        }
+    }
+}
+
+/// The column matrix of images `i0..i0+m` with the image index last: `[ckk, hw * m]`, row
+/// `(c*k + ky)*k + kx`, column `(oy*wo + ox) * m + j` (the entries of [`im2col_chunk`],
+/// columns permuted). The images are first copied, zero-padded, into one `[c, hp, wp, m]`
+/// buffer, so that each output row of a row of the column matrix is one contiguous copy of
+/// `wo * m` floats (stride 1) or `wo` copies of `m` (larger strides): on small maps (4 or 2
+/// wide at 64 px) the copies of [`im2col_chunk`] are 4 or 2 floats long.
+fn im2col_batch_last(x: &[f32], g: &Geometry, i0: usize, m: usize, col: &mut [f32]) {
+    let (k, s, p) = (g.k, g.stride, g.pad);
+    let (hp, wp) = (g.h + 2 * p, g.w + 2 * p);
+    let hw = g.hw_out();
+    let images = &x[i0 * g.plane_in()..(i0 + m) * g.plane_in()];
+    with_padded_batch_last(images, (g.c, g.h, g.w), p, m, |xt| {
+        col[..g.ckk() * hw * m]
+            .par_chunks_mut(hw * m)
+            .enumerate()
+            .for_each(|(r, row)| {
+                let c = r / (k * k);
+                let ky = (r / k) % k;
+                let kx = r % k;
+                for (oy, dst) in row.chunks_exact_mut(g.wo * m).enumerate() {
+                    let line = ((c * hp + oy * s + ky) * wp + kx) * m;
+                    if s == 1 {
+                        dst.copy_from_slice(&xt[line..][..g.wo * m]);
+                    } else {
+                        for (ox, d) in dst.chunks_exact_mut(m).enumerate() {
+                            d.copy_from_slice(&xt[line + ox * s * m..][..m]);
+                        }
+                    }
+                }
+            })
+    })
+}
+
+/// The column matrix of images `i0..i0+m` with columns in order `cols`.
+fn im2col_in(x: &[f32], g: &Geometry, (i0, m): (usize, usize), cols: Columns, col: &mut [f32]) {
+    match cols {
+        Columns::ByImage => im2col_chunk(x, g, i0, m, col),
+        Columns::BatchLast => im2col_batch_last(x, g, i0, m, col),
+    }
+}
+
+/// The adjoint of [`im2col_batch_last`] for a chunk of `m` images: adds every entry of the
+/// batch-last column matrix `col` back to its input pixel of `dx` (the chunk's `[m, c, h,
+/// w]`, written, not added to). The sums go into a zero-padded `[c, hp, wp, m]` buffer, as contiguous
+/// runs of `wo * m` (stride 1) or `m` floats, which is then copied out without its padding.
+/// Every pixel receives the same additions in the same order as in [`col2im_strided`]
+/// (channel, tap, output row, starting from zero): the same bits.
+fn col2im_batch_last(col: &[f32], g: &Geometry, m: usize, dx: &mut [f32]) {
+    let (k, s, p) = (g.k, g.stride, g.pad);
+    let (hp, wp) = (g.h + 2 * p, g.w + 2 * p);
+    let hw = g.hw_out();
+    let mut xt = vec![0f32; g.c * hp * wp * m];
+    xt.par_chunks_mut(hp * wp * m)
+        .enumerate()
+        .for_each(|(c, dst)| {
+            for ky in 0..k {
+                for kx in 0..k {
+                    let r = (c * k + ky) * k + kx;
+                    let row = &col[r * hw * m..][..hw * m];
+                    for (oy, src) in row.chunks_exact(g.wo * m).enumerate() {
+                        let line = ((oy * s + ky) * wp + kx) * m;
+                        if s == 1 {
+                            for (d, v) in dst[line..][..g.wo * m].iter_mut().zip(src) {
+                                *d += v;
+                            }
+                        } else {
+                            for (ox, v) in src.chunks_exact(m).enumerate() {
+                                let d = &mut dst[line + ox * s * m..][..m];
+                                for (d, v) in d.iter_mut().zip(v) {
+                                    *d += v;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    let xt = &xt;
+    dx[..m * g.plane_in()]
+        .par_chunks_mut(g.h * g.w)
+        .enumerate()
+        .for_each(|(q, plane)| {
+            let (j, c) = (q / g.c, q % g.c);
+            for (iy, line) in plane.chunks_exact_mut(g.w).enumerate() {
+                let src = &xt[((c * hp + iy + p) * wp + p) * m..][..g.w * m];
+                for (d, v) in line.iter_mut().zip(src.iter().skip(j).step_by(m)) {
+                    *d = *v;
+                }
+            }
+        });
+}
+
+/// The output gradient of images `i0..i0+m` (`[m, o, hw]`) as one `[o, m*hw]` matrix with
+/// columns in order `cols`, each output channel `o` multiplied by `scale[o]` when given (the
+/// folded BatchNorm scale of a fused convolution).
 fn gather_grad(
     gr: &[f32],
     g: &Geometry,
-    i0: usize,
-    m: usize,
+    (i0, m): (usize, usize),
     scale: Option<&[f32]>,
+    cols: Columns,
     gt: &mut [f32],
 ) {
     let hw = g.hw_out();
@@ -142,14 +265,23 @@ fn gather_grad(
         .par_chunks_mut(m * hw)
         .enumerate()
         .for_each(|(o, row)| {
+            let a = scale.map(|sc| sc[o]);
             for j in 0..m {
                 let src = &gr[((i0 + j) * g.o + o) * hw..][..hw];
-                let dst = &mut row[j * hw..(j + 1) * hw];
-                match scale {
-                    None => dst.copy_from_slice(src),
-                    Some(sc) => {
-                        let a = sc[o];
-                        for (d, v) in dst.iter_mut().zip(src) {
+                match (cols, a) {
+                    (Columns::ByImage, None) => row[j * hw..][..hw].copy_from_slice(src),
+                    (Columns::ByImage, Some(a)) => {
+                        for (d, v) in row[j * hw..][..hw].iter_mut().zip(src) {
+                            *d = v * a;
+                        }
+                    }
+                    (Columns::BatchLast, None) => {
+                        for (d, v) in row.iter_mut().skip(j).step_by(m).zip(src) {
+                            *d = *v;
+                        }
+                    }
+                    (Columns::BatchLast, Some(a)) => {
+                        for (d, v) in row.iter_mut().skip(j).step_by(m).zip(src) {
                             *d = v * a;
                         }
                     }
@@ -324,15 +456,28 @@ pub(super) fn conv_forward_im2col(
     epi: &Epilogue,
     res: Option<&[f32]>,
 ) -> Vec<f32> {
+    conv_forward_im2col_in(x, w, g, epi, res, Columns::for_geometry(g))
+}
+
+/// [`conv_forward_im2col`] with columns in order `cols` (either gives the same bits).
+fn conv_forward_im2col_in(
+    x: &[f32],
+    w: &[f32],
+    g: &Geometry,
+    epi: &Epilogue,
+    res: Option<&[f32]>,
+    cols: Columns,
+) -> Vec<f32> {
     let g = *g;
     let (ckk, hw) = (g.ckk(), g.hw_out());
     let mut out = vec![0f32; g.n * g.o * hw];
     let chunk = images_per_chunk(&g);
+    let batch_last = cols == Columns::BatchLast;
     with_scratch(ckk * chunk * hw, g.o * chunk * hw, |col, prod| {
         let mut i0 = 0;
         while i0 < g.n {
             let m = chunk.min(g.n - i0);
-            im2col_chunk(x, &g, i0, m, col);
+            im2col_in(x, &g, (i0, m), cols, col);
             // [o, m*hw] = W [o, ckk] x col [ckk, m*hw], then to [m, o, hw]
             matmul(
                 g.o,
@@ -350,7 +495,14 @@ pub(super) fn conv_forward_im2col(
                 .for_each(|(q, dst)| {
                     let (j, o) = (q / g.o, q % g.o);
                     let r = res.map(|r| &r[(i0 * g.o + q) * hw..][..hw]);
-                    dst.copy_from_slice(&prod[o * m * hw + j * hw..][..hw]);
+                    if batch_last {
+                        let src = &prod[o * m * hw..][..m * hw];
+                        for (d, v) in dst.iter_mut().zip(src.iter().skip(j).step_by(m)) {
+                            *d = *v;
+                        }
+                    } else {
+                        dst.copy_from_slice(&prod[o * m * hw + j * hw..][..hw]);
+                    }
                     epi.apply_in_place(o, r, dst);
                 });
             i0 += m;
@@ -591,7 +743,6 @@ pub(super) fn conv_input_grad(
     scale: Option<&[f32]>,
 ) -> Vec<f32> {
     let g = *g;
-    let (ckk, hw) = (g.ckk(), g.hw_out());
     // a stride-1 convolution's input gradient as a convolution (padding k-1-p)
     let flipped = (g.stride == 1 && g.pad < g.k).then(|| Geometry {
         n: g.n,
@@ -630,14 +781,30 @@ pub(super) fn conv_input_grad(
         });
         return conv_forward(gr, &wt, &flipped, &Epilogue::default(), None);
     }
+    input_grad_col2im(gr, w, &g, scale, Columns::for_geometry(&g))
+}
+
+/// [`conv_input_grad`] as one matrix product `Wᵀ G` per chunk of images, its columns added
+/// back to the input's pixels (col2im), columns in order `cols` (either gives the same
+/// bits).
+fn input_grad_col2im(
+    gr: &[f32],
+    w: &[f32],
+    g: &Geometry,
+    scale: Option<&[f32]>,
+    cols: Columns,
+) -> Vec<f32> {
+    let g = *g;
+    let (ckk, hw) = (g.ckk(), g.hw_out());
     let mut dx = vec![0f32; g.n * g.plane_in()];
     let chunk = images_per_chunk(&g);
+    let batch_last = cols == Columns::BatchLast;
     with_scratch(g.o * chunk * hw, ckk * chunk * hw, |gt, dcol| {
         let mut i0 = 0;
         while i0 < g.n {
             let m = chunk.min(g.n - i0);
             // gradient [m, o, hw] -> [o, m*hw]
-            gather_grad(gr, &g, i0, m, scale, gt);
+            gather_grad(gr, &g, (i0, m), scale, cols, gt);
             // dcol [ckk, m*hw] = W^T [ckk, o] x G [o, m*hw]
             matmul(
                 ckk,
@@ -649,10 +816,14 @@ pub(super) fn conv_input_grad(
                 (gt, (m * hw) as isize, 1),
             );
             let dcol = &*dcol;
-            dx[i0 * g.plane_in()..(i0 + m) * g.plane_in()]
-                .par_chunks_mut(g.plane_in())
-                .enumerate()
-                .for_each(|(j, d)| col2im_strided(dcol, &g, j, m, d));
+            let dxm = &mut dx[i0 * g.plane_in()..(i0 + m) * g.plane_in()];
+            if batch_last {
+                col2im_batch_last(dcol, &g, m, dxm);
+            } else {
+                dxm.par_chunks_mut(g.plane_in())
+                    .enumerate()
+                    .for_each(|(j, d)| col2im_strided(dcol, &g, j, m, d));
+            }
             i0 += m;
         }
     });
@@ -787,6 +958,18 @@ pub(super) fn weight_grad_im2col(
     g: &Geometry,
     scale: Option<&[f32]>,
 ) -> Vec<f32> {
+    weight_grad_im2col_in(x, gr, g, scale, Columns::for_geometry(g))
+}
+
+/// [`weight_grad_im2col`] with columns in order `cols`: the sums over images and output
+/// positions run in that order, so the two orders round differently.
+fn weight_grad_im2col_in(
+    x: &[f32],
+    gr: &[f32],
+    g: &Geometry,
+    scale: Option<&[f32]>,
+    cols: Columns,
+) -> Vec<f32> {
     let g = *g;
     let (ckk, hw) = (g.ckk(), g.hw_out());
     // written by the first chunk's product (45 MB of zeros a step for ResNet-18 otherwise)
@@ -796,8 +979,8 @@ pub(super) fn weight_grad_im2col(
         let mut i0 = 0;
         while i0 < g.n {
             let m = chunk.min(g.n - i0);
-            im2col_chunk(x, &g, i0, m, col);
-            gather_grad(gr, &g, i0, m, scale, gt);
+            im2col_in(x, &g, (i0, m), cols, col);
+            gather_grad(gr, &g, (i0, m), scale, cols, gt);
             // dW [o, ckk] (+)= G [o, m*hw] x col^T [m*hw, ckk]
             let (a, b) = (
                 (&gt[..], (m * hw) as isize, 1),
@@ -1116,6 +1299,54 @@ mod tests {
     }
 
     #[test]
+    fn batch_last_columns_give_the_bits_of_columns_by_image() {
+        // (n, c, h, w, o, k, s, p): ResNet-18's small maps (3x3 at 4 and 2 px, 3x3/2, 1x1/2),
+        // odd and non-square sizes, stride 3, padding 0 to 3, one image and several
+        let cases = [
+            (3, 8, 4, 4, 6, 3, 1, 1),
+            (2, 5, 2, 2, 7, 3, 1, 1),
+            (3, 4, 8, 8, 5, 3, 2, 1),
+            (2, 6, 8, 8, 9, 1, 2, 0),
+            (1, 3, 9, 7, 4, 3, 2, 1),
+            (4, 2, 11, 10, 3, 5, 3, 2),
+            (2, 3, 13, 12, 4, 7, 2, 3),
+            (3, 4, 20, 18, 4, 3, 1, 1),
+        ];
+        for (n, c, h, w, o, k, s, p) in cases {
+            let g = geometry(&Shape::from((n, c, h, w)), &Shape::from((o, c, k, k)), s, p).unwrap();
+            let seed = (h * w + k * s + p) as u64;
+            let v = |len: usize, i: u64| crate::ops::testing::values(len, seed * 8 + i);
+            let (x, wt) = (v(n * g.plane_in(), 1), v(o * c * k * k, 2));
+            let (res, gr) = (v(n * o * g.hw_out(), 3), v(n * o * g.hw_out(), 4));
+            let scale = v(o, 5);
+            let epi = Epilogue {
+                scale: Some(Arc::new(scale.clone())),
+                shift: Some(Arc::new(v(o, 6))),
+                relu: true,
+            };
+            let bits =
+                |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
+            let what = format!("{n}x{c}x{h}x{w}, {o} outputs, k {k}, stride {s}, padding {p}");
+            let [a, b] = [Columns::ByImage, Columns::BatchLast]
+                .map(|cols| conv_forward_im2col_in(&x, &wt, &g, &epi, Some(&res), cols));
+            assert!(bits(&a, &b), "forward, {what}");
+            let [a, b] = [Columns::ByImage, Columns::BatchLast]
+                .map(|cols| input_grad_col2im(&gr, &wt, &g, Some(&scale), cols));
+            assert!(bits(&a, &b), "input gradient, {what}");
+            // the weight gradient sums in another order: equal up to rounding
+            let [a, b] = [Columns::ByImage, Columns::BatchLast]
+                .map(|cols| weight_grad_im2col_in(&x, &gr, &g, Some(&scale), cols));
+            let top = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (a, b) in a.iter().zip(&b) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * top,
+                    "weight gradient, {what}: {a} vs {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn flipped_kernel_is_the_definition() {
         // block edges inside and past both dimensions (16), with and without a scale
         for (o, c, kk) in [(1, 1, 9), (20, 37, 9), (16, 16, 1), (33, 5, 49)] {
@@ -1309,8 +1540,10 @@ mod tests {
 
 /// Per-layer timings of ResNet-18's convolutions with the AVX2 and the AVX-512 routing,
 /// interleaved in one process (the development VM's timings move by up to 2x from minute to
-/// minute; interleaving and the best of many runs see through most of it). A measurement,
-/// not a test: it prints and asserts nothing.
+/// minute; interleaving and the best of many runs see through most of it), which of the two
+/// runs first swapped every other run (the second of a pair ran up to 15% faster on the
+/// same code). A measurement, not a test: it prints and asserts nothing. `bench/torch_layers.py`
+/// times the same convolutions in PyTorch.
 ///
 /// `cargo test --release --lib layer_timings -- --ignored --nocapture`, with
 /// `RAYON_NUM_THREADS=2` and optionally `TIMING_SIZE=224` (image size, default 64),
@@ -1374,9 +1607,15 @@ mod layer_timings {
                 }),
             ];
             let mut best = [[f64::MAX; 2]; 3];
-            for _ in 0..runs {
+            for run in 0..runs {
                 for (p, f) in passes.iter().enumerate() {
-                    for wide in [false, true] {
+                    // alternate which routing runs first (the second of a pair runs faster)
+                    let order = if run % 2 == 0 {
+                        [false, true]
+                    } else {
+                        [true, false]
+                    };
+                    for wide in order {
                         crate::ops::set_avx512(wide);
                         let t = std::time::Instant::now();
                         f();

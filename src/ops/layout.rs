@@ -137,19 +137,8 @@ pub(super) fn with_padded<R>(
         "with_padded: planes too small"
     );
     let planes = x.len() / (h * w).max(1);
-    PADDED.with(|cell| {
-        let mut guard = cell.try_borrow_mut();
-        let mut fresh = Vec::new();
-        let buf: &mut Vec<f32> = match guard.as_mut() {
-            Ok(b) => b,
-            Err(_) => &mut fresh,
-        };
-        let need = planes * plane;
-        if buf.len() < need {
-            buf.resize(need, 0.0);
-        }
-        buf[..need]
-            .par_chunks_mut(plane)
+    with_padded_buffer(planes * plane, |buf| {
+        buf.par_chunks_mut(plane)
             .zip(x.par_chunks(h * w))
             .for_each(|(dst, src)| {
                 dst[..p * wp].fill(0.0);
@@ -161,7 +150,62 @@ pub(super) fn with_padded<R>(
                     d[p..p + w].copy_from_slice(line);
                 }
             });
-        f(&buf[..need])
+        f(buf)
+    })
+}
+
+/// Runs `f` on `need` floats of this thread's padded-image buffer (arbitrary contents: the
+/// caller writes all of it), kept across calls; a re-entrant call gets a fresh one.
+fn with_padded_buffer<R>(need: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    PADDED.with(|cell| {
+        let mut guard = cell.try_borrow_mut();
+        let mut fresh = Vec::new();
+        let buf: &mut Vec<f32> = match guard.as_mut() {
+            Ok(b) => b,
+            Err(_) => &mut fresh,
+        };
+        if buf.len() < need {
+            buf.resize(need, 0.0);
+        }
+        f(&mut buf[..need])
+    })
+}
+
+/// Runs `f` on the `m` images `x` (`[m, c, h, w]`) copied, zero-padded by `p` on every side,
+/// into one batch-last buffer `[c, h + 2p, w + 2p, m]`: pixel `(iy, ix)` of image `j` at
+/// `((c * hp + iy + p) * wp + ix + p) * m + j`. The buffer is this thread's, shared with
+/// [`with_padded`] and reused across calls (a re-entrant call gets a fresh one).
+pub(super) fn with_padded_batch_last<R>(
+    x: &[f32],
+    (c, h, w): (usize, usize, usize),
+    p: usize,
+    m: usize,
+    f: impl FnOnce(&[f32]) -> R,
+) -> R {
+    assert_eq!(x.len(), m * c * h * w, "with_padded_batch_last: input size");
+    let (hp, wp) = (h + 2 * p, w + 2 * p);
+    let block = hp * wp * m;
+    with_padded_buffer(c * block, |buf| {
+        buf.par_chunks_mut(block).enumerate().for_each(|(ci, dst)| {
+            // the padding: p rows above and below, p columns left and right
+            dst[..p * wp * m].fill(0.0);
+            dst[(p + h) * wp * m..].fill(0.0);
+            for iy in 0..h {
+                let row = &mut dst[(p + iy) * wp * m..][..wp * m];
+                row[..p * m].fill(0.0);
+                row[(p + w) * m..].fill(0.0);
+            }
+            for j in 0..m {
+                let plane = &x[(j * c + ci) * h * w..][..h * w];
+                for (iy, line) in plane.chunks_exact(w).enumerate() {
+                    let row = &mut dst[((iy + p) * wp + p) * m..][..w * m];
+                    for (d, v) in row.iter_mut().skip(j).step_by(m).zip(line) {
+                        *d = *v;
+                    }
+                }
+            }
+        });
+        f(buf)
     })
 }
 
