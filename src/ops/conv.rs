@@ -1330,18 +1330,21 @@ mod tests {
             let [a, b] = [Columns::ByImage, Columns::BatchLast]
                 .map(|cols| conv_forward_im2col_in(&x, &wt, &g, &epi, Some(&res), cols));
             assert!(bits(&a, &b), "forward, {what}");
-            let [a, b] = [Columns::ByImage, Columns::BatchLast]
-                .map(|cols| input_grad_col2im(&gr, &wt, &g, Some(&scale), cols));
-            assert!(bits(&a, &b), "input gradient, {what}");
-            // the weight gradient sums in another order: equal up to rounding
-            let [a, b] = [Columns::ByImage, Columns::BatchLast]
-                .map(|cols| weight_grad_im2col_in(&x, &gr, &g, Some(&scale), cols));
-            let top = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-            for (a, b) in a.iter().zip(&b) {
-                assert!(
-                    (a - b).abs() <= 1e-5 * top,
-                    "weight gradient, {what}: {a} vs {b}"
-                );
+            // the gradients with and without a folded scale
+            for sc in [Some(scale.as_slice()), None] {
+                let [a, b] = [Columns::ByImage, Columns::BatchLast]
+                    .map(|cols| input_grad_col2im(&gr, &wt, &g, sc, cols));
+                assert!(bits(&a, &b), "input gradient, {what}");
+                // the weight gradient sums in another order: equal up to rounding
+                let [a, b] = [Columns::ByImage, Columns::BatchLast]
+                    .map(|cols| weight_grad_im2col_in(&x, &gr, &g, sc, cols));
+                let top = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+                for (a, b) in a.iter().zip(&b) {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * top,
+                        "weight gradient, {what}: {a} vs {b}"
+                    );
+                }
             }
         }
     }
