@@ -200,8 +200,9 @@ fn im2col_in(x: &[f32], g: &Geometry, (i0, m): (usize, usize), cols: Columns, co
 
 /// The adjoint of [`im2col_batch_last`] for a chunk of `m` images: adds every entry of the
 /// batch-last column matrix `col` back to its input pixel of `dx` (the chunk's `[m, c, h,
-/// w]`, written, not added to). The sums go into a zero-padded `[c, hp, wp, m]` buffer, as contiguous
-/// runs of `wo * m` (stride 1) or `m` floats, which is then copied out without its padding.
+/// w]`, written, not added to). The sums go into a zero-padded `[c, hp, wp, m]` buffer, as
+/// contiguous runs of `wo * m` (stride 1) or `m` floats, which is then copied out without
+/// its padding.
 /// Every pixel receives the same additions in the same order as in [`col2im_strided`]
 /// (channel, tap, output row, starting from zero): the same bits.
 fn col2im_batch_last(col: &[f32], g: &Geometry, m: usize, dx: &mut [f32]) {
@@ -1133,7 +1134,7 @@ fn on_cuda_f32(ts: &[&Tensor]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::testing::{conv_bn_reference, max_rel, normal, probe_grads};
+    use crate::ops::testing::{conv_bn_reference, max_rel, normal, probe_grads, same_bits};
     use candle_core::{Device, Var};
 
     fn rand(shape: &[usize], seed: u64) -> Tensor {
@@ -1288,11 +1289,10 @@ mod tests {
                         }
                     }
                 }
-                let same = got
-                    .iter()
-                    .zip(&want)
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{h}x{w}, k {k}, stride {s}, padding {p}, image {j}");
+                assert!(
+                    same_bits(&got, &want),
+                    "{h}x{w}, k {k}, stride {s}, padding {p}, image {j}"
+                );
             }
         }
         assert!(phased >= 4 && phased < cases.len(), "both paths covered");
@@ -1324,17 +1324,15 @@ mod tests {
                 shift: Some(Arc::new(v(o, 6))),
                 relu: true,
             };
-            let bits =
-                |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
             let what = format!("{n}x{c}x{h}x{w}, {o} outputs, k {k}, stride {s}, padding {p}");
             let [a, b] = [Columns::ByImage, Columns::BatchLast]
                 .map(|cols| conv_forward_im2col_in(&x, &wt, &g, &epi, Some(&res), cols));
-            assert!(bits(&a, &b), "forward, {what}");
+            assert!(same_bits(&a, &b), "forward, {what}");
             // the gradients with and without a folded scale
             for sc in [Some(scale.as_slice()), None] {
                 let [a, b] = [Columns::ByImage, Columns::BatchLast]
                     .map(|cols| input_grad_col2im(&gr, &wt, &g, sc, cols));
-                assert!(bits(&a, &b), "input gradient, {what}");
+                assert!(same_bits(&a, &b), "input gradient, {what}");
                 // the weight gradient sums in another order: equal up to rounding
                 let [a, b] = [Columns::ByImage, Columns::BatchLast]
                     .map(|cols| weight_grad_im2col_in(&x, &gr, &g, sc, cols));
@@ -1545,8 +1543,8 @@ mod tests {
 /// interleaved in one process (the development VM's timings move by up to 2x from minute to
 /// minute; interleaving and the best of many runs see through most of it), which of the two
 /// runs first swapped every other run (the second of a pair ran up to 15% faster on the
-/// same code). A measurement, not a test: it prints and asserts nothing. `bench/torch_layers.py`
-/// times the same convolutions in PyTorch.
+/// same code). A measurement, not a test: it prints and asserts nothing.
+/// `bench/torch_layers.py` times the same convolutions in PyTorch.
 ///
 /// `cargo test --release --lib layer_timings -- --ignored --nocapture`, with
 /// `RAYON_NUM_THREADS=2` and optionally `TIMING_SIZE=224` (image size, default 64),

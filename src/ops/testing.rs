@@ -21,6 +21,12 @@ pub fn uniform(shape: &[usize], seed: u64, lo: f32, hi: f32) -> Tensor {
     Tensor::from_vec(r.uniform_vec(n, lo, hi), shape, &Device::Cpu).unwrap()
 }
 
+/// Whether `a` and `b` hold the same values bit for bit (the same length, and every pair of
+/// floats with equal bits: -0 differs from 0, a NaN equals only the same NaN).
+pub fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits())
+}
+
 fn max_of_abs(t: &Tensor) -> f32 {
     t.abs()
         .unwrap()

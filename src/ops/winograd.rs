@@ -803,7 +803,7 @@ mod tests {
                 // the two kernels add the same products in the same order per lane
                 if let [a, b] = &runs[..] {
                     assert!(
-                        a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        crate::ops::testing::same_bits(a, b),
                         "{g:?}: AVX2 and AVX-512 products differ"
                     );
                 }
@@ -850,10 +850,7 @@ mod tests {
                     .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
                 assert!(worst <= 2e-5 * top, "{g:?}: off by {worst} (largest {top})");
                 assert!(
-                    runs[1]
-                        .iter()
-                        .zip(got)
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    crate::ops::testing::same_bits(&runs[1], got),
                     "{g:?}: 1 and 3 threads differ"
                 );
             }
@@ -899,9 +896,7 @@ mod tests {
                     conv_winograd(xi, &wt, &g1, &epi, Some(ri), &mut alone);
                     let got = &together[i * plane..(i + 1) * plane];
                     assert!(
-                        got.iter()
-                            .zip(&alone)
-                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        crate::ops::testing::same_bits(got, &alone),
                         "{g:?} image {i} (AVX-512: {wide}): grouped and alone differ"
                     );
                 }
