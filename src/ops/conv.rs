@@ -90,12 +90,17 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
 /// The images are first copied into a zero-padded buffer, so that every output row is one
 /// unchecked copy (stride 1) or gather (stride 2); rows are filled in parallel.
 fn im2col_chunk(x: &[f32], g: &Geometry, i0: usize, m: usize, col: &mut [f32]) {
+    im2col_rows(x, g, (i0, m), m * g.hw_out(), col)
+}
+
+/// [`im2col_chunk`] with its rows `rs >= m * hw` floats apart.
+fn im2col_rows(x: &[f32], g: &Geometry, (i0, m): (usize, usize), rs: usize, col: &mut [f32]) {
     let (k, s, p) = (g.k, g.stride, g.pad);
     let (hp, wp) = (g.h + 2 * p, g.w + 2 * p);
     let fill = |src: &[f32], col: &mut [f32]| {
         let hw = g.hw_out();
-        col[..g.ckk() * m * hw]
-            .par_chunks_mut(m * hw)
+        col[..g.ckk() * rs]
+            .par_chunks_mut(rs)
             .enumerate()
             .for_each(|(r, row)| {
                 let c = r / (k * k);
@@ -1014,10 +1019,13 @@ pub(super) fn weight_grad_by_image(
     let parts: Vec<Vec<f32>> = (0..g.n)
         .into_par_iter()
         .map(|i| {
-            with_scratch(ckk * hw, 0, |col, _| {
-                im2col_chunk(x, &g, i, 1, col);
+            // the column matrix's rows padded: the stem's at 64 px (32 x 32 outputs) would
+            // otherwise lie 4 KB apart
+            let rs = super::layout::padded_stride(hw);
+            with_scratch(ckk * rs, 0, |col, _| {
+                im2col_rows(x, &g, (i, 1), rs, col);
                 let gi = &gr[i * g.o * hw..][..g.o * hw];
-                let (a, b) = ((gi, hw as isize, 1), (&col[..], 1, hw as isize));
+                let (a, b) = ((gi, hw as isize, 1), (&col[..], 1, rs as isize));
                 let mut d = vec![0f32; size];
                 matmul_blocks(g.o, ckk, hw, &mut d, false, a, b, 1);
                 d

@@ -209,6 +209,17 @@ pub(super) fn with_padded_batch_last<R>(
     })
 }
 
+/// The distance, in floats, to give rows of `len` floats that a kernel reads or writes
+/// together: `len` rounded up to a cache line, plus one line. Rows a multiple of 4 KB apart
+/// (1,024 floats: Winograd's 1,024 tiles of layer 1 at 64 px, the stem's 32 x 32 outputs)
+/// all fall into one set of the L1 cache, which holds 12 lines of a set; 16 such streams
+/// evict each other on every access. Measured per layer (batch 16, 2 threads, best of 20,
+/// the AVX-512 VM): Winograd's weight gradient of layer 1 at 64 px 2.2 → 1.2 ms, the stem's
+/// weight gradient 2.5-2.6 → 1.8-1.9 ms.
+pub(super) fn padded_stride(len: usize) -> usize {
+    len.div_ceil(16) * 16 + 16
+}
+
 thread_local! {
     static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };

@@ -35,12 +35,18 @@
 //! The weight gradients of these layers run the same transforms transposed, F(3x3, 2x2)
 //! ([`weight_grad`], on AVX-512 CPUs where [`usable_for_weights`] routes them).
 //!
+//! With AVX-512 the transforms of the inputs and of the output gradients run in registers,
+//! a row of 16 tiles at a time ([`transform_plane_avx512`], [`grad_tiles_avx512`]): the same
+//! additions as the portable loops, the same bits, where those paid for slices and bounds on
+//! every row of a few tiles. In `perf` of a weight gradient of layer 1 at 64 px the two
+//! transforms had taken half the time, and the products the other half.
+//!
 //! Numerics: the transforms only add, subtract and halve, so the results differ from a
 //! direct sum by rounding (a few units in the last place of the inputs' scale), like any
 //! other summation order; [`set_winograd`] turns it off.
 
 use super::frozen::Derivation;
-use super::layout::{has_fma, use_avx512, with_scratch, Epilogue, Geometry};
+use super::layout::{has_fma, padded_stride, use_avx512, with_scratch, Epilogue, Geometry};
 use super::matmul::matmul_blocks;
 use super::SendPtr;
 use rayon::prelude::*;
@@ -93,6 +99,10 @@ fn supports_weights(g: &Geometry) -> bool {
 /// 13.8 / 16.5 → 9.2 / 12.4 → 8.7 at 64 / 128 / 256 channels and 56 / 28 / 14 px; 2.3 → 1.7 /
 /// 1.4 → 1.2 at 64 / 128 channels, 16 / 8 px; slower on smaller maps (10.8 → 12.1 at 512
 /// channels, 7 px; 1.2 → 1.6 at 256, 4 px). Without AVX-512 the routing stays as it was.
+/// With the rows of [`padded_stride`] and the AVX-512 transforms (batch 16, 2 threads, best
+/// of 20, twice, alternating): 1.95-1.98 → 1.03-1.06 ms at 64 channels, 16 px; 1.54-1.60 →
+/// 1.03-1.21 at 128, 8 px; 256 channels at 4 px stayed slower than batch-last im2col (1.4
+/// against 1.1-1.2 ms).
 pub(super) fn usable_for_weights(g: &Geometry) -> bool {
     supports_weights(g) && use_avx512() && g.wo >= 8 && ENABLED.load(Ordering::Relaxed)
 }
@@ -263,7 +273,12 @@ unsafe fn run_band(
         for ci in 0..c {
             let plane = &xi[ci * h * w..(ci + 1) * h * w];
             let base = ci * nb + k * per_img;
-            transform_plane(plane, (h, w), (ty0, ty1), (eo, rr), v, (vs, base));
+            if wide {
+                // AVX-512F: the caller's `wide`; v holds the band's tiles at vs (as below)
+                transform_plane_avx512(plane, (h, w), (ty0, ty1), v, (vs, base));
+            } else {
+                transform_plane(plane, (h, w), (ty0, ty1), (eo, rr), v, (vs, base));
+            }
         }
     }
     // lanes past the task's tiles: zeros (their sums are never stored)
@@ -373,31 +388,45 @@ pub(super) fn weight_grad(x: &[f32], gr: &[f32], g: &Geometry, scale: Option<&[f
     let per_img = th * tw;
     let chunk = (WG_FLOATS / (16 * (c + o) * per_img)).clamp(1, n.max(1));
     let mut p = vec![0f32; 16 * o * c];
-    let tmax = chunk * per_img;
+    let wide = use_avx512();
+    let tmax = padded_stride(chunk * per_img);
     with_scratch(16 * c * tmax, 16 * o * tmax, |vbuf, mbuf| {
         let mut i0 = 0;
         while i0 < n {
             let k = chunk.min(n - i0);
             let t = k * per_img;
-            let (v, m) = (&mut vbuf[..16 * c * t], &mut mbuf[..16 * o * t]);
-            v.par_chunks_mut(16 * t).enumerate().for_each(|(ci, vc)| {
+            let ts = padded_stride(t);
+            let (v, m) = (&mut vbuf[..16 * c * ts], &mut mbuf[..16 * o * ts]);
+            v.par_chunks_mut(16 * ts).enumerate().for_each(|(ci, vc)| {
                 let mut eo = vec![0f32; 2 * (tw + 1)];
                 let mut rr = vec![0f32; (2 * th + 2) * 4 * tw];
                 for j in 0..k {
                     let plane = &x[((i0 + j) * c + ci) * h * w..][..h * w];
-                    // SAFETY: AVX2 and FMA checked by `supports_weights`
-                    unsafe {
-                        input_tiles(plane, (h, w), th, (&mut eo, &mut rr), vc, t, j * per_img)
-                    };
+                    if wide {
+                        // SAFETY: AVX-512F checked by `use_avx512`; vc holds the chunk's tiles
+                        unsafe {
+                            transform_plane_avx512(plane, (h, w), (0, th), vc, (ts, j * per_img))
+                        }
+                    } else {
+                        // SAFETY: AVX2 and FMA checked by `supports_weights`
+                        unsafe {
+                            input_tiles(plane, (h, w), th, (&mut eo, &mut rr), vc, ts, j * per_img)
+                        };
+                    }
                 }
             });
-            m.par_chunks_mut(16 * t).enumerate().for_each(|(oi, mo)| {
+            m.par_chunks_mut(16 * ts).enumerate().for_each(|(oi, mo)| {
                 let a = scale.map_or(1.0, |s| s[oi]);
                 let mut rows = vec![0f32; 4 * tw];
                 for j in 0..k {
                     let plane = &gr[((i0 + j) * o + oi) * ho * wo..][..ho * wo];
-                    // SAFETY: AVX2 and FMA checked by `supports_weights`
-                    unsafe { grad_tiles(plane, (ho, wo), a, &mut rows, mo, t, j * per_img) };
+                    if wide {
+                        // SAFETY: AVX-512F checked by `use_avx512`; mo holds the chunk's tiles
+                        unsafe { grad_tiles_avx512(plane, (ho, wo), a, mo, ts, j * per_img) }
+                    } else {
+                        // SAFETY: AVX2 and FMA checked by `supports_weights`
+                        unsafe { grad_tiles(plane, (ho, wo), a, &mut rows, mo, ts, j * per_img) };
+                    }
                 }
             });
             let (v, m) = (&*v, &*m);
@@ -410,8 +439,8 @@ pub(super) fn weight_grad(x: &[f32], gr: &[f32], g: &Geometry, scale: Option<&[f
                     t,
                     pd,
                     i0 > 0,
-                    (&m[xi * t..], (16 * t) as isize, 1),
-                    (&v[xi * t..], 1, (16 * t) as isize),
+                    (&m[xi * ts..], (16 * ts) as isize, 1),
+                    (&v[xi * ts..], 1, (16 * ts) as isize),
                     1,
                 )
             });
@@ -574,6 +603,193 @@ fn transform_plane(
             row_transform((a0, a2, a1, a3), d0, d1, d2, d3);
         }
     }
+}
+
+/// The first `k` of 16 lanes (all 16 from `k >= 16`, none for `k <= 0`).
+#[cfg(target_arch = "x86_64")]
+fn first(k: isize) -> u16 {
+    ((1u32 << k.clamp(0, 16)) - 1) as u16
+}
+
+/// [`transform_plane`] with AVX-512: strips of 16 tiles, a row of a strip in one register.
+/// Each padded row of a strip is loaded once (masked: zeros past the plane), its four
+/// columns per tile gathered by permutations (the strip's neighbour columns set into the
+/// first and last lane) and row-transformed in registers, then the column transform from
+/// the four rows of a tile row. The same additions in the same order as
+/// [`transform_plane`], hence the same bits, where that one's short loops pay for slices
+/// and bounds on every row.
+///
+/// # Safety
+/// The CPU has AVX-512F; `v` holds `v[ξ * vs + base + (ty - ty0) * tw + tx]` for every
+/// tile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transform_plane_avx512(
+    plane: &[f32],
+    (h, w): (usize, usize),
+    (ty0, ty1): (usize, usize),
+    v: &mut [f32],
+    (vs, base): (usize, usize),
+) {
+    use std::arch::x86_64::*;
+    assert!(plane.len() >= h * w);
+    let tw = w.div_ceil(2);
+    assert!(ty1 == ty0 || v.len() >= 15 * vs + base + (ty1 - ty0) * tw);
+    let index = |f: fn(i32) -> i32| {
+        let i: [i32; 16] = std::array::from_fn(|t| f(t as i32).clamp(0, 31));
+        _mm512_loadu_si512(i.as_ptr().cast())
+    };
+    // tile tx of a strip from tile s reads line[2 (s + tx) - 1 .. 2 (s + tx) + 2]; the
+    // first tile's left and the 16th tile's right column come from outside the 32 floats
+    let (i0, i1, i2, i3) = (
+        index(|t| 2 * t - 1),
+        index(|t| 2 * t),
+        index(|t| 2 * t + 1),
+        index(|t| 2 * t + 2),
+    );
+    let z = _mm512_setzero_ps();
+    let vp = v.as_mut_ptr();
+    for s in (0..tw).step_by(16) {
+        let keep = first((tw - s) as isize);
+        let rest = (w - 2 * s) as isize;
+        let (lo_m, hi_m) = (first(rest), first(rest - 16));
+        // the row transform of padded row r (plane row r - 1) in this strip
+        let row = |r: usize| -> [__m512; 4] {
+            let Some(y) = r.checked_sub(1).filter(|&y| y < h) else {
+                return [z; 4];
+            };
+            let line = &plane[y * w..(y + 1) * w];
+            let p = line.as_ptr().add(2 * s);
+            let lo = _mm512_maskz_loadu_ps(lo_m, p);
+            let hi = _mm512_maskz_loadu_ps(hi_m, p.wrapping_add(16));
+            let left = if s > 0 { line[2 * s - 1] } else { 0.0 };
+            let right = line.get(2 * s + 32).copied().unwrap_or(0.0);
+            let d0 = _mm512_mask_mov_ps(
+                _mm512_permutex2var_ps(lo, i0, hi),
+                0x0001,
+                _mm512_set1_ps(left),
+            );
+            let d1 = _mm512_permutex2var_ps(lo, i1, hi);
+            let d2 = _mm512_permutex2var_ps(lo, i2, hi);
+            let d3 = _mm512_mask_mov_ps(
+                _mm512_permutex2var_ps(lo, i3, hi),
+                0x8000,
+                _mm512_set1_ps(right),
+            );
+            [
+                _mm512_sub_ps(d0, d2),
+                _mm512_add_ps(d1, d2),
+                _mm512_sub_ps(d2, d1),
+                _mm512_sub_ps(d1, d3),
+            ]
+        };
+        let (mut a0, mut a1) = (row(2 * ty0), row(2 * ty0 + 1));
+        for ty in ty0..ty1 {
+            let (a2, a3) = (row(2 * ty + 2), row(2 * ty + 3));
+            let b0 = base + (ty - ty0) * tw + s;
+            for j in 0..4 {
+                let at = |i: usize| vp.add((i * 4 + j) * vs + b0);
+                _mm512_mask_storeu_ps(at(0), keep, _mm512_sub_ps(a0[j], a2[j]));
+                _mm512_mask_storeu_ps(at(1), keep, _mm512_add_ps(a1[j], a2[j]));
+                _mm512_mask_storeu_ps(at(2), keep, _mm512_sub_ps(a2[j], a1[j]));
+                _mm512_mask_storeu_ps(at(3), keep, _mm512_sub_ps(a1[j], a3[j]));
+            }
+            (a0, a1) = (a2, a3);
+        }
+    }
+}
+
+/// [`grad_tiles`] with AVX-512, in strips of 16 tiles (a row of a strip in one register, as
+/// [`transform_plane_avx512`]): the same operations, the same bits.
+///
+/// # Safety
+/// The CPU has AVX-512F; `m` holds `m[ξ * vs + base + ty * tw + tx]` for every tile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn grad_tiles_avx512(
+    plane: &[f32],
+    (ho, wo): (usize, usize),
+    a: f32,
+    m: &mut [f32],
+    vs: usize,
+    base: usize,
+) {
+    use std::arch::x86_64::*;
+    assert!(plane.len() >= ho * wo);
+    let (tw, th) = (wo.div_ceil(2), ho.div_ceil(2));
+    assert!(th == 0 || m.len() >= 15 * vs + base + th * tw);
+    let index = |k: i32| {
+        let i: [i32; 16] = std::array::from_fn(|t| 2 * t as i32 + k);
+        _mm512_loadu_si512(i.as_ptr().cast())
+    };
+    let (ie, io) = (index(0), index(1));
+    let av = _mm512_set1_ps(a);
+    let z = _mm512_setzero_ps();
+    let sign = _mm512_set1_epi32(i32::MIN);
+    let neg = |x: __m512| _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(x), sign));
+    let mp = m.as_mut_ptr();
+    for s in (0..tw).step_by(16) {
+        let keep = first((tw - s) as isize);
+        let rest = (wo - 2 * s) as isize;
+        let (lo_m, hi_m) = (first(rest), first(rest - 16));
+        // even columns of every tile, odd ones where the plane has them (else zeros, as
+        // `grad_tiles` leaves them: not 0 * a, whose sign follows a)
+        let (even_m, odd_m) = (keep, first((wo / 2) as isize - s as isize));
+        let line = |y: usize| -> (__m512, __m512) {
+            if y >= ho {
+                return (z, z);
+            }
+            let p = plane.as_ptr().add(y * wo + 2 * s);
+            let lo = _mm512_maskz_loadu_ps(lo_m, p);
+            let hi = _mm512_maskz_loadu_ps(hi_m, p.wrapping_add(16));
+            (
+                _mm512_maskz_mul_ps(even_m, _mm512_permutex2var_ps(lo, ie, hi), av),
+                _mm512_maskz_mul_ps(odd_m, _mm512_permutex2var_ps(lo, io, hi), av),
+            )
+        };
+        for ty in 0..th {
+            let ((e0, o0), (e1, o1)) = (line(2 * ty), line(2 * ty + 1));
+            let b0 = base + ty * tw + s;
+            // rows of A dY: (a, b), (a + c, b + d), (a - c, b - d), (-c, -d); each row
+            // (p, q) times Aᵀ: (p, p + q, p - q, -q)
+            let rows = [
+                (e0, o0),
+                (_mm512_add_ps(e0, e1), _mm512_add_ps(o0, o1)),
+                (_mm512_sub_ps(e0, e1), _mm512_sub_ps(o0, o1)),
+                (neg(e1), neg(o1)),
+            ];
+            for (i, (p, q)) in rows.into_iter().enumerate() {
+                let at = |j: usize| mp.add((i * 4 + j) * vs + b0);
+                _mm512_mask_storeu_ps(at(0), keep, p);
+                _mm512_mask_storeu_ps(at(1), keep, _mm512_add_ps(p, q));
+                _mm512_mask_storeu_ps(at(2), keep, _mm512_sub_ps(p, q));
+                _mm512_mask_storeu_ps(at(3), keep, neg(q));
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn transform_plane_avx512(
+    _: &[f32],
+    _: (usize, usize),
+    _: (usize, usize),
+    _: &mut [f32],
+    _: (usize, usize),
+) {
+    unreachable!("AVX-512 kernels run only on x86-64")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn grad_tiles_avx512(
+    _: &[f32],
+    _: (usize, usize),
+    _: f32,
+    _: &mut [f32],
+    _: usize,
+    _: usize,
+) {
+    unreachable!("AVX-512 kernels run only on x86-64")
 }
 
 /// `Bᵀ` applied along one axis: from `(d0, d2, d1, d3)` (this order, so that the column
@@ -852,6 +1068,75 @@ mod tests {
                 assert!(
                     crate::ops::testing::same_bits(&runs[1], got),
                     "{g:?}: 1 and 3 threads differ"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn avx512_transforms_give_the_bits_of_the_general_ones() {
+        if !crate::ops::layout::has_avx512() {
+            eprintln!("skipped: this CPU has no AVX-512F, the AVX-512 transforms never run");
+            return;
+        }
+        // (h, w): odd and even, one tile, strips of 16 tiles (32 wide) whole, and cut after
+        // one column, one tile and 15 and a half
+        for (si, (h, w)) in [
+            (16, 16),
+            (8, 8),
+            (7, 7),
+            (2, 2),
+            (1, 1),
+            (5, 32),
+            (32, 31),
+            (3, 9),
+            (6, 33),
+            (9, 34),
+            (4, 63),
+            (56, 56),
+            (3, 96),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let plane = values(h * w, 900 + si as u64);
+            let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+            let (vs, base) = (th * tw + 37, 5);
+            let len = 16 * vs + base;
+            let mut eo = vec![0f32; 2 * (tw + 1)];
+            let mut rr = vec![0f32; (2 * th + 2) * 4 * tw];
+            // whole planes and bands of tile rows (the forward's)
+            for (ty0, ty1) in [(0, th), (th / 2, th), (0, th.div_ceil(2)), (th - 1, th)] {
+                let (mut want, mut got) = (vec![f32::NAN; len], vec![f32::NAN; len]);
+                let band = (ty0, ty1);
+                // SAFETY: AVX2, FMA and AVX-512F checked above; the buffers hold
+                // 16 rows of vs floats from base
+                unsafe {
+                    transform_plane(
+                        &plane,
+                        (h, w),
+                        band,
+                        (&mut eo, &mut rr),
+                        &mut want,
+                        (vs, base),
+                    );
+                    transform_plane_avx512(&plane, (h, w), band, &mut got, (vs, base));
+                }
+                let what = format!("{h}x{w} tile rows {ty0}..{ty1}");
+                assert!(crate::ops::testing::same_bits(&got, &want), "inputs {what}");
+            }
+            // output gradients, times a negative, a positive and no scale
+            for a in [-0.75, 1.5, 1.0] {
+                let (mut want, mut got) = (vec![f32::NAN; len], vec![f32::NAN; len]);
+                let mut rows = vec![0f32; 4 * tw];
+                // SAFETY: as above
+                unsafe {
+                    grad_tiles(&plane, (h, w), a, &mut rows, &mut want, vs, base);
+                    grad_tiles_avx512(&plane, (h, w), a, &mut got, vs, base);
+                }
+                assert!(
+                    crate::ops::testing::same_bits(&got, &want),
+                    "output gradient {h}x{w} times {a}"
                 );
             }
         }
