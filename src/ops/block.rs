@@ -171,19 +171,6 @@ struct BlockGrad {
     x_shape: Shape,
 }
 
-/// `g` where `y > 0`, else 0, in place.
-fn mask_in_place(g: &mut [f32], y: &[f32]) {
-    g.par_chunks_mut(1 << 14)
-        .zip(y.par_chunks(1 << 14))
-        .for_each(|(g, y)| {
-            for (g, y) in g.iter_mut().zip(y) {
-                if *y <= 0.0 {
-                    *g = 0.0;
-                }
-            }
-        });
-}
-
 impl CustomOp2 for BlockGrad {
     fn name(&self) -> &'static str {
         "robustlens-basic-block-grad"
@@ -206,7 +193,7 @@ impl CustomOp2 for BlockGrad {
         }
         let gz2 = super::act::masked(grad, y);
         let mut dh = self.conv2.input_grad(&gz2, &g2)?;
-        mask_in_place(&mut dh, &self.inner);
+        super::act::zero_where_not_positive(&mut dh, &self.inner);
         let mut dx = self.conv1.input_grad(&dh, &g1)?;
         let short = match &self.down {
             Some(d) => d.input_grad(&gz2, &d.geometry(&self.x_shape)?)?,
