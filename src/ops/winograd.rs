@@ -123,8 +123,12 @@ fn transform_weights(w: &[f32], o: usize, c: usize) -> Vec<f32> {
     u.par_chunks_mut(16 * c * OC)
         .enumerate()
         .for_each(|(ob, dst)| {
-            for j in 0..OC.min(o - ob * OC) {
-                for ci in 0..c {
+            // channel by channel, so that the block's 6 output channels, side by side in
+            // `dst`, are written together (output channel by output channel, the 16 rows
+            // were walked six times: 0.97 → 0.75 ms at 256 x 256 channels, 0.22 → 0.18 at
+            // 128, level at 64; 2 threads, best of 40, alternating; the same bits)
+            for ci in 0..c {
+                for j in 0..OC.min(o - ob * OC) {
                     let g = &w[((ob * OC + j) * c + ci) * 9..][..9];
                     // t = G g (4x3)
                     let mut t = [[0f32; 3]; 4];
