@@ -45,6 +45,25 @@ pub(super) fn use_avx512() -> bool {
     AVX512.load(std::sync::atomic::Ordering::Relaxed) && has_avx512()
 }
 
+/// The mask of the first `k` of 16 lanes (all 16 from `k >= 16`, none for `k <= 0`): the
+/// lanes of a strip of 16 that lie inside a row, for AVX-512's masked loads and stores.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn first_lanes(k: isize) -> u16 {
+    ((1u32 << k.clamp(0, 16)) - 1) as u16
+}
+
+/// The AVX-512 register of lane indices `f(0), ..., f(15)` (for permutations and index
+/// arithmetic).
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn lane_indices(f: impl Fn(i32) -> i32) -> std::arch::x86_64::__m512i {
+    let i: [i32; 16] = std::array::from_fn(|t| f(t as i32));
+    std::arch::x86_64::_mm512_loadu_si512(i.as_ptr().cast())
+}
+
 /// Whether this CPU has AVX-512F, AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 pub(super) fn has_avx512() -> bool {

@@ -158,7 +158,7 @@ impl PlanePool {
         debug_assert_eq!((self.k, self.s, self.p), (3, 2, 1));
         assert!(x.len() >= h * w && o.len() >= ho * wo);
         assert!(ix.as_ref().is_none_or(|ix| ix.len() >= ho * wo));
-        let first = |k: isize| ((1u32 << k.clamp(0, 16)) - 1) as __mmask16;
+        use super::layout::{first_lanes, lane_indices};
         let unord = |v: __m512| _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
         // `beats` and `pick`, lane by lane
         let wins =
@@ -171,21 +171,17 @@ impl PlanePool {
                 _mm512_mask_mov_epi32(mi, take, vi),
             )
         };
-        let lanes = |f: fn(i32) -> i32| {
-            let i: [i32; 16] = std::array::from_fn(|t| f(t as i32));
-            _mm512_loadu_si512(i.as_ptr().cast())
-        };
-        let (even, odd) = (lanes(|t| 2 * t), lanes(|t| 2 * t + 1));
+        let (even, odd) = (lane_indices(|t| 2 * t), lane_indices(|t| 2 * t + 1));
         // lane t of the odd columns' shift: odd column t - 1 (lane 0 is set apart)
-        let back = lanes(|t| (t - 1).max(0));
-        let (step0, step1) = (lanes(|t| t), lanes(|t| t + 16));
+        let back = lane_indices(|t| (t - 1).max(0));
+        let (step0, step1) = (lane_indices(|t| t), lane_indices(|t| t + 16));
         let with_ix = ix.is_some();
         for oy in 0..ho {
             let (ylo, yhi) = window(oy, 2, 1, 3, h);
             for s in (0..wo).step_by(16) {
                 let c0 = 2 * s;
                 let rest = w as isize - c0 as isize;
-                let (lo_m, hi_m) = (first(rest), first(rest - 16));
+                let (lo_m, hi_m) = (first_lanes(rest), first_lanes(rest - 16));
                 let at = |y: usize| y * w + c0;
                 let load = |y: usize| {
                     let p = x.as_ptr().add(at(y));
@@ -231,10 +227,10 @@ impl PlanePool {
                 let a = _mm512_mask_mov_ps(_mm512_permutexvar_ps(back, c), 1, l);
                 let ai = _mm512_mask_mov_epi32(_mm512_permutexvar_epi32(back, ci), 1, li);
                 // the right column exists for t < (w - 2s) / 2; elsewhere the middle one
-                let right = first(rest / 2);
+                let right = first_lanes(rest / 2);
                 let c = _mm512_mask_mov_ps(b, right, c);
                 let ci = _mm512_mask_mov_epi32(bi, right, ci);
-                let keep = first((wo - s) as isize);
+                let keep = first_lanes((wo - s) as isize);
                 let out = o.as_mut_ptr().add(oy * wo + s);
                 match ix.as_deref_mut() {
                     None => {

@@ -46,6 +46,8 @@
 //! other summation order; [`set_winograd`] turns it off.
 
 use super::frozen::Derivation;
+#[cfg(target_arch = "x86_64")]
+use super::layout::{first_lanes, lane_indices};
 use super::layout::{has_fma, padded_stride, use_avx512, with_scratch, Epilogue, Geometry};
 use super::matmul::matmul_blocks;
 use super::SendPtr;
@@ -402,8 +404,13 @@ pub(super) fn weight_grad(x: &[f32], gr: &[f32], g: &Geometry, scale: Option<&[f
             let ts = padded_stride(t);
             let (v, m) = (&mut vbuf[..16 * c * ts], &mut mbuf[..16 * o * ts]);
             v.par_chunks_mut(16 * ts).enumerate().for_each(|(ci, vc)| {
-                let mut eo = vec![0f32; 2 * (tw + 1)];
-                let mut rr = vec![0f32; (2 * th + 2) * 4 * tw];
+                // scratch of the portable transform (none with AVX-512)
+                let (ne, nr) = if wide {
+                    (0, 0)
+                } else {
+                    (2 * (tw + 1), (2 * th + 2) * 4 * tw)
+                };
+                let (mut eo, mut rr) = (vec![0f32; ne], vec![0f32; nr]);
                 for j in 0..k {
                     let plane = &x[((i0 + j) * c + ci) * h * w..][..h * w];
                     if wide {
@@ -421,7 +428,7 @@ pub(super) fn weight_grad(x: &[f32], gr: &[f32], g: &Geometry, scale: Option<&[f
             });
             m.par_chunks_mut(16 * ts).enumerate().for_each(|(oi, mo)| {
                 let a = scale.map_or(1.0, |s| s[oi]);
-                let mut rows = vec![0f32; 4 * tw];
+                let mut rows = vec![0f32; if wide { 0 } else { 4 * tw }];
                 for j in 0..k {
                     let plane = &gr[((i0 + j) * o + oi) * ho * wo..][..ho * wo];
                     if wide {
@@ -609,12 +616,6 @@ fn transform_plane(
     }
 }
 
-/// The first `k` of 16 lanes (all 16 from `k >= 16`, none for `k <= 0`).
-#[cfg(target_arch = "x86_64")]
-fn first(k: isize) -> u16 {
-    ((1u32 << k.clamp(0, 16)) - 1) as u16
-}
-
 /// [`transform_plane`] with AVX-512: strips of 16 tiles, a row of a strip in one register.
 /// Each padded row of a strip is loaded once (masked: zeros past the plane), its four
 /// columns per tile gathered by permutations (the strip's neighbour columns set into the
@@ -639,24 +640,17 @@ unsafe fn transform_plane_avx512(
     assert!(plane.len() >= h * w);
     let tw = w.div_ceil(2);
     assert!(ty1 == ty0 || v.len() >= 15 * vs + base + (ty1 - ty0) * tw);
-    let index = |f: fn(i32) -> i32| {
-        let i: [i32; 16] = std::array::from_fn(|t| f(t as i32).clamp(0, 31));
-        _mm512_loadu_si512(i.as_ptr().cast())
-    };
     // tile tx of a strip from tile s reads line[2 (s + tx) - 1 .. 2 (s + tx) + 2]; the
     // first tile's left and the 16th tile's right column come from outside the 32 floats
-    let (i0, i1, i2, i3) = (
-        index(|t| 2 * t - 1),
-        index(|t| 2 * t),
-        index(|t| 2 * t + 1),
-        index(|t| 2 * t + 2),
-    );
+    // (set apart below: their lanes' indices are clamped into the register pair)
+    let index = |k: i32| lane_indices(|t| (2 * t + k).clamp(0, 31));
+    let (i0, i1, i2, i3) = (index(-1), index(0), index(1), index(2));
     let z = _mm512_setzero_ps();
     let vp = v.as_mut_ptr();
     for s in (0..tw).step_by(16) {
-        let keep = first((tw - s) as isize);
+        let keep = first_lanes((tw - s) as isize);
         let rest = (w - 2 * s) as isize;
-        let (lo_m, hi_m) = (first(rest), first(rest - 16));
+        let (lo_m, hi_m) = (first_lanes(rest), first_lanes(rest - 16));
         // the row transform of padded row r (plane row r - 1) in this strip
         let row = |r: usize| -> [__m512; 4] {
             let Some(y) = r.checked_sub(1).filter(|&y| y < h) else {
@@ -722,23 +716,19 @@ unsafe fn grad_tiles_avx512(
     assert!(plane.len() >= ho * wo);
     let (tw, th) = (wo.div_ceil(2), ho.div_ceil(2));
     assert!(th == 0 || m.len() >= 15 * vs + base + th * tw);
-    let index = |k: i32| {
-        let i: [i32; 16] = std::array::from_fn(|t| 2 * t as i32 + k);
-        _mm512_loadu_si512(i.as_ptr().cast())
-    };
-    let (ie, io) = (index(0), index(1));
+    let (ie, io) = (lane_indices(|t| 2 * t), lane_indices(|t| 2 * t + 1));
     let av = _mm512_set1_ps(a);
     let z = _mm512_setzero_ps();
     let sign = _mm512_set1_epi32(i32::MIN);
     let neg = |x: __m512| _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(x), sign));
     let mp = m.as_mut_ptr();
     for s in (0..tw).step_by(16) {
-        let keep = first((tw - s) as isize);
+        let keep = first_lanes((tw - s) as isize);
         let rest = (wo - 2 * s) as isize;
-        let (lo_m, hi_m) = (first(rest), first(rest - 16));
+        let (lo_m, hi_m) = (first_lanes(rest), first_lanes(rest - 16));
         // even columns of every tile, odd ones where the plane has them (else zeros, as
         // `grad_tiles` leaves them: not 0 * a, whose sign follows a)
-        let (even_m, odd_m) = (keep, first((wo / 2) as isize - s as isize));
+        let (even_m, odd_m) = (keep, first_lanes((wo / 2) as isize - s as isize));
         let line = |y: usize| -> (__m512, __m512) {
             if y >= ho {
                 return (z, z);
