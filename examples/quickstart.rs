@@ -43,8 +43,7 @@ fn main() -> robustlens::Result<()> {
         let b = make_batch(&cache, &labels, &all, None, &vec![0; all.len()]);
         let logits = model.forward(&b.images(&device)?, Mode::Train)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &b.label_tensor(&device)?)?;
-        // `loss.backward()` with the weight gradients kept out of candle's running sums
-        opt.step(&robustlens::ops::grad_sink::backward(&loss)?)?;
+        opt.step(&loss.backward()?)?;
         println!("step {step}: loss {:.4}", loss.to_scalar::<f32>()?);
     }
     // Explain the first image's true class and save the map over the image.

@@ -92,7 +92,7 @@ pub fn run_cell(
     let train_step = |opt: &mut Adam, xb: &Tensor| -> Result<()> {
         let logits = model.forward_mode(xb, Mode::Train)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
-        let grads = crate::ops::grad_sink::backward(&loss)?;
+        let grads = loss.backward()?;
         opt.step(&grads)?;
         Ok(())
     };

@@ -83,7 +83,7 @@ fn copy_to(model: &dyn Network, device: &Device) -> Result<Box<dyn Network>> {
 fn train_step(model: &dyn Network, x: &Tensor, y: &Tensor) -> Result<Vec<(String, Tensor)>> {
     let logits = model.forward_mode(x, Mode::Train)?;
     let loss = candle_nn::loss::cross_entropy(&logits, y)?;
-    let grads = crate::ops::grad_sink::backward(&loss)?;
+    let grads = loss.backward()?;
     let mut out = Vec::new();
     for (name, v) in model.trainable_vars(GroupSet::all()) {
         let g = grads

@@ -10,7 +10,6 @@ mod denormals;
 pub mod depthwise;
 mod direct;
 mod frozen;
-pub mod grad_sink;
 pub mod layernorm;
 mod layout;
 mod matmul;
@@ -104,5 +103,79 @@ pub(crate) fn cpu_f32<'a>(
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
         None => candle_core::bail!("{op}: {what} must be contiguous"),
+    }
+}
+
+#[cfg(test)]
+mod backward_tests {
+    use candle_core::{Device, Tensor, Var};
+
+    fn var(v: &[f32]) -> Var {
+        Var::from_slice(v, v.len(), &Device::Cpu).unwrap()
+    }
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.to_vec1().unwrap()
+    }
+
+    #[test]
+    fn the_first_gradient_to_reach_a_tensor_is_stored_as_it_is() {
+        // The vendored candle-core's change (vendor/candle-core/ROBUSTLENS-PATCH.md): a
+        // gradient of -0 stays -0, where candle 0.11.1 added it to a zero tensor (+0).
+        let x = var(&[1.0, 2.0]);
+        let w = Tensor::new(&[-0.0f32, 3.0], &Device::Cpu).unwrap();
+        let g = (x.as_tensor() * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gx = values(g.get(x.as_tensor()).unwrap());
+        assert_eq!(gx, [0.0, 3.0]);
+        assert!(
+            gx[0].is_sign_negative(),
+            "candle-core without the patch: {gx:?}"
+        );
+    }
+
+    #[test]
+    fn gradients_from_several_uses_are_summed_with_their_signs() {
+        let (x, y) = (var(&[1.5, -2.0]), var(&[0.5, 4.0]));
+        let (xt, yt) = (x.as_tensor(), y.as_tensor());
+        // x + x, x * y, y - x, -x, x / y: d/dx = 2 + y - 1 - 1 + 1/y; d/dy = x + 1 - x/y²
+        let terms = [
+            (xt + xt).unwrap(),
+            (xt * yt).unwrap(),
+            (yt - xt).unwrap(),
+            xt.neg().unwrap(),
+            (xt / yt).unwrap(),
+        ];
+        let loss = terms
+            .iter()
+            .fold(
+                Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu).unwrap(),
+                |a, t| (a + t).unwrap(),
+            )
+            .sum_all()
+            .unwrap();
+        let g = loss.backward().unwrap();
+        let (gx, gy) = (values(g.get(xt).unwrap()), values(g.get(yt).unwrap()));
+        for i in 0..2 {
+            let (xv, yv) = ([1.5f32, -2.0][i], [0.5f32, 4.0][i]);
+            let want_x = 2.0 + yv - 1.0 - 1.0 + 1.0 / yv;
+            let want_y = xv + 1.0 - xv / (yv * yv);
+            assert!(
+                (gx[i] - want_x).abs() <= 1e-6 * want_x.abs().max(1.0),
+                "{gx:?}"
+            );
+            assert!(
+                (gy[i] - want_y).abs() <= 1e-6 * want_y.abs().max(1.0),
+                "{gy:?}"
+            );
+        }
+        // a tensor reached once through a subtraction gets the negated gradient
+        let g = (yt - xt).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_eq!(values(g.get(xt).unwrap()), [-1.0, -1.0]);
+        assert_eq!(values(g.get(yt).unwrap()), [1.0, 1.0]);
     }
 }

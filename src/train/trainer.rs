@@ -372,7 +372,7 @@ pub fn train(cfg: &TrainConfig, dir: &Path, resume: bool, interrupt: &Interrupt)
                     }
                     .into());
                 }
-                let grads = crate::ops::grad_sink::backward(&loss)?;
+                let grads = loss.backward()?;
                 opt.step(&grads)?;
                 let pred: Vec<u32> = logits.detach().argmax(D::Minus1)?.to_vec1()?;
                 sums.correct += pred
