@@ -2,9 +2,10 @@
 //! candle custom op, for the passes that run the model with constant parameters (inference,
 //! attacks, saliency).
 //!
-//! candle's autograd allocates a zero tensor and adds into it for every gradient of every
-//! node; as one node the block's backward is four convolution input gradients, two ReLU
-//! masks and one residual sum on plain buffers, with one gradient handed back to candle.
+//! As one node, the block's backward is four convolution input gradients, two ReLU masks and
+//! one residual sum on plain buffers, with one gradient handed back to candle (as separate
+//! nodes, each of the block's tensors would get a gradient tensor of its own in candle's
+//! store).
 
 use super::conv::{
     conv_forward, conv_forward_each, conv_input_grad, geometry, Epilogue, Geometry, PlaneFn,
