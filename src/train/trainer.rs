@@ -97,7 +97,7 @@ fn save_resume(dir: &Path, model: &dyn Network, opt: &Adam, state: &TrainState) 
         .map(|(n, t)| (format!("model.{n}"), t))
         .collect();
     tensors.extend(
-        opt.state_tensors()
+        opt.state_tensors()?
             .into_iter()
             .map(|(n, t)| (format!("optim.{n}"), t)),
     );
