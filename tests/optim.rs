@@ -38,8 +38,8 @@ fn adam_and_adamw_match_torch_over_six_steps() {
 }
 
 /// Six steps of `kind` on the fixture's regression, in `dtype` (f32 on the CPU runs the fused
-/// step, f64 the tensor one), saving the moments after `save_after` steps and continuing
-/// with a fresh optimiser that loads them; the final weight and bias in f32.
+/// step, f64 the tensor one), saving the moments after `save_after` steps (6 or more: never)
+/// and continuing with a fresh optimiser that loads them; the final weight and bias in f32.
 fn six_steps(
     f: &std::collections::HashMap<String, candle_core::Tensor>,
     kind: OptimKind,
