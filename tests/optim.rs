@@ -5,38 +5,6 @@ use candle_core::{Device, Var};
 use common::{fixture, rel_err};
 use robustlens::train::optim::{Adam, OptimKind};
 
-#[test]
-fn adam_and_adamw_match_torch_over_six_steps() {
-    let f =
-        candle_core::safetensors::load(fixture("adam_parity.safetensors"), &Device::Cpu).unwrap();
-    for (name, kind, wd) in [
-        ("adam", OptimKind::Adam, 5e-4),
-        ("adamw", OptimKind::AdamW, 5e-2),
-    ] {
-        let w = Var::from_tensor(&f["w0"]).unwrap();
-        let b = Var::from_tensor(&f["b0"]).unwrap();
-        let mut opt = Adam::new(
-            kind,
-            vec![("w".into(), w.clone()), ("b".into(), b.clone())],
-            1e-2,
-            wd,
-        )
-        .unwrap();
-        for _ in 0..6 {
-            let pred = f["x"]
-                .matmul(&w.as_tensor().t().unwrap())
-                .unwrap()
-                .broadcast_add(b.as_tensor())
-                .unwrap();
-            let loss = (pred - &f["y"]).unwrap().sqr().unwrap().mean_all().unwrap();
-            opt.step(&loss.backward().unwrap()).unwrap();
-        }
-        let ew = rel_err(w.as_tensor(), &f[&format!("{name}_w")]);
-        let eb = rel_err(b.as_tensor(), &f[&format!("{name}_b")]);
-        assert!(ew < 1e-5 && eb < 1e-5, "{name}: rel err w {ew} b {eb}");
-    }
-}
-
 /// Six steps of `kind` on the fixture's regression, in `dtype` (f32 on the CPU runs the fused
 /// step, f64 the tensor one), saving the moments after `save_after` steps (6 or more: never)
 /// and continuing with a fresh optimiser that loads them; the final weight and bias in f32.
@@ -74,10 +42,10 @@ fn six_steps(
 }
 
 #[test]
-fn the_tensor_step_and_a_resumed_run_match_torch_too() {
-    // Parameters that are not f32 on the CPU take the tensor step (on a GPU, or f64 here);
-    // either step's moments, saved and loaded into a fresh optimiser halfway, continue the
-    // run exactly.
+fn adam_and_adamw_match_torch_over_six_steps() {
+    // f32 parameters on the CPU take the fused step; others take the tensor step (on a GPU,
+    // or f64 here). Either step's moments, saved and loaded into a fresh optimiser halfway,
+    // continue the run exactly.
     let f =
         candle_core::safetensors::load(fixture("adam_parity.safetensors"), &Device::Cpu).unwrap();
     for (name, kind, wd) in [
