@@ -29,6 +29,21 @@ const TINY: &[&str] = &[
 
 use common::run_cli as run;
 
+/// `train-standard` into `out` with `head` head epochs and `epochs` full ones, at [`TINY`].
+fn standard<'a>(out: &'a Path, head: &'a str, epochs: &'a str) -> Vec<&'a str> {
+    let mut args = vec![
+        "train-standard",
+        "--out",
+        out.to_str().unwrap(),
+        "--head-epochs",
+        head,
+        "--epochs",
+        epochs,
+    ];
+    args.extend_from_slice(TINY);
+    args
+}
+
 fn tensors(p: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(p, &Device::Cpu).unwrap()
 }
@@ -53,16 +68,7 @@ fn same(a: &Tensor, b: &Tensor) -> bool {
 fn head_phase_changes_only_fc_and_run_folder_is_complete() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("std");
-    let mut args = vec![
-        "train-standard",
-        "--out",
-        out.to_str().unwrap(),
-        "--head-epochs",
-        "1",
-        "--epochs",
-        "0",
-    ];
-    args.extend_from_slice(TINY);
+    let args = standard(&out, "1", "0");
     let (code, stdout, err) = run(&args);
     assert_eq!(code, 0, "{err}");
     assert!(stdout.contains("accuracy"), "{stdout}");
@@ -277,16 +283,7 @@ fn kill_and_resume_equals_uninterrupted_and_finetune_freezes() {
 fn ctrl_c_writes_a_checkpoint_and_exits_130() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let mut args: Vec<&str> = vec![
-        "train-standard",
-        "--out",
-        out.to_str().unwrap(),
-        "--head-epochs",
-        "0",
-        "--epochs",
-        "50",
-    ];
-    args.extend_from_slice(TINY);
+    let args = standard(&out, "0", "50");
     let child = Command::new(bin())
         .args(&args)
         .env(
@@ -309,6 +306,46 @@ fn ctrl_c_writes_a_checkpoint_and_exits_130() {
     assert_eq!(o.status.code(), Some(130), "{err}");
     assert!(err.contains("--resume"), "{err}");
     assert!(out.join("resume.safetensors").exists());
+}
+
+/// The binary trains on one of rayon's threads, and the loader's producer augments on the
+/// same pool: with one thread in the pool, waiting for a batch must let the producer's work
+/// run there (a blocking wait would hang). The model comes out the same as with two threads.
+#[test]
+fn one_pool_thread_trains_like_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut models = Vec::new();
+    for threads in ["1", "2"] {
+        let out = dir.path().join(format!("t{threads}"));
+        let args = standard(&out, "1", "1");
+        let mut child = common::cli()
+            .args(&args)
+            .env("RAYON_NUM_THREADS", threads)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if t0.elapsed().as_secs() > 300 {
+                child.kill().unwrap();
+                panic!("training on {threads} pool thread(s) did not finish in 300 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        assert!(status.success(), "{threads} thread(s): {status}");
+        models.push(tensors(&out.join("model.safetensors")));
+    }
+    assert_eq!(models[0].len(), models[1].len());
+    for (name, t) in &models[0] {
+        assert!(
+            same(t, &models[1][name]),
+            "{name} depends on the thread count"
+        );
+    }
 }
 
 #[test]

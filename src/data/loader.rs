@@ -127,13 +127,31 @@ pub fn epoch_order(indices: &[usize], cfg: &LoaderConfig) -> Vec<usize> {
     order
 }
 
+/// The batches of one epoch, from [`batches`]'s background producer, in order.
+///
+/// The producer augments each batch in parallel on rayon's pool; waiting for the next batch
+/// on one of the pool's threads (as the `robustlens` binary trains) runs pending pool work
+/// instead of blocking the thread ([`crate::ops::recv_cooperatively`]), so even a pool of
+/// one thread keeps the producer going.
+pub struct Batches {
+    rx: Receiver<HostBatch>,
+}
+
+impl Iterator for Batches {
+    type Item = HostBatch;
+
+    fn next(&mut self) -> Option<HostBatch> {
+        crate::ops::recv_cooperatively(&self.rx)
+    }
+}
+
 /// Starts a background producer of the epoch's batches; at most two wait ready at a time.
 pub fn batches(
     cache: Arc<ImageCache>,
     labels: Arc<Vec<usize>>,
     indices: &[usize],
     cfg: LoaderConfig,
-) -> Receiver<HostBatch> {
+) -> Batches {
     let order = epoch_order(indices, &cfg);
     let (tx, rx) = sync_channel(2);
     std::thread::spawn(move || {
@@ -152,5 +170,5 @@ pub fn batches(
             }
         }
     });
-    rx
+    Batches { rx }
 }

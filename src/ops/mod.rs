@@ -16,6 +16,7 @@ mod matmul;
 pub mod maxpool;
 #[cfg(test)]
 mod testing;
+mod threads;
 mod winograd;
 
 pub use act::{add_relu, relu};
@@ -26,6 +27,7 @@ pub use direct::set_direct_conv;
 pub use frozen::{set_weight_reuse, with_frozen_weights};
 pub use layout::set_avx512;
 pub use maxpool::max_pool2d;
+pub use threads::{on_pool_thread, recv_cooperatively};
 pub use winograd::set_winograd;
 
 /// A raw pointer that may cross to rayon's threads, for kernels whose parallel tasks each

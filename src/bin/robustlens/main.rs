@@ -273,7 +273,8 @@ fn main() {
         }
     };
     process::init(cli.verbose, cli.tf32, cli.deterministic);
-    if let Err(e) = run(cli) {
+    // on one of the kernels' own threads: no hand-off to the pool and back per operation
+    if let Err(e) = robustlens::ops::on_pool_thread(|| run(cli)) {
         let (msg, code) = errors::report(&e);
         eprintln!("Error: {msg}");
         std::process::exit(code);

@@ -38,6 +38,21 @@ fn thread_count() {
     }
 }
 
+/// rayon's global pool, which runs the kernels and, through `robustlens::ops::on_pool_thread`,
+/// each command itself. Its threads get the stack of a main thread and more (16 MiB: candle's
+/// backward pass walks the graph recursively; rayon's default is 2 MiB), and names that
+/// show in a debugger or `top -H`. Built before anything starts the pool; the thread count is
+/// `RAYON_NUM_THREADS`, set above.
+fn thread_pool() {
+    let built = rayon::ThreadPoolBuilder::new()
+        .stack_size(16 << 20)
+        .thread_name(|i| format!("robustlens-{i}"))
+        .build_global();
+    if let Err(e) = built {
+        tracing::debug!("rayon's global pool was already built: {e}");
+    }
+}
+
 /// robustlens's own kernels run their AVX-512 code and routing on a CPU that has it;
 /// `ROBUSTLENS_AVX512=0` keeps them on their AVX2 code and routing (the default of the
 /// releases before issue 23, bit for bit), see `robustlens::ops::set_avx512`.
@@ -59,6 +74,7 @@ pub fn tune() {
     allocator();
     candle_threads();
     thread_count();
+    thread_pool();
     instruction_sets();
     robustlens::ops::flush_denormals();
     #[cfg(unix)]
