@@ -18,6 +18,7 @@ use super::matmul::{matmul, matmul_blocks, matmul_new};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 pub(super) use super::layout::{
@@ -413,8 +414,9 @@ pub(super) fn geometry(x: &Shape, w: &Shape, stride: usize, pad: usize) -> Resul
 
 /// The convolution of `x` with `w` in geometry `g`, its output passed through `epi` (with
 /// `res` added): `[n, o, ho, wo]`. The stride-1 3x3 layers up to 256 channels and the 7x7
-/// stride-2 stem run the direct kernel ([`super::direct`]) where the CPU has it, the rest im2col and
-/// `gemm`.
+/// stride-2 stem run the direct kernel ([`super::direct`]) where the CPU has it, stride-1
+/// layers on maps of 1, 3 or 4 px a sum over taps ([`conv_forward_taps`]), the rest im2col
+/// and `gemm`.
 pub(super) fn conv_forward(
     x: &[f32],
     w: &[f32],
@@ -445,7 +447,11 @@ pub(super) fn conv_forward_each(
         super::direct::conv_direct(x, w, g, epi, res, &mut out, post);
         return out;
     }
-    let out = conv_forward_im2col(x, w, g, epi, res);
+    let out = if taps_usable(g) {
+        conv_forward_taps(x, w, g, epi, res)
+    } else {
+        conv_forward_im2col(x, w, g, epi, res)
+    };
     if let Some(post) = post {
         out.par_chunks(g.hw_out())
             .enumerate()
@@ -494,27 +500,173 @@ fn conv_forward_im2col_in(
                 (w, ckk as isize, 1),
                 (col, (m * hw) as isize, 1),
             );
-            let prod = &*prod;
-            out[i0 * g.o * hw..(i0 + m) * g.o * hw]
-                .par_chunks_mut(hw)
-                .enumerate()
-                .for_each(|(q, dst)| {
-                    let (j, o) = (q / g.o, q % g.o);
-                    let r = res.map(|r| &r[(i0 * g.o + q) * hw..][..hw]);
-                    if batch_last {
-                        let src = &prod[o * m * hw..][..m * hw];
-                        for (d, v) in dst.iter_mut().zip(src.iter().skip(j).step_by(m)) {
-                            *d = *v;
-                        }
-                    } else {
-                        dst.copy_from_slice(&prod[o * m * hw + j * hw..][..hw]);
-                    }
-                    epi.apply_in_place(o, r, dst);
-                });
+            write_output(prod, &g, (i0, m), batch_last, epi, res, &mut out);
             i0 += m;
         }
     });
     out
+}
+
+/// Writes the product `prod` (`[o, m*hw]`, columns image by image or batch-last) of images
+/// `i0..i0+m` to their planes of `out` (`[n, o, hw]`), through the epilogue.
+fn write_output(
+    prod: &[f32],
+    g: &Geometry,
+    (i0, m): (usize, usize),
+    batch_last: bool,
+    epi: &Epilogue,
+    res: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let (o_n, hw) = (g.o, g.hw_out());
+    out[i0 * o_n * hw..(i0 + m) * o_n * hw]
+        .par_chunks_mut(hw)
+        .enumerate()
+        .for_each(|(q, dst)| {
+            let (j, o) = (q / o_n, q % o_n);
+            let r = res.map(|r| &r[(i0 * o_n + q) * hw..][..hw]);
+            if batch_last {
+                let src = &prod[o * m * hw..][..m * hw];
+                for (d, v) in dst.iter_mut().zip(src.iter().skip(j).step_by(m)) {
+                    *d = *v;
+                }
+            } else {
+                dst.copy_from_slice(&prod[o * m * hw + j * hw..][..hw]);
+            }
+            epi.apply_in_place(o, r, dst);
+        });
+}
+
+/// Output width up to which a stride-1 "same" convolution (odd kernel larger than 1x1,
+/// padding k/2) runs as [`conv_forward_taps`], except 2 px wide ([`taps_usable`]; the
+/// measurements are there).
+const TAPS_MAX_WO: usize = 4;
+
+static TAPS: AtomicBool = AtomicBool::new(true);
+
+/// Turns the sum over taps on small maps ([`conv_forward_taps`]) on or off for the whole
+/// process (on by default); off, those convolutions run im2col and `gemm` as before. Both
+/// are correct; they sum in different orders, so results differ in the last bits.
+pub fn set_tap_conv(enabled: bool) {
+    TAPS.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether [`conv_forward_taps`] runs geometry `g`: maps 1, 3 or 4 px wide. `layer_timings`
+/// (batch 16, 2 threads, best of 30, three alternating runs with and without, the AVX-512
+/// VM), ResNet-18's 3x3 convolutions, im2col → taps, in ms:
+/// - 4 px (layer 3 at 64 px): forward 0.83-0.96 → 0.71, input gradient (the flipped
+///   convolution) 0.89-1.03 → 0.77-0.82;
+/// - 1 px (layer 4 at 32 px: only the centre tap reaches the map): forward 0.45-0.57 →
+///   0.17-0.25, input gradient 1.03-1.46 → 0.59-0.88;
+/// - 2 px (layer 4 at 64 px): forward level (0.73-0.77 against 0.72-0.79), input gradient
+///   slower (1.15-1.19 → 1.23-1.31). Of the 9 taps, 4 reach each output, but the side taps
+///   run one product per output row of 16 columns (one per image), too narrow for `gemm`
+///   to gain from them what the skipped taps save. 2 px maps stay with im2col.
+fn taps_usable(g: &Geometry) -> bool {
+    TAPS.load(Ordering::Relaxed)
+        && g.stride == 1
+        && g.k > 1
+        && g.k % 2 == 1
+        && g.pad == g.k / 2
+        && g.wo <= TAPS_MAX_WO
+        && g.wo != 2
+        && (g.ho, g.wo) == (g.h, g.w)
+}
+
+/// [`conv_forward`] of a stride-1 "same" convolution on small maps ([`taps_usable`]) as a sum
+/// over the kernel's taps: for tap `(ky, kx)`, the product of `W[:, :, ky, kx]` (`[o, c]`)
+/// with the input pixels it reaches, added into the outputs it reaches. Taps that would read
+/// the zero padding are skipped, which im2col computes: at 64 px, layer 4's 2x2 maps use 4 of
+/// the 9 taps per output, layer 3's 4x4 maps 6.25 on average. The images are copied
+/// batch-last (`[c, h, w, n]`), so each tap's product reads whole rows (or, for the middle
+/// column of taps, whole maps) as one block, and its output rows are one block too.
+///
+/// The centre tap reaches every output and runs first, writing them; the others add in a
+/// fixed order. Each thread takes whole blocks of output channels (from multiples of 16,
+/// the sum over channels in [`super::matmul::gemm_into`]'s fixed slices), so the bits do not
+/// depend on the thread count (tested).
+///
+/// Each tap's weights are read in place, strided (`gemm` packs them as it goes): copied
+/// tap by tap into a layout of their own once per pass they were 10% faster again on layer
+/// 4 at 64 px in an experiment, but a copy per pass costs as much in training, and per
+/// attack it would be one more derived weight to keep.
+fn conv_forward_taps(
+    x: &[f32],
+    w: &[f32],
+    g: &Geometry,
+    epi: &Epilogue,
+    res: Option<&[f32]>,
+) -> Vec<f32> {
+    let g = *g;
+    let (k, p, kk, m, hw) = (g.k, g.pad, g.k * g.k, g.n, g.hw_out());
+    let mut out = vec![0f32; g.n * g.o * hw];
+    super::layout::with_padded_batch_last(x, (g.c, g.h, g.w), 0, m, |xb| {
+        with_scratch(0, g.o * hw * m, |_, prod| {
+            let parts = threads_for_rows(g.o);
+            let block = |b: usize| ((b * g.o / parts) & !15).min(g.o);
+            let dst = super::SendPtr(prod.as_mut_ptr());
+            let centre = p * k + p;
+            (0..parts).into_par_iter().for_each(|b| {
+                let (o0, o1) = (block(b), if b + 1 == parts { g.o } else { block(b + 1) });
+                if o0 >= o1 {
+                    return;
+                }
+                for t in std::iter::once(centre).chain((0..kk).filter(|&t| t != centre)) {
+                    let (ky, kx) = (t / k, t % k);
+                    let (ox0, ox1) = valid_cols(g.wo, g.w, 1, p, kx);
+                    let (oy0, oy1) = valid_cols(g.ho, g.h, 1, p, ky);
+                    if ox0 >= ox1 || oy0 >= oy1 {
+                        continue;
+                    }
+                    // the middle column of taps reads whole rows: one block of rows
+                    let whole_rows = (ox0, ox1) == (0, g.wo);
+                    let (runs, per_run) = if whole_rows {
+                        (1, (oy1 - oy0) * g.wo * m)
+                    } else {
+                        (oy1 - oy0, (ox1 - ox0) * m)
+                    };
+                    for r in 0..runs {
+                        let oy = oy0 + r;
+                        let (iy, ix) = (oy + ky - p, ox0 + kx - p);
+                        // SAFETY: rows o0..o1 of prod are this task's; the offsets lie inside
+                        // the [o, ho, wo, m] product, the [o, c, kk] weight and the
+                        // [c, h, w, m] images (valid_cols keeps the tap inside the maps).
+                        unsafe {
+                            super::matmul::gemm_into(
+                                o1 - o0,
+                                per_run,
+                                g.c,
+                                (
+                                    dst.get().add(o0 * hw * m + (oy * g.wo + ox0) * m),
+                                    (hw * m) as isize,
+                                    1,
+                                ),
+                                t != centre,
+                                (
+                                    w[o0 * g.c * kk + t..].as_ptr(),
+                                    (g.c * kk) as isize,
+                                    kk as isize,
+                                ),
+                                (
+                                    xb[(iy * g.w + ix) * m..].as_ptr(),
+                                    (g.h * g.w * m) as isize,
+                                    1,
+                                ),
+                            );
+                        }
+                    }
+                }
+            });
+            write_output(prod, &g, (0, m), true, epi, res, &mut out);
+        })
+    });
+    out
+}
+
+/// How many blocks of rows to split `rows` output channels into: one per thread, each at
+/// least 16 rows.
+fn threads_for_rows(rows: usize) -> usize {
+    rayon::current_num_threads().clamp(1, (rows / 16).max(1))
 }
 
 impl Conv2d {
@@ -1353,6 +1505,74 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn taps_match_im2col_with_the_bits_of_any_thread_count() {
+        // (n, c, h, w, o, k): layer 3's maps at 64 px (4 px), layer 4's at 32 px (1 px),
+        // non-square maps, a 5x5 kernel on 3x4, channel counts around the 16-row blocks; one
+        // image and several
+        let cases = [
+            (3, 8, 4, 4, 40, 3),
+            (2, 5, 3, 3, 33, 3),
+            (1, 6, 1, 1, 7, 3),
+            (4, 3, 3, 4, 17, 3),
+            (2, 4, 3, 4, 48, 5),
+            (5, 16, 4, 1, 64, 3),
+        ];
+        for (n, c, h, w, o, k) in cases {
+            let g = geometry(
+                &Shape::from((n, c, h, w)),
+                &Shape::from((o, c, k, k)),
+                1,
+                k / 2,
+            )
+            .unwrap();
+            assert!(taps_usable(&g));
+            let seed = (h * w + k + o) as u64;
+            let v = |len: usize, i: u64| crate::ops::testing::values(len, seed * 8 + i);
+            let (x, wt, res) = (
+                v(n * g.plane_in(), 1),
+                v(o * c * k * k, 2),
+                v(n * o * h * w, 3),
+            );
+            let epi = Epilogue {
+                scale: Some(Arc::new(v(o, 5))),
+                shift: Some(Arc::new(v(o, 6))),
+                relu: true,
+            };
+            let what = format!("{n}x{c}x{h}x{w}, {o} outputs, k {k}");
+            for (e, r) in [(&Epilogue::default(), None), (&epi, Some(res.as_slice()))] {
+                let want = conv_forward_im2col(&x, &wt, &g, e, r);
+                let on = |threads: usize| {
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap()
+                        .install(|| conv_forward_taps(&x, &wt, &g, e, r))
+                };
+                let got = on(1);
+                let top = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                for (a, b) in got.iter().zip(&want) {
+                    assert!((a - b).abs() <= 1e-5 * top, "{what}: {a} vs {b}");
+                }
+                assert!(
+                    same_bits(&got, &on(3)),
+                    "{what}: thread count changed the bits"
+                );
+                // the same op as the forward pass routes it
+                assert!(same_bits(&got, &conv_forward(&x, &wt, &g, e, r)), "{what}");
+            }
+        }
+        // not for strides, 1x1 kernels, other paddings or wider maps
+        let g = |c, h, k, s, p| {
+            geometry(&Shape::from((2, c, h, h)), &Shape::from((c, c, k, k)), s, p).unwrap()
+        };
+        assert!(!taps_usable(&g(8, 4, 3, 2, 1)));
+        assert!(!taps_usable(&g(8, 4, 1, 1, 0)));
+        assert!(!taps_usable(&g(8, 4, 3, 1, 0)));
+        assert!(!taps_usable(&g(8, TAPS_MAX_WO + 1, 3, 1, 1)));
+        assert!(!taps_usable(&g(8, 2, 3, 1, 1)));
     }
 
     #[test]

@@ -156,7 +156,7 @@ unsafe fn matmul_to(
 /// # Safety
 /// The pointers address the m x k, k x n and m x n matrices at their strides; `dst` is valid
 /// for writes of its entries, and for reads with `accumulate`; it aliases neither operand.
-unsafe fn gemm_into(
+pub(super) unsafe fn gemm_into(
     m: usize,
     n: usize,
     k: usize,

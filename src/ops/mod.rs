@@ -20,7 +20,7 @@ mod threads;
 mod winograd;
 
 pub use act::{add_relu, relu};
-pub use conv::{conv2d, conv2d_fused, set_cudnn};
+pub use conv::{conv2d, conv2d_fused, set_cudnn, set_tap_conv};
 pub use denormals::flush_denormals;
 pub use depthwise::depthwise_conv2d;
 pub use direct::set_direct_conv;
