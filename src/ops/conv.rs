@@ -544,7 +544,8 @@ const TAPS_MAX_WO: usize = 4;
 
 static TAPS: AtomicBool = AtomicBool::new(true);
 
-/// Turns the sum over taps on small maps ([`conv_forward_taps`]) on or off for the whole
+/// Turns the sum over taps on small maps (stride-1 convolutions on maps of 1, 3 or 4 px,
+/// skipping the taps that read only padding) on or off for the whole
 /// process (on by default); off, those convolutions run im2col and `gemm` as before. Both
 /// are correct; they sum in different orders, so results differ in the last bits.
 pub fn set_tap_conv(enabled: bool) {
