@@ -577,8 +577,9 @@ fn taps_usable(g: &Geometry) -> bool {
 /// [`conv_forward`] of a stride-1 "same" convolution on small maps ([`taps_usable`]) as a sum
 /// over the kernel's taps: for tap `(ky, kx)`, the product of `W[:, :, ky, kx]` (`[o, c]`)
 /// with the input pixels it reaches, added into the outputs it reaches. Taps that would read
-/// the zero padding are skipped, which im2col computes: at 64 px, layer 4's 2x2 maps use 4 of
-/// the 9 taps per output, layer 3's 4x4 maps 6.25 on average. The images are copied
+/// the zero padding are skipped, which im2col computes: on layer 3's 4x4 maps at 64 px a
+/// 3x3 kernel reaches 6.25 of its 9 taps per output on average, on a 1x1 map (layer 4 at
+/// 32 px) only the centre one. The images are copied
 /// batch-last (`[c, h, w, n]`), so each tap's product reads whole rows (or, for the middle
 /// column of taps, whole maps) as one block, and its output rows are one block too.
 ///
@@ -588,8 +589,8 @@ fn taps_usable(g: &Geometry) -> bool {
 /// depend on the thread count (tested).
 ///
 /// Each tap's weights are read in place, strided (`gemm` packs them as it goes): copied
-/// tap by tap into a layout of their own once per pass they were 10% faster again on layer
-/// 4 at 64 px in an experiment, but a copy per pass costs as much in training, and per
+/// tap by tap into a layout of their own once per pass they were 10% faster again on layers
+/// 3 and 4 at 64 px in an experiment, but a copy per pass costs as much in training, and per
 /// attack it would be one more derived weight to keep.
 fn conv_forward_taps(
     x: &[f32],
