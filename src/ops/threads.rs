@@ -6,8 +6,9 @@
 //! and a wake-up per convolution, BatchNorm, ReLU or product, hundreds per training step,
 //! while the caller's core does nothing useful in between. Called from a pool thread, the
 //! caller works on the first part itself and the other threads take the rest, with no
-//! hand-off (measured, ResNet-18 at 64 px, batch 16, 2 threads: input gradients about
-//! 1.2x, a training step about 1.06x; the README's eighth step of issue 23).
+//! hand-off (measured, ResNet-18 at 64 px, batch 16, 2 threads: PGD-7 about 1.1x,
+//! Integrated Gradients about 1.2x, one input-gradient pass or training step about 1.03x;
+//! the README's eighth step of issue 23).
 
 use std::sync::mpsc::{Receiver, TryRecvError};
 
