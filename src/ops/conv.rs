@@ -605,11 +605,10 @@ fn conv_forward_taps(
     super::layout::with_padded_batch_last(x, (g.c, g.h, g.w), 0, m, |xb| {
         with_scratch(0, g.o * hw * m, |_, prod| {
             let parts = threads_for_rows(g.o);
-            let block = |b: usize| ((b * g.o / parts) & !15).min(g.o);
             let dst = super::SendPtr(prod.as_mut_ptr());
             let centre = p * k + p;
             (0..parts).into_par_iter().for_each(|b| {
-                let (o0, o1) = (block(b), if b + 1 == parts { g.o } else { block(b + 1) });
+                let (o0, o1) = super::matmul::row_block(b, parts, g.o);
                 if o0 >= o1 {
                     return;
                 }

@@ -120,10 +120,9 @@ unsafe fn matmul_to(
     // (tested). Otherwise columns j0 .. j1 of block p: p * n / parts onwards (widths differ
     // by one at most).
     let rows = !along_k && parts > 1 && m >= 4 * n;
-    let row_start = |p: usize| if p == parts { m } else { (p * m / parts) & !15 };
     let block = |p: usize| {
         let ((i0, i1), (j0, j1)) = if rows {
-            ((row_start(p), row_start(p + 1)), (0, n))
+            (row_block(p, parts, m), (0, n))
         } else {
             ((0, m), (p * n / parts, (p + 1) * n / parts))
         };
@@ -147,6 +146,14 @@ unsafe fn matmul_to(
     } else {
         (0..parts).into_par_iter().for_each(block);
     }
+}
+
+/// Rows `start..end` of block `p` of `parts` over `m` rows: each block starts at a multiple
+/// of 16 (`gemm`'s products keep the same bits whatever the block, tested), the last one
+/// ends at `m`.
+pub(super) fn row_block(p: usize, parts: usize, m: usize) -> (usize, usize) {
+    let start = |p: usize| if p >= parts { m } else { (p * m / parts) & !15 };
+    (start(p), start(p + 1))
 }
 
 /// One single-threaded product `dst (m x n) (+)= a (m x k) * b (k x n)`, every matrix given
