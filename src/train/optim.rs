@@ -43,10 +43,6 @@ impl InplaceOp2 for AdamCpuStep {
             (CpuStorage::F32(v), Some((a, b))) => &mut v[a..b],
             _ => candle_core::bail!("adam: a parameter must be contiguous f32"),
         };
-        fn lock(m: &Mutex<Vec<f32>>) -> candle_core::Result<MutexGuard<'_, Vec<f32>>> {
-            m.lock()
-                .map_err(|_| candle_core::Error::Msg("adam state poisoned".into()))
-        }
         let (mut m, mut v) = (lock(&self.m)?, lock(&self.v)?);
         if m.len() != p.len() || v.len() != p.len() || g.len() != p.len() {
             candle_core::bail!("adam: parameter, gradient and moments differ in size");
@@ -77,6 +73,12 @@ impl InplaceOp2 for AdamCpuStep {
             });
         Ok(())
     }
+}
+
+/// One moment vector of the fused CPU step, locked.
+fn lock(m: &Mutex<Vec<f32>>) -> candle_core::Result<MutexGuard<'_, Vec<f32>>> {
+    m.lock()
+        .map_err(|_| candle_core::Error::Msg("adam state poisoned".into()))
 }
 
 /// First and second moments of one parameter, shared with the fused CPU step.
@@ -215,10 +217,7 @@ impl Adam {
             let (m, v) = match &self.state {
                 State::Cpu(cpu) => {
                     let host = |slot: &Mutex<Vec<f32>>| -> Result<Tensor> {
-                        let values = slot
-                            .lock()
-                            .map_err(|_| Error::training("internal: Adam state poisoned"))?
-                            .clone();
+                        let values = lock(slot)?.clone();
                         Ok(Tensor::from_vec(values, p.shape(), p.device())?)
                     };
                     (host(&cpu[i].0)?, host(&cpu[i].1)?)
@@ -257,10 +256,7 @@ impl Adam {
                             .flatten_all()?
                             .to_dtype(candle_core::DType::F32)?
                             .to_vec1()?;
-                        *slot
-                            .lock()
-                            .map_err(|_| Error::training("internal: Adam state poisoned"))? =
-                            values;
+                        *lock(slot)? = values;
                     }
                 }
                 State::Tensors { m, v } => {
