@@ -344,12 +344,13 @@ impl Params {
     }
 
     /// BatchNorm2d: batch statistics in train mode (running statistics updated with momentum
-    /// 0.1 and the unbiased variance, as torch), running statistics otherwise or when frozen.
+    /// 0.1 and the unbiased variance, as torch; through cuDNN on CUDA with the `cudnn`
+    /// feature), running statistics otherwise or when frozen.
     pub fn batch_norm_fwd(&self, x: &Tensor, prefix: &str, eps: f64, mode: Mode) -> Result<Tensor> {
         let c = x.dims()[1];
         let shape = (1, c, 1, 1);
-        let w = self.t(&format!("{prefix}.weight"), mode)?.reshape(shape)?;
-        let b = self.t(&format!("{prefix}.bias"), mode)?.reshape(shape)?;
+        let w = self.t(&format!("{prefix}.weight"), mode)?;
+        let b = self.t(&format!("{prefix}.bias"), mode)?;
         let rm = self.var(&format!("{prefix}.running_mean"))?;
         let rv = self.var(&format!("{prefix}.running_var"))?;
         let frozen = self
@@ -357,6 +358,19 @@ impl Params {
             .lock()
             .map(|f| f.iter().any(|p| p == prefix))
             .unwrap_or(false);
+        if mode == Mode::Train && !frozen {
+            let running = (rm.as_tensor(), rv.as_tensor());
+            if let Some((y, new_mean, new_var)) =
+                crate::ops::batchnorm::batch_norm_train_cudnn(x, (&w, &b), running, eps, 0.1)?
+            {
+                rm.set(&new_mean)?;
+                rv.set(&new_var)?;
+                if let Ok(mut b) = self.batches.lock() {
+                    *b.entry(prefix.into()).or_insert(0) += 1;
+                }
+                return Ok(y);
+            }
+        }
         let (mean, var) = if mode == Mode::Train && !frozen {
             let (n, _, h, wd) = x.dims4()?;
             let m = (n * h * wd) as f64;
@@ -379,7 +393,9 @@ impl Params {
         let xn = x
             .broadcast_sub(&mean)?
             .broadcast_div(&(var + eps)?.sqrt()?)?;
-        Ok(xn.broadcast_mul(&w)?.broadcast_add(&b)?)
+        Ok(xn
+            .broadcast_mul(&w.reshape(shape)?)?
+            .broadcast_add(&b.reshape(shape)?)?)
     }
 
     /// Names in state-dict order.

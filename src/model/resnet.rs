@@ -172,8 +172,14 @@ impl BatchNorm {
     /// computed in f64 and rounded to f32: `[C]` tensors on the layer's device. On the CPU
     /// on the host; elsewhere with device ops (no copy to the host, no synchronisation), in
     /// f64 too where the device has it (CUDA: the same correctly rounded operations, so the
-    /// same values), in f32 on Metal.
+    /// same values), in f32 on Metal. Inside [`crate::ops::with_frozen_weights`] (an attack,
+    /// an attribution, an evaluation: constant parameters) computed once per scope.
     fn folded(&self) -> Result<(Tensor, Tensor)> {
+        crate::ops::kept_pair(self.running_var.as_tensor().id(), || self.fold())
+    }
+
+    /// [`Self::folded`], computed.
+    fn fold(&self) -> Result<(Tensor, Tensor)> {
         let dev = self.weight.device();
         if dev.is_cpu() {
             let get = |v: &Var| -> Result<Vec<f64>> {
@@ -276,16 +282,36 @@ impl BatchNorm {
         let rm = ((self.running_mean.as_tensor() * (1.0 - BN_MOMENTUM))? + (mean * BN_MOMENTUM)?)?;
         let rv = ((self.running_var.as_tensor() * (1.0 - BN_MOMENTUM))?
             + (var_unbiased * BN_MOMENTUM)?)?;
-        self.running_mean.set(&rm)?;
-        self.running_var.set(&rv)?;
+        self.store_running(&rm, &rv)
+    }
+
+    /// Stores updated running statistics and counts the batch.
+    fn store_running(&self, mean: &Tensor, var: &Tensor) -> Result<()> {
+        self.running_mean.set(mean)?;
+        self.running_var.set(var)?;
         self.num_batches_tracked.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// BatchNorm alone, from candle ops (training mode off the CPU) or as one affine map per
-    /// channel (running statistics).
+    /// BatchNorm alone: training mode through cuDNN on CUDA (the `cudnn` feature), else from
+    /// candle ops; with running statistics as one affine map per channel.
     fn forward_plain(&self, x: &Tensor, mode: Mode, track: bool) -> Result<Tensor> {
         let c = self.weight.dim(0)?;
+        if mode.train() && !self.frozen_stats.load(Ordering::Relaxed) {
+            batch_count(x)?;
+            let params = (&param(&self.weight, track), &param(&self.bias, track));
+            let running = (self.running_mean.as_tensor(), self.running_var.as_tensor());
+            if let Some((y, rm, rv)) = crate::ops::batchnorm::batch_norm_train_cudnn(
+                x,
+                params,
+                running,
+                BN_EPS,
+                BN_MOMENTUM,
+            )? {
+                self.store_running(&rm, &rv)?;
+                return Ok(y);
+            }
+        }
         let w = param(&self.weight, track).reshape((1, c, 1, 1))?;
         let b = param(&self.bias, track).reshape((1, c, 1, 1))?;
         if mode.train() && !self.frozen_stats.load(Ordering::Relaxed) {
@@ -787,6 +813,47 @@ mod tests {
         assert_eq!(sd[0].0, "conv1.weight");
         assert!(sd.iter().any(|(n, _)| n == "layer2.0.downsample.0.weight"));
         assert_eq!(sd.last().unwrap().0, "fc.bias");
+    }
+
+    #[test]
+    fn batchnorm_folds_are_kept_for_a_frozen_scope_only() {
+        let m = ResNet18::new_random(3, 1, &Device::Cpu).unwrap();
+        let x = Tensor::rand(0f32, 1f32, (2, 3, 32, 32), &Device::Cpu).unwrap();
+        let logits = |m: &ResNet18| -> Vec<f32> {
+            m.forward(&x, Mode::InputGrad)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        let before = logits(&m);
+        // the running variance of one BatchNorm in every block kind: the stem, a plain and a
+        // downsampling block
+        let rv = |name: &str| m.varmap.data().lock().unwrap()[name].clone();
+        let names = [
+            "bn1.running_var",
+            "layer1.0.bn2.running_var",
+            "layer2.0.downsample.1.running_var",
+        ];
+        let double = || {
+            for n in names {
+                let v = rv(n);
+                v.set(&(v.as_tensor() * 2.0).unwrap()).unwrap();
+            }
+        };
+        crate::ops::with_frozen_weights(|| {
+            assert_eq!(bits(&logits(&m)), bits(&before), "a scope changed the bits");
+            // against the scope's promise, the statistics change: the folds made at the
+            // first pass are used again
+            double();
+            assert_eq!(bits(&logits(&m)), bits(&before), "the fold was made again");
+        });
+        // outside a scope every pass folds afresh
+        let after = logits(&m);
+        assert_ne!(bits(&after), bits(&before));
+        crate::ops::with_frozen_weights(|| assert_eq!(bits(&logits(&m)), bits(&after)));
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! candle 0.11 differentiates `relu` as `grad * (x >= 0)` through four tensor ops (a zero
 //! tensor, a comparison, a cast and a product, each allocating); here the mask is read from
 //! the output (`y > 0`, as PyTorch's `threshold_backward`) in the same pass that applies it.
+//! On CUDA with the `cudnn` feature the same ops run cuDNN's activation (one kernel each way;
+//! the add-and-ReLU one more for the add).
 
-use super::on_cpu_f32;
+use super::{on_cpu_f32, on_cudnn_f32};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -121,11 +123,25 @@ impl CustomOp2 for ReluGrad {
         }
         Ok((CpuStorage::F32(masked(g, y)), l1.shape().clone()))
     }
+
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        Ok((
+            super::cudnn::relu_grad((s1, l1), (s2, l2))?,
+            l1.shape().clone(),
+        ))
+    }
 }
 
 /// The gradient of a ReLU's input from its output `out` and the output gradient `grad`.
 pub fn relu_grad(grad: &Tensor, out: &Tensor) -> Result<Tensor> {
-    if on_cpu_f32(&[grad, out]) {
+    if on_cpu_f32(&[grad, out]) || on_cudnn_f32(&[grad, out]) {
         grad.contiguous()?
             .apply_op2_no_bwd(&out.contiguous()?, &ReluGrad)
     } else {
@@ -153,6 +169,15 @@ impl CustomOp1 for Relu {
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        Ok((super::cudnn::relu((s, l))?, l.shape().clone()))
+    }
+
     fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         if !arg.track_op() {
             return Ok(None);
@@ -161,9 +186,9 @@ impl CustomOp1 for Relu {
     }
 }
 
-/// `max(x, 0)`, differentiable, with a one-pass backward on the CPU.
+/// `max(x, 0)`, differentiable, with a one-pass backward on the CPU (and cuDNN's on CUDA).
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    if on_cpu_f32(&[x]) {
+    if on_cpu_f32(&[x]) || on_cudnn_f32(&[x]) {
         x.contiguous()?.apply_op1(Relu)
     } else {
         x.relu()
@@ -204,6 +229,20 @@ impl CustomOp2 for AddRelu {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        Ok((
+            super::cudnn::add_relu((s1, l1), (s2, l2))?,
+            l1.shape().clone(),
+        ))
+    }
+
     fn bwd(
         &self,
         a: &Tensor,
@@ -222,7 +261,7 @@ impl CustomOp2 for AddRelu {
 /// `max(a + b, 0)` (a residual connection), differentiable in both, one pass each way on
 /// the CPU.
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if on_cpu_f32(&[a, b]) && a.shape() == b.shape() {
+    if (on_cpu_f32(&[a, b]) || on_cudnn_f32(&[a, b])) && a.shape() == b.shape() {
         a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
     } else {
         (a + b)?.relu()

@@ -9,7 +9,9 @@
 //!   xhat dgamma). It also returns the batch mean and biased variance for the running
 //!   statistics.
 //!
-//! Both are parallel over channels and fall back to candle ops off the CPU.
+//! Both are parallel over channels and fall back to candle ops off the CPU. On CUDA with the
+//! `cudnn` feature, [`batch_norm_train_cudnn`] runs training mode through cuDNN (the
+//! residual and ReLU then as separate ops).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -640,6 +642,209 @@ pub fn batch_norm_train(
     };
     let st = super::kept(&stats, "batch norm: statistics")?;
     Ok(Some((y, st)))
+}
+
+/// Training-mode BatchNorm of `x` `[N, C, H, W]` through cuDNN (CUDA f32 tensors, the
+/// `cudnn` feature, [`super::set_cudnn`] on): the output (differentiable in `x`, `gamma` and
+/// `beta`, one cuDNN call each way) and the updated running statistics `(mean, var)`, as
+/// torch updates them (`momentum` the batch's weight, the variance unbiased), for the caller
+/// to store. The running statistics passed in are read, not written. `None` where it does
+/// not apply (the caller then uses candle ops).
+pub fn batch_norm_train_cudnn(
+    x: &Tensor,
+    (gamma, beta): (&Tensor, &Tensor),
+    (running_mean, running_var): (&Tensor, &Tensor),
+    eps: f64,
+    momentum: f64,
+) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+    if !super::on_cudnn_f32(&[x, gamma, beta, running_mean, running_var]) {
+        return Ok(None);
+    }
+    #[cfg(feature = "cudnn")]
+    {
+        let c = x.dim(1)?;
+        let gb = Tensor::stack(&[gamma, beta], 0)?;
+        let running = Tensor::stack(&[running_mean.detach(), running_var.detach()], 0)?;
+        let (op, updated) = cudnn_train::Forward::new(eps, momentum);
+        let y = x.contiguous()?.apply_op3(&gb, &running, op)?;
+        let running = cudnn_train::updated_running(&updated, (2, c))?;
+        Ok(Some((y, running.get(0)?, running.get(1)?)))
+    }
+    #[cfg(not(feature = "cudnn"))]
+    {
+        let _ = (eps, momentum);
+        Ok(None)
+    }
+}
+
+/// The cuDNN training-mode BatchNorm as candle ops: the forward (input, `[gamma; beta]`,
+/// `[running_mean; running_var]`) and its backward, which hands the gradient of
+/// `[gamma; beta]` back beside the input gradient.
+#[cfg(feature = "cudnn")]
+mod cudnn_train {
+    use super::super::cudnn;
+    use candle_core::cuda_backend::cudarc::driver::CudaSlice;
+    use candle_core::op::BackpropOp;
+    use candle_core::{CpuStorage, CudaStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+    use std::sync::{Arc, Mutex};
+
+    /// A tensor of `shape` made from a CUDA buffer (no autograd history).
+    fn tensor(s: CudaStorage, shape: impl Into<Shape>) -> Tensor {
+        Tensor::from_storage(Storage::Cuda(s), shape, BackpropOp::none(), false)
+    }
+
+    fn take<T>(slot: &Mutex<Option<T>>, what: &str) -> Result<T> {
+        slot.lock()
+            .ok()
+            .and_then(|mut g| g.take())
+            .ok_or_else(|| candle_core::Error::Msg(format!("{what} not recorded")))
+    }
+
+    pub(super) struct Forward {
+        eps: f64,
+        momentum: f64,
+        /// `[mean; 1 / sqrt(var + eps)]` of the batch, for the backward.
+        saved: Mutex<Option<Arc<CudaSlice<f32>>>>,
+        /// The updated running statistics, for the caller.
+        running: Updated,
+    }
+
+    /// Where the forward leaves the updated running statistics.
+    pub(super) type Updated = Arc<Mutex<Option<CudaStorage>>>;
+
+    impl Forward {
+        /// The op, and where its forward leaves the updated running statistics.
+        pub(super) fn new(eps: f64, momentum: f64) -> (Forward, Updated) {
+            let running = Updated::default();
+            let op = Forward {
+                eps,
+                momentum,
+                saved: Mutex::new(None),
+                running: running.clone(),
+            };
+            (op, running)
+        }
+    }
+
+    /// The running statistics a forward computed, `[2, C]`.
+    pub(super) fn updated_running(slot: &Updated, shape: (usize, usize)) -> Result<Tensor> {
+        Ok(tensor(
+            take(slot, "batch norm (cuDNN): running statistics")?,
+            shape,
+        ))
+    }
+
+    impl CustomOp3 for Forward {
+        fn name(&self) -> &'static str {
+            "robustlens-batch-norm-train-cudnn"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            candle_core::bail!("batch norm: the cuDNN op runs on CUDA tensors only")
+        }
+
+        fn cuda_fwd(
+            &self,
+            sx: &CudaStorage,
+            lx: &Layout,
+            sgb: &CudaStorage,
+            lgb: &Layout,
+            sr: &CudaStorage,
+            lr: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let (y, st) =
+                cudnn::batch_norm_train((sx, lx), (sgb, lgb), (sr, lr), self.eps, self.momentum)?;
+            if let (Ok(mut saved), Ok(mut running)) = (self.saved.lock(), self.running.lock()) {
+                *saved = Some(Arc::new(st.saved));
+                *running = Some(CudaStorage::wrap_cuda_slice(st.running, sx.device.clone()));
+            }
+            Ok((y, lx.shape().clone()))
+        }
+
+        fn bwd(
+            &self,
+            x: &Tensor,
+            gb: &Tensor,
+            _running: &Tensor,
+            _res: &Tensor,
+            grad: &Tensor,
+        ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+            if !x.track_op() && !gb.track_op() {
+                return Ok((None, None, None));
+            }
+            let op = Backward {
+                eps: self.eps,
+                saved: super::super::kept(&self.saved, "batch norm (cuDNN): statistics")?,
+                dgb: Mutex::new(None),
+            };
+            let dx = x.apply_op3_no_bwd(&grad.contiguous()?, gb, &op)?;
+            let dgb = tensor(
+                take(&op.dgb, "batch norm (cuDNN): weight gradient")?,
+                gb.shape(),
+            );
+            Ok((
+                x.track_op().then_some(dx),
+                gb.track_op().then_some(dgb),
+                None,
+            ))
+        }
+    }
+
+    /// The backward: `(x, dy, [gamma; beta])` to the input gradient, with `[dgamma; dbeta]`
+    /// kept for [`Forward::bwd`].
+    struct Backward {
+        eps: f64,
+        saved: Arc<CudaSlice<f32>>,
+        dgb: Mutex<Option<CudaStorage>>,
+    }
+
+    impl CustomOp3 for Backward {
+        fn name(&self) -> &'static str {
+            "robustlens-batch-norm-train-cudnn-bwd"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            candle_core::bail!("batch norm backward: the cuDNN op runs on CUDA tensors only")
+        }
+
+        fn cuda_fwd(
+            &self,
+            sx: &CudaStorage,
+            lx: &Layout,
+            sg: &CudaStorage,
+            lg: &Layout,
+            sgb: &CudaStorage,
+            lgb: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let (dx, dgb) = cudnn::batch_norm_train_grad(
+                (sx, lx),
+                (sg, lg),
+                (sgb, lgb),
+                &self.saved,
+                self.eps,
+            )?;
+            if let Ok(mut slot) = self.dgb.lock() {
+                *slot = Some(dgb);
+            }
+            Ok((dx, lx.shape().clone()))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1211,7 +1211,8 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Res
 /// backward, one pass for the ReLU mask (the scale folds into the gradient gather). The
 /// gradients of `x`, `weight` and `residual` are computed when they are tracked.
 /// On CUDA with the `cudnn` feature, the convolution is cuDNN's (with the same rule for the
-/// gradients) and the rest candle ops; elsewhere candle ops.
+/// gradients), the scale and shift candle ops, the ReLU (with the residual) cuDNN's;
+/// elsewhere candle ops.
 pub fn conv2d_fused(
     x: &Tensor,
     weight: &Tensor,
@@ -1247,7 +1248,7 @@ pub fn conv2d_fused(
             Some(r) => x.apply_op3(&w, &r.contiguous()?, op),
         }
     } else {
-        let mut y = if on_cuda_f32(&[x, weight]) {
+        let mut y = if super::on_cudnn_f32(&[x, weight]) {
             let op = Conv2d {
                 stride,
                 pad: padding,
@@ -1263,33 +1264,13 @@ pub fn conv2d_fused(
             let b = shift.reshape((1, o, 1, 1))?.to_dtype(y.dtype())?;
             y = y.broadcast_mul(&s)?.broadcast_add(&b)?;
         }
-        if let Some(r) = residual {
-            y = (y + r)?;
+        match (residual, relu) {
+            (Some(r), true) => super::add_relu(&y, r),
+            (Some(r), false) => y + r,
+            (None, true) => super::relu(&y),
+            (None, false) => Ok(y),
         }
-        if relu {
-            y = y.relu()?;
-        }
-        Ok(y)
     }
-}
-
-static CUDNN_OP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-/// Turns robustlens's cuDNN convolution op on or off for the process (on by default in a
-/// `cudnn` build; off, CUDA convolutions run candle's `conv2d` and its backward, which
-/// computes both gradients always). A diagnostic switch: `ROBUSTLENS_CUDNN=0`.
-pub fn set_cudnn(enabled: bool) {
-    CUDNN_OP.store(enabled, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// Whether the cuDNN convolution runs: a build with the `cudnn` feature, the op on (see
-/// [`set_cudnn`]), and f32 tensors on a CUDA device.
-fn on_cuda_f32(ts: &[&Tensor]) -> bool {
-    cfg!(feature = "cudnn")
-        && CUDNN_OP.load(std::sync::atomic::Ordering::Relaxed)
-        && ts
-            .iter()
-            .all(|t| t.device().is_cuda() && t.dtype() == candle_core::DType::F32)
 }
 
 #[cfg(test)]

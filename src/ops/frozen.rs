@@ -15,7 +15,7 @@
 //! changed while the scope runs; outside a scope, and on other threads, everything is
 //! computed afresh as before. The results are the same bits either way.
 
-use candle_core::Tensor;
+use candle_core::{Tensor, TensorId};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::ops::Deref;
@@ -50,6 +50,8 @@ struct Scope {
     known: HashSet<(usize, usize)>,
     derived: HashMap<Key, Arc<Vec<f32>>>,
     hits: usize,
+    /// Tensor pairs computed from parameters, by the id of the tensor that names them.
+    pairs: HashMap<TensorId, (Tensor, Tensor)>,
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
@@ -177,6 +179,35 @@ pub(super) fn derive(
     }
 }
 
+/// `make()`, a pair of tensors computed from a model's parameters (a BatchNorm's fold into a
+/// scale and shift per channel), named by `owner`, the id of a parameter tensor they belong
+/// to (ids are never reused): inside a scope computed once and then shared, so that a PGD
+/// attack or an attribution folds each BatchNorm once, not once per pass (on CUDA each fold
+/// is a chain of small kernels); outside a scope computed afresh. Any device.
+pub fn kept_pair<E>(
+    owner: TensorId,
+    make: impl FnOnce() -> Result<(Tensor, Tensor), E>,
+) -> Result<(Tensor, Tensor), E> {
+    if !active() {
+        return make();
+    }
+    let hit = SCOPE.with(|s| {
+        s.borrow()
+            .as_ref()
+            .and_then(|s| s.pairs.get(&owner).cloned())
+    });
+    if let Some(p) = hit {
+        return Ok(p);
+    }
+    let p = make()?;
+    SCOPE.with(|s| {
+        if let Some(s) = s.borrow_mut().as_mut() {
+            s.pairs.insert(owner, p.clone());
+        }
+    });
+    Ok(p)
+}
+
 /// The scale bits of an input gradient's flipped kernel, as [`derive`]'s params (a leading
 /// tag tells "no scale" from a scale).
 pub(super) fn scale_params(scale: Option<&[f32]>) -> Vec<u32> {
@@ -244,6 +275,45 @@ mod tests {
         })
         .unwrap();
         assert_eq!(calls.get(), 7);
+    }
+
+    #[test]
+    fn pairs_are_made_once_per_owner_inside_a_scope_only() {
+        let dev = Device::Cpu;
+        let (a, b) = (
+            Tensor::new(&[1f32], &dev).unwrap(),
+            Tensor::new(&[2f32], &dev).unwrap(),
+        );
+        let calls = std::cell::Cell::new(0);
+        let make = |v: f32| {
+            calls.set(calls.get() + 1);
+            Ok::<_, candle_core::Error>((
+                Tensor::new(&[v], &dev).unwrap(),
+                Tensor::new(&[-v], &dev).unwrap(),
+            ))
+        };
+        let first = |p: (Tensor, Tensor)| p.0.to_vec1::<f32>().unwrap()[0];
+        // outside a scope: made every time
+        assert_eq!(first(kept_pair(a.id(), || make(1.0)).unwrap()), 1.0);
+        assert_eq!(first(kept_pair(a.id(), || make(2.0)).unwrap()), 2.0);
+        assert_eq!(calls.get(), 2);
+        with_frozen_weights(|| {
+            assert_eq!(first(kept_pair(a.id(), || make(3.0)).unwrap()), 3.0);
+            // the same owner: the kept pair, `make` not called
+            assert_eq!(first(kept_pair(a.id(), || make(4.0)).unwrap()), 3.0);
+            // another owner: its own pair
+            assert_eq!(first(kept_pair(b.id(), || make(5.0)).unwrap()), 5.0);
+            assert_eq!(calls.get(), 4);
+            // an error is passed on and nothing kept
+            let c = Tensor::new(&[0f32], &dev).unwrap();
+            let e = kept_pair(c.id(), || Err::<(Tensor, Tensor), _>("no"));
+            assert_eq!(e.unwrap_err(), "no");
+            assert_eq!(first(kept_pair(c.id(), || make(7.0)).unwrap()), 7.0);
+            assert_eq!(calls.get(), 5);
+        });
+        // after the scope: nothing kept
+        assert_eq!(first(kept_pair(a.id(), || make(6.0)).unwrap()), 6.0);
+        assert_eq!(calls.get(), 6);
     }
 
     #[test]

@@ -466,7 +466,35 @@ impl CustomOp1 for MaxPoolFwd {
         Ok((CpuStorage::F32(out), Shape::from((n, c, ho, wo))))
     }
 
+    /// cuDNN's max pooling (the `cudnn` feature): the backward needs no argmax, it reads the
+    /// input and output again.
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        let pool = PlanePool::new((h, w), self.kernel, self.stride, self.padding)?;
+        let y = super::cudnn::max_pool(
+            (s, l),
+            (self.kernel, self.stride, self.padding),
+            (pool.ho, pool.wo),
+        )?;
+        Ok((y, Shape::from((n, c, pool.ho, pool.wo))))
+    }
+
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        #[cfg(feature = "cudnn")]
+        if arg.device().is_cuda() {
+            let op = MaxPoolGradCudnn {
+                kernel: self.kernel,
+                stride: self.stride,
+                padding: self.padding,
+            };
+            let grad = grad_res.contiguous()?;
+            return Ok(Some(arg.apply_op3_no_bwd(_res, &grad, &op)?));
+        }
         let argmax = super::kept(&self.argmax, "max_pool2d: argmax")?;
         let (_, _, h, w) = arg.dims4()?;
         let op = MaxPoolBwd { argmax, h, w };
@@ -506,15 +534,62 @@ impl CustomOp1 for MaxPoolBwd {
     }
 }
 
+/// The input gradient of [`MaxPoolFwd`] on CUDA from its input, output and output gradient
+/// (cuDNN's pooling backward).
+#[cfg(feature = "cudnn")]
+struct MaxPoolGradCudnn {
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+}
+
+#[cfg(feature = "cudnn")]
+impl candle_core::CustomOp3 for MaxPoolGradCudnn {
+    fn name(&self) -> &'static str {
+        "robustlens-max-pool2d-bwd-cudnn"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("max_pool2d backward: the cuDNN op runs on CUDA tensors only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        sx: &candle_core::CudaStorage,
+        lx: &Layout,
+        sy: &candle_core::CudaStorage,
+        ly: &Layout,
+        sg: &candle_core::CudaStorage,
+        lg: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let dx = super::cudnn::max_pool_grad(
+            (sx, lx),
+            (sy, ly),
+            (sg, lg),
+            (self.kernel, self.stride, self.padding),
+        )?;
+        Ok((dx, lx.shape().clone()))
+    }
+}
+
 /// Max pooling over square windows (`kernel`, `stride`, `padding`), differentiable.
 ///
-/// On the CPU this is a custom op that records the argmax; on other devices it is built from
+/// On the CPU this is a custom op that records the argmax; on CUDA with the `cudnn` feature
+/// the same op runs cuDNN's pooling (see [`super::set_cudnn`]); elsewhere it is built from
 /// candle ops (a `gather` of the per-window argmax), which autograd differentiates exactly.
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
     if kernel == 0 || stride == 0 {
         candle_core::bail!("max_pool2d: kernel and stride must be positive");
     }
-    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+    if super::on_cpu_f32(&[x]) || super::on_cudnn_f32(&[x]) {
         let op = MaxPoolFwd {
             kernel,
             stride,

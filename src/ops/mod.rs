@@ -20,11 +20,11 @@ mod threads;
 mod winograd;
 
 pub use act::{add_relu, relu};
-pub use conv::{conv2d, conv2d_fused, set_cudnn, set_tap_conv};
+pub use conv::{conv2d, conv2d_fused, set_tap_conv};
 pub use denormals::flush_denormals;
 pub use depthwise::depthwise_conv2d;
 pub use direct::set_direct_conv;
-pub use frozen::{set_weight_reuse, with_frozen_weights};
+pub use frozen::{kept_pair, set_weight_reuse, with_frozen_weights};
 pub use layout::set_avx512;
 pub use maxpool::max_pool2d;
 pub use threads::{on_pool_thread, recv_cooperatively};
@@ -62,6 +62,26 @@ impl<T> SendPtr<T> {
 pub(crate) fn on_cpu_f32(ts: &[&candle_core::Tensor]) -> bool {
     ts.iter()
         .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32)
+}
+
+static CUDNN_OPS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns robustlens's cuDNN ops on or off for the process (on by default in a `cudnn` build):
+/// the convolutions, max pooling, ReLU and add-and-ReLU, and training-mode BatchNorm. Off,
+/// CUDA tensors run candle's own ops (its `conv2d`, whose backward computes both gradients
+/// always, and chains of element-wise kernels). A diagnostic switch: `ROBUSTLENS_CUDNN=0`.
+pub fn set_cudnn(enabled: bool) {
+    CUDNN_OPS.store(enabled, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the cuDNN ops run on these tensors: a build with the `cudnn` feature, the ops on
+/// (see [`set_cudnn`]), and f32 tensors on a CUDA device.
+pub(crate) fn on_cudnn_f32(ts: &[&candle_core::Tensor]) -> bool {
+    cfg!(feature = "cudnn")
+        && CUDNN_OPS.load(std::sync::atomic::Ordering::Relaxed)
+        && ts
+            .iter()
+            .all(|t| t.device().is_cuda() && t.dtype() == candle_core::DType::F32)
 }
 
 /// Runs `f` on a CPU tensor's f32 values, read in place (no copy); `op` and `what` name it

@@ -1,6 +1,6 @@
 //! The convolution ops on CUDA through cuDNN (the `cudnn` cargo feature): forward,
 //! backward-data (the input gradient) and backward-filter (the weight gradient), each run
-//! only when autograd asks for it (see [`super::conv`]'s op, whose `bwd` skips the gradients
+//! only when autograd asks for it (see [`crate::ops::conv`]'s op, whose `bwd` skips the gradients
 //! of inputs that are not tracked).
 //!
 //! - **Algorithms** are chosen once per shape by cuDNN's `Find` (it times every algorithm, as
@@ -12,55 +12,16 @@
 //!   run (`CUDNN_NON_DETERMINISTIC` in its results: in practice some backward-filter and
 //!   backward-data algorithms). [`crate::device::set_deterministic`] (`--deterministic`)
 //!   restricts the choice to deterministic ones.
-//!
-//! cuDNN handles are not thread-safe: each thread keeps its own, per device, on candle's
-//! stream for that device, so the ops are ordered with candle's own kernels.
 
-use super::layout::Geometry;
+use super::{handle, view, wrap, Handle};
+use crate::ops::layout::Geometry;
 use candle_core::cuda_backend::cudarc::cudnn::{result, sys};
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut};
+use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut};
 use candle_core::cuda_backend::{CudaDevice, DeviceId};
 use candle_core::{CudaStorage, Layout, Result};
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::rc::Rc;
 use std::sync::Mutex;
-
-/// A cuDNN handle on one device's stream.
-struct Handle(sys::cudnnHandle_t);
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        // SAFETY: created by `create_handle`, destroyed once.
-        let _ = unsafe { result::destroy_handle(self.0) };
-    }
-}
-
-thread_local! {
-    static HANDLES: RefCell<HashMap<DeviceId, Rc<Handle>>> = RefCell::new(HashMap::new());
-}
-
-fn handle(dev: &CudaDevice) -> Result<Rc<Handle>> {
-    HANDLES.with(|hs| {
-        if let Some(h) = hs.borrow().get(&dev.id()) {
-            return Ok(h.clone());
-        }
-        let stream = dev.cuda_stream();
-        stream.context().bind_to_thread().map_err(wrap)?;
-        let h = Handle(result::create_handle().map_err(wrap)?);
-        // SAFETY: a live handle and candle's live stream for this device.
-        unsafe { result::set_stream(h.0, stream.cu_stream() as sys::cudaStream_t) }
-            .map_err(wrap)?;
-        let h = Rc::new(h);
-        hs.borrow_mut().insert(dev.id(), h.clone());
-        Ok(h)
-    })
-}
-
-fn wrap(e: impl std::fmt::Display) -> candle_core::Error {
-    candle_core::Error::Msg(format!("cuDNN: {e}"))
-}
 
 /// The descriptors of one convolution: input, filter, output, convolution (f32, NCHW).
 struct Descriptors {
@@ -293,15 +254,6 @@ fn algorithm(
     Ok(found)
 }
 
-/// The f32 values of a contiguous CUDA tensor.
-fn view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, f32>> {
-    let slice: &CudaSlice<f32> = s.as_cuda_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(slice.slice(a..b)),
-        None => candle_core::bail!("conv2d (cuDNN): {what} must be contiguous"),
-    }
-}
-
 /// Runs `pass` of the convolution in geometry `g`: `a` and `b` are the inputs (forward: x,
 /// w; data: dy, w; filter: x, dy), the result has `out_len` values.
 fn run(
@@ -316,7 +268,10 @@ fn run(
     let (algo, math) = algorithm(&dev, &h, pass, g)?;
     let d = Descriptors::new(g, math)?;
     let stream = dev.cuda_stream();
-    let (a, b) = (view(sa, la, "input")?, view(sb, lb, "input")?);
+    let (a, b) = (
+        view(sa, la, "conv2d", "input")?,
+        view(sb, lb, "conv2d", "input")?,
+    );
     // SAFETY: every buffer is written by cuDNN below before it is read (beta = 0).
     let mut out = unsafe { stream.alloc::<f32>(out_len) }.map_err(wrap)?;
     let (alpha, beta) = (1f32, 0f32);
@@ -361,7 +316,7 @@ fn run(
 }
 
 /// `conv(x, w)`: `[n, o, ho, wo]`.
-pub(super) fn forward(
+pub(in crate::ops) fn forward(
     g: &Geometry,
     x: (&CudaStorage, &Layout),
     w: (&CudaStorage, &Layout),
@@ -370,7 +325,7 @@ pub(super) fn forward(
 }
 
 /// The input gradient from the output gradient `dy` and the weight: `[n, c, h, w]`.
-pub(super) fn input_grad(
+pub(in crate::ops) fn input_grad(
     g: &Geometry,
     dy: (&CudaStorage, &Layout),
     w: (&CudaStorage, &Layout),
@@ -379,7 +334,7 @@ pub(super) fn input_grad(
 }
 
 /// The weight gradient from the input and the output gradient `dy`: `[o, c, k, k]`.
-pub(super) fn weight_grad(
+pub(in crate::ops) fn weight_grad(
     g: &Geometry,
     x: (&CudaStorage, &Layout),
     dy: (&CudaStorage, &Layout),
