@@ -11,8 +11,9 @@
 #
 # The toolkit, cuBLAS, cuRAND and cuDNN come from PyPI wheels in `.cuda-env/` (git-ignored);
 # `libcuda` is a stub compiled here for linking only: never copy it to a GPU machine.
-# The binary is built without debug info and stripped (about 64 MiB, half of it candle's
-# statically linked CUDA kernels), then compressed (about 10 MB) for a device run, whose
+# The binary is built without debug info, with fat LTO in one codegen unit, and stripped
+# (22 MiB; without LTO 64 MiB, 33 MB of it candle's MoE and GGUF kernels, which robustlens
+# never calls and LTO drops), then compressed (about 5 MB) for a device run, whose
 # carry holds 64 MiB with the working tree; the libraries it needs at run time are listed. On a GPU machine with
 # PyTorch for CUDA 13 they are in PyTorch's pip packages: see bench/gpu-check.sh.
 # First run about 10 minutes on 2 cores (1.5 GB of wheels); later builds are incremental.
@@ -64,7 +65,8 @@ case "${CUDA_CHECK:-0}" in
   1) exec cargo check --locked --all-targets "${args[@]}" ;;
   clippy) exec cargo clippy --locked --all-targets "${args[@]}" -- -D warnings ;;
 esac
-CARGO_PROFILE_RELEASE_DEBUG=0 cargo build --locked --release --bin robustlens "${args[@]}"
+CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
+  cargo build --locked --release --bin robustlens "${args[@]}"
 mkdir -p target/cuda target/cuda-carry
 strip -o target/cuda/robustlens.tmp "$CARGO_TARGET_DIR/release/robustlens"
 mv target/cuda/robustlens.tmp target/cuda/robustlens
@@ -74,7 +76,7 @@ xz -T0 -6 -c target/cuda/robustlens > target/cuda-carry/robustlens.xz.tmp
 mv target/cuda-carry/robustlens.xz.tmp target/cuda-carry/robustlens.xz
 # cuRAND (candle opens a generator on every CUDA device) is not among PyTorch's pip packages:
 # carried too, compressed (about 43 MB; the binary and the working tree bring the carry to
-# about 57 MiB). bench/gpu-check.sh uses it only where no libcurand.so.10 is found.
+# about 55 MiB). bench/gpu-check.sh uses it only where no libcurand.so.10 is found.
 if [ ! -f target/cuda-carry/libcurand.so.10.xz ]; then
   xz -T0 -6 -c "$CU13/lib/libcurand.so.10" > target/cuda-carry/libcurand.so.10.xz.tmp
   mv target/cuda-carry/libcurand.so.10.xz.tmp target/cuda-carry/libcurand.so.10.xz

@@ -15,11 +15,14 @@
 //! All in f32, NCHW, contiguous; the scaling factors `alpha = 1`, `beta = 0` (the outputs are
 //! fresh buffers, which cuDNN does not read when `beta` is 0).
 
-use super::{handle, view, wrap};
+use super::{handle, view, wrap, Handle};
 use candle_core::cuda_backend::cudarc::cudnn::{result, sys};
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use candle_core::cuda_backend::CudaDevice;
 use candle_core::{CudaStorage, Layout, Result};
 use std::ffi::{c_int, c_void};
+use std::rc::Rc;
+use std::sync::Arc;
 
 static ONE: f32 = 1.0;
 static ZERO: f32 = 0.0;
@@ -146,10 +149,48 @@ fn pool_desc(k: usize, s: usize, p: usize) -> Result<Desc<sys::cudnnPoolingDescr
     )
 }
 
-/// A fresh output buffer of `len` values on `x`'s device (cuDNN writes all of it).
-fn output(x: &CudaStorage, len: usize) -> Result<CudaSlice<f32>> {
-    // SAFETY: every caller has cuDNN write all `len` values before anything reads them.
-    unsafe { x.device.cuda_stream().alloc::<f32>(len) }.map_err(wrap)
+/// One cuDNN call's device, this thread's handle on it, and candle's stream.
+struct Call {
+    dev: CudaDevice,
+    h: Rc<Handle>,
+    stream: Arc<CudaStream>,
+}
+
+impl Call {
+    /// On the device of `x`.
+    fn on(x: &CudaStorage) -> Result<Call> {
+        let dev = x.device.clone();
+        Ok(Call {
+            h: handle(&dev)?,
+            stream: dev.cuda_stream(),
+            dev,
+        })
+    }
+
+    /// A fresh output buffer of `len` values (cuDNN writes all of it).
+    fn output(&self, len: usize) -> Result<CudaSlice<f32>> {
+        // SAFETY: every caller has cuDNN write all `len` values before anything reads them.
+        unsafe { self.stream.alloc::<f32>(len) }.map_err(wrap)
+    }
+
+    /// A result buffer as candle's storage.
+    fn storage(&self, s: CudaSlice<f32>) -> CudaStorage {
+        CudaStorage::wrap_cuda_slice(s, self.dev.clone())
+    }
+}
+
+/// An error unless the layouts `a` and `b` (named `what`) have one shape.
+fn same_shape(op: &str, what: [&str; 2], a: &Layout, b: &Layout) -> Result<()> {
+    if a.shape() != b.shape() {
+        candle_core::bail!(
+            "{op} (cuDNN): {} {:?} vs {} {:?}",
+            what[0],
+            a.shape(),
+            what[1],
+            b.shape()
+        );
+    }
+    Ok(())
 }
 
 /// Max pooling of `x` `[n, c, h, w]` into `[n, c, ho, wo]` (the caller's floor-mode size,
@@ -160,19 +201,18 @@ pub(in crate::ops) fn max_pool(
     (ho, wo): (usize, usize),
 ) -> Result<CudaStorage> {
     let (n, c, h, w) = lx.shape().dims4()?;
-    let dev = sx.device.clone();
-    let hd = handle(&dev)?;
-    let stream = dev.cuda_stream();
+    let call = Call::on(sx)?;
+    let (hd, stream) = (&call.h, &call.stream);
     let pd = pool_desc(k, s, p)?;
     let (xd, yd) = (
         TensorDesc::new([n, c, h, w])?,
         TensorDesc::new([n, c, ho, wo])?,
     );
     let x = view(sx, lx, "max_pool2d", "input")?;
-    let mut y = output(sx, n * c * ho * wo)?;
+    let mut y = call.output(n * c * ho * wo)?;
     {
-        let (px, _gx) = x.device_ptr(&stream);
-        let (py, _gy) = y.device_ptr_mut(&stream);
+        let (px, _gx) = x.device_ptr(stream);
+        let (py, _gy) = y.device_ptr_mut(stream);
         // SAFETY: the descriptors match the buffers' shapes and type.
         unsafe {
             sys::cudnnPoolingForward(
@@ -189,7 +229,7 @@ pub(in crate::ops) fn max_pool(
         .result()
         .map_err(wrap)?;
     }
-    Ok(CudaStorage::wrap_cuda_slice(y, dev))
+    Ok(call.storage(y))
 }
 
 /// The input gradient of [`max_pool`] from its input `x`, output `y` and output gradient
@@ -202,16 +242,9 @@ pub(in crate::ops) fn max_pool_grad(
 ) -> Result<CudaStorage> {
     let (n, c, h, w) = lx.shape().dims4()?;
     let (_, _, ho, wo) = ly.shape().dims4()?;
-    if lg.shape() != ly.shape() {
-        candle_core::bail!(
-            "max_pool2d backward (cuDNN): gradient {:?} vs output {:?}",
-            lg.shape(),
-            ly.shape()
-        );
-    }
-    let dev = sx.device.clone();
-    let hd = handle(&dev)?;
-    let stream = dev.cuda_stream();
+    same_shape("max_pool2d backward", ["gradient", "output"], lg, ly)?;
+    let call = Call::on(sx)?;
+    let (hd, stream) = (&call.h, &call.stream);
     let pd = pool_desc(k, s, p)?;
     let (xd, yd) = (
         TensorDesc::new([n, c, h, w])?,
@@ -220,12 +253,12 @@ pub(in crate::ops) fn max_pool_grad(
     let x = view(sx, lx, "max_pool2d backward", "input")?;
     let y = view(sy, ly, "max_pool2d backward", "output")?;
     let g = view(sg, lg, "max_pool2d backward", "gradient")?;
-    let mut dx = output(sx, n * c * h * w)?;
+    let mut dx = call.output(n * c * h * w)?;
     {
-        let (px, _gx) = x.device_ptr(&stream);
-        let (py, _gy) = y.device_ptr(&stream);
-        let (pg, _gg) = g.device_ptr(&stream);
-        let (pdx, _gdx) = dx.device_ptr_mut(&stream);
+        let (px, _gx) = x.device_ptr(stream);
+        let (py, _gy) = y.device_ptr(stream);
+        let (pg, _gg) = g.device_ptr(stream);
+        let (pdx, _gdx) = dx.device_ptr_mut(stream);
         // SAFETY: the descriptors match the buffers' shapes and type (y and dy share one).
         unsafe {
             sys::cudnnPoolingBackward(
@@ -246,21 +279,20 @@ pub(in crate::ops) fn max_pool_grad(
         .result()
         .map_err(wrap)?;
     }
-    Ok(CudaStorage::wrap_cuda_slice(dx, dev))
+    Ok(call.storage(dx))
 }
 
 /// `max(x, 0)`.
 pub(in crate::ops) fn relu((sx, lx): (&CudaStorage, &Layout)) -> Result<CudaStorage> {
-    let dev = sx.device.clone();
-    let hd = handle(&dev)?;
-    let stream = dev.cuda_stream();
+    let call = Call::on(sx)?;
+    let (hd, stream) = (&call.h, &call.stream);
     let ad = relu_desc()?;
     let d = TensorDesc::elementwise(lx)?;
     let x = view(sx, lx, "relu", "input")?;
-    let mut y = output(sx, lx.shape().elem_count())?;
+    let mut y = call.output(lx.shape().elem_count())?;
     {
-        let (px, _gx) = x.device_ptr(&stream);
-        let (py, _gy) = y.device_ptr_mut(&stream);
+        let (px, _gx) = x.device_ptr(stream);
+        let (py, _gy) = y.device_ptr_mut(stream);
         // SAFETY: one descriptor for two buffers of the same shape.
         unsafe {
             sys::cudnnActivationForward(
@@ -277,7 +309,7 @@ pub(in crate::ops) fn relu((sx, lx): (&CudaStorage, &Layout)) -> Result<CudaStor
         .result()
         .map_err(wrap)?;
     }
-    Ok(CudaStorage::wrap_cuda_slice(y, dev))
+    Ok(call.storage(y))
 }
 
 /// `max(a + b, 0)` for `a`, `b` of one shape: an `OpTensor` add, then the ReLU in place.
@@ -285,16 +317,9 @@ pub(in crate::ops) fn add_relu(
     (sa, la): (&CudaStorage, &Layout),
     (sb, lb): (&CudaStorage, &Layout),
 ) -> Result<CudaStorage> {
-    if la.shape() != lb.shape() {
-        candle_core::bail!(
-            "add_relu (cuDNN): shapes {:?} and {:?} differ",
-            la.shape(),
-            lb.shape()
-        );
-    }
-    let dev = sa.device.clone();
-    let hd = handle(&dev)?;
-    let stream = dev.cuda_stream();
+    same_shape("add_relu", ["left", "right"], la, lb)?;
+    let call = Call::on(sa)?;
+    let (hd, stream) = (&call.h, &call.stream);
     let ad = relu_desc()?;
     let od = Desc::new(
         sys::cudnnCreateOpTensorDescriptor,
@@ -314,11 +339,11 @@ pub(in crate::ops) fn add_relu(
     let d = TensorDesc::elementwise(la)?;
     let a = view(sa, la, "add_relu", "left")?;
     let b = view(sb, lb, "add_relu", "right")?;
-    let mut y = output(sa, la.shape().elem_count())?;
+    let mut y = call.output(la.shape().elem_count())?;
     {
-        let (pa, _ga) = a.device_ptr(&stream);
-        let (pb, _gb) = b.device_ptr(&stream);
-        let (py, _gy) = y.device_ptr_mut(&stream);
+        let (pa, _ga) = a.device_ptr(stream);
+        let (pb, _gb) = b.device_ptr(stream);
+        let (py, _gy) = y.device_ptr_mut(stream);
         let py = py as *mut c_void;
         // SAFETY: one descriptor for three buffers of the same shape; the activation runs
         // in place, which cuDNN allows.
@@ -343,7 +368,7 @@ pub(in crate::ops) fn add_relu(
                 .map_err(wrap)?;
         }
     }
-    Ok(CudaStorage::wrap_cuda_slice(y, dev))
+    Ok(call.storage(y))
 }
 
 /// The input gradient of a ReLU from the output gradient `g` and the output `y`: `g` where
@@ -352,25 +377,18 @@ pub(in crate::ops) fn relu_grad(
     (sg, lg): (&CudaStorage, &Layout),
     (sy, ly): (&CudaStorage, &Layout),
 ) -> Result<CudaStorage> {
-    if lg.shape() != ly.shape() {
-        candle_core::bail!(
-            "relu backward (cuDNN): gradient {:?} vs output {:?}",
-            lg.shape(),
-            ly.shape()
-        );
-    }
-    let dev = sg.device.clone();
-    let hd = handle(&dev)?;
-    let stream = dev.cuda_stream();
+    same_shape("relu backward", ["gradient", "output"], lg, ly)?;
+    let call = Call::on(sg)?;
+    let (hd, stream) = (&call.h, &call.stream);
     let ad = relu_desc()?;
     let d = TensorDesc::elementwise(lg)?;
     let g = view(sg, lg, "relu backward", "gradient")?;
     let y = view(sy, ly, "relu backward", "output")?;
-    let mut dx = output(sg, lg.shape().elem_count())?;
+    let mut dx = call.output(lg.shape().elem_count())?;
     {
-        let (pg, _gg) = g.device_ptr(&stream);
-        let (py, _gy) = y.device_ptr(&stream);
-        let (pdx, _gdx) = dx.device_ptr_mut(&stream);
+        let (pg, _gg) = g.device_ptr(stream);
+        let (py, _gy) = y.device_ptr(stream);
+        let (pdx, _gdx) = dx.device_ptr_mut(stream);
         // SAFETY: one descriptor for four buffers of the same shape.
         unsafe {
             sys::cudnnActivationBackward(
@@ -391,7 +409,7 @@ pub(in crate::ops) fn relu_grad(
         .result()
         .map_err(wrap)?;
     }
-    Ok(CudaStorage::wrap_cuda_slice(dx, dev))
+    Ok(call.storage(dx))
 }
 
 /// What a training-mode BatchNorm's forward leaves besides its output.
@@ -429,9 +447,8 @@ pub(in crate::ops) fn batch_norm_train(
             );
         }
     }
-    let dev = sx.device.clone();
-    let hd = handle(&dev)?;
-    let stream = dev.cuda_stream();
+    let call = Call::on(sx)?;
+    let (hd, stream) = (&call.h, &call.stream);
     let (xd, bd) = (
         TensorDesc::new([n, c, h, w])?,
         TensorDesc::new([1, c, 1, 1])?,
@@ -441,14 +458,14 @@ pub(in crate::ops) fn batch_norm_train(
     let mut running = stream
         .clone_dtod(&view(sr, lr, "batch norm", "running statistics")?)
         .map_err(wrap)?;
-    let mut saved = output(sx, 2 * c)?;
-    let mut y = output(sx, n * c * h * w)?;
+    let mut saved = call.output(2 * c)?;
+    let mut y = call.output(n * c * h * w)?;
     {
-        let (px, _gx) = x.device_ptr(&stream);
-        let (pgb, _ggb) = gb.device_ptr(&stream);
-        let (pr, _gr) = running.device_ptr_mut(&stream);
-        let (ps, _gs) = saved.device_ptr_mut(&stream);
-        let (py, _gy) = y.device_ptr_mut(&stream);
+        let (px, _gx) = x.device_ptr(stream);
+        let (pgb, _ggb) = gb.device_ptr(stream);
+        let (pr, _gr) = running.device_ptr_mut(stream);
+        let (ps, _gs) = saved.device_ptr_mut(stream);
+        let (py, _gy) = y.device_ptr_mut(stream);
         // SAFETY: the descriptors match the buffers; each `[2, C]` buffer holds two rows of
         // C values, the second `row2(c)` bytes after the first.
         unsafe {
@@ -475,10 +492,7 @@ pub(in crate::ops) fn batch_norm_train(
         .result()
         .map_err(wrap)?;
     }
-    Ok((
-        CudaStorage::wrap_cuda_slice(y, dev),
-        BatchNormSaved { saved, running },
-    ))
+    Ok((call.storage(y), BatchNormSaved { saved, running }))
 }
 
 /// The backward of [`batch_norm_train`] from its input `x`, the output gradient `dy`, `gb`
@@ -502,9 +516,8 @@ pub(in crate::ops) fn batch_norm_train_grad(
             saved.len()
         );
     }
-    let dev = sx.device.clone();
-    let hd = handle(&dev)?;
-    let stream = dev.cuda_stream();
+    let call = Call::on(sx)?;
+    let (hd, stream) = (&call.h, &call.stream);
     let (xd, bd) = (
         TensorDesc::new([n, c, h, w])?,
         TensorDesc::new([1, c, 1, 1])?,
@@ -512,15 +525,15 @@ pub(in crate::ops) fn batch_norm_train_grad(
     let x = view(sx, lx, "batch norm backward", "input")?;
     let g = view(sg, lg, "batch norm backward", "gradient")?;
     let gb = view(sgb, lgb, "batch norm backward", "weight and bias")?;
-    let mut dx = output(sx, n * c * h * w)?;
-    let mut dgb = output(sx, 2 * c)?;
+    let mut dx = call.output(n * c * h * w)?;
+    let mut dgb = call.output(2 * c)?;
     {
-        let (px, _gx) = x.device_ptr(&stream);
-        let (pg, _gg) = g.device_ptr(&stream);
-        let (pgb, _ggb) = gb.device_ptr(&stream);
-        let (ps, _gs) = saved.device_ptr(&stream);
-        let (pdx, _gdx) = dx.device_ptr_mut(&stream);
-        let (pdgb, _gdgb) = dgb.device_ptr_mut(&stream);
+        let (px, _gx) = x.device_ptr(stream);
+        let (pg, _gg) = g.device_ptr(stream);
+        let (pgb, _ggb) = gb.device_ptr(stream);
+        let (ps, _gs) = saved.device_ptr(stream);
+        let (pdx, _gdx) = dx.device_ptr_mut(stream);
+        let (pdgb, _gdgb) = dgb.device_ptr_mut(stream);
         // SAFETY: as in `batch_norm_train`; gamma is the first row of `gb`.
         unsafe {
             sys::cudnnBatchNormalizationBackward(
@@ -548,8 +561,5 @@ pub(in crate::ops) fn batch_norm_train_grad(
         .result()
         .map_err(wrap)?;
     }
-    Ok((
-        CudaStorage::wrap_cuda_slice(dx, dev.clone()),
-        CudaStorage::wrap_cuda_slice(dgb, dev),
-    ))
+    Ok((call.storage(dx), call.storage(dgb)))
 }
