@@ -358,7 +358,7 @@ impl Params {
             .lock()
             .map(|f| f.iter().any(|p| p == prefix))
             .unwrap_or(false);
-        if mode == Mode::Train && !frozen {
+        let (mean, var) = if mode == Mode::Train && !frozen {
             let running = (rm.as_tensor(), rv.as_tensor());
             if let Some((y, new_mean, new_var)) =
                 crate::ops::batchnorm::batch_norm_train_cudnn(x, (&w, &b), running, eps, 0.1)?
@@ -370,8 +370,6 @@ impl Params {
                 }
                 return Ok(y);
             }
-        }
-        let (mean, var) = if mode == Mode::Train && !frozen {
             let (n, _, h, wd) = x.dims4()?;
             let m = (n * h * wd) as f64;
             let xt = x.transpose(0, 1)?.reshape((c, n * h * wd))?;

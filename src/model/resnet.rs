@@ -236,12 +236,7 @@ impl BatchNorm {
             }
         }
         let y = self.forward_plain(x, mode, track)?;
-        Ok(match (residual, relu) {
-            (Some(r), true) => crate::ops::add_relu(&y, r)?,
-            (Some(r), false) => (y + r)?,
-            (None, true) => crate::ops::relu(&y)?,
-            (None, false) => y,
-        })
+        Ok(crate::ops::act::add_act(y, residual, relu)?)
     }
 
     /// Training-mode BatchNorm (batch statistics, running statistics updated) with the
@@ -297,13 +292,15 @@ impl BatchNorm {
     /// candle ops; with running statistics as one affine map per channel.
     fn forward_plain(&self, x: &Tensor, mode: Mode, track: bool) -> Result<Tensor> {
         let c = self.weight.dim(0)?;
+        let (gamma, beta) = (param(&self.weight, track), param(&self.bias, track));
+        let w = gamma.reshape((1, c, 1, 1))?;
+        let b = beta.reshape((1, c, 1, 1))?;
         if mode.train() && !self.frozen_stats.load(Ordering::Relaxed) {
-            batch_count(x)?;
-            let params = (&param(&self.weight, track), &param(&self.bias, track));
+            let count = batch_count(x)?;
             let running = (self.running_mean.as_tensor(), self.running_var.as_tensor());
             if let Some((y, rm, rv)) = crate::ops::batchnorm::batch_norm_train_cudnn(
                 x,
-                params,
+                (&gamma, &beta),
                 running,
                 BN_EPS,
                 BN_MOMENTUM,
@@ -311,11 +308,6 @@ impl BatchNorm {
                 self.store_running(&rm, &rv)?;
                 return Ok(y);
             }
-        }
-        let w = param(&self.weight, track).reshape((1, c, 1, 1))?;
-        let b = param(&self.bias, track).reshape((1, c, 1, 1))?;
-        if mode.train() && !self.frozen_stats.load(Ordering::Relaxed) {
-            let count = batch_count(x)?;
             let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?; // [1,C,1,1]
             let centered = x.broadcast_sub(&mean)?;
             let var = centered

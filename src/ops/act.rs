@@ -268,6 +268,17 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// `y + residual` when there is one, through a ReLU when `relu`: [`add_relu`], [`relu`], the
+/// plain sum or `y` itself.
+pub fn add_act(y: Tensor, residual: Option<&Tensor>, relu: bool) -> Result<Tensor> {
+    match (residual, relu) {
+        (Some(r), true) => add_relu(&y, r),
+        (Some(r), false) => y + r,
+        (None, true) => self::relu(&y),
+        (None, false) => Ok(y),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

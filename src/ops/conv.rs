@@ -1264,12 +1264,7 @@ pub fn conv2d_fused(
             let b = shift.reshape((1, o, 1, 1))?.to_dtype(y.dtype())?;
             y = y.broadcast_mul(&s)?.broadcast_add(&b)?;
         }
-        match (residual, relu) {
-            (Some(r), true) => super::add_relu(&y, r),
-            (Some(r), false) => y + r,
-            (None, true) => super::relu(&y),
-            (None, false) => Ok(y),
-        }
+        super::act::add_act(y, residual, relu)
     }
 }
 

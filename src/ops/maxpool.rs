@@ -484,7 +484,8 @@ impl CustomOp1 for MaxPoolFwd {
         Ok((y, Shape::from((n, c, pool.ho, pool.wo))))
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+    #[cfg_attr(not(feature = "cudnn"), allow(unused_variables))]
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         #[cfg(feature = "cudnn")]
         if arg.device().is_cuda() {
             let op = MaxPoolGradCudnn {
@@ -493,7 +494,7 @@ impl CustomOp1 for MaxPoolFwd {
                 padding: self.padding,
             };
             let grad = grad_res.contiguous()?;
-            return Ok(Some(arg.apply_op3_no_bwd(_res, &grad, &op)?));
+            return Ok(Some(arg.apply_op3_no_bwd(res, &grad, &op)?));
         }
         let argmax = super::kept(&self.argmax, "max_pool2d: argmax")?;
         let (_, _, h, w) = arg.dims4()?;
