@@ -174,7 +174,7 @@ fn im2col_batch_last(x: &[f32], g: &Geometry, i0: usize, m: usize, col: &mut [f3
     let (hp, wp) = (g.h + 2 * p, g.w + 2 * p);
     let hw = g.hw_out();
     let images = &x[i0 * g.plane_in()..(i0 + m) * g.plane_in()];
-    with_padded_batch_last(images, (g.c, g.h, g.w), p, m, |xt| {
+    with_padded_batch_last(images, (g.c, g.h, g.w), p, m, None, |xt| {
         col[..g.ckk() * hw * m]
             .par_chunks_mut(hw * m)
             .enumerate()
@@ -448,7 +448,7 @@ pub(super) fn conv_forward_each(
         return out;
     }
     let out = if taps_usable(g) {
-        conv_forward_taps(x, w, g, epi, res)
+        conv_forward_taps(x, TapWeights::Kernel(w), g, epi, res)
     } else {
         conv_forward_im2col(x, w, g, epi, res)
     };
@@ -574,6 +574,42 @@ fn taps_usable(g: &Geometry) -> bool {
         && (g.ho, g.wo) == (g.h, g.w)
 }
 
+/// The weights of [`conv_forward_taps`] in geometry `g`.
+#[derive(Clone, Copy)]
+enum TapWeights<'a> {
+    /// The kernel `[g.o, g.c, k, k]`.
+    Kernel(&'a [f32]),
+    /// The input gradient of a stride-1 convolution with weight `w` (`[g.c, g.o, k, k]`, the
+    /// transpose of `g`'s channels), each of its output channels scaled by `scale` where
+    /// given: `g`'s kernel is `w` flipped and transposed, entry `(a, b, t)` =
+    /// `w[b][a][kk - 1 - t]`, read in place, and the scale multiplies `g`'s input channels
+    /// (the output gradient) as they are copied, so no flipped copy of the weight is made.
+    Flipped {
+        w: &'a [f32],
+        scale: Option<&'a [f32]>,
+    },
+}
+
+impl TapWeights<'_> {
+    /// Tap `t`'s weights `[a, b]` from output channel `a0` on: where they start, the
+    /// distance between output channels and between input channels.
+    fn tap(self, g: &Geometry, a0: usize, t: usize) -> (*const f32, isize, isize) {
+        let kk = g.k * g.k;
+        match self {
+            TapWeights::Kernel(w) => (
+                w[a0 * g.c * kk + t..].as_ptr(),
+                (g.c * kk) as isize,
+                kk as isize,
+            ),
+            TapWeights::Flipped { w, .. } => (
+                w[a0 * kk + kk - 1 - t..].as_ptr(),
+                kk as isize,
+                (g.o * kk) as isize,
+            ),
+        }
+    }
+}
+
 /// [`conv_forward`] of a stride-1 "same" convolution on small maps ([`taps_usable`]) as a sum
 /// over the kernel's taps: for tap `(ky, kx)`, the product of `W[:, :, ky, kx]` (`[o, c]`)
 /// with the input pixels it reaches, added into the outputs it reaches. Taps that would read
@@ -588,13 +624,15 @@ fn taps_usable(g: &Geometry) -> bool {
 /// the sum over channels in [`super::matmul::gemm_into`]'s fixed slices), so the bits do not
 /// depend on the thread count (tested).
 ///
+/// The weights are a kernel `[o, c, k, k]`, or, for an input gradient, the forward
+/// convolution's weight read as its flipped, transposed kernel ([`TapWeights::Flipped`]).
 /// Each tap's weights are read in place, strided (`gemm` packs them as it goes): copied
 /// tap by tap into a layout of their own once per pass they were 10% faster again on layers
 /// 3 and 4 at 64 px in an experiment, but a copy per pass costs as much in training, and per
 /// attack it would be one more derived weight to keep.
 fn conv_forward_taps(
     x: &[f32],
-    w: &[f32],
+    w: TapWeights,
     g: &Geometry,
     epi: &Epilogue,
     res: Option<&[f32]>,
@@ -602,7 +640,11 @@ fn conv_forward_taps(
     let g = *g;
     let (k, p, kk, m, hw) = (g.k, g.pad, g.k * g.k, g.n, g.hw_out());
     let mut out = vec![0f32; g.n * g.o * hw];
-    super::layout::with_padded_batch_last(x, (g.c, g.h, g.w), 0, m, |xb| {
+    let in_scale = match w {
+        TapWeights::Kernel(_) => None,
+        TapWeights::Flipped { scale, .. } => scale,
+    };
+    super::layout::with_padded_batch_last(x, (g.c, g.h, g.w), 0, m, in_scale, |xb| {
         with_scratch(0, g.o * hw * m, |_, prod| {
             let parts = threads_for_rows(g.o);
             let dst = super::SendPtr(prod.as_mut_ptr());
@@ -643,11 +685,7 @@ fn conv_forward_taps(
                                     1,
                                 ),
                                 t != centre,
-                                (
-                                    w[o0 * g.c * kk + t..].as_ptr(),
-                                    (g.c * kk) as isize,
-                                    kk as isize,
-                                ),
+                                w.tap(&g, o0, t),
                                 (
                                     xb[(iy * g.w + ix) * m..].as_ptr(),
                                     (g.h * g.w * m) as isize,
@@ -915,20 +953,30 @@ pub(super) fn conv_input_grad(
         ho: g.h,
         wo: g.w,
     });
+    // the flipped convolution runs as a sum over taps ([`conv_forward_taps`]), which reads
+    // the kernel in place: no flipped copy
+    let taps =
+        |f: &Geometry| taps_usable(f) && !super::winograd::usable(f) && !super::direct::usable(f);
     if let Some(flipped) = flipped.filter(|f| {
         4 * g.o <= g.n * g.hw_out()
             || super::winograd::usable(f)
-            || (g.k > 1 && super::layout::use_avx512())
+            || (g.k > 1 && super::layout::use_avx512() && (g.o <= g.n * g.hw_out() || taps(f)))
     }) {
         // A stride-1 convolution's input gradient is the convolution of the output
         // gradient with the flipped, transposed kernel (padding k-1-p): one matrix product
         // summing over o*k*k (instead of one summing over o into a k*k times larger
         // column matrix, then scattered back). Not where the maps are small beside the
         // weight, whose flipped copy would then cost more than the scatter it saves, unless
-        // the flipped convolution runs Winograd's kernel (layer 4 at 224 px: 7x7 maps) or
-        // `gemm`'s AVX-512 products: with AVX-512 the 3x3 scatter is the slower part
-        // (measured per layer with the flipped copy included: the README's "AVX-512
-        // routing"; 1x1 kernels, whose scatter is a plain copy, keep the rule above).
+        // the flipped convolution runs Winograd's kernel (layer 4 at 224 px: 7x7 maps), or
+        // the sum over taps, or `gemm`'s AVX-512 products where the weight is no larger
+        // than the column matrix (o <= n*ho*wo): with AVX-512 the 3x3 scatter is then the
+        // slower part. Measured per layer with the weights out of the cache, as they are
+        // in a network's backward pass (the README's "AVX-512 routing" and its tenth step;
+        // 1x1 kernels, whose scatter is a plain copy, keep the first rule).
+        if taps(&flipped) {
+            let w = TapWeights::Flipped { w, scale };
+            return conv_forward_taps(gr, w, &flipped, &Epilogue::default(), None);
+        }
         let kk = g.k * g.k;
         let params = || {
             let mut p = vec![g.o as u32, g.c as u32, kk as u32];
@@ -1526,7 +1574,7 @@ mod tests {
                         .num_threads(threads)
                         .build()
                         .unwrap()
-                        .install(|| conv_forward_taps(&x, &wt, &g, e, r))
+                        .install(|| conv_forward_taps(&x, TapWeights::Kernel(&wt), &g, e, r))
                 };
                 let got = on(1);
                 let top = want.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -1550,6 +1598,120 @@ mod tests {
         assert!(!taps_usable(&g(8, 4, 3, 1, 0)));
         assert!(!taps_usable(&g(8, TAPS_MAX_WO + 1, 3, 1, 1)));
         assert!(!taps_usable(&g(8, 2, 3, 1, 1)));
+    }
+
+    #[test]
+    fn taps_input_gradient_reads_the_flipped_kernel_in_place() {
+        // (n, c, h, w, o, k): 1, 3 and 4 px maps, non-square, a 5x5 kernel, more and fewer
+        // outputs than inputs, blocks of 16 channels and a remainder
+        let cases = [
+            (3, 20, 4, 4, 37, 3),
+            (5, 33, 1, 1, 18, 3),
+            (2, 7, 3, 4, 5, 3),
+            (2, 4, 4, 3, 6, 5),
+            (16, 64, 4, 4, 48, 3),
+        ];
+        for (n, c, h, w, o, k) in cases {
+            let g = geometry(
+                &Shape::from((n, c, h, w)),
+                &Shape::from((o, c, k, k)),
+                1,
+                k / 2,
+            )
+            .unwrap();
+            let f = geometry(
+                &Shape::from((n, o, h, w)),
+                &Shape::from((c, o, k, k)),
+                1,
+                k - 1 - k / 2,
+            )
+            .unwrap();
+            assert!(taps_usable(&f));
+            let seed = (h * w + k + o) as u64;
+            let v = |len: usize, i: u64| crate::ops::testing::values(len, seed * 8 + i);
+            let (wt, gr, scale) = (v(o * c * k * k, 1), v(n * o * h * w, 2), v(o, 3));
+            let what = format!("{n}x{c}x{h}x{w}, {o} outputs, k {k}");
+            for sc in [None, Some(scale.as_slice())] {
+                let on = |threads: usize| {
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap()
+                        .install(|| {
+                            let w = TapWeights::Flipped { w: &wt, scale: sc };
+                            conv_forward_taps(&gr, w, &f, &Epilogue::default(), None)
+                        })
+                };
+                let got = on(1);
+                assert!(
+                    same_bits(&got, &on(3)),
+                    "{what}: thread count changed the bits"
+                );
+                // the scatter of W^T G, summed in another order
+                let want = input_grad_col2im(&gr, &wt, &g, sc, Columns::ByImage);
+                let top = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                for (a, b) in got.iter().zip(&want) {
+                    assert!((a - b).abs() <= 1e-5 * top, "{what}: {a} vs {b}");
+                }
+                // unscaled, the same products in the same order as with a flipped copy
+                if sc.is_none() {
+                    let flipped = flip_kernel(&wt, o, c, k * k, None);
+                    let copy = conv_forward_taps(
+                        &gr,
+                        TapWeights::Kernel(&flipped),
+                        &f,
+                        &Epilogue::default(),
+                        None,
+                    );
+                    assert!(same_bits(&got, &copy), "{what}: against the flipped copy");
+                }
+                // the route the input gradient takes with AVX-512's routing
+                crate::ops::layout::tests_isa::each_isa(|wide| {
+                    if wide {
+                        assert!(
+                            same_bits(&got, &conv_input_grad(&gr, &wt, &g, sc)),
+                            "{what}"
+                        );
+                    }
+                });
+            }
+        }
+        // 2 px maps (no taps), with AVX-512's routing: the scatter of W^T G where the weight
+        // is larger than the column matrix (o > n*h*w), the flipped copy where it is not
+        crate::ops::layout::tests_isa::each_isa(|wide| {
+            for (n, c, flip) in [(2, 40, false), (16, 24, true)] {
+                if !wide {
+                    continue;
+                }
+                let g =
+                    geometry(&Shape::from((n, c, 2, 2)), &Shape::from((c, c, 3, 3)), 1, 1).unwrap();
+                let (wt, gr) = (
+                    crate::ops::testing::values(c * c * 9, 1),
+                    crate::ops::testing::values(n * c * 4, 2),
+                );
+                let got = conv_input_grad(&gr, &wt, &g, None);
+                let want = if flip {
+                    let f = Geometry {
+                        c: g.o,
+                        o: g.c,
+                        ..g
+                    };
+                    conv_forward(
+                        &gr,
+                        &flip_kernel(&wt, c, c, 9, None),
+                        &f,
+                        &Epilogue::default(),
+                        None,
+                    )
+                } else {
+                    input_grad_col2im(&gr, &wt, &g, None, Columns::for_geometry(&g))
+                };
+                assert!(
+                    same_bits(&got, &want),
+                    "{n} images of {c} channels on 2x2 maps"
+                );
+            }
+        });
     }
 
     #[test]

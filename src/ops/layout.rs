@@ -192,13 +192,15 @@ fn with_padded_buffer<R>(need: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 
 /// Runs `f` on the `m` images `x` (`[m, c, h, w]`) copied, zero-padded by `p` on every side,
 /// into one batch-last buffer `[c, h + 2p, w + 2p, m]`: pixel `(iy, ix)` of image `j` at
-/// `((c * hp + iy + p) * wp + ix + p) * m + j`. The buffer is this thread's, shared with
-/// [`with_padded`] and reused across calls (a re-entrant call gets a fresh one).
+/// `((c * hp + iy + p) * wp + ix + p) * m + j`, times `scale[c]` where a scale is given.
+/// The buffer is this thread's, shared with [`with_padded`] and reused across calls (a
+/// re-entrant call gets a fresh one).
 pub(super) fn with_padded_batch_last<R>(
     x: &[f32],
     (c, h, w): (usize, usize, usize),
     p: usize,
     m: usize,
+    scale: Option<&[f32]>,
     f: impl FnOnce(&[f32]) -> R,
 ) -> R {
     assert_eq!(x.len(), m * c * h * w, "with_padded_batch_last: input size");
@@ -218,8 +220,10 @@ pub(super) fn with_padded_batch_last<R>(
                 let plane = &x[(j * c + ci) * h * w..][..h * w];
                 for (iy, line) in plane.chunks_exact(w).enumerate() {
                     let row = &mut dst[((iy + p) * wp + p) * m..][..w * m];
-                    for (d, v) in row.iter_mut().skip(j).step_by(m).zip(line) {
-                        *d = *v;
+                    let cells = row.iter_mut().skip(j).step_by(m).zip(line);
+                    match scale {
+                        None => cells.for_each(|(d, v)| *d = *v),
+                        Some(s) => cells.for_each(|(d, v)| *d = *v * s[ci]),
                     }
                 }
             }
