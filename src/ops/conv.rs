@@ -448,7 +448,7 @@ pub(super) fn conv_forward_each(
         return out;
     }
     let out = if taps_usable(g) {
-        conv_forward_taps(x, TapWeights::Kernel(w), g, epi, res)
+        conv_forward_taps(x, (TapWeights::Kernel(w), None), g, epi, res)
     } else {
         conv_forward_im2col(x, w, g, epi, res)
     };
@@ -579,15 +579,12 @@ fn taps_usable(g: &Geometry) -> bool {
 enum TapWeights<'a> {
     /// The kernel `[g.o, g.c, k, k]`.
     Kernel(&'a [f32]),
-    /// The input gradient of a stride-1 convolution with weight `w` (`[g.c, g.o, k, k]`, the
-    /// transpose of `g`'s channels), each of its output channels scaled by `scale` where
-    /// given: `g`'s kernel is `w` flipped and transposed, entry `(a, b, t)` =
-    /// `w[b][a][kk - 1 - t]`, read in place, and the scale multiplies `g`'s input channels
-    /// (the output gradient) as they are copied, so no flipped copy of the weight is made.
-    Flipped {
-        w: &'a [f32],
-        scale: Option<&'a [f32]>,
-    },
+    /// The flipped, transposed kernel of an input gradient read in place from the forward
+    /// convolution's weight `w` (`[g.c, g.o, k, k]`, `g`'s channels transposed): entry
+    /// `(a, b, t)` = `w[b][a][kk - 1 - t]`. The sums are those of [`TapWeights::Kernel`]
+    /// with the flipped copy ([`flip_kernel`] without a scale), bit for bit (tested); the
+    /// strided reads cost about 10% on layer 3 at 64 px.
+    FlippedInPlace(&'a [f32]),
 }
 
 impl TapWeights<'_> {
@@ -601,7 +598,7 @@ impl TapWeights<'_> {
                 (g.c * kk) as isize,
                 kk as isize,
             ),
-            TapWeights::Flipped { w, .. } => (
+            TapWeights::FlippedInPlace(w) => (
                 w[a0 * kk + kk - 1 - t..].as_ptr(),
                 kk as isize,
                 (g.o * kk) as isize,
@@ -625,14 +622,16 @@ impl TapWeights<'_> {
 /// depend on the thread count (tested).
 ///
 /// The weights are a kernel `[o, c, k, k]`, or, for an input gradient, the forward
-/// convolution's weight read as its flipped, transposed kernel ([`TapWeights::Flipped`]).
+/// convolution's weight read as its flipped, transposed kernel
+/// ([`TapWeights::FlippedInPlace`]). Each input channel `b` is multiplied by `in_scale[b]`
+/// where given (an input gradient's folded BatchNorm scale) as the images are copied.
 /// Each tap's weights are read in place, strided (`gemm` packs them as it goes): copied
 /// tap by tap into a layout of their own once per pass they were 10% faster again on layers
 /// 3 and 4 at 64 px in an experiment, but a copy per pass costs as much in training, and per
 /// attack it would be one more derived weight to keep.
 fn conv_forward_taps(
     x: &[f32],
-    w: TapWeights,
+    (w, in_scale): (TapWeights, Option<&[f32]>),
     g: &Geometry,
     epi: &Epilogue,
     res: Option<&[f32]>,
@@ -640,10 +639,6 @@ fn conv_forward_taps(
     let g = *g;
     let (k, p, kk, m, hw) = (g.k, g.pad, g.k * g.k, g.n, g.hw_out());
     let mut out = vec![0f32; g.n * g.o * hw];
-    let in_scale = match w {
-        TapWeights::Kernel(_) => None,
-        TapWeights::Flipped { scale, .. } => scale,
-    };
     super::layout::with_padded_batch_last(x, (g.c, g.h, g.w), 0, m, in_scale, |xb| {
         with_scratch(0, g.o * hw * m, |_, prod| {
             let parts = threads_for_rows(g.o);
@@ -973,19 +968,32 @@ pub(super) fn conv_input_grad(
         // slower part. Measured per layer with the weights out of the cache, as they are
         // in a network's backward pass (the README's "AVX-512 routing" and its tenth step;
         // 1x1 kernels, whose scatter is a plain copy, keep the first rule).
-        if taps(&flipped) {
-            let w = TapWeights::Flipped { w, scale };
-            return conv_forward_taps(gr, w, &flipped, &Epilogue::default(), None);
-        }
         let kk = g.k * g.k;
-        let params = || {
+        let params = |scale: Option<&[f32]>| {
             let mut p = vec![g.o as u32, g.c as u32, kk as u32];
             p.extend(super::frozen::scale_params(scale));
             p
         };
-        let wt = super::frozen::derive(Derivation::Flipped, w, params, || {
-            flip_kernel(w, g.o, g.c, kk, scale)
-        });
+        if taps(&flipped) {
+            // the kernel read in place, or inside a frozen-weights scope its flipped copy,
+            // made once and read faster; unscaled, the same sums either way
+            let kept = super::frozen::derive_if_kept(
+                Derivation::Flipped,
+                w,
+                || params(None),
+                || flip_kernel(w, g.o, g.c, kk, None),
+            );
+            let tw = kept
+                .as_deref()
+                .map_or(TapWeights::FlippedInPlace(w), TapWeights::Kernel);
+            return conv_forward_taps(gr, (tw, scale), &flipped, &Epilogue::default(), None);
+        }
+        let wt = super::frozen::derive(
+            Derivation::Flipped,
+            w,
+            || params(scale),
+            || flip_kernel(w, g.o, g.c, kk, scale),
+        );
         return conv_forward(gr, &wt, &flipped, &Epilogue::default(), None);
     }
     input_grad_col2im(gr, w, &g, scale, Columns::for_geometry(&g))
@@ -1574,7 +1582,9 @@ mod tests {
                         .num_threads(threads)
                         .build()
                         .unwrap()
-                        .install(|| conv_forward_taps(&x, TapWeights::Kernel(&wt), &g, e, r))
+                        .install(|| {
+                            conv_forward_taps(&x, (TapWeights::Kernel(&wt), None), &g, e, r)
+                        })
                 };
                 let got = on(1);
                 let top = want.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -1638,7 +1648,7 @@ mod tests {
                         .build()
                         .unwrap()
                         .install(|| {
-                            let w = TapWeights::Flipped { w: &wt, scale: sc };
+                            let w = (TapWeights::FlippedInPlace(&wt), sc);
                             conv_forward_taps(&gr, w, &f, &Epilogue::default(), None)
                         })
                 };
@@ -1653,18 +1663,17 @@ mod tests {
                 for (a, b) in got.iter().zip(&want) {
                     assert!((a - b).abs() <= 1e-5 * top, "{what}: {a} vs {b}");
                 }
-                // unscaled, the same products in the same order as with a flipped copy
-                if sc.is_none() {
-                    let flipped = flip_kernel(&wt, o, c, k * k, None);
-                    let copy = conv_forward_taps(
-                        &gr,
-                        TapWeights::Kernel(&flipped),
-                        &f,
-                        &Epilogue::default(),
-                        None,
-                    );
-                    assert!(same_bits(&got, &copy), "{what}: against the flipped copy");
-                }
+                // the same products in the same order as with the (unscaled) flipped copy,
+                // which a frozen-weights scope keeps
+                let flipped = flip_kernel(&wt, o, c, k * k, None);
+                let copy = conv_forward_taps(
+                    &gr,
+                    (TapWeights::Kernel(&flipped), sc),
+                    &f,
+                    &Epilogue::default(),
+                    None,
+                );
+                assert!(same_bits(&got, &copy), "{what}: against the flipped copy");
                 // the route the input gradient takes with AVX-512's routing
                 crate::ops::layout::tests_isa::each_isa(|wide| {
                     if wide {

@@ -141,15 +141,43 @@ pub(super) fn derive(
     params: impl FnOnce() -> Vec<u32>,
     make: impl FnOnce() -> Vec<f32>,
 ) -> Kept {
+    if !kept_source(src) {
+        return Kept::Owned(make());
+    }
+    shared(what, src, params, make)
+}
+
+/// [`derive`] where the result would be kept, `None` (nothing computed) where it would be
+/// computed afresh: for kernels that can read `src` in place at some cost, and read a kept
+/// copy faster.
+pub(super) fn derive_if_kept(
+    what: Derivation,
+    src: &[f32],
+    params: impl FnOnce() -> Vec<u32>,
+    make: impl FnOnce() -> Vec<f32>,
+) -> Option<Kept> {
+    kept_source(src).then(|| shared(what, src, params, make))
+}
+
+/// Whether what is derived from `src` is kept: inside a scope, `src` a pinned weight or
+/// derived from one.
+fn kept_source(src: &[f32]) -> bool {
     let src_span = span(src);
-    let known = SCOPE.with(|s| {
+    SCOPE.with(|s| {
         s.borrow()
             .as_ref()
             .is_some_and(|s| s.known.contains(&src_span))
-    });
-    if !known {
-        return Kept::Owned(make());
-    }
+    })
+}
+
+/// The scope's `what` of `src` ([`kept_source`]), made now if it has none yet.
+fn shared(
+    what: Derivation,
+    src: &[f32],
+    params: impl FnOnce() -> Vec<u32>,
+    make: impl FnOnce() -> Vec<f32>,
+) -> Kept {
+    let src_span = span(src);
     let key = Key {
         what,
         addr: src_span.0,
@@ -266,11 +294,21 @@ mod tests {
             .unwrap();
             // nested scopes share the outer one
             with_frozen_weights(|| assert_eq!(hits(), 2));
+            // only where kept: nothing for a buffer not pinned, the kept one for a pinned one
+            assert!(derive_if_kept(Derivation::Flipped, &read(&w), Vec::new, make).is_none());
+            super::super::with_cpu_f32(&w, "t", "w", |s| {
+                let k = derive_if_kept(Derivation::Flipped, s, || vec![1], make);
+                assert!(matches!(k.as_deref(), Some([7.0])));
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!((calls.get(), hits()), (6, 3));
         });
         assert!(!active());
         // after the scope: nothing kept
         super::super::with_cpu_f32(&w, "t", "w", |s| {
             derive(Derivation::Flipped, s, || vec![1], make);
+            assert!(derive_if_kept(Derivation::Flipped, s, || vec![1], make).is_none());
             Ok(())
         })
         .unwrap();
