@@ -975,8 +975,8 @@ pub(super) fn conv_input_grad(
             p
         };
         if taps(&flipped) {
-            // the kernel read in place, or inside a frozen-weights scope its flipped copy,
-            // made once and read faster; unscaled, the same sums either way
+            // the kernel read in place, or from the second pass of a frozen-weights scope on
+            // its flipped copy, made once and read faster; unscaled, the same sums either way
             let kept = super::frozen::derive_if_kept(
                 Derivation::Flipped,
                 w,

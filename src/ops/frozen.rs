@@ -33,13 +33,25 @@ pub(super) enum Derivation {
     DirectPack,
 }
 
-#[derive(PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct Key {
     what: Derivation,
     addr: usize,
     len: usize,
     /// Whatever else the result depends on (shape, scale bits).
     params: Vec<u32>,
+}
+
+impl Key {
+    fn new(what: Derivation, src: &[f32], params: Vec<u32>) -> Key {
+        let (addr, len) = span(src);
+        Key {
+            what,
+            addr,
+            len,
+            params,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -49,6 +61,8 @@ struct Scope {
     /// `(address, length)` of the pinned tensors' values and of the derived buffers.
     known: HashSet<(usize, usize)>,
     derived: HashMap<Key, Arc<Vec<f32>>>,
+    /// What [`derive_if_kept`] was asked for once and answered with `None`.
+    asked: HashSet<Key>,
     hits: usize,
     /// Tensor pairs computed from parameters, by the id of the tensor that names them.
     pairs: HashMap<TensorId, (Tensor, Tensor)>,
@@ -144,19 +158,31 @@ pub(super) fn derive(
     if !kept_source(src) {
         return Kept::Owned(make());
     }
-    shared(what, src, params, make)
+    let key = Key::new(what, src, params());
+    shared(key, make)
 }
 
-/// [`derive`] where the result would be kept, `None` (nothing computed) where it would be
-/// computed afresh: for kernels that can read `src` in place at some cost, and read a kept
-/// copy faster.
+/// For kernels that can read `src` in place, at some cost, or a derived copy faster, with the
+/// same results: the kept copy (as [`derive`]) from the second time it is asked for in a
+/// scope, `None` (nothing computed: read in place) the first time and wherever nothing is
+/// kept. A scope of one pass (a single input gradient) then makes no copy it would read only
+/// once; an attack or Integrated Gradients makes it in its second pass.
 pub(super) fn derive_if_kept(
     what: Derivation,
     src: &[f32],
     params: impl FnOnce() -> Vec<u32>,
     make: impl FnOnce() -> Vec<f32>,
 ) -> Option<Kept> {
-    kept_source(src).then(|| shared(what, src, params, make))
+    if !kept_source(src) {
+        return None;
+    }
+    let key = Key::new(what, src, params());
+    let second = SCOPE.with(|s| {
+        let mut s = s.borrow_mut();
+        let s = s.as_mut()?;
+        Some(s.derived.contains_key(&key) || !s.asked.insert(key.clone()))
+    });
+    second?.then(|| shared(key, make))
 }
 
 /// Whether what is derived from `src` is kept: inside a scope, `src` a pinned weight or
@@ -170,20 +196,8 @@ fn kept_source(src: &[f32]) -> bool {
     })
 }
 
-/// The scope's `what` of `src` ([`kept_source`]), made now if it has none yet.
-fn shared(
-    what: Derivation,
-    src: &[f32],
-    params: impl FnOnce() -> Vec<u32>,
-    make: impl FnOnce() -> Vec<f32>,
-) -> Kept {
-    let src_span = span(src);
-    let key = Key {
-        what,
-        addr: src_span.0,
-        len: src_span.1,
-        params: params(),
-    };
+/// The scope's derived buffer for `key` (of a [`kept_source`]), made now if it has none yet.
+fn shared(key: Key, make: impl FnOnce() -> Vec<f32>) -> Kept {
     let hit = SCOPE.with(|s| {
         let mut s = s.borrow_mut();
         let s = s.as_mut()?;
@@ -294,25 +308,37 @@ mod tests {
             .unwrap();
             // nested scopes share the outer one
             with_frozen_weights(|| assert_eq!(hits(), 2));
-            // only where kept: nothing for a buffer not pinned, the kept one for a pinned one
-            assert!(derive_if_kept(Derivation::Flipped, &read(&w), Vec::new, make).is_none());
+            // only where kept: nothing for a buffer not pinned; for a pinned one what was
+            // kept already, else nothing the first time and a kept copy the second
+            let v = read(&w);
+            assert!(derive_if_kept(Derivation::Flipped, &v, Vec::new, make).is_none());
+            assert!(derive_if_kept(Derivation::Flipped, &v, Vec::new, make).is_none());
             super::super::with_cpu_f32(&w, "t", "w", |s| {
                 let k = derive_if_kept(Derivation::Flipped, s, || vec![1], make);
                 assert!(matches!(k.as_deref(), Some([7.0])));
+                assert_eq!((calls.get(), hits()), (6, 3));
+                assert!(derive_if_kept(Derivation::Flipped, s, || vec![3], make).is_none());
+                assert_eq!(calls.get(), 6);
+                let k = derive_if_kept(Derivation::Flipped, s, || vec![3], make);
+                assert!(matches!(k.as_deref(), Some([7.0])));
+                assert_eq!((calls.get(), hits()), (7, 3));
+                let k = derive_if_kept(Derivation::Flipped, s, || vec![3], make);
+                assert!(matches!(k.as_deref(), Some([7.0])));
+                assert_eq!((calls.get(), hits()), (7, 4));
                 Ok(())
             })
             .unwrap();
-            assert_eq!((calls.get(), hits()), (6, 3));
         });
         assert!(!active());
         // after the scope: nothing kept
         super::super::with_cpu_f32(&w, "t", "w", |s| {
             derive(Derivation::Flipped, s, || vec![1], make);
             assert!(derive_if_kept(Derivation::Flipped, s, || vec![1], make).is_none());
+            assert!(derive_if_kept(Derivation::Flipped, s, || vec![1], make).is_none());
             Ok(())
         })
         .unwrap();
-        assert_eq!(calls.get(), 7);
+        assert_eq!(calls.get(), 8);
     }
 
     #[test]
