@@ -1327,7 +1327,9 @@ pub fn conv2d_fused(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::testing::{conv_bn_reference, max_rel, normal, probe_grads, same_bits};
+    use crate::ops::testing::{
+        assert_near, conv_bn_reference, max_rel, normal, on_threads, probe_grads, same_bits,
+    };
     use candle_core::{Device, Var};
 
     fn rand(shape: &[usize], seed: u64) -> Tensor {
@@ -1381,18 +1383,9 @@ mod tests {
             let scale: Vec<f32> = (0..o).map(|i| 0.5 + i as f32 / 7.0).collect();
             for sc in [None, Some(&scale[..])] {
                 let want = weight_grad_im2col(&x, &gr, &g, sc);
-                let on = |threads: usize| {
-                    rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
-                        .unwrap()
-                        .install(|| conv_weight_grad(&x, &gr, &g, sc))
-                };
+                let on = |threads| on_threads(threads, || conv_weight_grad(&x, &gr, &g, sc));
                 let got = on(1);
-                let big = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-                for (a, b) in got.iter().zip(&want) {
-                    assert!((a - b).abs() <= 1e-5 * big, "{c} {o} {h}: {a} vs {b}");
-                }
+                assert_near(&got, &want, 1e-5, &format!("{c} {o} {h}"));
                 assert!(got == on(3), "thread count changed the bits");
             }
         }
@@ -1540,6 +1533,18 @@ mod tests {
         }
     }
 
+    /// A stride-1 "same" convolution (padding k/2) of `n` images `c` x `h` x `w` into `o`
+    /// channels.
+    fn same_conv(n: usize, c: usize, (h, w): (usize, usize), o: usize, k: usize) -> Geometry {
+        geometry(
+            &Shape::from((n, c, h, w)),
+            &Shape::from((o, c, k, k)),
+            1,
+            k / 2,
+        )
+        .unwrap()
+    }
+
     #[test]
     fn taps_match_im2col_with_the_bits_of_any_thread_count() {
         // (n, c, h, w, o, k): layer 3's maps at 64 px (4 px), layer 4's at 32 px (1 px),
@@ -1554,13 +1559,7 @@ mod tests {
             (5, 16, 4, 1, 64, 3),
         ];
         for (n, c, h, w, o, k) in cases {
-            let g = geometry(
-                &Shape::from((n, c, h, w)),
-                &Shape::from((o, c, k, k)),
-                1,
-                k / 2,
-            )
-            .unwrap();
+            let g = same_conv(n, c, (h, w), o, k);
             assert!(taps_usable(&g));
             let seed = (h * w + k + o) as u64;
             let v = |len: usize, i: u64| crate::ops::testing::values(len, seed * 8 + i);
@@ -1577,20 +1576,13 @@ mod tests {
             let what = format!("{n}x{c}x{h}x{w}, {o} outputs, k {k}");
             for (e, r) in [(&Epilogue::default(), None), (&epi, Some(res.as_slice()))] {
                 let want = conv_forward_im2col(&x, &wt, &g, e, r);
-                let on = |threads: usize| {
-                    rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
-                        .unwrap()
-                        .install(|| {
-                            conv_forward_taps(&x, (TapWeights::Kernel(&wt), None), &g, e, r)
-                        })
+                let on = |threads| {
+                    on_threads(threads, || {
+                        conv_forward_taps(&x, (TapWeights::Kernel(&wt), None), &g, e, r)
+                    })
                 };
                 let got = on(1);
-                let top = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-                for (a, b) in got.iter().zip(&want) {
-                    assert!((a - b).abs() <= 1e-5 * top, "{what}: {a} vs {b}");
-                }
+                assert_near(&got, &want, 1e-5, &what);
                 assert!(
                     same_bits(&got, &on(3)),
                     "{what}: thread count changed the bits"
@@ -1622,35 +1614,19 @@ mod tests {
             (16, 64, 4, 4, 48, 3),
         ];
         for (n, c, h, w, o, k) in cases {
-            let g = geometry(
-                &Shape::from((n, c, h, w)),
-                &Shape::from((o, c, k, k)),
-                1,
-                k / 2,
-            )
-            .unwrap();
-            let f = geometry(
-                &Shape::from((n, o, h, w)),
-                &Shape::from((c, o, k, k)),
-                1,
-                k - 1 - k / 2,
-            )
-            .unwrap();
+            // the convolution and its input gradient's (padding k - 1 - k/2 = k/2)
+            let (g, f) = (same_conv(n, c, (h, w), o, k), same_conv(n, o, (h, w), c, k));
             assert!(taps_usable(&f));
             let seed = (h * w + k + o) as u64;
             let v = |len: usize, i: u64| crate::ops::testing::values(len, seed * 8 + i);
             let (wt, gr, scale) = (v(o * c * k * k, 1), v(n * o * h * w, 2), v(o, 3));
             let what = format!("{n}x{c}x{h}x{w}, {o} outputs, k {k}");
             for sc in [None, Some(scale.as_slice())] {
-                let on = |threads: usize| {
-                    rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
-                        .unwrap()
-                        .install(|| {
-                            let w = (TapWeights::FlippedInPlace(&wt), sc);
-                            conv_forward_taps(&gr, w, &f, &Epilogue::default(), None)
-                        })
+                let on = |threads| {
+                    on_threads(threads, || {
+                        let w = (TapWeights::FlippedInPlace(&wt), sc);
+                        conv_forward_taps(&gr, w, &f, &Epilogue::default(), None)
+                    })
                 };
                 let got = on(1);
                 assert!(
@@ -1659,10 +1635,7 @@ mod tests {
                 );
                 // the scatter of W^T G, summed in another order
                 let want = input_grad_col2im(&gr, &wt, &g, sc, Columns::ByImage);
-                let top = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-                for (a, b) in got.iter().zip(&want) {
-                    assert!((a - b).abs() <= 1e-5 * top, "{what}: {a} vs {b}");
-                }
+                assert_near(&got, &want, 1e-5, &what);
                 // the same products in the same order as with the (unscaled) flipped copy,
                 // which a frozen-weights scope keeps
                 let flipped = flip_kernel(&wt, o, c, k * k, None);

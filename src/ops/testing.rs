@@ -27,6 +27,25 @@ pub fn same_bits(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits())
 }
 
+/// `f()` on a rayon pool of its own with `threads` threads.
+pub fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
+/// Asserts that `got` and `want` have the same length and differ nowhere by more than `tol`
+/// times the largest magnitude in `want`.
+pub fn assert_near(got: &[f32], want: &[f32], tol: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let top = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    for (a, b) in got.iter().zip(want) {
+        assert!((a - b).abs() <= tol * top, "{what}: {a} vs {b}");
+    }
+}
+
 fn max_of_abs(t: &Tensor) -> f32 {
     t.abs()
         .unwrap()
