@@ -948,8 +948,8 @@ pub(super) fn conv_input_grad(
         ho: g.h,
         wo: g.w,
     });
-    // the flipped convolution runs as a sum over taps ([`conv_forward_taps`]), which reads
-    // the kernel in place: no flipped copy
+    // the flipped convolution as a sum over taps ([`conv_forward_taps`]), which reads the
+    // kernel in place: no flipped copy per pass
     let taps =
         |f: &Geometry| taps_usable(f) && !super::winograd::usable(f) && !super::direct::usable(f);
     if let Some(flipped) = flipped.filter(|f| {

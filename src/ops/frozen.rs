@@ -8,7 +8,8 @@
 //! input-gradient pass at 64 px, most of it the flipped copy of the wide layers).
 //!
 //! Inside [`with_frozen_weights`] the first pass keeps what it derived and later passes on
-//! the same thread reuse it. Only weights whose storage the scope holds on to qualify (the
+//! the same thread reuse it (kernels that can also read a weight in place, with the same
+//! results, take a kept copy only from their second pass on: [`derive_if_kept`]). Only weights whose storage the scope holds on to qualify (the
 //! eval-mode blocks pin theirs, [`pin`]), and what was derived from them: a buffer address
 //! then names the same values for the whole scope, because nothing can free the storage and
 //! hand its address to another tensor. The caller's promise is that the parameters are not
@@ -163,7 +164,7 @@ pub(super) fn derive(
 }
 
 /// For kernels that can read `src` in place, at some cost, or a derived copy faster, with the
-/// same results: the kept copy (as [`derive`]) from the second time it is asked for in a
+/// same results: the kept copy (as [`derive()`]) from the second time it is asked for in a
 /// scope, `None` (nothing computed: read in place) the first time and wherever nothing is
 /// kept. A scope of one pass (a single input gradient) then makes no copy it would read only
 /// once; an attack or Integrated Gradients makes it in its second pass.
@@ -250,7 +251,7 @@ pub fn kept_pair<E>(
     Ok(p)
 }
 
-/// The scale bits of an input gradient's flipped kernel, as [`derive`]'s params (a leading
+/// The scale bits of an input gradient's flipped kernel, as [`derive()`]'s params (a leading
 /// tag tells "no scale" from a scale).
 pub(super) fn scale_params(scale: Option<&[f32]>) -> Vec<u32> {
     match scale {
