@@ -64,16 +64,12 @@ mod tests {
 
     #[test]
     fn runs_on_a_pool_thread_and_returns() {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
         // from outside any pool: the global pool's thread runs it
         assert!(rayon::current_thread_index().is_none());
         let idx = on_pool_thread(rayon::current_thread_index);
         assert!(idx.is_some());
         // on a pool thread already: runs there, in place
-        let (outer, inner) = pool.install(|| {
+        let (outer, inner) = crate::ops::testing::on_threads(2, || {
             let me = std::thread::current().id();
             (me, on_pool_thread(|| std::thread::current().id()))
         });

@@ -953,7 +953,7 @@ unsafe fn gemm_tile_avx512(
 mod tests {
     use super::super::conv::{conv_forward_im2col, geometry, Epilogue};
     use super::super::layout::tests_isa::each_isa;
-    use super::super::testing::values;
+    use super::super::testing::{on_threads, values};
     use super::*;
     use candle_core::Shape;
     use std::sync::Arc;
@@ -1046,11 +1046,7 @@ mod tests {
                 let want = super::super::conv::weight_grad_im2col(&x, &gr, &g, s);
                 let mut runs = Vec::new();
                 for threads in [1, 3] {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
-                        .unwrap();
-                    runs.push(pool.install(|| weight_grad(&x, &gr, &g, s)));
+                    runs.push(on_threads(threads, || weight_grad(&x, &gr, &g, s)));
                 }
                 let got = &runs[0];
                 let top = want.iter().fold(1f32, |m, v| m.max(v.abs()));
@@ -1157,11 +1153,7 @@ mod tests {
             let g1 = Geometry { n: 1, ..g };
             each_isa(|wide| {
                 // one thread: as many images per task as fit
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(1)
-                    .build()
-                    .unwrap();
-                let together = pool.install(|| {
+                let together = on_threads(1, || {
                     let t = h.div_ceil(2);
                     assert!(images_per_task(n, c, t * t, 1) > 1, "{g:?}");
                     let mut out = vec![f32::NAN; n * plane];
