@@ -376,8 +376,11 @@ impl IntegratedGradients {
                 }
             }
             let attr = (Tensor::cat(&acc, 0)? * &diff)?;
-            let fx = target_logits(model, x, targets, per_chunk)?;
-            let fb = target_logits(model, &baseline, targets, per_chunk)?;
+            // f(x) and f(baseline) in one pass: rows 0..n are the images, n..2n the baselines
+            let both = Tensor::cat(&[x, &baseline], 0)?;
+            let both_targets: Vec<usize> = targets.iter().chain(targets).copied().collect();
+            let f = target_logits(model, &both, &both_targets, per_chunk)?;
+            let (fx, fb) = f.split_at(n);
             let sums: Vec<f32> = attr.flatten_from(1)?.sum(1)?.to_vec1()?;
             let conv = (0..n)
                 .map(|i| Convergence {
