@@ -9,10 +9,11 @@
 //!
 //! Inside [`with_frozen_weights`] the first pass keeps what it derived and later passes on
 //! the same thread reuse it (kernels that can also read a weight in place, with the same
-//! results, take a kept copy only from their second pass on: [`derive_if_kept`]). Only weights whose storage the scope holds on to qualify (the
-//! eval-mode blocks pin theirs, [`pin`]), and what was derived from them: a buffer address
-//! then names the same values for the whole scope, because nothing can free the storage and
-//! hand its address to another tensor. The caller's promise is that the parameters are not
+//! results, take a kept copy only from their second pass on: [`derive_if_kept`]). Only
+//! weights whose storage the scope holds on to qualify (the eval-mode blocks pin theirs,
+//! [`pin`]), and what was derived from them: a buffer address then names the same values
+//! for the whole scope, because nothing can free the storage and hand its address to
+//! another tensor. The caller's promise is that the parameters are not
 //! changed while the scope runs; outside a scope, and on other threads, everything is
 //! computed afresh as before. The results are the same bits either way.
 
