@@ -447,7 +447,10 @@ pub(super) fn conv_forward_each(
         super::direct::conv_direct(x, w, g, epi, res, &mut out, post);
         return out;
     }
-    let out = if taps_usable(g) {
+    let out = if super::pixel_pairs::usable(g) {
+        // [o, c, 3, 3]: row o at o * c * 9, channel c at c * 9
+        conv_pixel_pairs(x, g.c, w, (g.c * 9, 9, false), None, g, epi, res)
+    } else if taps_usable(g) {
         conv_forward_taps(x, (TapWeights::Kernel(w), None), g, epi, res)
     } else {
         conv_forward_im2col(x, w, g, epi, res)
@@ -537,6 +540,33 @@ fn write_output(
         });
 }
 
+/// A convolution of `src` (`[n, kn, s, s]`, `s` 2 or 4 px, channel `k` multiplied by
+/// `in_scale[k]` where given) as sums over pixel pairs ([`super::pixel_pairs`]) with the
+/// weights at strides `(rs, ks)` (`flip` for an input gradient), written as `out_g`'s output
+/// (`[n, out_g.o, s, s]`) through `epi`, with `res` added.
+#[allow(clippy::too_many_arguments)]
+fn conv_pixel_pairs(
+    src: &[f32],
+    kn: usize,
+    w: &[f32],
+    (rs, ks, flip): (usize, usize, bool),
+    in_scale: Option<&[f32]>,
+    out_g: &Geometry,
+    epi: &Epilogue,
+    res: Option<&[f32]>,
+) -> Vec<f32> {
+    let (n, rows, side) = (out_g.n, out_g.o, out_g.wo);
+    let plane = side * side;
+    let mut out = vec![0f32; n * rows * plane];
+    super::layout::with_padded_batch_last(src, (kn, side, side), 0, n, in_scale, |sb| {
+        with_scratch(0, rows * plane * n, |_, prod| {
+            super::pixel_pairs::sums(sb, (kn, n, side), w, (rows, rs, ks), flip, prod);
+            write_output(prod, out_g, (0, n), true, epi, res, &mut out);
+        })
+    });
+    out
+}
+
 /// Output width up to which a stride-1 "same" convolution (odd kernel larger than 1x1,
 /// padding k/2) runs as [`conv_forward_taps`], except 2 px wide ([`taps_usable`]; the
 /// measurements are there).
@@ -579,6 +609,9 @@ pub fn set_tap_conv(enabled: bool) {
 /// taps run where an output row of the batch has at least [`TAPS_MIN_COLUMNS`] columns
 /// (`n * wo`: batches of 16 on 4 px maps), and on 1x1 maps, where only the centre tap
 /// reaches the map and im2col would multiply eight taps of zeros.
+///
+/// With AVX-512, 3x3 convolutions on 4 px maps of 12 to 16 images go to
+/// [`super::pixel_pairs`] first (checked before this), which measured faster still.
 fn taps_usable(g: &Geometry) -> bool {
     TAPS.load(Ordering::Relaxed)
         && g.stride == 1
@@ -952,6 +985,13 @@ pub(super) fn conv_input_grad(
     scale: Option<&[f32]>,
 ) -> Vec<f32> {
     let g = *g;
+    if super::pixel_pairs::usable(&g) {
+        // 3x3 on 2x2 and 4x4 maps with AVX-512: the sum over pixel pairs, the kernel
+        // [o, c, 3, 3] read transposed in place (row c at c * 9, channel o at o * c * 9)
+        let dx_g = Geometry { o: g.c, ..g };
+        let epi = Epilogue::default();
+        return conv_pixel_pairs(gr, g.o, w, (9, g.c * 9, true), scale, &dx_g, &epi, None);
+    }
     // a stride-1 convolution's input gradient as a convolution (padding k-1-p)
     let flipped = (g.stride == 1 && g.pad < g.k).then(|| Geometry {
         n: g.n,
@@ -1607,10 +1647,15 @@ mod tests {
                     same_bits(&got, &on(3)),
                     "{what}: thread count changed the bits"
                 );
-                // the same op as the forward pass routes it
-                if routed {
-                    assert!(same_bits(&got, &conv_forward(&x, &wt, &g, e, r)), "{what}");
-                }
+                // the same op as the forward pass routes it (with AVX-512, the pixel pairs
+                // take 4x4 maps of 16 images)
+                crate::ops::layout::tests_isa::each_isa(|wide| {
+                    let pairs = super::super::pixel_pairs::usable(&g);
+                    assert_eq!(pairs, wide && (h, w, k) == (4, 4, 3) && n == 16, "{what}");
+                    if routed && !pairs {
+                        assert!(same_bits(&got, &conv_forward(&x, &wt, &g, e, r)), "{what}");
+                    }
+                });
             }
         }
         // not for strides, 1x1 kernels, other paddings or wider maps
@@ -1633,6 +1678,99 @@ mod tests {
         for n in [1, 2, 16] {
             assert!(taps_usable(&same_conv(n, 8, (1, 1), 8, 3)));
         }
+    }
+
+    #[test]
+    fn pixel_pairs_match_im2col_and_col2im_with_the_bits_of_any_thread_count() {
+        if !crate::ops::layout::has_avx512() {
+            return;
+        }
+        let usable = super::super::pixel_pairs::usable;
+        // (n, c, o, side): layer 4's batch of 16 on 2x2 maps and layer 3's on 4x4, one image,
+        // partial registers of images (5, 12, 17, 33) and partial tiles of rows (6 rows on
+        // 2x2 maps, 4 on 4x4: 13, 7, 9, 6, 11 channels)
+        let cases = [
+            (16, 24, 40, 2),
+            (1, 8, 7, 2),
+            (5, 13, 6, 2),
+            (17, 20, 13, 2),
+            (33, 6, 12, 2),
+            (16, 24, 40, 4),
+            (12, 9, 11, 4),
+            (3, 16, 6, 4),
+            (17, 5, 9, 4),
+        ];
+        for (n, c, o, side) in cases {
+            let g = same_conv(n, c, (side, side), o, 3);
+            let seed = (n * 64 + c + o + side) as u64;
+            let v = |len: usize, i: u64| crate::ops::testing::values(len, seed * 8 + i);
+            let hw = side * side;
+            let (x, wt) = (v(n * c * hw, 1), v(o * c * 9, 2));
+            let (res, gr) = (v(n * o * hw, 3), v(n * o * hw, 4));
+            let epi = Epilogue {
+                scale: Some(Arc::new(v(o, 5))),
+                shift: Some(Arc::new(v(o, 6))),
+                relu: true,
+            };
+            let what = format!("{n} images, {c} -> {o} channels, {side} px");
+            // the route with AVX-512: every 2x2 map, 4x4 maps with 12-16 or 24-32 images
+            let routed = side == 2 || (12..=16).contains(&n) || (24..=32).contains(&n);
+            crate::ops::layout::tests_isa::each_isa(|wide| {
+                assert_eq!(usable(&g), wide && routed, "{what}");
+            });
+            for (e, r) in [(&Epilogue::default(), None), (&epi, Some(res.as_slice()))] {
+                let want = conv_forward_im2col(&x, &wt, &g, e, r);
+                let on = |threads| {
+                    on_threads(threads, || {
+                        conv_pixel_pairs(&x, c, &wt, (c * 9, 9, false), None, &g, e, r)
+                    })
+                };
+                let got = on(1);
+                assert_near(&got, &want, 1e-5, &what);
+                assert!(same_bits(&got, &on(3)), "{what}: thread count");
+                crate::ops::layout::tests_isa::each_isa(|wide| {
+                    if wide && routed {
+                        assert!(same_bits(&conv_forward(&x, &wt, &g, e, r), &got), "{what}");
+                    }
+                });
+            }
+            // the input gradient, with and without a folded BatchNorm scale
+            let scale = v(o, 7);
+            let dx_g = Geometry { o: c, ..g };
+            for sc in [None, Some(scale.as_slice())] {
+                let want = input_grad_col2im(&gr, &wt, &g, sc, Columns::ByImage);
+                let on = |threads| {
+                    on_threads(threads, || {
+                        let e = Epilogue::default();
+                        conv_pixel_pairs(&gr, o, &wt, (9, c * 9, true), sc, &dx_g, &e, None)
+                    })
+                };
+                let got = on(1);
+                assert_near(&got, &want, 1e-5, &what);
+                assert!(same_bits(&got, &on(3)), "{what}: thread count");
+                crate::ops::layout::tests_isa::each_isa(|wide| {
+                    if wide && routed {
+                        let routed = conv_input_grad(&gr, &wt, &g, sc);
+                        assert!(same_bits(&routed, &got), "{what}");
+                    }
+                });
+            }
+        }
+        // only stride-1 3x3 convolutions with padding 1 on 2x2 and 4x4 maps
+        let conv = |n, h: usize, w: usize, k, s, p| {
+            geometry(&Shape::from((n, 8, h, w)), &Shape::from((8, 8, k, k)), s, p).unwrap()
+        };
+        crate::ops::layout::tests_isa::each_isa(|wide| {
+            assert_eq!(usable(&conv(16, 2, 2, 3, 1, 1)), wide);
+            assert_eq!(usable(&conv(16, 4, 4, 3, 1, 1)), wide);
+            assert!(!usable(&conv(16, 4, 4, 3, 2, 1)));
+            assert!(!usable(&conv(16, 2, 2, 1, 1, 0)));
+            assert!(!usable(&conv(16, 3, 3, 3, 1, 1)));
+            assert!(!usable(&conv(16, 2, 1, 3, 1, 1)));
+            assert!(!usable(&conv(16, 4, 2, 3, 1, 1)));
+            assert!(!usable(&conv(16, 4, 4, 5, 1, 2)));
+            assert!(!usable(&conv(16, 4, 4, 3, 1, 0)));
+        });
     }
 
     #[test]
@@ -1681,9 +1819,13 @@ mod tests {
                     None,
                 );
                 assert!(same_bits(&got, &copy), "{what}: against the flipped copy");
-                // the route the input gradient takes with AVX-512's routing
+                // the route the input gradient takes: with AVX-512 unless the pixel pairs
+                // take it (4x4 maps of 16 images), with AVX2 where the flipped convolution
+                // runs (4 o <= n h w)
                 crate::ops::layout::tests_isa::each_isa(|wide| {
-                    if wide && routed {
+                    let pairs = super::super::pixel_pairs::usable(&g);
+                    assert_eq!(pairs, wide && (h, w, k) == (4, 4, 3) && n == 16, "{what}");
+                    if routed && !pairs && (wide || 4 * o <= n * h * w) {
                         assert!(
                             same_bits(&got, &conv_input_grad(&gr, &wt, &g, sc)),
                             "{what}"
@@ -1692,18 +1834,19 @@ mod tests {
                 });
             }
         }
-        // 2 px maps (no taps), with AVX-512's routing: the scatter of W^T G where the weight
-        // is larger than the column matrix (o > n*h*w), the flipped copy where it is not
+        // 3 px maps of fewer than 22 images (no taps, no pixel pairs), with AVX-512's
+        // routing: the scatter of W^T G where the weight is larger than the column matrix
+        // (o > n*h*w), the flipped copy where it is not
         crate::ops::layout::tests_isa::each_isa(|wide| {
             for (n, c, flip) in [(2, 40, false), (16, 24, true)] {
                 if !wide {
                     continue;
                 }
                 let g =
-                    geometry(&Shape::from((n, c, 2, 2)), &Shape::from((c, c, 3, 3)), 1, 1).unwrap();
+                    geometry(&Shape::from((n, c, 3, 3)), &Shape::from((c, c, 3, 3)), 1, 1).unwrap();
                 let (wt, gr) = (
                     crate::ops::testing::values(c * c * 9, 1),
-                    crate::ops::testing::values(n * c * 4, 2),
+                    crate::ops::testing::values(n * c * 9, 2),
                 );
                 let got = conv_input_grad(&gr, &wt, &g, None);
                 let want = if flip {
@@ -1724,7 +1867,7 @@ mod tests {
                 };
                 assert!(
                     same_bits(&got, &want),
-                    "{n} images of {c} channels on 2x2 maps"
+                    "{n} images of {c} channels on 3x3 maps"
                 );
             }
         });

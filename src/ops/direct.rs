@@ -109,8 +109,9 @@ static ENABLED: AtomicBool = AtomicBool::new(true);
 
 /// Turns the direct convolution kernel on or off for the whole process (on by default); off,
 /// every convolution that [`super::set_winograd`] leaves runs im2col and `gemm` (turn both
-/// off, and [`super::set_tap_conv`], for im2col everywhere). All are correct; they sum in different orders, so results differ
-/// in the last bits (like `torch.backends.mkldnn.enabled` in PyTorch).
+/// off, and [`super::set_tap_conv`] and [`super::set_pixel_pairs`], for im2col everywhere).
+/// All are correct; they sum in different orders, so results differ in the last bits (like
+/// `torch.backends.mkldnn.enabled` in PyTorch).
 pub fn set_direct_conv(enabled: bool) {
     ENABLED.store(enabled, Ordering::Relaxed);
 }

@@ -14,6 +14,7 @@ pub mod layernorm;
 mod layout;
 mod matmul;
 pub mod maxpool;
+mod pixel_pairs;
 #[cfg(test)]
 mod testing;
 mod threads;
@@ -27,6 +28,7 @@ pub use direct::set_direct_conv;
 pub use frozen::{kept_pair, set_weight_reuse, with_frozen_weights};
 pub use layout::set_avx512;
 pub use maxpool::max_pool2d;
+pub use pixel_pairs::set_pixel_pairs;
 pub use threads::{on_pool_thread, recv_cooperatively};
 pub use winograd::set_winograd;
 
