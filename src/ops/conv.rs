@@ -540,7 +540,7 @@ fn write_output(
         });
 }
 
-/// A convolution of `src` (`[n, kn, s, s]`, `s` 2 or 4 px, channel `k` multiplied by
+/// A convolution of `src` (`[n, kn, s, s]`, `s` 2, 4 or 7 px, channel `k` multiplied by
 /// `in_scale[k]` where given) as sums over pixel pairs ([`super::pixel_pairs`]) with the
 /// weights at strides `(rs, ks)` (`flip` for an input gradient), written as `out_g`'s output
 /// (`[n, out_g.o, s, s]`) through `epi`, with `res` added.
@@ -1686,9 +1686,10 @@ mod tests {
             return;
         }
         let usable = super::super::pixel_pairs::usable;
-        // (n, c, o, side): layer 4's batch of 16 on 2x2 maps and layer 3's on 4x4, one image,
-        // partial registers of images (5, 12, 17, 33) and partial tiles of rows (6 rows on
-        // 2x2 maps, 4 on 4x4: 13, 7, 9, 6, 11 channels)
+        // (n, c, o, side): layer 4's batch of 16 on 2x2 maps and layer 3's on 4x4, layer 4's
+        // at 224 px (7x7, 512 channels), one image, partial registers of images (2, 5, 12,
+        // 17, 33) and partial tiles of rows (6 rows on 2x2 maps, 4 on 4x4, 3 on 7x7: 13, 7,
+        // 9, 6, 11, 40, 4 channels)
         let cases = [
             (16, 24, 40, 2),
             (1, 8, 7, 2),
@@ -1699,6 +1700,9 @@ mod tests {
             (12, 9, 11, 4),
             (3, 16, 6, 4),
             (17, 5, 9, 4),
+            (16, 24, 40, 7),
+            (2, 9, 4, 7),
+            (12, 512, 512, 7),
         ];
         for (n, c, o, side) in cases {
             let g = same_conv(n, c, (side, side), o, 3);
@@ -1713,8 +1717,10 @@ mod tests {
                 relu: true,
             };
             let what = format!("{n} images, {c} -> {o} channels, {side} px");
-            // the route with AVX-512: every 2x2 map, 4x4 maps with 12-16 or 24-32 images
-            let routed = side == 2 || (12..=16).contains(&n) || (24..=32).contains(&n);
+            // the route with AVX-512: every 2x2 map, 4x4 maps (and 7x7 maps of 512 channels,
+            // which Winograd leaves to im2col) with 12-16 or 24-32 images
+            let lanes = (12..=16).contains(&n) || (24..=32).contains(&n);
+            let routed = side == 2 || (lanes && (side == 4 || c.min(o) >= 512));
             crate::ops::layout::tests_isa::each_isa(|wide| {
                 assert_eq!(usable(&g), wide && routed, "{what}");
             });
@@ -1763,6 +1769,19 @@ mod tests {
         crate::ops::layout::tests_isa::each_isa(|wide| {
             assert_eq!(usable(&conv(16, 2, 2, 3, 1, 1)), wide);
             assert_eq!(usable(&conv(16, 4, 4, 3, 1, 1)), wide);
+            // 7x7 maps only where Winograd's kernel leaves them (512 channels both ways)
+            assert!(!usable(&conv(16, 7, 7, 3, 1, 1)));
+            let wide7 = |c, o| {
+                geometry(
+                    &Shape::from((16, c, 7, 7)),
+                    &Shape::from((o, c, 3, 3)),
+                    1,
+                    1,
+                )
+                .unwrap()
+            };
+            assert_eq!(usable(&wide7(512, 512)), wide);
+            assert!(!usable(&wide7(512, 256)) && !usable(&wide7(256, 512)));
             assert!(!usable(&conv(16, 4, 4, 3, 2, 1)));
             assert!(!usable(&conv(16, 2, 2, 1, 1, 0)));
             assert!(!usable(&conv(16, 3, 3, 3, 1, 1)));

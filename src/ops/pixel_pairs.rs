@@ -1,19 +1,21 @@
-//! Stride-1 3x3 convolutions (padding 1) on 2x2 and 4x4 maps (ResNet-18's layers 4 and 3 at
-//! 64 px) as sums over pixel pairs, on x86-64 CPUs with AVX-512F, forward and input gradient.
+//! Stride-1 3x3 convolutions (padding 1) on 2x2, 4x4 and 7x7 maps (ResNet-18's layers 4 and
+//! 3 at 64 px, layer 4 at 224 px) as sums over pixel pairs, on x86-64 CPUs with AVX-512F,
+//! forward and input gradient.
 //!
 //! Output pixel `p` reads input pixel `q` through exactly one tap, `(qy - py + 1, qx - px +
 //! 1)`, where `q` is within one pixel of `p` both ways. On a 2x2 map every pixel is within
 //! one of every other: each output sums 4 taps of the 9 (16 pixel pairs in all), where
 //! im2col multiplies all 9, 5 of them by the zero padding. On a 4x4 map the outputs sum 6.25
-//! taps on average. The sum over taps ([`super::conv`]) skips the padding too, but its
-//! products are as narrow as the images of an output row.
+//! taps on average, on a 7x7 map 7.37. The sum over taps ([`super::conv`]) skips the padding
+//! too, but its products are as narrow as the images of an output row.
 //!
 //! Here the images are the lanes of the registers (16 per AVX-512 register, the inputs copied
 //! batch-last once per call). A register tile holds 6 output channels x the 4 pixels of a 2x2
-//! map, or 4 output channels x one row of 4 pixels of a 4x4 map, for 16 images (24 or 16
-//! registers). It runs over the input channels. For each it loads the input pixels the tile
-//! reads (4, or the 12 of three rows), broadcasts the weights of the taps from the kernel in
-//! place, and adds the pairs. On a 2x2 map that is 96 multiply-adds for 4 loads and 54
+//! map, 4 output channels x one row of 4 pixels of a 4x4 map, or 3 x one row of 7 of a 7x7
+//! map, for 16 images (24, 16 or 21 registers). It runs over the input channels. For each it
+//! loads the input pixels the tile reads (4, the 12 of three rows, or the three rows of 7 one
+//! after the other), broadcasts the weights of the taps from the kernel in place, and adds
+//! the pairs. On a 2x2 map that is 96 multiply-adds for 4 loads and 54
 //! broadcasts. There is no column matrix and no packed or derived weight.
 //!
 //! The input gradient is the same sum with the roles turned. Input channel by input channel,
@@ -34,6 +36,9 @@ const ROWS: usize = 6;
 /// The same on 4x4 maps, one output row per tile: 4 x 4 pixels (16 registers), and the 12
 /// input pixels of 3 rows.
 const ROWS4: usize = 4;
+/// The same on 7x7 maps, one output row per tile: 3 x 7 pixels (21 registers), and the 7
+/// input pixels of one row.
+const ROWS7: usize = 3;
 /// Images per register (the lanes).
 const LANES: usize = 16;
 
@@ -48,32 +53,43 @@ pub fn set_pixel_pairs(enabled: bool) {
 }
 
 /// Whether the convolution `g` (or its input gradient) runs here: 3x3, stride 1, padding 1,
-/// on a CPU with AVX-512F (unless [`super::set_avx512`] turned it off), on 2x2 maps, or on
-/// 4x4 maps where at least three quarters of the lanes of its registers hold images (12 to
-/// 16 images, 24 to 32, ...).
+/// on a CPU with AVX-512F (unless [`super::set_avx512`] turned it off), on 2x2 maps; on 4x4
+/// maps, and on 7x7 maps of at least 512 channels both ways (layer 4 at 224 px, which
+/// Winograd's kernel leaves to im2col with AVX-512), where at least three quarters of the
+/// lanes of its registers hold images (12 to 16 images, 24 to 32, ...).
 ///
 /// A tile costs the same whatever the number of its 16 lanes in use. Measured per
 /// convolution (2 threads, the AVX-512 VM, four weights in turn so that they come from
-/// memory as in a network, best of 40, ms, forward and input gradient, pairs / the route
-/// before):
+/// memory as in a network, best of 40 (8 at 7 px), ms, forward and input gradient, pairs /
+/// the route before):
 /// - 2x2 maps, 512 channels: 0.35 / 0.70-0.72 and 0.39-0.42 / 0.76-0.77 with 16 images,
 ///   0.34 / 0.35 and 0.35 / 0.59 with 1, 0.33 / 0.48 and 0.43 / 0.72 with 8. Its weights
 ///   (9.4 MB) are read once, as im2col's are, so it is level from one image on.
 /// - 4x4 maps, 256 channels: 0.47-0.52 / 0.65-0.66 and 0.48-0.49 / 0.72-0.76 with 16 images,
 ///   0.46-0.50 / 0.56 and 0.46-0.47 / 0.60-0.67 with 12, but 0.44 / 0.39 and 0.45 / 0.38 with
 ///   8 and 0.43 / 0.18 both ways with 1.
+/// - 7x7 maps, 512 channels (the input gradient before: the flipped copy, made per call
+///   here, and im2col): 7.3-7.4 / 10.2-10.4 and 7.6-7.8 / 11.1-11.2 with 16 images, 6.5 /
+///   8.1 and 6.5 / 9.0 with 12, but 6.3 / 5.6 and 6.3 / 5.2 with 8 and 6.2 / 0.97 and 6.4 /
+///   0.94 with 1.
 pub(super) fn usable(g: &Geometry) -> bool {
     let lanes_used = |n: usize| 4 * n >= 3 * LANES * n.div_ceil(LANES);
     ENABLED.load(Ordering::Relaxed)
         && (g.k, g.stride, g.pad) == (3, 1, 1)
         && g.h == g.w
         && (g.ho, g.wo) == (g.h, g.w)
-        && (g.w == 2 || (g.w == 4 && lanes_used(g.n)))
+        && match g.w {
+            2 => true,
+            4 => lanes_used(g.n),
+            // where Winograd's kernel leaves them (both ways) to im2col
+            7 => lanes_used(g.n) && g.c.min(g.o) >= super::winograd::WIDE_GEMM_CHANNELS,
+            _ => false,
+        }
         && g.n > 0
         && super::layout::use_avx512()
 }
 
-/// The sums over pixel pairs on `s x s` maps (`s` 2 or 4): `prod[r][a][i] = Σ_k Σ_b w(r, k,
+/// The sums over pixel pairs on `s x s` maps (`s` 2, 4 or 7): `prod[r][a][i] = Σ_k Σ_b w(r, k,
 /// tap(a, b)) src[k][b][i]` for `rows` rows `r`, `kn` summed channels `k`, pixels `a` and `b`
 /// (numbered `y * s + x`, `b` within one pixel of `a` both ways), `n` images `i`; `src`
 /// batch-last (`[kn][s][s][n]`), `prod` `[rows][s][s][n]`, the weight `w(r, k, t) = w[r * rs
@@ -89,14 +105,18 @@ pub(super) fn sums(
     prod: &mut [f32],
 ) {
     let plane = side * side * n;
-    assert!(side == 2 || side == 4, "pixel pairs: {side} px maps");
+    assert!(matches!(side, 2 | 4 | 7), "pixel pairs: {side} px maps");
     assert!(src.len() >= kn * plane && prod.len() >= rows * plane);
     assert!(rows > 0 && kn > 0 && w.len() > (rows - 1) * rs + (kn - 1) * ks + 8);
     assert!(
         super::layout::has_avx512(),
         "pixel pairs: the CPU lacks AVX-512F"
     );
-    let tile_rows = if side == 2 { ROWS } else { ROWS4 };
+    let tile_rows = match side {
+        2 => ROWS,
+        4 => ROWS4,
+        _ => ROWS7,
+    };
     let blocks = rows.div_ceil(tile_rows);
     let parts = rayon::current_num_threads().clamp(1, blocks);
     let dst = SendPtr(prod.as_mut_ptr());
@@ -138,6 +158,12 @@ unsafe fn run_tile(args: TileArgs, side: usize, y: usize, full: bool, flip: bool
         ($($flip:literal),*) => {
             match (side, y, full, flip) {
                 $(
+                    (7, 0, true, $flip) => tile_wide::<7, ROWS7, true, false, $flip>(args, y),
+                    (7, 0, false, $flip) => tile_wide::<7, 1, true, false, $flip>(args, y),
+                    (7, 6, true, $flip) => tile_wide::<7, ROWS7, false, true, $flip>(args, y),
+                    (7, 6, false, $flip) => tile_wide::<7, 1, false, true, $flip>(args, y),
+                    (7, _, true, $flip) => tile_wide::<7, ROWS7, false, false, $flip>(args, y),
+                    (7, _, false, $flip) => tile_wide::<7, 1, false, false, $flip>(args, y),
                     (2, _, true, $flip) => tile::<2, 2, ROWS, true, true, $flip>(args, y),
                     (2, _, false, $flip) => tile::<2, 2, 1, true, true, $flip>(args, y),
                     (_, 0, true, $flip) => tile::<4, 1, ROWS4, true, false, $flip>(args, y),
@@ -239,6 +265,75 @@ unsafe fn tile<
             }
         }
     }
+}
+
+/// [`tile`] for one output row of a 7x7 map (`S` 7, `R` rows x 7 pixels): the input rows one
+/// at a time (7 registers; all 21 of three rows and the 21 sums would not fit the 32
+/// registers). Each input row meets its own row of taps, so no weight is broadcast twice.
+/// The same sums in the same order as [`tile`]'s.
+///
+/// # Safety
+/// As [`tile`]'s.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_wide<
+    const S: usize,
+    const R: usize,
+    const TOP: bool,
+    const BOTTOM: bool,
+    const FLIP: bool,
+>(
+    (w, rs, ks, kn, s, n, mask, out): TileArgs,
+    y: usize,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); S]; R];
+    for k in 0..kn {
+        let wk = w.add(k * ks);
+        let sk = s.add(k * S * S * n);
+        // input row y + ty - 1 reaches output row y through tap row ty
+        for ty in 0..3 {
+            if (ty == 0 && TOP) || (ty == 2 && BOTTOM) {
+                continue;
+            }
+            let row = sk.add((y + ty - 1) * S * n);
+            let sv: [__m512; S] =
+                std::array::from_fn(|b| _mm512_maskz_loadu_ps(mask, row.add(b * n)));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let wr = wk.add(r * rs);
+                for (b, &v) in sv.iter().enumerate() {
+                    for (a, acc) in acc.iter_mut().enumerate() {
+                        let tx = b as isize - a as isize + 1;
+                        if !(0..=2).contains(&tx) {
+                            continue;
+                        }
+                        let t = 3 * ty + tx as usize;
+                        let t = if FLIP { 8 - t } else { t };
+                        *acc = _mm512_fmadd_ps(_mm512_set1_ps(*wr.add(t)), v, *acc);
+                    }
+                }
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        for (a, &v) in acc.iter().enumerate() {
+            _mm512_mask_storeu_ps(out.add((r * S * S + a) * n), mask, v);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn tile_wide<
+    const S: usize,
+    const R: usize,
+    const TOP: bool,
+    const BOTTOM: bool,
+    const FLIP: bool,
+>(
+    _: TileArgs,
+    _: usize,
+) {
+    unreachable!("pixel pairs run only on x86-64 with AVX-512F")
 }
 
 #[cfg(not(target_arch = "x86_64"))]

@@ -115,7 +115,7 @@ pub(super) fn usable_for_weights(g: &Geometry) -> bool {
 /// im2col was ahead (29.9 against 25.4 ms) until bands of [`V_FLOATS_WIDE`]. With AVX2
 /// only, Winograd keeps them all (it measured ahead of im2col there: 144 against 109
 /// GFLOP/s at 512 channels, 7 px).
-const WIDE_GEMM_CHANNELS: usize = 512;
+pub(super) const WIDE_GEMM_CHANNELS: usize = 512;
 
 /// The weights `[o, c, 3, 3]` transformed (`G g Gᵀ`) and packed as `U[ob][ξ][c][6]`
 /// (output channels past `o` zero): one block of 6 output channels per parallel task.
