@@ -985,6 +985,9 @@ pub(super) fn conv_input_grad(
     scale: Option<&[f32]>,
 ) -> Vec<f32> {
     let g = *g;
+    if super::stem_grad::usable(&g) {
+        return super::stem_grad::input_grad(gr, w, &g, scale);
+    }
     if super::pixel_pairs::usable(&g) {
         // 3x3 on 2x2 and 4x4 maps with AVX-512: the sum over pixel pairs, the kernel
         // [o, c, 3, 3] read transposed in place (row c at c * 9, channel o at o * c * 9)
@@ -1054,6 +1057,17 @@ pub(super) fn conv_input_grad(
         return conv_forward(gr, &wt, &flipped, &Epilogue::default(), None);
     }
     input_grad_col2im(gr, w, &g, scale, Columns::for_geometry(&g))
+}
+
+/// [`input_grad_col2im`] in the order of columns its route takes, for other kernels' tests.
+#[cfg(test)]
+pub(super) fn input_grad_col2im_for_tests(
+    gr: &[f32],
+    w: &[f32],
+    g: &Geometry,
+    scale: Option<&[f32]>,
+) -> Vec<f32> {
+    input_grad_col2im(gr, w, g, scale, Columns::for_geometry(g))
 }
 
 /// [`conv_input_grad`] as one matrix product `Wᵀ G` per chunk of images, its columns added

@@ -15,6 +15,7 @@ mod layout;
 mod matmul;
 pub mod maxpool;
 mod pixel_pairs;
+mod stem_grad;
 #[cfg(test)]
 mod testing;
 mod threads;
