@@ -44,7 +44,7 @@ pub(super) fn input_grad(gr: &[f32], w: &[f32], g: &Geometry, scale: Option<&[f3
         Some(s) => w[..o * 147]
             .chunks_exact(147)
             .zip(s)
-            .flat_map(|(wo_, s)| wo_.iter().map(move |v| v * s))
+            .flat_map(|(wk, s)| wk.iter().map(move |v| v * s))
             .collect(),
         None => w[..o * 147].to_vec(),
     };
