@@ -15,8 +15,8 @@
 //! map, for 16 images (24, 16 or 21 registers). It runs over the input channels. For each it
 //! loads the input pixels the tile reads (4, the 12 of three rows, or the three rows of 7 one
 //! after the other), broadcasts the weights of the taps from the kernel in place, and adds
-//! the pairs. On a 2x2 map that is 96 multiply-adds for 4 loads and 54
-//! broadcasts. There is no column matrix and no packed or derived weight.
+//! the pairs. On a 2x2 map that is 96 multiply-adds for 4 loads and 54 broadcasts. There is
+//! no column matrix and no packed or derived weight.
 //!
 //! The input gradient is the same sum with the roles turned. Input channel by input channel,
 //! it runs over the output channels, with output pixel `p` reaching input pixel `q` through
@@ -45,9 +45,9 @@ const LANES: usize = 16;
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
 /// Turns the sums over pixel pairs on or off for the whole process (on by default); off,
-/// those convolutions run as before: im2col and `gemm` on 2x2 maps (forward) and `Wᵀ G` with
-/// col2im (input gradients), the sum over taps on 4x4 maps. All are correct; they sum in
-/// different orders, so results differ in the last bits.
+/// those convolutions run as before: im2col and `gemm` on 2x2 and 7x7 maps (forward; input
+/// gradients: `Wᵀ G` with col2im, or the flipped copy), the sum over taps on 4x4 maps. All
+/// are correct; they sum in different orders, so results differ in the last bits.
 pub fn set_pixel_pairs(enabled: bool) {
     ENABLED.store(enabled, Ordering::Relaxed);
 }
