@@ -108,12 +108,18 @@ fn supports_weights(g: &Geometry) -> bool {
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
 /// Turns the direct convolution kernel on or off for the whole process (on by default); off,
-/// every convolution that [`super::set_winograd`] leaves runs im2col and `gemm` (turn both
-/// off, and [`super::set_tap_conv`] and [`super::set_pixel_pairs`], for im2col everywhere).
-/// All are correct; they sum in different orders, so results differ in the last bits (like
+/// every convolution that [`super::set_winograd`] leaves runs im2col and `gemm`, and the
+/// stem's input gradient runs `Wᵀ G` and col2im instead of its stride phases (turn both off,
+/// and [`super::set_tap_conv`] and [`super::set_pixel_pairs`], for im2col everywhere). All
+/// are correct; they sum in different orders, so results differ in the last bits (like
 /// `torch.backends.mkldnn.enabled` in PyTorch).
 pub fn set_direct_conv(enabled: bool) {
     ENABLED.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether [`set_direct_conv`] left the direct kernels on.
+pub(super) fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
 }
 
 /// What the kernel reads: per image `c` channel blocks of `cs` floats; output `q` (numbered

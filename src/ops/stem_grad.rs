@@ -25,12 +25,14 @@ const COLS: usize = 32;
 
 /// Whether the input gradient of `g` runs here: the stem's geometry (3 input channels, 7x7,
 /// stride 2, padding 3), an even input twice the output's size both ways, on a CPU with
-/// AVX-512F (unless [`super::set_avx512`] turned it off).
+/// AVX-512F (unless [`super::set_avx512`] turned it off), with the direct kernels on
+/// ([`super::set_direct_conv`], which also switches the stem's forward).
 pub(super) fn usable(g: &Geometry) -> bool {
     (g.c, g.k, g.stride, g.pad) == (3, 7, 2, 3)
         && (g.h, g.w) == (2 * g.ho, 2 * g.wo)
         && g.n > 0
         && use_avx512()
+        && super::direct::enabled()
 }
 
 /// The input gradient `[n, 3, h, w]` of the convolution `g` ([`usable`]) with weight `w`
