@@ -989,7 +989,7 @@ pub(super) fn conv_input_grad(
         return super::stem_grad::input_grad(gr, w, &g, scale);
     }
     if super::pixel_pairs::usable(&g) {
-        // 3x3 on 2x2 and 4x4 maps with AVX-512: the sum over pixel pairs, the kernel
+        // 3x3 on 2x2, 4x4 and 7x7 maps with AVX-512: the sum over pixel pairs, the kernel
         // [o, c, 3, 3] read transposed in place (row c at c * 9, channel o at o * c * 9)
         let dx_g = Geometry { o: g.c, ..g };
         let epi = Epilogue::default();

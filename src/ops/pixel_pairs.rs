@@ -122,14 +122,10 @@ pub(super) fn sums(
     let dst = SendPtr(prod.as_mut_ptr());
     (0..parts).into_par_iter().for_each(|part| {
         for blk in part * blocks / parts..(part + 1) * blocks / parts {
-            let r0 = blk * tile_rows;
             // a whole tile of rows, or the remainder one row at a time (the same sums)
-            let tiles = if r0 + tile_rows <= rows {
-                vec![(r0, tile_rows)]
-            } else {
-                (r0..rows).map(|r| (r, 1)).collect()
-            };
-            for (r0, nr) in tiles {
+            let (mut r0, end) = (blk * tile_rows, ((blk + 1) * tile_rows).min(rows));
+            while r0 < end {
+                let nr = if r0 + tile_rows <= rows { tile_rows } else { 1 };
                 for i0 in (0..n).step_by(LANES) {
                     let mask = super::layout::first_lanes((n - i0) as isize);
                     let wp = w[r0 * rs..].as_ptr();
@@ -144,15 +140,18 @@ pub(super) fn sums(
                         }
                     }
                 }
+                r0 += nr;
             }
         }
     });
 }
 
-/// The register tile for output row `y` of `side`: [`tile`] with its constants.
+/// The register tile for output row `y` of `side`: [`tile`] or [`tile_wide`] with their
+/// constants.
 ///
 /// # Safety
 /// As [`tile`]'s.
+#[cfg(target_arch = "x86_64")]
 unsafe fn run_tile(args: TileArgs, side: usize, y: usize, full: bool, flip: bool) {
     macro_rules! pick {
         ($($flip:literal),*) => {
@@ -179,6 +178,11 @@ unsafe fn run_tile(args: TileArgs, side: usize, y: usize, full: bool, flip: bool
     pick!(false, true)
 }
 
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn run_tile(_: TileArgs, _: usize, _: usize, _: bool, _: bool) {
+    unreachable!("pixel pairs run only on x86-64 with AVX-512F")
+}
+
 /// The arguments of [`tile`]: weights of its first row, row and channel strides, channels,
 /// the sources of its first image, images, the lanes in use, the products of its first row,
 /// output row and image.
@@ -192,6 +196,28 @@ type TileArgs = (
     u16,
     *mut f32,
 );
+
+/// Adds one input row `sv` (its pixels' registers) into one output row `acc` of sums through
+/// tap row `ty`: input pixel `b` reaches output pixel `a` through the tap `3 ty + (b - a +
+/// 1)` where `|b - a| <= 1` (8 minus that with `flip`), the weights at `wr`. A macro, not a
+/// function, so that it expands inside the callers' `target_feature` code with constant
+/// indices (the loops unroll into registers).
+#[cfg(target_arch = "x86_64")]
+macro_rules! row_pairs {
+    ($acc:expr, $sv:expr, $wr:expr, $ty:expr, $flip:expr) => {
+        for (b, &v) in $sv.iter().enumerate() {
+            for (a, acc) in $acc.iter_mut().enumerate() {
+                let tx = b as isize - a as isize + 1;
+                if !(0..=2).contains(&tx) {
+                    continue;
+                }
+                let t = (3 * $ty + tx) as usize;
+                let t = if $flip { 8 - t } else { t };
+                *acc = _mm512_fmadd_ps(_mm512_set1_ps(*$wr.add(t)), v, *acc);
+            }
+        }
+    };
+}
 
 /// One register tile: `R` rows x `YT` output rows of `S` pixels (from row `y`) x 16 images,
 /// over all `kn` channels, on `S x S` maps; `TOP` / `BOTTOM`: the tile's first / last row is
@@ -243,17 +269,7 @@ unsafe fn tile<
                     if !(0..=2).contains(&ty) {
                         continue;
                     }
-                    for (b, &v) in sv.iter().enumerate() {
-                        for (a, acc) in acc.iter_mut().enumerate() {
-                            let tx = b as isize - a as isize + 1;
-                            if !(0..=2).contains(&tx) {
-                                continue;
-                            }
-                            let t = (3 * ty + tx) as usize;
-                            let t = if FLIP { 8 - t } else { t };
-                            *acc = _mm512_fmadd_ps(_mm512_set1_ps(*wr.add(t)), v, *acc);
-                        }
-                    }
+                    row_pairs!(acc, sv, wr, ty, FLIP);
                 }
             }
         }
@@ -301,17 +317,7 @@ unsafe fn tile_wide<
                 std::array::from_fn(|b| _mm512_maskz_loadu_ps(mask, row.add(b * n)));
             for (r, acc) in acc.iter_mut().enumerate() {
                 let wr = wk.add(r * rs);
-                for (b, &v) in sv.iter().enumerate() {
-                    for (a, acc) in acc.iter_mut().enumerate() {
-                        let tx = b as isize - a as isize + 1;
-                        if !(0..=2).contains(&tx) {
-                            continue;
-                        }
-                        let t = 3 * ty + tx as usize;
-                        let t = if FLIP { 8 - t } else { t };
-                        *acc = _mm512_fmadd_ps(_mm512_set1_ps(*wr.add(t)), v, *acc);
-                    }
-                }
+                row_pairs!(acc, sv, wr, ty as isize, FLIP);
             }
         }
     }
@@ -320,33 +326,4 @@ unsafe fn tile_wide<
             _mm512_mask_storeu_ps(out.add((r * S * S + a) * n), mask, v);
         }
     }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile_wide<
-    const S: usize,
-    const R: usize,
-    const TOP: bool,
-    const BOTTOM: bool,
-    const FLIP: bool,
->(
-    _: TileArgs,
-    _: usize,
-) {
-    unreachable!("pixel pairs run only on x86-64 with AVX-512F")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile<
-    const S: usize,
-    const YT: usize,
-    const R: usize,
-    const TOP: bool,
-    const BOTTOM: bool,
-    const FLIP: bool,
->(
-    _: TileArgs,
-    _: usize,
-) {
-    unreachable!("pixel pairs run only on x86-64 with AVX-512F")
 }
