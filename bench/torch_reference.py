@@ -1,7 +1,7 @@
 """The cells of `robustlens bench` in PyTorch (torchvision resnet18 / efficientnet_b0, timm
 convnext and vit; 3 classes), measured the same way: median images/s of timed iterations after
 warm-up, one JSON object per line ({"arch", "what", "size", "batch", "img_per_s",
-"peak_rss_mb"}).
+"peak_rss_mb", and on the CPU "isa"}).
 
     python bench/torch_reference.py --json > torch.jsonl
     robustlens bench --json > ours.jsonl
@@ -188,6 +188,8 @@ def cells(args):
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             cell = {"arch": args.arch, "what": what, "size": size, "batch": n, "img_per_s": ips,
                     "peak_rss_mb": round(rss, 1)}
+            if not cuda:
+                cell["isa"] = isa()
             if cuda:
                 cell["device"] = str(dev)
                 cell["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
@@ -211,6 +213,15 @@ def compare(ours_path, torch_path):
     for key in ours:
         if key in ref:
             print(f"| {key[0]} {key[1]} @{key[2]} | {ours[key]:.2f} | {ref[key]:.2f} | {ours[key] / ref[key]:.2f} |")
+
+
+def isa():
+    """The instruction sets PyTorch's CPU kernels run: ATen's (ATEN_CPU_CAPABILITY lowers it)
+    and oneDNN's ceiling (ONEDNN_MAX_CPU_ISA, if set), e.g. "ATen AVX512, oneDNN default"."""
+    import torch
+
+    dnnl = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "default"
+    return f"ATen {torch.backends.cpu.get_cpu_capability()}, oneDNN {dnnl}"
 
 
 def main():

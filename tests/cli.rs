@@ -404,6 +404,12 @@ fn bench_prints_one_json_object_per_cell() {
     for c in &cells {
         assert_eq!(c["size"], 32);
         assert!(c["img_per_s"].as_f64().unwrap() > 0.0, "{c}");
+        // the instruction sets the kernels ran, e.g. "kernels AVX-512, gemm AVX-512"
+        let isa = c["isa"].as_str().unwrap();
+        assert!(
+            isa.starts_with("kernels ") && isa.contains(", gemm "),
+            "{c}"
+        );
     }
     let (code, _, err) = run(&["bench", "--what", "fly"]);
     assert_ne!(code, 0);

@@ -22,6 +22,8 @@ pub struct Cell {
     /// The process's peak resident memory after the cell (a high-water mark: run one
     /// architecture per process to read it per architecture).
     pub peak_rss_mb: f64,
+    /// The instruction sets the CPU kernels ran ([`crate::ops::instruction_sets`]), or `GPU`.
+    pub isa: String,
 }
 
 /// The workloads: `eval` (forward, eval mode), `train` (forward, backward, Adam step),
@@ -163,6 +165,10 @@ pub fn run_cell(
         batch: if what == "ig" { 1 } else { batch },
         img_per_s,
         peak_rss_mb: crate::fsutil::peak_rss_mb(),
+        isa: match device {
+            Device::Cpu => crate::ops::instruction_sets(),
+            _ => "GPU".to_string(),
+        },
     })
 }
 
@@ -221,8 +227,12 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Cell>> {
     }
     let device = o.device.open()?;
     if !o.json {
+        let isa = match &device {
+            Device::Cpu => format!(", {}", crate::ops::instruction_sets()),
+            _ => String::new(),
+        };
         println!(
-            "{} ({} layout)\n{:<12} {:>5} {:>6} {:>10} {:>13}",
+            "{} ({} layout{isa})\n{:<12} {:>5} {:>6} {:>10} {:>13}",
             o.arch,
             o.arch.ecosystem(),
             "what",

@@ -34,6 +34,31 @@ pub fn set_avx512(enabled: bool) {
     AVX512.store(enabled, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// The instruction sets the convolution kernels run on this CPU: robustlens's own
+/// ([`set_avx512`]) and `gemm`'s (AVX-512 where the CPU has it and the `gemm-avx512` feature,
+/// on by default, compiled its kernels in), e.g. `"kernels AVX-512, gemm AVX-512"` (other
+/// CPUs than x86-64: `"kernels portable, gemm aarch64"`, `gemm`'s own choice there).
+pub fn instruction_sets() -> String {
+    if !cfg!(target_arch = "x86_64") {
+        return format!("kernels portable, gemm {}", std::env::consts::ARCH);
+    }
+    let ours = if use_avx512() {
+        "AVX-512"
+    } else if has_fma() {
+        "AVX2"
+    } else {
+        "portable"
+    };
+    let gemm = if cfg!(feature = "gemm-avx512") && has_avx512() {
+        "AVX-512"
+    } else if has_fma() {
+        "AVX2"
+    } else {
+        "portable"
+    };
+    format!("kernels {ours}, gemm {gemm}")
+}
+
 /// Whether the kernels run their AVX-512 code and routing: the CPU has AVX-512F (and AVX2
 /// and FMA) and [`set_avx512`] left it on.
 #[cfg(target_arch = "x86_64")]

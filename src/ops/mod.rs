@@ -27,7 +27,7 @@ pub use denormals::flush_denormals;
 pub use depthwise::depthwise_conv2d;
 pub use direct::set_direct_conv;
 pub use frozen::{kept_pair, set_weight_reuse, with_frozen_weights};
-pub use layout::set_avx512;
+pub use layout::{instruction_sets, set_avx512};
 pub use maxpool::max_pool2d;
 pub use pixel_pairs::set_pixel_pairs;
 pub use threads::{on_pool_thread, recv_cooperatively};

@@ -816,7 +816,8 @@ pub struct BenchArgs {
     /// Untimed iterations first.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
-    /// One JSON object per line: {"what", "size", "batch", "img_per_s"}.
+    /// One JSON object per line: {"arch", "what", "size", "batch", "img_per_s", "peak_rss_mb",
+    /// "isa"} ("isa": the instruction sets the CPU kernels ran).
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
