@@ -15,6 +15,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
 use super::SendPtr;
@@ -117,7 +118,21 @@ struct BatchNormTrain {
     eps: f64,
     relu: bool,
     stats: Arc<Mutex<Option<BatchStats>>>,
+    /// The forward's per-channel `(scale, shift)` in f32, as it applied them: without a
+    /// residual, the backward recomputes the ReLU's gate `x scale + shift > 0` from the input
+    /// (the same operations, so the same bits) instead of reading the output.
+    affine: Arc<Mutex<Option<ScaleShift>>>,
 }
+
+/// Per channel, the `(scale, shift)` the forward applied.
+type ScaleShift = Vec<(f32, f32)>;
+
+/// How the gradient reaching the BatchNorm output is gated by the fused ReLU: not at all
+/// (no ReLU), by the output (`y <= 0`: the ReLU after a residual), or by the input (`x a + b
+/// <= 0`, the forward's own operations, recomputed: one tensor less to read in both passes).
+const OPEN: u8 = 0;
+const BY_OUTPUT: u8 = 1;
+const BY_INPUT: u8 = 2;
 
 /// The sum of `f(v)` over `xs` in f64, in four independent partial sums (so that the additions
 /// pipeline and vectorise instead of waiting on one another).
@@ -134,10 +149,20 @@ fn lanes_sum(xs: &[f32], f: impl Fn(f32) -> f64) -> f64 {
     acc.iter().sum::<f64>() + tail
 }
 
-/// The gradient that reaches the BatchNorm output: `g`, or 0 where the fused ReLU was off.
+/// The gradient that reaches the BatchNorm output: `g`, or 0 where the fused ReLU was off
+/// ([`BY_OUTPUT`]: `y <= 0`; [`BY_INPUT`]: `x a + b` not positive, `(a, b)` the forward's
+/// scale and shift; `y = max(x a + b, 0)` is then 0, a NaN included).
 #[inline(always)]
-fn gate<const RELU: bool>(g: f32, y: f32) -> f32 {
-    if RELU && y <= 0.0 {
+fn gate<const GATE: u8>(g: f32, y: f32, x: f32, (a, b): (f32, f32)) -> f32 {
+    let off = match GATE {
+        BY_OUTPUT => y <= 0.0,
+        BY_INPUT => {
+            let v = x * a + b;
+            v <= 0.0 || v.is_nan()
+        }
+        _ => false,
+    };
+    if off {
         0.0
     } else {
         g
@@ -148,7 +173,12 @@ fn gate<const RELU: bool>(g: f32, y: f32) -> f32 {
 /// of at most 512 values, each block's total added in f64 (with AVX2 the lanes are one
 /// vector: `avx2::grad_sums`).
 #[inline(always)]
-fn grad_sums<const RELU: bool>(g: &[f32], y: &[f32], x: &[f32], mu: f32) -> (f64, f64) {
+fn grad_sums<const GATE: u8>(
+    g: &[f32],
+    y: &[f32],
+    x: &[f32],
+    (mu, ab): (f32, (f32, f32)),
+) -> (f64, f64) {
     let (mut t1, mut t2) = (0f64, 0f64);
     let n = g.len().min(y.len()).min(x.len());
     for b in (0..n).step_by(512) {
@@ -160,7 +190,7 @@ fn grad_sums<const RELU: bool>(g: &[f32], y: &[f32], x: &[f32], mu: f32) -> (f64
         let mut xc = x.chunks_exact(8);
         for ((g, y), x) in (&mut gc).zip(&mut yc).zip(&mut xc) {
             for l in 0..8 {
-                let v = gate::<RELU>(g[l], y[l]);
+                let v = gate::<GATE>(g[l], y[l], x[l], ab);
                 a1[l] += v;
                 a2[l] += v * (x[l] - mu);
             }
@@ -171,7 +201,7 @@ fn grad_sums<const RELU: bool>(g: &[f32], y: &[f32], x: &[f32], mu: f32) -> (f64
             .zip(yc.remainder())
             .zip(xc.remainder())
         {
-            let v = gate::<RELU>(g, y);
+            let v = gate::<GATE>(g, y, x, ab);
             a1[0] += v;
             a2[0] += v * (x - mu);
         }
@@ -182,24 +212,22 @@ fn grad_sums<const RELU: bool>(g: &[f32], y: &[f32], x: &[f32], mu: f32) -> (f64
 }
 
 /// One plane's input gradient `a gz + b (x - mu) + c0` (`[a, b, c0, mu]`) and/or the gated
-/// gradient `gz` itself (the residual's gradient).
+/// gradient `gz` itself (the residual's gradient), every element written.
 #[inline(always)]
-fn plane_grads<const RELU: bool>(
-    g: &[f32],
-    y: &[f32],
-    x: &[f32],
-    [a, b, c0, mu]: [f32; 4],
-    dx: Option<&mut [f32]>,
-    gz: Option<&mut [f32]>,
+fn plane_grads<const GATE: u8>(
+    (g, y, x): (&[f32], &[f32], &[f32]),
+    ([a, b, c0, mu], ab): ([f32; 4], (f32, f32)),
+    dx: Option<&mut [MaybeUninit<f32>]>,
+    gz: Option<&mut [MaybeUninit<f32>]>,
 ) {
     if let Some(dx) = dx {
         for (((d, &g), &y), &x) in dx.iter_mut().zip(g).zip(y).zip(x) {
-            *d = a * gate::<RELU>(g, y) + b * (x - mu) + c0;
+            d.write(a * gate::<GATE>(g, y, x, ab) + b * (x - mu) + c0);
         }
     }
     if let Some(gz) = gz {
-        for ((d, &g), &y) in gz.iter_mut().zip(g).zip(y) {
-            *d = gate::<RELU>(g, y);
+        for (((d, &g), &y), &x) in gz.iter_mut().zip(g).zip(y).zip(x) {
+            d.write(gate::<GATE>(g, y, x, ab));
         }
     }
 }
@@ -230,20 +258,27 @@ fn channel_stats(x: &[f32], (n, c, hw): (usize, usize, usize), ch: usize) -> (f6
     (mean, q / m)
 }
 
-/// One output plane of the forward: `act(x * a + b + r)`.
+/// One output plane of the forward, every element written: `act(x * a + b + r)`.
 #[inline(always)]
-fn normalize_plane(o: &mut [f32], xs: &[f32], r: Option<&[f32]>, (a, b): (f32, f32), relu: bool) {
+fn normalize_plane(
+    o: &mut [MaybeUninit<f32>],
+    xs: &[f32],
+    r: Option<&[f32]>,
+    (a, b): (f32, f32),
+    relu: bool,
+) {
     match r {
         Some(rs) => {
             for ((o, x), r) in o.iter_mut().zip(xs).zip(rs) {
                 let v = x * a + b + r;
-                *o = if relu { v.max(0.0) } else { v };
+                o.write(if relu { v.max(0.0) } else { v });
             }
         }
         None => {
             for (o, x) in o.iter_mut().zip(xs) {
+                // `gate::<BY_INPUT>` recomputes this `v`
                 let v = x * a + b;
-                *o = if relu { v.max(0.0) } else { v };
+                o.write(if relu { v.max(0.0) } else { v });
             }
         }
     }
@@ -256,13 +291,13 @@ fn channel_grad_sums(
     (gs, ys, xs): (&[f32], &[f32], &[f32]),
     (n, c, hw): (usize, usize, usize),
     ch: usize,
-    mu: f32,
-    plane: impl Fn(&[f32], &[f32], &[f32], f32) -> (f64, f64),
+    coef: (f32, (f32, f32)),
+    plane: impl Fn(&[f32], &[f32], &[f32], (f32, (f32, f32))) -> (f64, f64),
 ) -> (f64, f64) {
     let (mut a, mut b) = (0f64, 0f64);
     for i in 0..n {
         let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-        let (s1, s2) = plane(&gs[r.clone()], &ys[r.clone()], &xs[r], mu);
+        let (s1, s2) = plane(&gs[r.clone()], &ys[r.clone()], &xs[r], coef);
         a += s1;
         b += s2;
     }
@@ -295,7 +330,7 @@ mod avx2 {
 
     /// [`normalize_plane`].
     pub(super) fn normalize(
-        o: &mut [f32],
+        o: &mut [MaybeUninit<f32>],
         xs: &[f32],
         r: Option<&[f32]>,
         ab: (f32, f32),
@@ -304,7 +339,13 @@ mod avx2 {
         #[cfg(target_arch = "x86_64")]
         if has() {
             #[target_feature(enable = "avx2")]
-            unsafe fn go(o: &mut [f32], xs: &[f32], r: Option<&[f32]>, ab: (f32, f32), relu: bool) {
+            unsafe fn go(
+                o: &mut [MaybeUninit<f32>],
+                xs: &[f32],
+                r: Option<&[f32]>,
+                ab: (f32, f32),
+                relu: bool,
+            ) {
                 normalize_plane(o, xs, r, ab, relu)
             }
             // SAFETY: AVX2 checked
@@ -315,20 +356,21 @@ mod avx2 {
 
     /// [`channel_grad_sums`]; its eight lanes written out as AVX2 vectors (LLVM leaves the
     /// gated sums scalar), each lane's additions in the same order.
-    pub(super) fn grad_sums<const RELU: bool>(
+    pub(super) fn grad_sums<const GATE: u8>(
         v: (&[f32], &[f32], &[f32]),
         dims: (usize, usize, usize),
         ch: usize,
-        mu: f32,
+        coef: (f32, (f32, f32)),
     ) -> (f64, f64) {
         #[cfg(target_arch = "x86_64")]
         if has() {
             // SAFETY: AVX2 checked
-            let plane =
-                |g: &[f32], y: &[f32], x: &[f32], mu| unsafe { plane_sums::<RELU>(g, y, x, mu) };
-            return channel_grad_sums(v, dims, ch, mu, plane);
+            let plane = |g: &[f32], y: &[f32], x: &[f32], coef| unsafe {
+                plane_sums::<GATE>(g, y, x, coef)
+            };
+            return channel_grad_sums(v, dims, ch, coef, plane);
         }
-        channel_grad_sums(v, dims, ch, mu, super::grad_sums::<RELU>)
+        channel_grad_sums(v, dims, ch, coef, super::grad_sums::<GATE>)
     }
 
     /// [`super::grad_sums`] over one plane with the lanes as AVX2 vectors: multiply, then add
@@ -338,11 +380,17 @@ mod avx2 {
     /// The CPU has AVX2.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn plane_sums<const RELU: bool>(g: &[f32], y: &[f32], x: &[f32], mu: f32) -> (f64, f64) {
+    unsafe fn plane_sums<const GATE: u8>(
+        g: &[f32],
+        y: &[f32],
+        x: &[f32],
+        (mu, ab): (f32, (f32, f32)),
+    ) -> (f64, f64) {
         use std::arch::x86_64::*;
         let (mut t1, mut t2) = (0f64, 0f64);
         let n = g.len().min(y.len()).min(x.len());
         let (m, z) = (_mm256_set1_ps(mu), _mm256_setzero_ps());
+        let (sa, sb) = (_mm256_set1_ps(ab.0), _mm256_set1_ps(ab.1));
         for b0 in (0..n).step_by(512) {
             let e = (b0 + 512).min(n);
             let full = b0 + (e - b0) / 8 * 8;
@@ -350,13 +398,20 @@ mod avx2 {
             for i in (b0..full).step_by(8) {
                 // SAFETY: i + 8 <= full <= n, the length of all three
                 let gv = _mm256_loadu_ps(g.as_ptr().add(i));
-                let v = if RELU {
-                    let off = _mm256_cmp_ps::<_CMP_LE_OQ>(_mm256_loadu_ps(y.as_ptr().add(i)), z);
-                    _mm256_andnot_ps(off, gv)
-                } else {
-                    gv
+                let xv = _mm256_loadu_ps(x.as_ptr().add(i));
+                let v = match GATE {
+                    BY_OUTPUT => {
+                        let yv = _mm256_loadu_ps(y.as_ptr().add(i));
+                        _mm256_andnot_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(yv, z), gv)
+                    }
+                    BY_INPUT => {
+                        // on where x a + b > 0 (mul, then add: the forward's operations)
+                        let pre = _mm256_add_ps(_mm256_mul_ps(xv, sa), sb);
+                        _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(pre, z), gv)
+                    }
+                    _ => gv,
                 };
-                let d = _mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), m);
+                let d = _mm256_sub_ps(xv, m);
                 a1 = _mm256_add_ps(a1, v);
                 a2 = _mm256_add_ps(a2, _mm256_mul_ps(v, d));
             }
@@ -364,7 +419,7 @@ mod avx2 {
             _mm256_storeu_ps(l1.as_mut_ptr(), a1);
             _mm256_storeu_ps(l2.as_mut_ptr(), a2);
             for i in full..e {
-                let v = gate::<RELU>(g[i], y[i]);
+                let v = gate::<GATE>(g[i], y[i], x[i], ab);
                 l1[0] += v;
                 l2[0] += v * (x[i] - mu);
             }
@@ -375,27 +430,27 @@ mod avx2 {
     }
 
     /// [`plane_grads`].
-    pub(super) fn plane<const RELU: bool>(
+    pub(super) fn plane<const GATE: u8>(
         v: (&[f32], &[f32], &[f32]),
-        coef: [f32; 4],
-        dx: Option<&mut [f32]>,
-        gz: Option<&mut [f32]>,
+        coef: ([f32; 4], (f32, f32)),
+        dx: Option<&mut [MaybeUninit<f32>]>,
+        gz: Option<&mut [MaybeUninit<f32>]>,
     ) {
         #[cfg(target_arch = "x86_64")]
         if has() {
             #[target_feature(enable = "avx2")]
-            unsafe fn go<const RELU: bool>(
-                (g, y, x): (&[f32], &[f32], &[f32]),
-                coef: [f32; 4],
-                dx: Option<&mut [f32]>,
-                gz: Option<&mut [f32]>,
+            unsafe fn go<const GATE: u8>(
+                v: (&[f32], &[f32], &[f32]),
+                coef: ([f32; 4], (f32, f32)),
+                dx: Option<&mut [MaybeUninit<f32>]>,
+                gz: Option<&mut [MaybeUninit<f32>]>,
             ) {
-                plane_grads::<RELU>(g, y, x, coef, dx, gz)
+                plane_grads::<GATE>(v, coef, dx, gz)
             }
             // SAFETY: AVX2 checked
-            return unsafe { go::<RELU>(v, coef, dx, gz) };
+            return unsafe { go::<GATE>(v, coef, dx, gz) };
         }
-        plane_grads::<RELU>(v.0, v.1, v.2, coef, dx, gz)
+        plane_grads::<GATE>(v, coef, dx, gz)
     }
 }
 
@@ -441,15 +496,22 @@ impl BatchNormTrain {
         let shift: Vec<f32> = (0..c)
             .map(|ch| (beta[ch] as f64 - stats[ch].0 * scale[ch] as f64) as f32)
             .collect();
-        let mut out = vec![0f32; x.len()];
+        // written without being zero-filled first (51 MB a step for the stem at 224 px)
+        let mut out: Vec<f32> = Vec::with_capacity(x.len());
         let relu = self.relu;
-        out.par_chunks_mut(hw)
+        out.spare_capacity_mut()[..x.len()]
+            .par_chunks_mut(hw)
             .zip(x.par_chunks(hw))
             .enumerate()
             .for_each(|(p, (o, xs))| {
                 let rs = r.map(|r| &r[p * hw..(p + 1) * hw]);
                 avx2::normalize(o, xs, rs, (scale[p % c], shift[p % c]), relu);
             });
+        // SAFETY: `normalize` wrote every value of every plane of the x.len() values
+        unsafe { out.set_len(x.len()) };
+        if let Ok(mut a) = self.affine.lock() {
+            *a = Some(scale.iter().copied().zip(shift.iter().copied()).collect());
+        }
         if let Ok(mut g) = self.stats.lock() {
             *g = Some(BatchStats {
                 mean: stats.iter().map(|s| s.0 as f32).collect(),
@@ -463,12 +525,13 @@ impl BatchNormTrain {
     /// output `y` and its gradient. With `gz` the gradient before the ReLU, per channel
     /// `S1 = sum gz`, `S2 = sum gz (x - mean)`: dbeta = S1, dgamma = S2 inv,
     /// dx = gamma inv gz - gamma inv^3 S2 / M (x - mean) - gamma inv S1 / M, dres = gz.
+    /// `residual`: the forward added one (the ReLU's gate then reads `y`; without, it is
+    /// recomputed from `x`).
     fn backward(
         &self,
-        x: &Tensor,
-        gb: &Tensor,
-        y: &Tensor,
+        (x, gb, y): (&Tensor, &Tensor, &Tensor),
         grad: &Tensor,
+        residual: bool,
         want_res: bool,
     ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
         let st = super::kept(&self.stats, "batch norm: statistics")?;
@@ -482,7 +545,18 @@ impl BatchNormTrain {
             .map(|&v| 1.0 / (v as f64 + self.eps).sqrt())
             .collect();
         let grad = grad.contiguous()?;
-        let relu = self.relu;
+        // the ReLU's gate: from x with the forward's scale and shift where it kept them and
+        // added no residual, from y otherwise
+        let affine = match (self.relu, residual) {
+            (true, false) => self.affine.lock().ok().and_then(|a| a.clone()),
+            _ => None,
+        };
+        let gate = match (self.relu, &affine) {
+            (false, _) => OPEN,
+            (true, None) => BY_OUTPUT,
+            (true, Some(_)) => BY_INPUT,
+        };
+        let ab = |ch: usize| affine.as_ref().map_or((0.0, 0.0), |a| a[ch]);
         let want_dx = x.track_op();
         let (dx, gz, sums) = with_values(x, "input", |xs| {
             with_values(&grad, "gradient", |gs| {
@@ -494,17 +568,17 @@ impl BatchNormTrain {
                     let sums: Vec<(f64, f64)> = (0..c)
                         .into_par_iter()
                         .map(|ch| {
-                            let v = (gs, ys, xs);
-                            let mu = st.mean[ch];
-                            if relu {
-                                avx2::grad_sums::<true>(v, (n, c, hw), ch, mu)
-                            } else {
-                                avx2::grad_sums::<false>(v, (n, c, hw), ch, mu)
+                            let (v, dims, coef) = ((gs, ys, xs), (n, c, hw), (st.mean[ch], ab(ch)));
+                            match gate {
+                                OPEN => avx2::grad_sums::<OPEN>(v, dims, ch, coef),
+                                BY_OUTPUT => avx2::grad_sums::<BY_OUTPUT>(v, dims, ch, coef),
+                                _ => avx2::grad_sums::<BY_INPUT>(v, dims, ch, coef),
                             }
                         })
                         .collect();
-                    let mut dx = want_dx.then(|| vec![0f32; xs.len()]);
-                    let mut gz = want_res.then(|| vec![0f32; gs.len()]);
+                    // written below without being zero-filled first
+                    let mut dx: Option<Vec<f32>> = want_dx.then(|| Vec::with_capacity(xs.len()));
+                    let mut gz: Option<Vec<f32>> = want_res.then(|| Vec::with_capacity(gs.len()));
                     let coef: Vec<[f32; 4]> = (0..c)
                         .map(|ch| {
                             let (s1, s2) = sums[ch];
@@ -518,21 +592,27 @@ impl BatchNormTrain {
                         })
                         .collect();
                     let planes = n * c;
-                    let dxp = dx.as_mut().map(|d| SendPtr(d.as_mut_ptr()));
-                    let gzp = gz.as_mut().map(|d| SendPtr(d.as_mut_ptr()));
+                    let uninit = |d: &mut Vec<f32>| SendPtr(d.spare_capacity_mut().as_mut_ptr());
+                    let dxp = dx.as_mut().map(uninit);
+                    let gzp = gz.as_mut().map(uninit);
                     (0..planes).into_par_iter().for_each(|p| {
                         let r = p * hw..(p + 1) * hw;
-                        let (g, yv, xv) = (&gs[r.clone()], &ys[r.clone()], &xs[r]);
-                        // SAFETY: plane p of dx and gz (both gs.len() long) is written by
-                        // this iteration only.
+                        let v = (&gs[r.clone()], &ys[r.clone()], &xs[r]);
+                        // SAFETY: plane p of dx and gz (both with room for gs.len() values)
+                        // is written by this iteration only.
                         let dxs = dxp.map(|d| unsafe { d.slice(p * hw, hw) });
                         let gzs = gzp.map(|d| unsafe { d.slice(p * hw, hw) });
-                        if relu {
-                            avx2::plane::<true>((g, yv, xv), coef[p % c], dxs, gzs);
-                        } else {
-                            avx2::plane::<false>((g, yv, xv), coef[p % c], dxs, gzs);
+                        let coef = (coef[p % c], ab(p % c));
+                        match gate {
+                            OPEN => avx2::plane::<OPEN>(v, coef, dxs, gzs),
+                            BY_OUTPUT => avx2::plane::<BY_OUTPUT>(v, coef, dxs, gzs),
+                            _ => avx2::plane::<BY_INPUT>(v, coef, dxs, gzs),
                         }
                     });
+                    for d in dx.iter_mut().chain(gz.iter_mut()) {
+                        // SAFETY: `plane` wrote every plane of both in full
+                        unsafe { d.set_len(xs.len()) };
+                    }
                     Ok((dx, gz, sums))
                 })
             })
@@ -576,7 +656,7 @@ impl CustomOp2 for BatchNormTrain {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dgb, _) = self.backward(x, gb, res, grad, false)?;
+        let (dx, dgb, _) = self.backward((x, gb, res), grad, false, false)?;
         Ok((dx, Some(dgb)))
     }
 }
@@ -606,7 +686,7 @@ impl CustomOp3 for BatchNormTrain {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dgb, dr) = self.backward(x, gb, res, grad, r.track_op())?;
+        let (dx, dgb, dr) = self.backward((x, gb, res), grad, true, r.track_op())?;
         Ok((dx, Some(dgb), dr))
     }
 }
@@ -633,6 +713,7 @@ pub fn batch_norm_train(
         eps,
         relu,
         stats: stats.clone(),
+        affine: Arc::new(Mutex::new(None)),
     };
     let gb = Tensor::stack(&[gamma, beta], 0)?;
     let x = x.contiguous()?;
@@ -900,41 +981,77 @@ mod tests {
             values(n * c * hw, 3),
             values(hw, 4),
         );
-        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        let ab = (0.7, -0.2);
         for ch in 0..c {
             let same = |a: (f64, f64), b: (f64, f64)| {
                 a.0.to_bits() == b.0.to_bits() && a.1.to_bits() == b.1.to_bits()
             };
             assert!(same(avx2::stats(&x, dims, ch), channel_stats(&x, dims, ch)));
-            let v = (&g[..], &y[..], &x[..]);
+            let (v, coef) = ((&g[..], &y[..], &x[..]), (0.3, ab));
+            let plain = |gate| match gate {
+                OPEN => channel_grad_sums(v, dims, ch, coef, grad_sums::<OPEN>),
+                BY_OUTPUT => channel_grad_sums(v, dims, ch, coef, grad_sums::<BY_OUTPUT>),
+                _ => channel_grad_sums(v, dims, ch, coef, grad_sums::<BY_INPUT>),
+            };
             assert!(same(
-                avx2::grad_sums::<true>(v, dims, ch, 0.3),
-                channel_grad_sums(v, dims, ch, 0.3, grad_sums::<true>)
+                avx2::grad_sums::<OPEN>(v, dims, ch, coef),
+                plain(OPEN)
             ));
             assert!(same(
-                avx2::grad_sums::<false>(v, dims, ch, 0.3),
-                channel_grad_sums(v, dims, ch, 0.3, grad_sums::<false>)
+                avx2::grad_sums::<BY_OUTPUT>(v, dims, ch, coef),
+                plain(BY_OUTPUT)
+            ));
+            assert!(same(
+                avx2::grad_sums::<BY_INPUT>(v, dims, ch, coef),
+                plain(BY_INPUT)
             ));
         }
         let (xs, gs, ys) = (&x[..hw], &g[..hw], &y[..hw]);
+        let written = |f: &dyn Fn(&mut [MaybeUninit<f32>])| {
+            let mut o = vec![MaybeUninit::new(f32::NAN); hw];
+            f(&mut o);
+            // SAFETY: initialised above (and overwritten)
+            o.iter()
+                .map(|v| unsafe { v.assume_init() }.to_bits())
+                .collect::<Vec<_>>()
+        };
         for relu in [false, true] {
             for res in [None, Some(&r[..])] {
-                let (mut a, mut b) = (vec![0f32; hw], vec![0f32; hw]);
-                avx2::normalize(&mut a, xs, res, (0.7, -0.2), relu);
-                normalize_plane(&mut b, xs, res, (0.7, -0.2), relu);
-                assert_eq!(bits(&a), bits(&b));
+                let a = written(&|o| avx2::normalize(o, xs, res, ab, relu));
+                let b = written(&|o| normalize_plane(o, xs, res, ab, relu));
+                assert_eq!(a, b);
+                assert!(
+                    a.iter().all(|v| !f32::from_bits(*v).is_nan()),
+                    "every value written"
+                );
             }
         }
-        let coef = [0.9, -0.1, 0.05, 0.2];
-        let (mut d1, mut z1, mut d2, mut z2) = (
-            vec![0f32; hw],
-            vec![0f32; hw],
-            vec![0f32; hw],
-            vec![0f32; hw],
+        let coef = ([0.9, -0.1, 0.05, 0.2], ab);
+        macro_rules! check {
+            ($gate:expr) => {
+                let d1 = written(&|o| avx2::plane::<{ $gate }>((gs, ys, xs), coef, Some(o), None));
+                let z1 = written(&|o| avx2::plane::<{ $gate }>((gs, ys, xs), coef, None, Some(o)));
+                let d2 = written(&|o| plane_grads::<{ $gate }>((gs, ys, xs), coef, Some(o), None));
+                let z2 = written(&|o| plane_grads::<{ $gate }>((gs, ys, xs), coef, None, Some(o)));
+                assert_eq!((&d1, &z1), (&d2, &z2));
+                assert!(d1.iter().chain(&z1).all(|v| !f32::from_bits(*v).is_nan()));
+            };
+        }
+        check!(OPEN);
+        check!(BY_OUTPUT);
+        check!(BY_INPUT);
+        // the gate recomputed from x is the forward's own: where y = relu(x a + b), gating by
+        // x and by y give the same bits (a zero's sign included)
+        let yr = written(&|o| normalize_plane(o, xs, None, ab, true));
+        let yr: Vec<f32> = yr.into_iter().map(f32::from_bits).collect();
+        let by_y = written(&|o| plane_grads::<BY_OUTPUT>((gs, &yr, xs), coef, Some(o), None));
+        let by_x = written(&|o| plane_grads::<BY_INPUT>((gs, &yr, xs), coef, Some(o), None));
+        assert_eq!(by_y, by_x);
+        assert_ne!(
+            by_x,
+            written(&|o| plane_grads::<OPEN>((gs, &yr, xs), coef, Some(o), None)),
+            "some of the outputs are gated"
         );
-        avx2::plane::<true>((gs, ys, xs), coef, Some(&mut d1), Some(&mut z1));
-        plane_grads::<true>(gs, ys, xs, coef, Some(&mut d2), Some(&mut z2));
-        assert_eq!((bits(&d1), bits(&z1)), (bits(&d2), bits(&z2)));
     }
 
     #[test]
