@@ -2,7 +2,8 @@
 //! stride-1 3x3 convolutions up to 256 channels that [`super::winograd`] does not take
 //! (forward, and input gradient as the convolution of the output gradient with the flipped
 //! kernel; ResNet's own 3x3 layers go to Winograd unless it is turned off), the weight
-//! gradients of ResNet's 3x3 layers, and its 7x7 stride-2 stem.
+//! gradients of ResNet's 3x3 layers, its 7x7 stride-2 stem, and with AVX-512 its 3x3 stride-2
+//! layers of up to 128 channels on maps of 28 px and more ([`usable`]).
 //!
 //! Stride 1: every image is copied once into a zero-padded buffer whose rows are `w + p` wide
 //! (one row's right padding is the next row's left padding). Output pixels are numbered along
@@ -10,11 +11,12 @@
 //! discarded), so that for every tap `(ky, kx)` the inputs of 16 consecutive outputs are 16
 //! consecutive floats of the padded plane, at `q + ky * (w + p) + kx`.
 //!
-//! Stride 2 (the stem): the padded input is split into its four stride phases
+//! Stride 2: the padded input is split into its four stride phases
 //! (`xp[2u + a][2v + b]` for `a, b` in `{0, 1}`), planes of equal size side by side per
 //! channel; output `(y, x)` reads tap `(ky, kx)` from phase `(ky % 2, kx % 2)` at
 //! `(y + ky / 2, x + kx / 2)`, so once again 16 consecutive outputs read 16 consecutive
-//! floats, and all 49 taps are real ones (a phase kernel padded to 4x4 squares has 64).
+//! floats, and all taps are real ones (the stem's 49; a phase kernel padded to 4x4 squares
+//! has 64).
 //!
 //! Either way the kernel sees a list of tap offsets: a register tile of 16 outputs x 6 output
 //! channels (12 AVX registers) runs over all `c * taps` products with two loads of inputs and
@@ -71,21 +73,40 @@ const GROUP: usize = 18;
 const MAX_PRODUCTS: usize = 256 * 9;
 
 /// Whether the direct kernel runs the forward convolution in geometry `g` on this CPU: 3x3
-/// stride 1 (ResNet's layers) or 7x7 stride 2 (its stem), padding below the kernel size,
-/// outputs at least 7 wide, and 72 to [`MAX_PRODUCTS`] products per output.
+/// stride 1 (ResNet's layers), 7x7 stride 2 (its stem), and 3x3 stride 2 where
+/// [`strided_pays`], as far as the kernel [`supports`] them.
 ///
-/// Stride-2 3x3 layers stay on im2col: through the stride phases this kernel measured only
-/// level with it (118 / 131 / 110 against 113 / 132 / 146 GFLOP/s at 56 / 28 / 14 px); each
-/// tile reads seven row segments per channel instead of three. Input gradients of stride-2
-/// layers stay on im2col and col2im too: their phase kernels have 1 to 4 taps per channel
-/// (or, padded to a square, 44% zero taps), and measured 52-101 against 79-130 GFLOP/s.
+/// Input gradients of stride-2 layers stay on im2col and col2im: their phase kernels have 1
+/// to 4 taps per channel (or, padded to a square, 44% zero taps), and measured 52-101 against
+/// 79-130 GFLOP/s.
 pub(super) fn usable(g: &Geometry) -> bool {
-    matches!((g.k, g.stride), (3, 1) | (7, 2))
+    supports(g) && (g.stride == 1 || g.k == 7 || strided_pays(g))
+}
+
+/// Whether the kernel can run the forward convolution in geometry `g` on this CPU (whether
+/// it is chosen: [`usable`]): 3x3 stride 1 or 2, or 7x7 stride 2, padding below the kernel
+/// size, outputs at least 7 wide, and 72 to [`MAX_PRODUCTS`] products per output.
+fn supports(g: &Geometry) -> bool {
+    matches!((g.k, g.stride), (3, 1) | (3, 2) | (7, 2))
         && g.pad < g.k
         && g.wo >= 7
         && (72..=MAX_PRODUCTS).contains(&(g.c * g.k * g.k))
         && has_fma()
         && ENABLED.load(Ordering::Relaxed)
+}
+
+/// Whether a 3x3 stride-2 convolution runs here rather than through im2col: with AVX-512
+/// (its tile of 32 outputs), up to 128 input channels, outputs at least 14 wide. Measured in
+/// `layer_timings` (batch 16, 2 threads, twice), im2col against this kernel through the
+/// stride phases, ms: at 224 px (best of 6) 7.7-8.1 against 6.0 at 64 channels, 56 px in;
+/// 5.7-5.9 against 5.2-5.4 at 128, 28 px; but 4.7-4.9 against 5.6-5.8 at 256, 14 px (the
+/// packed weights of a block of output channels, 55 KB, no longer stay in L1). Smaller maps
+/// (best of 20 or 30): level at 64 channels, 32 px in (1.77-2.33 against 1.90-1.93), slower
+/// at 16 px in (0.47-0.54 against 0.61-0.73). With AVX2 alone it measured level with im2col
+/// (118 / 131 / 110 against 113 / 132 / 146 GFLOP/s at 56 / 28 / 14 px): each tile reads
+/// seven row segments per channel instead of three.
+fn strided_pays(g: &Geometry) -> bool {
+    g.k == 3 && g.stride == 2 && use_avx512() && g.c <= 128 && g.wo >= 14
 }
 
 /// Whether [`weight_grad3x3`] runs geometry `g`: 3x3, stride 1, as [`usable`], up to 128
@@ -151,7 +172,10 @@ pub(super) fn conv_direct(
     out: &mut [f32],
     post: Option<&PlaneFn>,
 ) {
-    assert!(usable(g), "direct convolution: unsupported geometry {g:?}");
+    assert!(
+        supports(g),
+        "direct convolution: unsupported geometry {g:?}"
+    );
     let (k, p) = (g.k, g.pad);
     let x = &x[..g.n * g.c * g.h * g.w];
     let params = || vec![g.o as u32, g.c as u32, (k * k) as u32];
@@ -639,17 +663,36 @@ mod tests {
         ];
         // the 3-channel stem, odd and even sizes, every padding
         let stems = [(1, 3, 5, 20, 21), (2, 3, 16, 19, 24), (1, 3, 64, 15, 15)];
-        let (Some(k3), Some(k7s2)) = (geometries(&shapes, 3, 1), geometries(&stems, 7, 2)) else {
+        // 3x3 stride 2 (ResNet's downsampling layers), routed here with AVX-512 up to 128
+        // channels and from 14 outputs wide
+        let strided = [
+            (1, 8, 1, 15, 14),
+            (3, 13, 5, 17, 19),
+            (2, 64, 7, 16, 16),
+            (1, 16, 6, 29, 30),
+            (1, 128, 12, 28, 29),
+            (1, 256, 6, 31, 28),
+        ];
+        let (Some(k3), Some(k7s2), Some(k3s2)) = (
+            geometries(&shapes, 3, 1),
+            geometries(&stems, 7, 2),
+            geometries(&strided, 3, 2),
+        ) else {
             return;
         };
         assert!(
-            k3.len() >= 12 && k7s2.len() >= 10,
-            "{} and {}",
+            k3.len() >= 12 && k7s2.len() >= 10 && k3s2.len() >= 10,
+            "{}, {} and {}",
             k3.len(),
-            k7s2.len()
+            k7s2.len(),
+            k3s2.len()
         );
-        for (g, seed) in k3.into_iter().chain(k7s2) {
-            assert!(usable(&g), "{g:?} should run the direct kernel");
+        for (g, seed) in k3.into_iter().chain(k7s2).chain(k3s2) {
+            assert!(supports(&g), "{g:?} should run the direct kernel");
+            each_isa(|wide| {
+                let routed = g.stride == 1 || g.k == 7 || (wide && g.c <= 128 && g.wo >= 14);
+                assert_eq!(usable(&g), routed, "{g:?} (AVX-512: {wide})");
+            });
             let kk = g.k * g.k;
             let (n, c, o) = (g.n, g.c, g.o);
             let x = values(n * c * g.h * g.w, seed);
@@ -679,6 +722,16 @@ mod tests {
                     }
                     runs.push(got);
                 });
+                // the same bits on another number of threads
+                let threads = crate::ops::testing::on_threads(3, || {
+                    let mut got = vec![f32::NAN; want.len()];
+                    conv_direct(&x, &wt, &g, epi, r, &mut got, None);
+                    got
+                });
+                assert!(
+                    crate::ops::testing::same_bits(&threads, &runs[0]),
+                    "{g:?} epilogue {e}: 3 threads changed the bits"
+                );
                 // the same sums in the same order per lane
                 if let [a, b] = &runs[..] {
                     assert!(
