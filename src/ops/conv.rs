@@ -1224,15 +1224,20 @@ fn conv_weight_grad(x: &[f32], gr: &[f32], g: &Geometry, scale: Option<&[f32]>) 
 }
 
 /// Whether [`weight_grad_by_image`] beats [`weight_grad_im2col`]: maps of at least 64
-/// output positions (a long sum per image), and weights of at most 64 K values (each image's
+/// output positions (a long sum per image), and weights of at most 128 K values (each image's
 /// partial sum is that size). Measured, batch 16, 2 threads, AVX-512, best of 10
 /// interleaved: the stem 7x7/2 2.99 → 2.45 ms at 64 px, 36.5 → 23.4 ms at 224 px; the
 /// downsampling 1x1/2 convolutions 0.16 → 0.13 ms (64 → 128 channels, 16 px), 1.45 → 0.93
 /// ms (56 px), 1.10 → 0.89 ms (128 → 256, 28 px); where it lost: 0.13 → 0.21 ms at 128 →
-/// 256, 8 px (16 positions), 0.89 → 1.20 ms at 256 → 512, 14 px (49 positions, 128 K
-/// weights).
+/// 256, 8 px (16 positions), 0.89 → 1.20 ms at 256 → 512, 14 px (49 positions). The limit
+/// was 64 K until layer 2's strided 3x3 convolution (64 → 128 channels, 74 K weights) was
+/// measured (`layer_timings`, best of 5 to 30, twice): 1.01-1.03 → 0.74-0.78 ms at 64 px,
+/// 3.93 → 2.0 at 128 px, 9.5-9.9 → 5.9-6.1 at 224 px; and 1x1 convolutions (best of 12):
+/// 672 → 112 and 112 → 672 channels at 14 px 1.84 → 1.53 and 2.42 → 1.15 ms, 256 → 512 at
+/// 28 px, stride 2 (128 K weights) 2.84 → 2.39 ms. Layer 3's strided one (295 K) was mixed
+/// (6.0-6.6 against 5.7-7.0 ms at 224 px) and stays on im2col.
 fn by_image_pays(g: &Geometry) -> bool {
-    g.hw_out() >= 64 && g.o * g.ckk() <= 1 << 16
+    g.hw_out() >= 64 && g.o * g.ckk() <= 1 << 17
 }
 
 /// The weight gradient `[o, c, k, k]` of the convolution of `x` in geometry `g` from the
@@ -1440,7 +1445,14 @@ mod tests {
 
     #[test]
     fn weight_gradient_by_image_is_im2cols_with_the_bits_of_any_thread_count() {
-        for (c, o, h, k, s) in [(3, 8, 24, 7, 2), (6, 5, 17, 1, 2)] {
+        // the rule: 64 output positions or more, weights up to 128 K values (layer 2's
+        // strided convolution, 73 K, yes; layer 3's, 295 K, no)
+        let rule = |c: usize, o: usize, h: usize| {
+            let g = geometry(&Shape::from((2, c, h, h)), &Shape::from((o, c, 3, 3)), 2, 1);
+            by_image_pays(&g.unwrap())
+        };
+        assert!(rule(64, 128, 16) && !rule(64, 128, 14) && !rule(128, 256, 16));
+        for (c, o, h, k, s) in [(3, 8, 24, 7, 2), (6, 5, 17, 1, 2), (64, 128, 16, 3, 2)] {
             let g = geometry(
                 &Shape::from((5, c, h, h)),
                 &Shape::from((o, c, k, k)),
