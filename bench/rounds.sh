@@ -21,7 +21,7 @@
 # program's instruction sets as it reported them.
 set -euo pipefail
 if [ $# -lt 1 ]; then
-    sed -n '2,14p' "$0"
+    sed -n '2,21p' "$0"
     exit 2
 fi
 rounds=$1

@@ -188,11 +188,11 @@ def cells(args):
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             cell = {"arch": args.arch, "what": what, "size": size, "batch": n, "img_per_s": ips,
                     "peak_rss_mb": round(rss, 1)}
-            if not cuda:
-                cell["isa"] = isa()
             if cuda:
                 cell["device"] = str(dev)
                 cell["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
+            else:
+                cell["isa"] = isa()
             yield cell
 
 
