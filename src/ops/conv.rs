@@ -1446,7 +1446,7 @@ mod tests {
     #[test]
     fn weight_gradient_by_image_is_im2cols_with_the_bits_of_any_thread_count() {
         // the rule: 64 output positions or more, weights up to 128 K values (layer 2's
-        // strided convolution, 73 K, yes; layer 3's, 295 K, no)
+        // strided convolution, 74 K, yes; layer 3's, 295 K, no)
         let rule = |c: usize, o: usize, h: usize| {
             let g = geometry(&Shape::from((2, c, h, h)), &Shape::from((o, c, 3, 3)), 2, 1);
             by_image_pays(&g.unwrap())
