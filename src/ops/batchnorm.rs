@@ -490,11 +490,12 @@ impl BatchNormTrain {
             .into_par_iter()
             .map(|ch| avx2::stats(x, (n, c, hw), ch))
             .collect();
-        let scale: Vec<f32> = (0..c)
-            .map(|ch| (gamma[ch] as f64 / (stats[ch].1 + self.eps).sqrt()) as f32)
-            .collect();
-        let shift: Vec<f32> = (0..c)
-            .map(|ch| (beta[ch] as f64 - stats[ch].0 * scale[ch] as f64) as f32)
+        // per channel (scale, shift), kept for the backward's gate
+        let affine: ScaleShift = (0..c)
+            .map(|ch| {
+                let a = (gamma[ch] as f64 / (stats[ch].1 + self.eps).sqrt()) as f32;
+                (a, (beta[ch] as f64 - stats[ch].0 * a as f64) as f32)
+            })
             .collect();
         // written without being zero-filled first (51 MB a step for the stem at 224 px)
         let mut out: Vec<f32> = Vec::with_capacity(x.len());
@@ -505,12 +506,12 @@ impl BatchNormTrain {
             .enumerate()
             .for_each(|(p, (o, xs))| {
                 let rs = r.map(|r| &r[p * hw..(p + 1) * hw]);
-                avx2::normalize(o, xs, rs, (scale[p % c], shift[p % c]), relu);
+                avx2::normalize(o, xs, rs, affine[p % c], relu);
             });
         // SAFETY: `normalize` wrote every value of every plane of the x.len() values
         unsafe { out.set_len(x.len()) };
         if let Ok(mut a) = self.affine.lock() {
-            *a = Some(scale.iter().copied().zip(shift.iter().copied()).collect());
+            *a = Some(affine);
         }
         if let Ok(mut g) = self.stats.lock() {
             *g = Some(BatchStats {
